@@ -1,0 +1,23 @@
+"""Test-wide settings: offscreen Qt, offline models, engine tests collected before app tests."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("QT_API", "pyside6")
+# Keep tests on two cores from oversubscribing.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Engine tests first, then app tests, then end-to-end (stable within each group)."""
+    def rank(item) -> int:
+        path = str(item.fspath)
+        if f"{os.sep}tests{os.sep}engine{os.sep}" in path:
+            return 0
+        if f"{os.sep}tests{os.sep}app{os.sep}" in path:
+            return 1
+        return 2
+    items.sort(key=rank)
