@@ -1,0 +1,594 @@
+"""`plugmem`: the headless command line over the engine.
+
+Human-readable output by default, exactly one JSON document on stdout with ``--json``.
+Bad input exits with status 2 and a one-line reason on stderr; an interrupted
+(Ctrl+C) long command exits 130 after leaving the pack at its last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+log = logging.getLogger("plugmem")
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------- output
+class Output:
+    def __init__(self, as_json: bool, quiet: bool = False) -> None:
+        self.as_json = as_json
+        self.quiet = quiet
+
+    def emit(self, data: Any, human: Callable[[], str] | str) -> None:
+        if self.as_json:
+            json.dump(data, sys.stdout, ensure_ascii=False, indent=None)
+            sys.stdout.write("\n")
+        else:
+            text = human() if callable(human) else human
+            if text:
+                print(text)
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=sys.stderr)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (only when stderr is a terminal; else sparse lines)."""
+
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self.label = label
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.last_line = -1.0
+
+    def __call__(self, fraction: float, message: str = "", **_: Any) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        fraction = max(0.0, min(1.0, float(fraction)))
+        if self.tty:
+            if now - self.last < 0.1 and fraction < 1.0:
+                return
+            self.last = now
+            elapsed = now - self.t0
+            eta = (elapsed / fraction - elapsed) if fraction > 0.01 else None
+            width = 28
+            filled = int(round(width * fraction))
+            bar = "#" * filled + "-" * (width - filled)
+            eta_s = f" ETA {_fmt_secs(eta)}" if eta is not None and fraction < 1 else ""
+            sys.stderr.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}%{eta_s} {message[:60]:<60}")
+            sys.stderr.flush()
+        elif fraction - self.last_line >= 0.1 or fraction >= 1.0:
+            self.last_line = fraction
+            print(f"{self.label}: {fraction * 100:.0f}% {message}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _fmt_secs(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+# ---------------------------------------------------------------------------- helpers
+def _open_pack(path: str, *, must_exist: bool = True):
+    from engine.store import Pack
+
+    p = Path(path)
+    if must_exist and not p.exists():
+        raise CliError(f"{path}: no such pack (create it with `plugmem init {path}`)")
+    return Pack.open(p)
+
+
+def _open_memory(path: str, out: Output, *, create: bool = False):
+    from engine.memory import Memory
+
+    p = Path(path)
+    if not create and not p.exists():
+        raise CliError(f"{path}: no such pack (create it with `plugmem init {path}`)")
+    return Memory.open(p, create=create, on_message=out.info)
+
+
+def _entry_line(e) -> str:
+    title = f"[{e.title}] " if e.title else ""
+    status = "" if e.status == "active" else f" ({e.status})"
+    text = e.text.replace("\n", " ")
+    if len(text) > 100:
+        text = text[:97] + "..."
+    return f"{e.id:>8}  {title}{text}{status}"
+
+
+def _change_dict(ch) -> dict[str, Any]:
+    if ch is None:
+        return {"change": None}
+    return {"change": {"id": ch.change_id, "kind": ch.kind, "ids": list(ch.ids), "content_version": ch.content_version}}
+
+
+def _describe_change(ch, verb: str) -> str:
+    if ch is None:
+        return f"nothing to {verb}"
+    if not ch.ids:
+        return "no change"
+    ids = ", ".join(map(str, ch.ids[:10])) + (f" and {len(ch.ids) - 10} more" if len(ch.ids) > 10 else "")
+    return f"{ch.kind}: {ids}"
+
+
+def _parse_tags(s: str | None) -> list[str] | None:
+    if s is None:
+        return None
+    return [t.strip() for t in s.split(",") if t.strip()]
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_init(a, out: Output) -> int:
+    from engine.encode import get_default_encoder
+    from engine.store import Pack
+
+    p = Path(a.pack)
+    if p.exists():
+        raise CliError(f"{a.pack}: already exists; not overwritten")
+    fp = get_default_encoder().fingerprint
+    with Pack.create(p, name=a.name or p.stem, encoder=fp) as pack:
+        out.emit({"pack": str(p), "name": pack.name, "encoder": fp.to_dict()}, f"created {p} (encoder {fp.describe()})")
+    return 0
+
+
+def cmd_import(a, out: Output) -> int:
+    from engine.jobs.build_memory import build_memory
+    from engine.jobs.progress import JobCancelled
+
+    stop = _StopFlag()
+    bar = ProgressBar("import", enabled=not a.json and not a.quiet)
+    try:
+        with stop:
+            res = build_memory(
+                {"pack": a.pack, "inputs": a.paths, "name": a.name, "author": a.author},
+                progress=bar,
+                should_stop=stop,
+            )
+    except JobCancelled as exc:
+        bar.close()
+        out.info(f"plugmem: interrupted: {exc}")
+        return EXIT_INTERRUPTED
+    bar.close()
+
+    def human() -> str:
+        lines = [f"added {res['entries_added']:,} entries in {res['seconds']:.1f} s ({res['entries_per_second']:.0f}/s)"]
+        lines += [f"already imported, skipped: {f}" for f in res["files_skipped"]]
+        lines += [f"error: {e}" for e in res["errors"]]
+        return "\n".join(lines)
+
+    out.emit(res, human)
+    if res["errors"]:
+        if not a.json:
+            print(f"plugmem: {len(res['errors'])} input(s) rejected; nothing of them was imported: {res['errors'][0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def cmd_list(a, out: Output) -> int:
+    with _open_pack(a.pack) as pack:
+        status = None if a.status == "all" else a.status
+        entries = pack.page(a.after, a.limit, status=status, tag=a.tag)
+        data = {"entries": [e.to_dict() for e in entries], "next_after": entries[-1].id if len(entries) == a.limit else None}
+        out.emit(data, lambda: "\n".join(_entry_line(e) for e in entries) or "(no entries)")
+    return 0
+
+
+def cmd_show(a, out: Output) -> int:
+    from engine.store import EntryNotFound
+
+    with _open_pack(a.pack) as pack:
+        try:
+            e = pack.get(a.id)
+        except EntryNotFound:
+            raise CliError(f"{a.pack}: no entry with id {a.id}") from None
+
+        def human() -> str:
+            return "\n".join(
+                [
+                    f"id:      {e.id}",
+                    f"title:   {e.title}",
+                    f"status:  {e.status}",
+                    f"source:  {e.source}",
+                    f"tags:    {', '.join(e.tags)}",
+                    f"version: {e.version}   updated: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e.updated))}",
+                    "",
+                    e.text,
+                ]
+            )
+
+        out.emit(e.to_dict(), human)
+    return 0
+
+
+def cmd_add(a, out: Output) -> int:
+    text = sys.stdin.read() if a.text == "-" else a.text
+    with _open_memory(a.pack, out) as mem:
+        ch = mem.add(text, title=a.title or "", source=a.source or "", tags=_parse_tags(a.tags) or [], author=a.author)
+        out.emit({**_change_dict(ch), "id": ch.ids[0]}, f"added entry {ch.ids[0]}")
+    return 0
+
+
+def cmd_edit(a, out: Output) -> int:
+    if a.disable and a.enable:
+        raise CliError("--disable and --enable exclude each other")
+    fields: dict[str, Any] = {}
+    if a.text is not None:
+        fields["text"] = sys.stdin.read() if a.text == "-" else a.text
+    if a.title is not None:
+        fields["title"] = a.title
+    if a.source is not None:
+        fields["source"] = a.source
+    if a.tags is not None:
+        fields["tags"] = _parse_tags(a.tags)
+    if a.disable:
+        fields["status"] = "disabled"
+    if a.enable:
+        fields["status"] = "active"
+    if not fields:
+        raise CliError("nothing to change: give --text, --title, --source, --tags, --disable or --enable")
+    from engine.store import EntryNotFound
+
+    with _open_memory(a.pack, out) as mem:
+        try:
+            ch = mem.edit(a.id, author=a.author, **fields)
+        except EntryNotFound:
+            raise CliError(f"{a.pack}: no entry with id {a.id}") from None
+        out.emit(_change_dict(ch), _describe_change(ch, "edit"))
+    return 0
+
+
+def cmd_delete(a, out: Output) -> int:
+    from engine.store import EntryNotFound
+
+    with _open_memory(a.pack, out) as mem:
+        try:
+            ch = mem.delete(a.ids, author=a.author)
+        except EntryNotFound as exc:
+            raise CliError(f"{a.pack}: {exc}") from None
+        out.emit(_change_dict(ch), _describe_change(ch, "delete"))
+    return 0
+
+
+def cmd_undo(a, out: Output) -> int:
+    with _open_memory(a.pack, out) as mem:
+        ch = mem.undo()
+        out.emit(_change_dict(ch), ("undid " + _describe_change(ch, "undo")) if ch else "nothing to undo")
+    return 0
+
+
+def cmd_redo(a, out: Output) -> int:
+    with _open_memory(a.pack, out) as mem:
+        ch = mem.redo()
+        out.emit(_change_dict(ch), ("redid " + _describe_change(ch, "redo")) if ch else "nothing to redo")
+    return 0
+
+
+def cmd_history(a, out: Output) -> int:
+    with _open_pack(a.pack) as pack:
+        recs = pack.history(entry_id=a.id, limit=a.limit)
+        data = {"history": [r.to_dict() for r in recs]}
+
+        def human() -> str:
+            lines = []
+            for r in recs:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
+                who = r.author or "-"
+                before = (r.before or {}).get("text")
+                after = (r.after or {}).get("text")
+                what = r.op
+                if before is not None and after is not None and before != after:
+                    what += f": {before[:40]!r} -> {after[:40]!r}"
+                elif (r.before or {}).get("status") != (r.after or {}).get("status"):
+                    what += f": status {(r.before or {}).get('status')} -> {(r.after or {}).get('status')}"
+                lines.append(f"{when}  change {r.change_id:>5}  entry {r.entry_id:>7}  {who:<10} {what}")
+            return "\n".join(lines) or "(no history)"
+
+        out.emit(data, human)
+    return 0
+
+
+def cmd_search(a, out: Output) -> int:
+    if not a.query.strip():
+        raise CliError("empty query")
+    if a.k < 1:
+        raise CliError(f"-k must be at least 1 (got {a.k})")
+    if a.text:
+        with _open_pack(a.pack) as pack:
+            ranked = pack.fts(a.query, limit=a.k)
+            entries = {e.id: e for e in pack.get_many([i for i, _ in ranked])}
+            results = [
+                {"id": i, "title": entries[i].title, "text": entries[i].text, "source": entries[i].source, "score": round(float(s), 6)}
+                for i, s in ranked
+                if i in entries
+            ]
+    else:
+        with _open_memory(a.pack, out) as mem:
+            results = [h.to_dict() for h in mem.search(a.query, k=a.k)]
+
+    def human() -> str:
+        return "\n".join(f"{r['score']:8.4f} {r['id']:>8}  {r['text'][:100]}" for r in results) or "(no results)"
+
+    out.emit({"query": a.query, "mode": "text" if a.text else "vector", "results": results}, human)
+    return 0
+
+
+def cmd_export(a, out: Output) -> int:
+    dest = Path(a.out)
+    if dest.suffix.lower() not in (".jsonl", ".csv"):
+        raise CliError(f"{a.out}: export format must be .jsonl or .csv")
+    if dest.exists() and not a.force:
+        raise CliError(f"{a.out}: already exists (use --force to overwrite)")
+    with _open_pack(a.pack) as pack:
+        n = pack.export(dest)
+        out.emit({"out": str(dest), "entries": n}, f"exported {n:,} entries to {dest}")
+    return 0
+
+
+def cmd_stats(a, out: Output) -> int:
+    from engine.memory import index_dir_for
+
+    with _open_pack(a.pack) as pack:
+        active = pack.count("active")
+        disabled = pack.count("disabled")
+        data = {
+            "pack": str(pack.path),
+            "name": pack.name,
+            "entries": active + disabled,
+            "active": active,
+            "disabled": disabled,
+            "content_version": pack.content_version,
+            "schema_version": pack.schema_version,
+            "encoder": pack.encoder.to_dict() if pack.encoder else None,
+            "stale_vectors": len(pack.stale_vector_ids()),
+            "index_cache": str(index_dir_for(pack.path)) if index_dir_for(pack.path).exists() else None,
+            "file_bytes": pack.path.stat().st_size,
+        }
+
+    def human() -> str:
+        enc = pack.encoder.describe() if pack.encoder else "(none yet)"
+        return "\n".join(
+            [
+                f"pack:      {data['name']} ({data['pack']})",
+                f"entries:   {data['entries']:,} ({active:,} active, {disabled:,} disabled)",
+                f"encoder:   {enc}",
+                f"version:   content {data['content_version']}, schema {data['schema_version']}",
+                f"vectors:   {data['stale_vectors']:,} missing or stale",
+            ]
+        )
+
+    out.emit(data, human)
+    return 0
+
+
+def cmd_check(a, out: Output) -> int:
+    from engine.check import check_pack
+
+    report = check_pack(Path(a.pack), repair=a.repair, on_message=out.info)
+
+    def human() -> str:
+        lines = ["ok" if report["ok"] else f"{len(report['problems'])} problem(s):"]
+        lines += [f"  - {p}" for p in report["problems"]]
+        lines += [f"  repaired: {r}" for r in report.get("repaired", [])]
+        return "\n".join(lines)
+
+    out.emit(report, human)
+    return 0 if report["ok"] or a.repair and report.get("ok_after_repair") else 1
+
+
+def cmd_reencode(a, out: Output) -> int:
+    from engine.check import reencode_pack
+
+    bar = ProgressBar("re-encode", enabled=not a.json and not a.quiet)
+    res = reencode_pack(Path(a.pack), progress=bar, on_message=out.info)
+    bar.close()
+    out.emit(res, f"re-encoded {res['entries']:,} entries with {res['encoder']}")
+    return 0
+
+
+def cmd_demo(a, out: Output) -> int:
+    from engine.demo import ensure_demo_workspace
+
+    bar = ProgressBar("building demo memories", enabled=not a.json and not a.quiet)
+    ws = ensure_demo_workspace(progress=bar)
+    bar.close()
+    from engine.memory import Memory
+
+    results = {}
+    for pack_path in ws["packs"]:
+        with Memory.open(pack_path, on_message=out.info) as mem:
+            q = a.query or "What is the capital of Japan?"
+            results[Path(pack_path).stem] = [h.to_dict() for h in mem.search(q, k=3)]
+
+    def human() -> str:
+        lines = [f"demo workspace: {ws['folder']}"]
+        for name, hits in results.items():
+            lines.append(f"\n{name}:")
+            lines += [f"  {h['score']:.3f}  {h['text']}" for h in hits]
+        lines.append("\nTry: plugmem search " + ws["packs"][0] + ' "boiling point of iron" -k 5')
+        return "\n".join(lines)
+
+    out.emit({"workspace": ws, "results": results}, human)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON document")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress or notices on stderr")
+    common.add_argument("--author", default=os.environ.get("PLUGMEM_AUTHOR") or _user(), help="name recorded in history")
+
+    p = argparse.ArgumentParser(prog="plugmem", description="PlugMem Studio: curate a language model's plug-in memory, headless.")
+    p.add_argument("--version", action="version", version="plugmem 0.1.0")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[common], help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("init", cmd_init, "create an empty memory pack")
+    sp.add_argument("pack")
+    sp.add_argument("--name")
+
+    sp = add("import", cmd_import, "import a corpus (JSONL, CSV, .txt/.md file or folder) into a pack; resumes an interrupted import")
+    sp.add_argument("pack")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("--name", help="pack name when it is created")
+
+    sp = add("list", cmd_list, "list entries (keyset paging with --after)")
+    sp.add_argument("pack")
+    sp.add_argument("--status", choices=["active", "disabled", "all"], default="all")
+    sp.add_argument("--tag")
+    sp.add_argument("--after", type=int, default=0, help="show entries with id greater than this")
+    sp.add_argument("--limit", type=int, default=50)
+
+    sp = add("show", cmd_show, "show one entry")
+    sp.add_argument("pack")
+    sp.add_argument("id", type=int)
+
+    sp = add("add", cmd_add, "add an entry")
+    sp.add_argument("pack")
+    sp.add_argument("--text", required=True, help="the entry's text ('-' reads stdin)")
+    sp.add_argument("--title")
+    sp.add_argument("--source")
+    sp.add_argument("--tags", help="comma-separated")
+
+    sp = add("edit", cmd_edit, "edit an entry (text, title, source, tags, status)")
+    sp.add_argument("pack")
+    sp.add_argument("id", type=int)
+    sp.add_argument("--text", help="new text ('-' reads stdin)")
+    sp.add_argument("--title")
+    sp.add_argument("--source")
+    sp.add_argument("--tags", help="comma-separated; replaces the tags")
+    sp.add_argument("--disable", action="store_true")
+    sp.add_argument("--enable", action="store_true")
+
+    sp = add("delete", cmd_delete, "delete entries (undoable)")
+    sp.add_argument("pack")
+    sp.add_argument("ids", type=int, nargs="+")
+
+    sp = add("undo", cmd_undo, "undo the last change to the pack")
+    sp.add_argument("pack")
+    sp = add("redo", cmd_redo, "redo the last undone change")
+    sp.add_argument("pack")
+
+    sp = add("history", cmd_history, "history of the pack or of one entry")
+    sp.add_argument("pack")
+    sp.add_argument("id", type=int, nargs="?")
+    sp.add_argument("--limit", type=int, default=50)
+
+    sp = add("search", cmd_search, "search a pack (semantic by default, --text for full-text)")
+    sp.add_argument("pack")
+    sp.add_argument("query")
+    sp.add_argument("-k", type=int, default=10)
+    sp.add_argument("--text", action="store_true", help="full-text search (FTS5, bm25)")
+
+    sp = add("export", cmd_export, "export a pack to JSONL or CSV (lossless)")
+    sp.add_argument("pack")
+    sp.add_argument("out")
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("stats", cmd_stats, "counts and metadata of a pack")
+    sp.add_argument("pack")
+
+    sp = add("check", cmd_check, "check a pack's database, full-text index, vectors and index cache")
+    sp.add_argument("pack")
+    sp.add_argument("--repair", action="store_true", help="rebuild what is derived (FTS, vectors, index)")
+
+    sp = add("reencode", cmd_reencode, "re-encode a pack's keys with the current encoder")
+    sp.add_argument("pack")
+
+    sp = add("demo", cmd_demo, "build the bundled demo memories (once) and run a sample search")
+    sp.add_argument("query", nargs="?")
+    return p
+
+
+def _user() -> str | None:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name is fine
+        return None
+
+
+class _StopFlag:
+    """should_stop() for in-process jobs: Ctrl+C sets it instead of killing mid-transaction."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old = None
+
+    def __call__(self) -> bool:
+        return self.stop
+
+    def __enter__(self) -> "_StopFlag":
+        import signal
+
+        def handler(signum, frame):  # noqa: ARG001
+            if self.stop:  # second Ctrl+C: give up at once
+                raise KeyboardInterrupt
+            self.stop = True
+            print("\nstopping at the next checkpoint (Ctrl+C again to abort)...", file=sys.stderr)
+
+        try:
+            self._old = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("PLUGMEM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    out = Output(a.json, a.quiet)
+    from engine.errors import user_errors
+
+    try:
+        return a.fn(a, out)
+    except CliError as exc:
+        print(f"plugmem: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except user_errors() as exc:
+        print(f"plugmem: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("plugmem: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

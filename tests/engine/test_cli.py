@@ -1,0 +1,130 @@
+"""The `plugmem` command line: outputs, JSON contracts, exit codes, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def js(capsys, *args):
+    code, out, err = run(capsys, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture
+def pack(tmp_path, capsys, facts_jsonl, encoder) -> Path:
+    p = tmp_path / "geo.plugmem"
+    assert run(capsys, "init", p)[0] == 0
+    assert run(capsys, "import", p, facts_jsonl)[0] == 0
+    return p
+
+
+def test_stats_search_and_show(capsys, pack):
+    stats = js(capsys, "stats", pack)
+    assert stats["entries"] == 10 and stats["active"] == 10
+    res = js(capsys, "search", pack, "capital of Japan", "-k", "3")["results"]
+    assert len(res) == 3 and res[0]["text"] == "Tokyo is the capital of Japan."
+    assert set(res[0]) >= {"id", "text", "title", "source", "score"}
+    assert res[0]["score"] >= res[1]["score"]
+    full = js(capsys, "search", pack, "capital", "--text")["results"]
+    assert full and all("capital" in r["text"].lower() for r in full)
+    shown = js(capsys, "show", pack, res[0]["id"])
+    assert shown["text"] == "Tokyo is the capital of Japan."
+
+
+def test_edit_undo_redo_history(capsys, pack):
+    eid = js(capsys, "search", pack, "capital of Japan", "-k", "1")["results"][0]["id"]
+    assert run(capsys, "edit", pack, eid, "--text", "Kyoto is the capital of Japan.")[0] == 0
+    assert js(capsys, "search", pack, "capital of Japan", "-k", "1")["results"][0]["text"].startswith("Kyoto")
+    assert run(capsys, "edit", pack, eid, "--disable")[0] == 0
+    assert eid not in [r["id"] for r in js(capsys, "search", pack, "capital of Japan", "-k", "10")["results"]]
+    assert js(capsys, "stats", pack)["active"] == 9
+    assert run(capsys, "undo", pack)[0] == 0
+    assert run(capsys, "undo", pack)[0] == 0
+    assert js(capsys, "search", pack, "capital of Japan", "-k", "1")["results"][0]["text"].startswith("Tokyo")
+    assert run(capsys, "redo", pack)[0] == 0
+    assert js(capsys, "show", pack, eid)["text"].startswith("Kyoto")
+    hist = js(capsys, "history", pack, eid)["history"]
+    assert len(hist) >= 3
+
+
+def test_add_delete_export_and_check(capsys, pack, tmp_path):
+    new = js(capsys, "add", pack, "--text", "Ottawa is the capital of Canada.", "--title", "Canada")["id"]
+    assert js(capsys, "stats", pack)["active"] == 11
+    assert run(capsys, "delete", pack, new)[0] == 0
+    assert js(capsys, "stats", pack)["entries"] == 10
+    out = tmp_path / "out.jsonl"
+    exported = js(capsys, "export", pack, out)
+    assert exported["entries"] == 10 and len(out.read_text().splitlines()) == 10
+    report = js(capsys, "check", pack)
+    assert report["ok"] is True and report["problems"] == []
+
+
+def test_check_repairs_a_corrupt_index(capsys, pack):
+    from engine.memory import index_dir_for
+
+    for f in index_dir_for(pack).iterdir():
+        f.write_bytes(b"junk")
+    code, out, _ = run(capsys, "check", pack, "--json")
+    report = json.loads(out)
+    assert code == 1 and report["ok"] is False and any("index" in p for p in report["problems"])
+    code, out, _ = run(capsys, "check", pack, "--repair", "--json")
+    assert code == 0
+    assert js(capsys, "check", pack)["ok"] is True
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["show", "{pack}", "999999"], "no entry with id 999999"),
+        (["search", "{pack}", "   "], "empty query"),
+        (["edit", "{pack}", "1", "--text", "   "], "text"),
+        (["show", "{missing}", "1"], "no such pack"),
+        (["init", "{pack}"], "already exists"),
+        (["export", "{pack}", "{tmp}/out.xlsx"], ".jsonl or .csv"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, pack, tmp_path, args, needle):
+    args = [a.format(pack=pack, missing=tmp_path / "nope.plugmem", tmp=tmp_path) for a in args]
+    code, out, err = run(capsys, *args)
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and needle in lines[0], err
+
+
+def test_corrupt_pack_file_is_reported(capsys, tmp_path):
+    bad = tmp_path / "bad.plugmem"
+    bad.write_bytes(b"this is not a database" * 100)
+    code, _, err = run(capsys, "stats", bad)
+    assert code == 2 and "bad.plugmem" in err
+
+
+def test_import_of_malformed_file_exits_nonzero_naming_line(capsys, tmp_path, encoder):
+    p = tmp_path / "x.plugmem"
+    bad = tmp_path / "bad.csv"
+    bad.write_text('text,title\n"ok",A\n"unterminated,B\n', encoding="utf-8")
+    code, _, err = run(capsys, "import", p, bad)
+    assert code == 2 and "bad.csv" in err
+    assert js(capsys, "stats", p)["entries"] == 0
+
+
+def test_console_script_runs(tmp_path):
+    exe = Path(sys.executable).with_name("plugmem")
+    if not exe.exists():
+        pytest.skip("console script not installed in this environment")
+    env = dict(os.environ, PLUGMEM_HOME=str(tmp_path))
+    r = subprocess.run([str(exe), "stats", str(tmp_path / "none.plugmem")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "no such pack" in r.stderr
