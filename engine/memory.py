@@ -71,6 +71,7 @@ class Memory:
         create: bool = False,
         name: str | None = None,
         on_message: MessageFn | None = None,
+        progress: Callable[[float, str], None] | None = None,
     ) -> "Memory":
         """Open (or with ``create`` make) the pack at ``path`` with its index ready.
 
@@ -88,7 +89,7 @@ class Memory:
             pack = Pack.open(path, encoder=fp)
         mem = cls(pack, encoder, None, on_message)
         try:
-            mem.index = mem._load_or_rebuild_index()
+            mem.index = mem._load_or_rebuild_index(progress)
         except BaseException:
             pack.close()
             raise
@@ -102,7 +103,7 @@ class Memory:
 
         return VectorIndex(self.encoder.dim)
 
-    def _load_or_rebuild_index(self):
+    def _load_or_rebuild_index(self, progress=None):
         from engine.index import IndexCacheError, VectorIndex
 
         folder = index_dir_for(self.pack.path)
@@ -113,12 +114,12 @@ class Memory:
                 index = VectorIndex.load(folder, old)
             except IndexCacheError as exc:
                 self._say(f"Index cache of {self.pack.path.name} is unreadable ({exc}); rebuilding it from the pack.")
-                return self.rebuild_index()
+                return self.rebuild_index(progress)
             behind = int(old["content_version"])
             if behind != want["content_version"]:
                 if behind > want["content_version"]:
                     self._say(f"Index cache of {self.pack.path.name} is newer than the pack; rebuilding it.")
-                    return self.rebuild_index()
+                    return self.rebuild_index(progress)
                 self.index = index
                 n = self._catch_up(behind)
                 self._say(f"Index of {self.pack.path.name} caught up with {n} changed entries.")
@@ -128,7 +129,7 @@ class Memory:
             self._say(f"Index cache of {self.pack.path.name} is stale or unreadable; rebuilding it from the pack.")
         elif self.pack.count() > 0:
             self._say(f"No index cache for {self.pack.path.name}; building it from the pack.")
-        return self.rebuild_index()
+        return self.rebuild_index(progress)
 
     def _catch_up(self, since_cv: int) -> int:
         upsert, remove = self.pack.changes_since(since_cv)

@@ -116,3 +116,18 @@ def test_text_search_ranks_and_skips_disabled(mem):
     assert len(hits) >= 3
     mem.set_status([hits[0].entry.id], "disabled")
     assert hits[0].entry.id not in {h.entry.id for h in mem.text_search("capital", k=10)}
+
+
+def test_reencode_adopts_a_foreign_pack_and_keeps_its_entries(tmp_path, encoder):
+    from engine.check import reencode_pack
+
+    other = EncoderFingerprint("acme/other-encoder", "f" * 64, 768, "cls")
+    path = tmp_path / "foreign.plugmem"
+    with Pack.create(path, name="foreign", encoder=other) as p:
+        p.add_many([{"text": t, "title": title} for t, title, _ in FACTS])
+        history_before = len(p.history())
+    res = reencode_pack(path, encoder=encoder)
+    assert res["entries"] == len(FACTS) and "acme/other-encoder" in res["previous_encoder"]
+    with Memory.open(path, encoder) as m:
+        assert top(m, "What is the capital of Japan?") == ["Tokyo is the capital of Japan."]
+        assert len(m.pack.history()) == history_before
