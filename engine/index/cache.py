@@ -1,0 +1,225 @@
+"""On-disk form of a VectorIndex: a folder of .npy files + the faiss graph + stamp.json.
+
+Files (shapes): ``base_ids.npy`` int64 [Nb], ``base_keys.npy`` float32 [Nb, dim] and
+``base_keys16.npy`` float16 [Nb, dim] (both memory-mapped on load, so opening a 1M index
+costs milliseconds), ``base_order.npy`` int64 [Nb] (argsort of ids), ``dead.npy`` uint8
+[ceil(Nb/8)] (packed tombstones), ``delta_ids.npy`` [Nd], ``delta_keys.npy`` [Nd, dim],
+``ann.faiss`` (HNSW over the base rows, optional).
+
+Every file is written to a temporary name and moved into place with ``os.replace``;
+``stamp.json`` is removed first and written LAST with each file's size and sha256 (for
+big files: of the first and last MiB), so an interrupted save reads as corrupt or
+missing, never as valid. Base files are rewritten only when the base changed since the
+folder was written (edits touch only the small delta/tombstone files).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.index.errors import IndexCorruptError, IndexMissingError, IndexStaleError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+STAMP = "stamp.json"
+FULL_HASH_LIMIT = 64 << 20
+EDGE = 1 << 20
+BASE_FILES = ("base_ids.npy", "base_keys.npy", "base_keys16.npy", "base_order.npy", "ann.faiss")
+
+
+def _checksum(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_LIMIT:
+            while block := f.read(1 << 20):
+                h.update(block)
+        else:  # big files: size + both ends catch truncation and header damage cheaply
+            h.update(f.read(EDGE))
+            f.seek(size - EDGE)
+            h.update(f.read(EDGE))
+    return h.hexdigest()
+
+
+def _normal(stamp: dict) -> Any:
+    return json.loads(json.dumps(stamp, sort_keys=True, default=str))
+
+
+def _write_npy(folder: Path, name: str, arr: np.ndarray) -> None:
+    tmp = folder / f".{name}.tmp"
+    # No fsync: the cache is derived data, and a torn write is caught by stamp.json's
+    # sizes and checksums, which costs a rebuild, never a wrong answer.
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(arr))
+    os.replace(tmp, folder / name)
+
+
+def _read_meta(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def save_index(index, folder: Path, stamp: dict) -> None:
+    import faiss
+
+    if not isinstance(stamp, dict):
+        raise TypeError(f"save: stamp must be a dict, got {type(stamp).__name__}")
+    folder.mkdir(parents=True, exist_ok=True)
+    old = _read_meta(folder)
+    old_files = (old or {}).get("files", {}) if isinstance(old, dict) else {}
+    reuse = (
+        isinstance(old, dict)
+        and old.get("base_uid") == index._base_uid
+        and all(
+            (folder / n).is_file() and (folder / n).stat().st_size == old_files[n]["size"]
+            for n in old_files
+            if n in BASE_FILES
+        )
+        and (index._ann is not None) == ("ann.faiss" in old_files)
+    )
+    (folder / STAMP).unlink(missing_ok=True)
+    files: dict[str, dict] = {}
+    if reuse:
+        files.update({n: v for n, v in old_files.items() if n in BASE_FILES})
+    else:
+        for n in BASE_FILES:
+            (folder / n).unlink(missing_ok=True)
+        keys = np.asarray(index._keys)
+        if index._keys16 is None:
+            index._keys16 = keys.astype(np.float16)
+        _write_npy(folder, "base_ids.npy", index._ids)
+        _write_npy(folder, "base_keys.npy", keys)
+        _write_npy(folder, "base_keys16.npy", np.asarray(index._keys16))
+        _write_npy(folder, "base_order.npy", index._order)
+        if index._ann is not None:
+            cpu = index._ann
+            if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(cpu).__name__:
+                cpu = faiss.index_gpu_to_cpu(cpu)
+            tmp = folder / ".ann.faiss.tmp"
+            faiss.write_index(cpu, str(tmp))
+            os.replace(tmp, folder / "ann.faiss")
+    _write_npy(folder, "dead.npy", np.packbits(index._dead, bitorder="little"))
+    _write_npy(folder, "delta_ids.npy", index._d_ids)
+    _write_npy(folder, "delta_keys.npy", index._d_keys)
+    for n in ("dead.npy", "delta_ids.npy", "delta_keys.npy") + (() if reuse else BASE_FILES):
+        p = folder / n
+        if p.is_file() and n not in files:
+            files[n] = {"size": p.stat().st_size, "sha256": _checksum(p)}
+    meta = {
+        "format": FORMAT,
+        "stamp": _normal(stamp),
+        "dim": index.dim,
+        "n_base": len(index._ids),
+        "n_delta": len(index._d_ids),
+        "base_uid": index._base_uid,
+        "approx_threshold": index.approx_threshold,
+        "hnsw": {"M": index.hnsw_m, "efConstruction": index.ef_construction, "efSearch": index.ef_search},
+        "files": files,
+    }
+    tmp = folder / f".{STAMP}.tmp"
+    tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    os.replace(tmp, folder / STAMP)
+
+
+def _corrupt(folder: Path, msg: str) -> IndexCorruptError:
+    return IndexCorruptError(f"index cache {folder}: {msg}")
+
+
+def load_index(cls, folder: Path, stamp: dict, *, device=None, approx_threshold=None):
+    if not (folder / STAMP).is_file():
+        raise IndexMissingError(f"no index cache at {folder}")
+    meta = _read_meta(folder)
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        raise _corrupt(folder, f"{STAMP} is unreadable")
+    if meta.get("format") != FORMAT:
+        raise IndexStaleError(f"index cache {folder} has format {meta.get('format')!r}, expected {FORMAT}")
+    if meta.get("stamp") != _normal(stamp):
+        raise IndexStaleError(f"index cache {folder} was saved for {meta.get('stamp')!r}, not {_normal(stamp)!r}")
+    files = meta["files"]
+    try:
+        dim, nb, nd = int(meta["dim"]), int(meta["n_base"]), int(meta["n_delta"])
+        for name, info in files.items():
+            p = folder / name
+            if not p.is_file():
+                raise _corrupt(folder, f"{name} is missing")
+            if p.stat().st_size != int(info["size"]):
+                raise _corrupt(folder, f"{name} has {p.stat().st_size} bytes, expected {info['size']} (truncated?)")
+            if _checksum(p) != info["sha256"]:
+                raise _corrupt(folder, f"{name} does not match its checksum")
+        need = {"base_ids.npy", "base_keys.npy", "base_keys16.npy", "base_order.npy", "dead.npy", "delta_ids.npy", "delta_keys.npy"}
+        if need - set(files):
+            raise _corrupt(folder, f"{STAMP} lists no {sorted(need - set(files))}")
+
+        def arr(name: str, dtype, shape, mmap: bool = False) -> np.ndarray:
+            try:
+                a = np.load(folder / name, mmap_mode="c" if mmap else None, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise _corrupt(folder, f"{name} is unreadable: {exc}") from exc
+            if a.dtype != np.dtype(dtype) or a.shape != shape:
+                raise _corrupt(folder, f"{name} is {a.dtype}{list(a.shape)}, expected {np.dtype(dtype)}{list(shape)}")
+            return a
+
+        ids = arr("base_ids.npy", np.int64, (nb,))
+        keys = arr("base_keys.npy", np.float32, (nb, dim), mmap=True)
+        keys16 = arr("base_keys16.npy", np.float16, (nb, dim), mmap=True)
+        order = arr("base_order.npy", np.int64, (nb,))
+        dead = np.unpackbits(arr("dead.npy", np.uint8, ((nb + 7) // 8,)), count=nb, bitorder="little").astype(bool)
+        d_ids = arr("delta_ids.npy", np.int64, (nd,))
+        d_keys = arr("delta_keys.npy", np.float32, (nd, dim))
+        if nb and (order.min() < 0 or order.max() >= nb or np.any(np.diff(ids[order]) < 0)):
+            raise _corrupt(folder, "base_order.npy does not sort base_ids.npy")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _corrupt(folder, f"{STAMP} is inconsistent: {exc}") from exc
+
+    hn = meta.get("hnsw") or {}
+    index = cls(
+        dim,
+        approx_threshold=int(approx_threshold if approx_threshold is not None else meta.get("approx_threshold", 0)),
+        device=device,
+        hnsw_m=int(hn.get("M", 32)),
+        ef_construction=int(hn.get("efConstruction", 40)),
+        ef_search=None if hn.get("efSearch") is None else int(hn["efSearch"]),
+    )
+    index._set_base(ids, keys, keys16, order, dead)
+    index._base_uid = str(meta["base_uid"])
+    index._set_delta(d_ids, d_keys)
+    if len(index._d_pos) != nd or (nd and (index._base_rows(d_ids) >= 0).any()):
+        raise _corrupt(folder, "delta ids repeat or are also live in the base")
+    if "ann.faiss" in files:
+        _load_ann_async(index, folder / "ann.faiss", nb)
+    elif nb >= index.approx_threshold:
+        log.info("index cache %s has no HNSW graph; searching exactly until compact()", folder)
+    return index
+
+
+def _load_ann_async(index, path: Path, nb: int) -> None:
+    """Read the HNSW graph in a thread; search is exact until it is ready."""
+    import faiss
+
+    index._ann_ready.clear()
+
+    def work() -> None:
+        try:
+            ann = faiss.read_index(str(path))
+            if ann.ntotal != nb:
+                raise ValueError(f"graph holds {ann.ntotal} vectors, base has {nb}")
+            from engine.index.ann import maybe_to_gpu
+
+            index._ann = maybe_to_gpu(ann)
+        except Exception as exc:  # noqa: BLE001 - a bad graph only costs speed
+            log.warning("HNSW graph %s unusable (%s); searching exactly until compact()", path, exc)
+            index._ann = None
+        finally:
+            index._ann_ready.set()
+
+    threading.Thread(target=work, name="hnsw-load", daemon=True).start()

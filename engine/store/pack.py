@@ -1,0 +1,882 @@
+"""A memory pack: one SQLite file holding entries, their keys, history and undo.
+
+Every mutation runs in one transaction that also writes its history rows, bumps the
+pack's ``content_version`` and records a row in ``changes`` (the undo stack), so undo
+and redo survive a restart and a crash never leaves half a change behind.
+
+Undo is data: each history row keeps the entry's state before and after the change;
+undoing a change restores the "before" state of every entry it touched, redoing
+restores the "after" state. An ``add`` stores no snapshot (the entry row itself is
+the "after"), so a million-entry import does not write its texts twice; its undo
+hides the rows (status ``deleted``) and its redo shows them again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import sqlite_utils
+
+from engine.fingerprint import EncoderFingerprint
+from engine.store.errors import EncoderMismatchError, EntryNotFound, PackError, ValidationError
+from engine.store.schema import SCHEMA_VERSION, migrate, read_schema_version
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 4000
+MAX_TITLE_CHARS = 300
+MAX_SOURCE_CHARS = 1000
+MAX_TAG_CHARS = 64
+MAX_TAGS = 32
+FIELDS = ("title", "text", "source", "tags", "status")
+STATUSES = ("active", "disabled")
+_SQL_CHUNK = 900  # stay under SQLite's bound-parameter limit
+
+
+@dataclass
+class Entry:
+    id: int
+    title: str
+    text: str
+    source: str
+    tags: list[str]
+    status: str
+    created: float
+    updated: float
+    version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def state(self) -> dict[str, Any]:
+        """The user-visible fields (what history snapshots keep)."""
+        return {"title": self.title, "text": self.text, "source": self.source, "tags": list(self.tags),
+                "status": self.status, "version": self.version}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed mutation: its id on the undo stack, what kind, which entries."""
+
+    change_id: int
+    kind: str
+    ids: list[int]
+    content_version: int
+    label: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.change_id, "kind": self.kind, "ids": list(self.ids),
+                "content_version": self.content_version, "label": self.label}
+
+
+@dataclass
+class HistoryRecord:
+    id: int
+    change_id: int
+    entry_id: int
+    op: str
+    before: dict | None
+    after: dict | None
+    time: float
+    author: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ImportState:
+    key: str
+    path: str
+    total: int
+    rows_done: int
+    change_id: int | None
+    state: str  # running | done | undone
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    return Entry(int(row[0]), row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7], int(row[8]))
+
+
+_COLS = "id, title, text, source, tags, status, created, updated, version"
+
+
+def _chunks(seq: Sequence[Any], n: int = _SQL_CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+# ---------------------------------------------------------------------------- validation
+def validate_fields(fields: dict[str, Any], *, require_text: bool, record: int | None = None) -> dict[str, Any]:
+    """Check and normalise entry fields; raise ValidationError naming the field."""
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise ValidationError(
+            f"unknown field(s) {', '.join(repr(k) for k in sorted(unknown))} (allowed: {', '.join(FIELDS)})",
+            record=record,
+        )
+    out: dict[str, Any] = {}
+    if "text" in fields or require_text:
+        text = fields.get("text")
+        if not isinstance(text, str):
+            raise ValidationError(f"'text' must be a string, not {type(text).__name__}", "text", record)
+        text = text.replace("\r\n", "\n").strip()
+        if not text:
+            raise ValidationError("'text' is empty", "text", record)
+        if len(text) > MAX_TEXT_CHARS:
+            raise ValidationError(
+                f"'text' has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,} "
+                "(split it into several entries)", "text", record)
+        out["text"] = text
+    for key, limit in (("title", MAX_TITLE_CHARS), ("source", MAX_SOURCE_CHARS)):
+        if key in fields:
+            v = fields[key]
+            if v is None:
+                v = ""
+            if not isinstance(v, str):
+                raise ValidationError(f"'{key}' must be a string, not {type(v).__name__}", key, record)
+            v = v.strip()
+            if len(v) > limit:
+                raise ValidationError(f"'{key}' has {len(v):,} characters; the limit is {limit:,}", key, record)
+            out[key] = v
+    if "tags" in fields:
+        tags = fields["tags"]
+        if tags is None:
+            tags = []
+        if isinstance(tags, str):
+            tags = [t for t in tags.split(",")]
+        if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
+            raise ValidationError("'tags' must be a list of strings", "tags", record)
+        clean: list[str] = []
+        for t in tags:
+            t = t.strip()
+            if not t:
+                continue
+            if "," in t or len(t) > MAX_TAG_CHARS:
+                raise ValidationError(f"tag {t[:80]!r} is invalid (no commas, at most {MAX_TAG_CHARS} characters)",
+                                      "tags", record)
+            if t not in clean:
+                clean.append(t)
+        if len(clean) > MAX_TAGS:
+            raise ValidationError(f"{len(clean)} tags; the limit is {MAX_TAGS}", "tags", record)
+        out["tags"] = clean
+    if "status" in fields:
+        s = fields["status"]
+        if s not in STATUSES:
+            raise ValidationError(f"'status' must be one of {', '.join(STATUSES)} (got {s!r}); "
+                                  "delete entries with delete", "status", record)
+        out["status"] = s
+    return out
+
+
+# ---------------------------------------------------------------------------- the pack
+class Pack:
+    """One pack file. Use :meth:`create` or :meth:`open`; close it (or use ``with``)."""
+
+    def __init__(self, path: Path, con: sqlite3.Connection, readonly: bool) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._con: sqlite3.Connection | None = con
+        self.db = sqlite_utils.Database(con)
+        self.schema_version = SCHEMA_VERSION
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, path: str | Path, name: str | None = None, encoder: EncoderFingerprint | None = None,
+               vector_dtype: str = "float32") -> "Pack":
+        path = Path(path)
+        if path.exists():
+            raise PackError(f"{path}: already exists; not overwritten")
+        if vector_dtype not in ("float32", "float16"):
+            raise PackError(f"vector dtype must be float32 or float16, not {vector_dtype!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pack = cls._connect(path, readonly=False, create=True)
+        con = pack.conn
+        with con:
+            for k, v in (("name", name or path.stem), ("content_version", "0"), ("created", str(time.time())),
+                         ("vector_dtype", vector_dtype),
+                         ("encoder", json.dumps(encoder.to_dict()) if encoder else "")):
+                con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, v))
+        return pack
+
+    @classmethod
+    def open(cls, path: str | Path, encoder: EncoderFingerprint | None = None, readonly: bool = False) -> "Pack":
+        """Open a pack; with ``encoder``, refuse one made by another encoder (naming both)."""
+        path = Path(path)
+        if not path.is_file():
+            raise PackError(f"{path}: no such pack file")
+        pack = cls._connect(path, readonly=readonly, create=False)
+        try:
+            if encoder is not None:
+                mine = pack.encoder
+                if mine is None:
+                    if not readonly:
+                        pack._set_meta("encoder", json.dumps(encoder.to_dict()))
+                elif mine != encoder:
+                    raise EncoderMismatchError(path, mine, encoder)
+        except BaseException:
+            pack.close()
+            raise
+        return pack
+
+    @classmethod
+    def _connect(cls, path: Path, *, readonly: bool, create: bool) -> "Pack":
+        try:
+            if readonly:
+                con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                      check_same_thread=False)
+            else:
+                con = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+            con.execute("PRAGMA busy_timeout = 30000")
+            version = read_schema_version(con)
+        except sqlite3.DatabaseError as exc:
+            raise PackError(f"{path}: not a PlugMem pack ({exc})") from None
+        if version < 0 or (version == 0 and not create):
+            con.close()
+            raise PackError(f"{path}: not a PlugMem pack (no pack metadata in this SQLite file)")
+        if version > SCHEMA_VERSION:
+            con.close()
+            raise PackError(f"{path}: made by a newer PlugMem (pack schema {version}; this version reads up to "
+                            f"{SCHEMA_VERSION}); upgrade PlugMem Studio to open it")
+        try:
+            if not readonly:
+                con.execute("PRAGMA journal_mode = WAL")
+                con.execute("PRAGMA synchronous = NORMAL")
+                if version < SCHEMA_VERSION:
+                    migrate(con, version)
+            elif version < SCHEMA_VERSION:
+                con.close()
+                raise PackError(f"{path}: pack schema {version} needs upgrading; open it for writing once")
+            con.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            con.close()
+            raise PackError(f"{path}: cannot open pack ({exc})") from None
+        return cls(path, con, readonly)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._con is None:
+            raise PackError(f"{self.path}: pack is closed")
+        return self._con
+
+    def close(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            try:
+                if not self.readonly:
+                    con.execute("PRAGMA optimize")
+            except sqlite3.DatabaseError:
+                pass
+            con.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._con is None
+
+    def __enter__(self) -> "Pack":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Pack({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ metadata
+    def _meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._writable()
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    @property
+    def name(self) -> str:
+        return self._meta("name") or self.path.stem
+
+    def rename(self, name: str) -> None:
+        if not name.strip():
+            raise ValidationError("a pack name cannot be empty", "name")
+        self._set_meta("name", name.strip())
+
+    @property
+    def content_version(self) -> int:
+        return int(self._meta("content_version", "0") or 0)
+
+    @property
+    def vector_dtype(self) -> str:
+        return self._meta("vector_dtype", "float32") or "float32"
+
+    @property
+    def encoder(self) -> EncoderFingerprint | None:
+        raw = self._meta("encoder")
+        if not raw:
+            return None
+        try:
+            return EncoderFingerprint.from_dict(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PackError(f"{self.path}: unreadable encoder fingerprint in metadata ({exc})") from None
+
+    def set_encoder(self, fp: EncoderFingerprint) -> None:
+        """Adopt another encoder: all stored keys become invalid and are dropped (re-encode next)."""
+        self._writable()
+        con = self.conn
+        with con:
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('encoder', ?)", (json.dumps(fp.to_dict()),))
+            con.execute("DELETE FROM vectors")
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise PackError(f"{self.path}: opened read-only")
+
+    # ------------------------------------------------------------------ reading
+    def count(self, status: str | None = None) -> int:
+        if status is None:
+            sql, args = "SELECT count(*) FROM entries WHERE status != 'deleted'", ()
+        else:
+            sql, args = "SELECT count(*) FROM entries WHERE status = ?", (status,)
+        return int(self.conn.execute(sql, args).fetchone()[0])
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def get(self, entry_id: int) -> Entry:
+        row = self.conn.execute(f"SELECT {_COLS} FROM entries WHERE id=?", (int(entry_id),)).fetchone()
+        if row is None:
+            raise EntryNotFound(f"{self.path.name}: no entry with id {entry_id}")
+        return _entry(row)
+
+    def get_many(self, ids: Iterable[int]) -> list[Entry]:
+        """Entries in the order of ``ids`` (any status, deleted included; unknown ids skipped)."""
+        ids = [int(i) for i in ids]
+        found: dict[int, Entry] = {}
+        for part in _chunks(ids):
+            q = f"SELECT {_COLS} FROM entries WHERE id IN ({','.join('?' * len(part))})"
+            for row in self.conn.execute(q, part):
+                found[int(row[0])] = _entry(row)
+        return [found[i] for i in ids if i in found]
+
+    def _where(self, status: str | None, tag: str | None) -> tuple[str, list[Any]]:
+        where, args = ["status != 'deleted'"], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if tag:
+            where.append("id IN (SELECT entry_id FROM entry_tags WHERE tag = ?)")
+            args.append(tag)
+        return " AND ".join(where), args
+
+    def ids(self, status: str | None = None, tag: str | None = None) -> list[int]:
+        """Ids of live entries (not deleted), ascending; filtered by status and tag."""
+        return self.all_ids_array(status, tag).tolist()
+
+    def all_ids_array(self, status: str | None = None, tag: str | None = None) -> np.ndarray:
+        where, args = self._where(status, tag)
+        cur = self.conn.execute(f"SELECT id FROM entries WHERE {where} ORDER BY id", args)
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    def page(self, after: int = 0, limit: int = 100, status: str | None = None, tag: str | None = None) -> list[Entry]:
+        """Keyset paging: up to ``limit`` live entries with id > ``after``."""
+        where, args = self._where(status, tag)
+        q = f"SELECT {_COLS} FROM entries WHERE {where} AND id > ? ORDER BY id LIMIT ?"
+        return [_entry(r) for r in self.conn.execute(q, [*args, int(after or 0), int(limit)])]
+
+    def tags(self) -> list[tuple[str, int]]:
+        """(tag, number of live entries) by descending count."""
+        q = ("SELECT t.tag, count(*) FROM entry_tags t JOIN entries e ON e.id = t.entry_id "
+             "WHERE e.status != 'deleted' GROUP BY t.tag ORDER BY count(*) DESC, t.tag")
+        return [(r[0], int(r[1])) for r in self.conn.execute(q)]
+
+    def fts(self, query: str, limit: int = 20, status: str | None = "active") -> list[tuple[int, float]]:
+        """Full-text search over title and text: [(id, score)], best first (score = -bm25).
+
+        The query is taken as words (FTS5 syntax is neutralised, so any user text is
+        safe); all words must match, the last one as a prefix; when nothing matches
+        all words, entries matching any word are returned.
+        """
+        words = re.findall(r"\w+", query or "", flags=re.UNICODE)
+        if not words:
+            return []
+        quoted = ['"' + w.replace('"', '""') + '"' for w in words]
+        if re.match(r"\w", query[-1:], flags=re.UNICODE):  # still typing the last word
+            quoted[-1] += "*"
+        out: list[tuple[int, float]] = []
+        for joiner in (" AND ", " OR "):
+            if joiner == " OR " and (len(quoted) == 1 or len(out) >= limit):
+                break
+            expr = joiner.join(quoted)
+            seen = {i for i, _ in out}
+            where = "e.status != 'deleted'" if status is None else "e.status = ?"
+            args: list[Any] = [expr] + ([] if status is None else [status]) + [int(limit) + len(seen)]
+            q = (f"SELECT e.id, bm25(entries_fts) AS r FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
+                 f"WHERE entries_fts MATCH ? AND {where} ORDER BY r LIMIT ?")
+            try:
+                rows = self.conn.execute(q, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                log.warning("full-text query %r failed: %s", expr, exc)
+                rows = []
+            out += [(int(i), -float(r)) for i, r in rows if int(i) not in seen]
+        return out[:limit]
+
+    # ------------------------------------------------------------------ history
+    def history(self, entry_id: int | None = None, limit: int | None = None,
+                change_id: int | None = None) -> list[HistoryRecord]:
+        """History rows, newest first; for one entry, one change, or the whole pack."""
+        where, args = [], []
+        if entry_id is not None:
+            where.append("entry_id = ?")
+            args.append(int(entry_id))
+        if change_id is not None:
+            where.append("change_id = ?")
+            args.append(int(change_id))
+        q = ("SELECT id, change_id, entry_id, op, before, after, time, author FROM history"
+             + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC")
+        if limit:
+            q += f" LIMIT {int(limit)}"
+        recs = [HistoryRecord(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else None,
+                              json.loads(r[5]) if r[5] else None, r[6], r[7]) for r in self.conn.execute(q, args)]
+        for rec in recs:
+            if rec.op == "add" and rec.after is None:
+                rec.after = self._state_after_add(rec)
+        return recs
+
+    def _state_after_add(self, rec: HistoryRecord) -> dict | None:
+        """An add keeps no snapshot: its state is the next change's 'before', or the entry now."""
+        row = self.conn.execute(
+            "SELECT before FROM history WHERE entry_id=? AND id>? AND before IS NOT NULL "
+            "AND before LIKE '{\"title\"%' ORDER BY id LIMIT 1", (rec.entry_id, rec.id)).fetchone()
+        if row:
+            state = json.loads(row[0])
+        else:
+            try:
+                state = self.get(rec.entry_id).state()
+            except EntryNotFound:
+                return None
+        state["status"] = "active"
+        return state
+
+    # ------------------------------------------------------------------ undo stack
+    def _top_undo(self) -> sqlite3.Row | None:
+        return self.conn.execute(
+            "SELECT id, kind, label FROM changes WHERE stack=1 AND undone=0 ORDER BY id DESC LIMIT 1").fetchone()
+
+    def _top_redo(self) -> sqlite3.Row | None:
+        return self.conn.execute(
+            "SELECT id, kind, label FROM changes WHERE stack=1 AND undone=1 ORDER BY id LIMIT 1").fetchone()
+
+    def can_undo(self) -> bool:
+        return self._top_undo() is not None
+
+    def can_redo(self) -> bool:
+        return self._top_redo() is not None
+
+    def undo_label(self) -> str:
+        row = self._top_undo()
+        return row[2] if row else ""
+
+    def redo_label(self) -> str:
+        row = self._top_redo()
+        return row[2] if row else ""
+
+    # ------------------------------------------------------------------ mutations
+    def _begin(self) -> int:
+        """Start a write transaction; return the next content version."""
+        self._writable()
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.content_version + 1
+
+    def _new_change(self, kind: str, label: str, author: str | None, cv: int, *, stack: int = 1,
+                    target: int | None = None) -> int:
+        con = self.conn
+        if stack:
+            con.execute("UPDATE changes SET undone=2 WHERE stack=1 AND undone=1")  # a new change ends redo
+        cur = con.execute(
+            "INSERT INTO changes(kind, label, time, author, content_version, stack, target) VALUES (?,?,?,?,?,?,?)",
+            (kind, label, time.time(), author, cv, stack, target))
+        return int(cur.lastrowid)
+
+    def _commit(self, cv: int, change_id: int | None) -> None:
+        con = self.conn
+        con.execute("UPDATE meta SET value=? WHERE key='content_version'", (str(cv),))
+        if change_id is not None:
+            con.execute("UPDATE changes SET content_version=? WHERE id=?", (cv, change_id))
+        con.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._con is not None and self._con.in_transaction:
+            self._con.execute("ROLLBACK")
+
+    def add(self, text: str, *, title: str = "", source: str = "", tags: Sequence[str] | None = None,
+            status: str = "active", author: str | None = None, vector: np.ndarray | None = None) -> Change:
+        rec = {"text": text, "title": title, "source": source, "tags": list(tags or []), "status": status}
+        vecs = None if vector is None else np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        return self.add_many([rec], vectors=vecs, author=author)
+
+    def add_many(self, records: Iterable[dict[str, Any]], *, vectors: np.ndarray | None = None,
+                 import_key: str | None = None, author: str | None = None) -> Change:
+        """Add entries in one transaction (one undo step; with ``import_key``, part of that import's step)."""
+        clean = []
+        for n, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise ValidationError(f"must be a mapping with a 'text' field, not {type(r).__name__}", record=n)
+            c = validate_fields({k: v for k, v in r.items() if k in FIELDS or k not in _IGNORED_ON_ADD},
+                                require_text=True, record=n)
+            clean.append(c)
+        if vectors is not None and len(vectors) != len(clean):
+            raise ValueError(f"{len(vectors)} vectors for {len(clean)} records")
+        now = time.time()
+        cv = self._begin()
+        con = self.conn
+        try:
+            if import_key is not None:
+                row = con.execute("SELECT change_id, state, path FROM imports WHERE key=?", (import_key,)).fetchone()
+                if row is None or row[1] != "running":
+                    raise PackError(f"{self.path.name}: no import in progress with key {import_key!r}")
+                change_id, kind = int(row[0]), "import"
+            else:
+                label = ("add entry" if len(clean) == 1 else f"add {len(clean):,} entries")
+                change_id, kind = self._new_change("add", label, author, cv), "add"
+            rows = [(c.get("title", ""), c["text"], c.get("source", ""), json.dumps(c.get("tags", [])),
+                     c.get("status", "active"), now, now, cv) for c in clean]
+            ids: list[int] = []
+            for r in rows:
+                cur = con.execute(
+                    "INSERT INTO entries(title, text, source, tags, status, created, updated, version, cv) "
+                    "VALUES (?,?,?,?,?,?,?,1,?)", r)
+                ids.append(int(cur.lastrowid))
+            tag_rows = [(t, i) for i, c in zip(ids, clean) for t in c.get("tags", [])]
+            if tag_rows:
+                con.executemany("INSERT OR IGNORE INTO entry_tags(tag, entry_id) VALUES (?,?)", tag_rows)
+            con.executemany("INSERT INTO history(change_id, entry_id, op, before, after, time, author) "
+                            "VALUES (?,?,'add',NULL,NULL,?,?)", [(change_id, i, now, author) for i in ids])
+            if vectors is not None and len(ids):
+                self._write_vectors(ids, [1] * len(ids), np.asarray(vectors))
+            if import_key is not None:
+                con.execute("UPDATE imports SET rows_done = rows_done + ? WHERE key=?", (len(ids), import_key))
+                con.execute("UPDATE changes SET label=? WHERE id=?",
+                            (f"import {Path(row[2]).name} ({self._import_rows(change_id) :,} entries)", change_id))
+            self._commit(cv, change_id)
+        except BaseException:
+            self._rollback()
+            raise
+        return Change(change_id, kind, ids, cv, self._label(change_id))
+
+    def _import_rows(self, change_id: int) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM history WHERE change_id=?", (change_id,)).fetchone()[0])
+
+    def _label(self, change_id: int) -> str:
+        row = self.conn.execute("SELECT label FROM changes WHERE id=?", (change_id,)).fetchone()
+        return row[0] if row else ""
+
+    def _live(self, ids: Sequence[int]) -> list[Entry]:
+        entries = self.get_many(ids)
+        found = {e.id for e in entries if e.status != "deleted"}
+        missing = [int(i) for i in ids if int(i) not in found]
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise EntryNotFound(f"{self.path.name}: no entry with id {shown}")
+        return [e for e in entries if e.status != "deleted"]
+
+    def edit(self, entry_id: int, *, author: str | None = None, vector: np.ndarray | None = None,
+             **fields: Any) -> Change:
+        """Change some fields of one entry; a no-op edit returns a Change with no ids."""
+        clean = validate_fields(fields, require_text=False)
+        (old,) = self._live([entry_id])
+        changed = {k: v for k, v in clean.items() if getattr(old, k) != v}
+        if not changed:
+            return Change(0, "edit", [], self.content_version, "")
+        if set(changed) == {"status"}:
+            op = "disable" if changed["status"] == "disabled" else "enable"
+            label = f"{op} entry {old.id}"
+        else:
+            op, label = "edit", f"edit entry {old.id}"
+        cv = self._begin()
+        try:
+            change_id = self._new_change(op, label, author, cv)
+            new_state = {**old.state(), **changed}
+            self._apply_states(change_id, [(old, new_state)], op, author, cv)
+            if vector is not None and "text" in changed:
+                self._write_vectors([old.id], [old.version + 1], np.asarray(vector).reshape(1, -1))
+            self._commit(cv, change_id)
+        except BaseException:
+            self._rollback()
+            raise
+        return Change(change_id, op, [old.id], cv, label)
+
+    def set_status(self, ids: Sequence[int], status: str, *, author: str | None = None) -> Change:
+        """Disable or enable entries in bulk (one undo step)."""
+        validate_fields({"status": status}, require_text=False)
+        entries = [e for e in self._live(list(dict.fromkeys(int(i) for i in ids))) if e.status != status]
+        op = "disable" if status == "disabled" else "enable"
+        if not entries:
+            return Change(0, op, [], self.content_version, "")
+        label = f"{op} entry {entries[0].id}" if len(entries) == 1 else f"{op} {len(entries):,} entries"
+        return self._bulk(entries, op, label, author, lambda e: {**e.state(), "status": status})
+
+    def delete(self, ids: Sequence[int], *, author: str | None = None) -> Change:
+        """Delete entries (kept as status 'deleted' so undo brings them back); one undo step."""
+        entries = self._live(list(dict.fromkeys(int(i) for i in ids)))
+        if not entries:
+            return Change(0, "delete", [], self.content_version, "")
+        label = f"delete entry {entries[0].id}" if len(entries) == 1 else f"delete {len(entries):,} entries"
+        return self._bulk(entries, "delete", label, author, lambda e: {**e.state(), "status": "deleted"})
+
+    def _bulk(self, entries: list[Entry], op: str, label: str, author: str | None, new_state) -> Change:
+        cv = self._begin()
+        try:
+            change_id = self._new_change(op, label, author, cv)
+            self._apply_states(change_id, [(e, new_state(e)) for e in entries], op, author, cv)
+            self._commit(cv, change_id)
+        except BaseException:
+            self._rollback()
+            raise
+        return Change(change_id, op, [e.id for e in entries], cv, label)
+
+    def _apply_states(self, change_id: int, pairs: list[tuple[Entry, dict[str, Any]]], op: str,
+                      author: str | None, cv: int, *, snapshot: bool = True) -> None:
+        """Write each entry's new state, its history row, tags and vector version (inside a transaction)."""
+        con = self.conn
+        now = time.time()
+        upd, hist, keep_vec, retag = [], [], [], []
+        for old, st in pairs:
+            v = old.version + 1
+            upd.append((st["title"], st["text"], st["source"], json.dumps(st["tags"]), st["status"], now, v, cv, old.id))
+            before = old.state() if snapshot else {"status": old.status, "version": old.version}
+            after = {**st, "version": v} if snapshot else {"status": st["status"], "version": v}
+            hist.append((change_id, old.id, op, json.dumps(before), json.dumps(after), now, author))
+            if st["text"] == old.text:
+                keep_vec.append((v, old.id, old.version))
+            if list(st["tags"]) != list(old.tags):
+                retag.append((old.id, st["tags"]))
+        con.executemany("UPDATE entries SET title=?, text=?, source=?, tags=?, status=?, updated=?, version=?, cv=? "
+                        "WHERE id=?", upd)
+        con.executemany("INSERT INTO history(change_id, entry_id, op, before, after, time, author) "
+                        "VALUES (?,?,?,?,?,?,?)", hist)
+        if keep_vec:  # only the text makes the key: a status/title change keeps the vector valid
+            con.executemany("UPDATE vectors SET entry_version=? WHERE entry_id=? AND entry_version=?", keep_vec)
+        for eid, tags in retag:
+            con.execute("DELETE FROM entry_tags WHERE entry_id=?", (eid,))
+            con.executemany("INSERT OR IGNORE INTO entry_tags(tag, entry_id) VALUES (?,?)", [(t, eid) for t in tags])
+
+    def undo(self, author: str | None = None) -> Change | None:
+        """Undo the latest change still done; None when there is nothing to undo."""
+        return self._undo_redo(undo=True, author=author)
+
+    def redo(self, author: str | None = None) -> Change | None:
+        """Redo the latest undone change; None when there is nothing to redo."""
+        return self._undo_redo(undo=False, author=author)
+
+    def _undo_redo(self, *, undo: bool, author: str | None) -> Change | None:
+        self._writable()
+        row = self._top_undo() if undo else self._top_redo()
+        if row is None:
+            return None
+        target, kind, label = int(row[0]), row[1], row[2]
+        con = self.conn
+        hist = con.execute("SELECT entry_id, op, before, after FROM history WHERE change_id=? ORDER BY id"
+                           + (" DESC" if undo else ""), (target,)).fetchall()
+        word = "undo" if undo else "redo"
+        cv = self._begin()
+        try:
+            change_id = self._new_change(word, f"{word} {label}", author, cv, stack=0, target=target)
+            latest: dict[int, tuple[str, str | None, str | None]] = {}
+            for eid, op, before, after in hist:  # first occurrence in apply order wins per entry
+                latest.setdefault(int(eid), (op, before, after))
+            entries = {e.id: e for e in self.get_many(list(latest))}
+            adds, full = [], []
+            for eid, (op, before, after) in latest.items():
+                e = entries.get(eid)
+                if e is None:
+                    continue
+                if op == "add":
+                    adds.append((e, {**e.state(), "status": "deleted" if undo else "active"}))
+                else:
+                    st = json.loads(before if undo else after)
+                    st.pop("version", None)
+                    full.append((e, st))
+            if adds:
+                self._apply_states(change_id, adds, f"{word} add", author, cv, snapshot=False)
+            if full:
+                self._apply_states(change_id, full, f"{word} {kind}", author, cv)
+            con.execute("UPDATE changes SET undone=? WHERE id=?", (1 if undo else 0, target))
+            if kind == "import":
+                con.execute("UPDATE imports SET state=? WHERE change_id=?", ("undone" if undo else "done", target))
+            self._commit(cv, change_id)
+        except BaseException:
+            self._rollback()
+            raise
+        return Change(change_id, word, [e.id for e, _ in adds + full], cv, f"{word} {label}")
+
+    # ------------------------------------------------------------------ imports (checkpointed)
+    def import_state(self, key: str) -> ImportState | None:
+        row = self.conn.execute("SELECT key, path, total, rows_done, change_id, state FROM imports WHERE key=?",
+                                (key,)).fetchone()
+        return ImportState(row[0], row[1], int(row[2]), int(row[3]), row[4], row[5]) if row else None
+
+    def begin_import(self, key: str, path: str, total: int, author: str | None = None) -> ImportState:
+        """Start (or find, to resume) the import of one file; its chunks form one undo step."""
+        st = self.import_state(key)
+        if st is not None and st.state in ("running", "done"):
+            return st
+        cv = self._begin()
+        try:
+            change_id = self._new_change("import", f"import {Path(path).name}", author, cv)
+            self.conn.execute(
+                "INSERT OR REPLACE INTO imports(key, path, total, rows_done, change_id, state, started) "
+                "VALUES (?,?,?,0,?,'running',?)", (key, str(path), int(total), change_id, time.time()))
+            self.conn.execute("COMMIT")  # no entry touched: content version unchanged
+        except BaseException:
+            self._rollback()
+            raise
+        return ImportState(key, str(path), int(total), 0, change_id, "running")
+
+    def finish_import(self, key: str) -> None:
+        st = self.import_state(key)
+        if st is None:
+            raise PackError(f"{self.path.name}: no import with key {key!r}")
+        self._writable()
+        with self.conn:
+            self.conn.execute("UPDATE imports SET state='done', finished=? WHERE key=?", (time.time(), key))
+            if st.change_id is not None and not self._import_rows(st.change_id):
+                self.conn.execute("DELETE FROM changes WHERE id=?", (st.change_id,))  # nothing to undo
+
+    # ------------------------------------------------------------------ vectors
+    def _write_vectors(self, ids: Sequence[int], versions: Sequence[int], vecs: np.ndarray) -> None:
+        dtype = self.vector_dtype
+        arr = np.ascontiguousarray(np.asarray(vecs, dtype=np.float32).astype(dtype, copy=False))
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO vectors(entry_id, entry_version, dtype, key) VALUES (?,?,?,?)",
+            [(int(i), int(v), dtype, arr[n].tobytes()) for n, (i, v) in enumerate(zip(ids, versions))])
+
+    def set_vectors(self, ids: Sequence[int], vecs: np.ndarray) -> None:
+        """Store keys for entries at their current versions (one transaction)."""
+        self._writable()
+        ids = [int(i) for i in ids]
+        if len(ids) != len(vecs):
+            raise ValueError(f"{len(vecs)} vectors for {len(ids)} ids")
+        versions = {e.id: e.version for e in self.get_many(ids)}
+        missing = [i for i in ids if i not in versions]
+        if missing:
+            raise EntryNotFound(f"{self.path.name}: no entry with id {missing[0]}")
+        with self.conn:
+            self._write_vectors(ids, [versions[i] for i in ids], vecs)
+
+    def _dim(self) -> int | None:
+        enc = self.encoder
+        return enc.dim if enc else None
+
+    @staticmethod
+    def _decode(blob: bytes, dtype: str) -> np.ndarray:
+        return np.frombuffer(blob, dtype=np.float16 if dtype == "float16" else np.float32).astype(np.float32)
+
+    def get_vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(keys [n, dim] float32, ok [n] bool): ok is False where the key is missing or stale."""
+        ids = [int(i) for i in ids]
+        got: dict[int, np.ndarray] = {}
+        for part in _chunks(ids):
+            q = (f"SELECT v.entry_id, v.dtype, v.key FROM vectors v JOIN entries e ON e.id = v.entry_id "
+                 f"WHERE v.entry_version = e.version AND v.entry_id IN ({','.join('?' * len(part))})")
+            for eid, dtype, blob in self.conn.execute(q, part):
+                got[int(eid)] = self._decode(blob, dtype)
+        dim = self._dim() or (len(next(iter(got.values()))) if got else 0)
+        out = np.zeros((len(ids), dim), dtype=np.float32)
+        ok = np.zeros(len(ids), dtype=bool)
+        for n, i in enumerate(ids):
+            v = got.get(i)
+            if v is not None and len(v) == dim:
+                out[n] = v
+                ok[n] = True
+        return out, ok
+
+    def stale_vector_ids(self) -> list[int]:
+        """Active entries whose key is missing or older than their text."""
+        q = ("SELECT e.id FROM entries e LEFT JOIN vectors v ON v.entry_id = e.id WHERE e.status = 'active' "
+             "AND (v.entry_id IS NULL OR v.entry_version != e.version) ORDER BY e.id")
+        return [int(r[0]) for r in self.conn.execute(q)]
+
+    def iter_active_vectors(self, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, keys) of active entries with current keys, in id order, in batches."""
+        q = ("SELECT v.entry_id, v.dtype, v.key FROM vectors v JOIN entries e ON e.id = v.entry_id "
+             "WHERE e.status = 'active' AND v.entry_version = e.version AND v.entry_id > ? "
+             "ORDER BY v.entry_id LIMIT ?")
+        after = 0
+        dim = self._dim()
+        while True:
+            rows = self.conn.execute(q, (after, batch)).fetchall()
+            if not rows:
+                return
+            dtype = rows[0][1]
+            np_dtype = np.float16 if dtype == "float16" else np.float32
+            if all(r[1] == dtype for r in rows):
+                keys = np.frombuffer(b"".join(r[2] for r in rows), dtype=np_dtype).astype(np.float32)
+                keys = keys.reshape(len(rows), -1)
+            else:
+                keys = np.stack([self._decode(r[2], r[1]) for r in rows])
+            if dim is not None and keys.shape[1] != dim:
+                raise PackError(f"{self.path.name}: stored keys have {keys.shape[1]} dimensions, "
+                                f"the pack's encoder has {dim}; run `plugmem check {self.path} --repair`")
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, keys
+            after = int(ids[-1])
+
+    def changes_since(self, content_version: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids to upsert, ids to remove) for an index made at ``content_version``."""
+        rows = self.conn.execute("SELECT id, status FROM entries WHERE cv > ?", (int(content_version),)).fetchall()
+        up = np.array([r[0] for r in rows if r[1] == "active"], dtype=np.int64)
+        rm = np.array([r[0] for r in rows if r[1] != "active"], dtype=np.int64)
+        return up, rm
+
+    # ------------------------------------------------------------------ export / import
+    def export(self, dest: str | Path) -> int:
+        from engine.store.io import export_pack
+
+        return export_pack(self, Path(dest))
+
+    def import_file(self, src: str | Path, *, author: str | None = None, vectors=None) -> Change:
+        """Add every entry of an exported (or any corpus) JSONL/CSV file as one undo step."""
+        from engine.jobs.corpus import parse_file
+
+        records = parse_file(Path(src))
+        return self.add_many(records, author=author, vectors=vectors)
+
+    # ------------------------------------------------------------------ entities and triples
+    def add_entity(self, name: str, aliases: Sequence[str] = (), description: str = "") -> int:
+        self._writable()
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO entities(name, aliases, description) VALUES (?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET aliases=excluded.aliases, description=excluded.description",
+                (name, json.dumps(list(aliases)), description))
+            return int(self.conn.execute("SELECT id FROM entities WHERE name=?", (name,)).fetchone()[0])
+
+    def entities(self) -> list[dict[str, Any]]:
+        return [{"id": r[0], "name": r[1], "aliases": json.loads(r[2]), "description": r[3]}
+                for r in self.conn.execute("SELECT id, name, aliases, description FROM entities ORDER BY id")]
+
+    def add_triples(self, triples: Iterable[tuple[int, str, str, int | None, str]]) -> int:
+        self._writable()
+        rows = list(triples)
+        with self.conn:
+            self.conn.executemany("INSERT INTO triples(head, relation, tail, tail_id, source) VALUES (?,?,?,?,?)", rows)
+        return len(rows)
+
+    def triples(self, head: int | None = None) -> list[dict[str, Any]]:
+        q = "SELECT id, head, relation, tail, tail_id, source FROM triples"
+        args: tuple = ()
+        if head is not None:
+            q, args = q + " WHERE head=?", (int(head),)
+        return [{"id": r[0], "head": r[1], "relation": r[2], "tail": r[3], "tail_id": r[4], "source": r[5]}
+                for r in self.conn.execute(q + " ORDER BY id", args)]
+
+
+# fields of exported files that are not entry fields; accepted on add and ignored
+_IGNORED_ON_ADD = ("id", "created", "updated", "version")
