@@ -2,14 +2,17 @@
 
 Building encodes a few thousand short facts (about 20-40 s on two CPU cores); after
 that the packs open at once. An interrupted build resumes (it is a normal import).
+A packaged install ships the packs prebuilt (``resources/demo-packs/``, made by
+``packaging/prepare_models.py``): they are copied on first start instead of built.
 """
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Callable
 
-from engine.resources import demo_dir, user_data_dir
+from engine.resources import demo_dir, resources_dir, user_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ def ensure_demo_workspace(progress: Callable[[float, str], None] | None = None, 
     for n, domain in enumerate(domains):
         src = demo_dir() / domain / "facts.jsonl"
         pack = folder / f"{domain}.plugmem"
+        _copy_prebuilt(domain, pack)
         build_memory(
             {"pack": str(pack), "inputs": [str(src)], "name": domain, "author": "demo"},
             progress=wrap_progress(progress, n / len(domains), (n + 1) / len(domains)),
@@ -47,3 +51,24 @@ def ensure_demo_workspace(progress: Callable[[float, str], None] | None = None, 
         if held.exists():
             probes[domain] = str(held)
     return {"folder": str(folder), "packs": packs, "probes": probes}
+
+
+def prebuilt_dir() -> Path:
+    return resources_dir() / "demo-packs"
+
+
+def _copy_prebuilt(domain: str, pack: Path) -> bool:
+    """Copy the shipped prebuilt pack (and its index cache) when the user has none yet."""
+    src = prebuilt_dir() / f"{domain}.plugmem"
+    if pack.exists() or not src.is_file():
+        return False
+    tmp = pack.with_name(pack.name + ".copying")
+    shutil.copyfile(src, tmp)
+    index = src.with_name(src.name + ".index")
+    if index.is_dir():
+        dest = pack.with_name(pack.name + ".index")
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(index, dest)
+    tmp.replace(pack)  # the pack appears whole or not at all
+    log.info("demo pack %s copied from %s", domain, src)
+    return True

@@ -70,13 +70,18 @@ def corpus_files(path: str | Path) -> list[Path]:
 
 
 def file_key(path: str | Path) -> str:
-    """Resolved path + sha256 of the content: the same file imported again has the same key."""
+    """File name + sha256 of the content: the same file imported again has the same key.
+
+    Not the full path: a pack built from a file (the demo packs shipped in a packaged
+    install, a pack built on another machine) must recognise that file's import as done
+    wherever the file now lives, instead of importing it a second time.
+    """
     p = Path(path).resolve()
     h = hashlib.sha256()
     with open(p, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return f"{p}#sha256:{h.hexdigest()}"
+    return f"{p.name}#sha256:{h.hexdigest()}"
 
 
 def _kind(path: Path) -> str:

@@ -434,6 +434,45 @@ def _convert_gguf(gguf: Path, target: Path) -> dict:
     return {"gguf": str(gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+BUNDLE_INFO = "bundle.json"
+ENV_BUNDLED_READER = "PLUGMEM_BUNDLED_READER"
+
+
+def bundled_reader_dir() -> tuple[Path, str] | None:
+    """The converted default reader shipped inside a packaged install, with its GGUF digest.
+
+    A PyInstaller bundle carries it as ``<bundle>/models/reader`` (made by
+    ``packaging/prepare_models.py``) so that the bundle needs neither the GGUF nor the
+    converter; ``$PLUGMEM_BUNDLED_READER`` points elsewhere (tests). None in a checkout.
+    """
+    import sys
+
+    env = os.environ.get(ENV_BUNDLED_READER)
+    frozen = getattr(sys, "_MEIPASS", None)
+    folder = Path(env) if env else (Path(frozen) / "models" / "reader" if frozen else None)
+    if folder is None or not (folder / BUNDLE_INFO).is_file():
+        return None
+    try:
+        info = json.loads((folder / BUNDLE_INFO).read_text(encoding="utf-8"))
+        return folder, str(info["weights_sha256"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ReaderError(f"{folder / BUNDLE_INFO}: unreadable bundled reader description ({exc})") from None
+
+
+def write_bundle(target: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Copy the converted default reader to ``target`` for packaging (with its digest)."""
+    import shutil
+
+    gguf, folder, digest = _default_entry(cache_dir)
+    reader_cache.ensure_folder(folder, lambda tmp: _convert_gguf(gguf, tmp))
+    target = Path(target)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(folder, target)
+    (target / BUNDLE_INFO).write_text(json.dumps({"name": DEFAULT_NAME, "weights_sha256": digest}), encoding="utf-8")
+    return target
+
+
 def _default_entry(cache_dir: str | Path | None) -> tuple[Path, Path, str]:
     from engine.encode.weights_hash import cached_sha256
 
@@ -456,6 +495,10 @@ def load_default_reader(
     cache_dir: str | Path | None = None,
 ) -> Reader:
     """SmolLM2-135M-Instruct from the converted cache; a cache that fails to load is rebuilt once."""
+    bundled = bundled_reader_dir()
+    if bundled is not None:
+        return load_folder(bundled[0], device, dtype=dtype, name=DEFAULT_NAME, weights_sha256=bundled[1],
+                           cache_dir=cache_dir)
     gguf, folder, digest = _default_entry(cache_dir)
     reader_cache.ensure_folder(folder, lambda tmp: _convert_gguf(gguf, tmp))
     kw = dict(dtype=dtype, name=DEFAULT_NAME, weights_sha256=digest, cache_dir=cache_dir)
@@ -500,6 +543,9 @@ def default_tokenizer(cache_dir: str | Path | None = None):
     from transformers import AutoTokenizer
 
     _offline()
+    bundled = bundled_reader_dir()
+    if bundled is not None:
+        return AutoTokenizer.from_pretrained(str(bundled[0]), local_files_only=True)
     full = _default_entry(cache_dir)[1]
     if reader_cache.folder_problem(full) is None:
         return AutoTokenizer.from_pretrained(str(full), local_files_only=True)
