@@ -1,0 +1,279 @@
+"""The main window: workspace (left), memory browser (centre), entry editor (right), jobs (bottom)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QProgressBar, QTabWidget, QWidget
+
+from app.context import AppContext
+from app.settings import load_state, save_settings, save_state
+from app.views.browser import MemoryBrowser
+from app.views.editor import EntryEditor
+from app.views.evaluation import EvaluationView
+from app.views.explain import ExplainPanel
+from app.views.jobs_panel import JobsPanel
+from app.views.workspace_panel import WorkspacePanel
+
+log = logging.getLogger(__name__)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, ctx: AppContext, restore: bool = True) -> None:
+        super().__init__()
+        self.setObjectName("MainWindow")
+        self.ctx = ctx
+        ctx.notifier.parent_widget = self
+        self.setWindowTitle("PlugMem Studio")
+        self.resize(1440, 860)
+
+        self.browser = MemoryBrowser(ctx)
+        self.explain = ExplainPanel(ctx)
+        self.evaluation = EvaluationView(ctx)
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("MainTabs")
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.browser, "Memory")
+        self.tabs.addTab(self.explain, "Ask and explain")
+        self.tabs.addTab(self.evaluation, "Evaluation")
+        self.setCentralWidget(self.tabs)
+        self.workspace_panel = WorkspacePanel(ctx)
+        self.editor = EntryEditor(ctx)
+        self.jobs_panel = JobsPanel(ctx)
+        self.workspace_dock = self._dock("Workspace", self.workspace_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.editor_dock = self._dock("Entry", self.editor, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.jobs_dock = self._dock("Jobs", self.jobs_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.resizeDocks([self.workspace_dock, self.editor_dock], [270, 360], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.jobs_dock], [150], Qt.Orientation.Vertical)
+
+        self.browser.selection_changed.connect(lambda ids: self.editor.show_ids(self.browser.path, ids))
+        self.browser.new_requested.connect(self.new_entry)
+        self.explain.entry_activated.connect(self.open_entry)
+
+        self._build_menus()
+        self._build_status_bar()
+        ctx.hub.changed.connect(lambda p, c: self.update_undo_actions())
+        ctx.hub.reloaded.connect(lambda p: self.update_undo_actions())
+        ctx.current_changed.connect(lambda p: self.update_undo_actions())
+        ctx.busy_changed.connect(lambda p, b: self.update_undo_actions())
+        ctx.current_changed.connect(lambda p: self._update_title())
+        ctx.workspace_changed.connect(self._update_plugged)
+        ctx.encoder_ready.connect(lambda dev: self.device_label.setText(f"Device: {dev}"))
+        ctx.demo_progress.connect(self._demo_progress)
+        ctx.notifier.message.connect(self._note)
+        ctx.jobs.progress.connect(lambda *a: self._update_jobs_label())
+        ctx.jobs.jobs_changed.connect(self._update_jobs_label)
+        ctx.model.state_changed.connect(lambda st: self._update_reader_label())
+        if restore:
+            self.restore_state()
+        self.update_undo_actions()
+        self._update_plugged()
+        self._update_title()
+        self._update_reader_label()
+
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        d = QDockWidget(title, self)
+        d.setObjectName(f"{title}Dock")
+        d.setWidget(widget)
+        d.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetClosable
+                      | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+        self.addDockWidget(area, d)
+        return d
+
+    # ------------------------------------------------------------------ menus
+    def _build_menus(self) -> None:
+        mb = self.menuBar()
+        f = mb.addMenu("&File")
+        wp = self.workspace_panel
+        self.act_new_pack = f.addAction("New pack…", lambda: wp.new_pack())
+        self.act_open_pack = f.addAction("Open pack…", lambda: wp.open_pack())
+        self.act_open_pack.setShortcut(QKeySequence.StandardKey.Open)
+        f.addAction("Import into pack…", lambda: wp.import_into())
+        f.addAction("Export pack…", lambda: wp.export_pack())
+        f.addAction("Check pack…", wp.check_selected)
+        f.addSeparator()
+        quit_act = f.addAction("Quit", self.close)
+        quit_act.setShortcut(QKeySequence.StandardKey.Quit)
+
+        e = mb.addMenu("&Edit")
+        self.act_undo = QAction("Undo", self)
+        self.act_undo.setShortcut(QKeySequence("Ctrl+Z"))
+        self.act_undo.triggered.connect(self.undo)
+        self.act_redo = QAction("Redo", self)
+        self.act_redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        self.act_redo.triggered.connect(self.redo)
+        e.addAction(self.act_undo)
+        e.addAction(self.act_redo)
+        e.addSeparator()
+        self.act_new_entry = e.addAction("New entry", self.new_entry)
+        self.act_new_entry.setShortcut(QKeySequence.StandardKey.New)
+        self.act_save_entry = e.addAction("Save entry", self.editor.save)
+        self.act_save_entry.setShortcut(QKeySequence.StandardKey.Save)
+        e.addSeparator()
+        e.addAction(self.browser.act_disable)
+        e.addAction(self.browser.act_enable)
+        e.addAction(self.browser.act_delete)
+        e.addSeparator()
+        find = e.addAction("Find", lambda: (self.browser.search_box.setFocus(), self.browser.search_box.selectAll()))
+        find.setShortcut(QKeySequence.StandardKey.Find)
+
+        v = mb.addMenu("&View")
+        for n in range(self.tabs.count()):
+            a = v.addAction(self.tabs.tabText(n), lambda n=n: self.tabs.setCurrentIndex(n))
+            a.setShortcut(QKeySequence(f"Ctrl+{n + 1}"))
+        v.addSeparator()
+        for d in (self.workspace_dock, self.editor_dock, self.jobs_dock):
+            v.addAction(d.toggleViewAction())
+
+        m = mb.addMenu("&Model")
+        ask = m.addAction("Ask…", self.focus_prompt)
+        ask.setShortcut(QKeySequence("Ctrl+K"))
+        m.addAction("Ask again", self.explain.ask_again)
+
+    def _build_status_bar(self) -> None:
+        sb = self.statusBar()
+        self.device_label = QLabel("Device: loading encoder…")
+        self.plugged_label = QLabel()
+        self.jobs_label = QLabel("No jobs running")
+        self.reader_label = QLabel("Reader: not loaded")
+        self.demo_bar = QProgressBar()
+        self.demo_bar.setMaximumWidth(200)
+        self.demo_bar.setVisible(False)
+        for w in (self.plugged_label, self.jobs_label, self.demo_bar, self.reader_label, self.device_label):
+            sb.addPermanentWidget(w)
+
+    # ------------------------------------------------------------------ undo / redo
+    def _reader(self):
+        return self.ctx.reader(self.ctx.current)
+
+    def update_undo_actions(self) -> None:
+        r = self._reader()
+        busy = bool(self.ctx.current and self.ctx.is_busy(self.ctx.current))
+        try:
+            can_u, can_r = (r.can_undo(), r.can_redo()) if r is not None else (False, False)
+            lu = r.undo_label() if can_u else ""
+            lr = r.redo_label() if can_r else ""
+        except Exception as exc:
+            log.warning("undo state: %s", exc)
+            can_u = can_r = False
+            lu = lr = ""
+        self.act_undo.setEnabled(can_u and not busy)
+        self.act_redo.setEnabled(can_r and not busy)
+        self.act_undo.setText(f"Undo {lu}".strip())
+        self.act_redo.setText(f"Redo {lr}".strip())
+
+    def undo(self) -> None:
+        if self.ctx.current and self.act_undo.isEnabled():
+            self.ctx.writer(self.ctx.current).submit(lambda m: m.undo(), what="Undo in")
+
+    def redo(self) -> None:
+        if self.ctx.current and self.act_redo.isEnabled():
+            self.ctx.writer(self.ctx.current).submit(lambda m: m.redo(), what="Redo in")
+
+    def focus_prompt(self) -> None:
+        self.tabs.setCurrentWidget(self.explain)
+        self.explain.prompt.setFocus()
+        self.explain.prompt.selectAll()
+
+    def open_entry(self, path: str, entry_id: int) -> None:
+        """Show an entry (e.g. one that explains an answer) in the editor, selected in the browser."""
+        self.ctx.set_current(path)
+        b = self.browser
+        if not b.select_id(entry_id) and (b.model.searching or b.model.status or b.model.tag):
+            b.search_box.clear()
+            b.run_search()
+            b.status.setCurrentIndex(0)
+            b.tag.setCurrentIndex(0)
+            b.select_id(entry_id)
+        if self.editor.entry is None or self.editor.entry.id != entry_id or self.editor.path != path:
+            self.editor.show_entry(path, entry_id)
+        self.editor_dock.show()
+        self.editor_dock.raise_()
+
+    def new_entry(self) -> None:
+        self.editor_dock.show()
+        self.editor.new_entry(self.ctx.current)
+
+    # ------------------------------------------------------------------ status bar
+    def _update_title(self) -> None:
+        cur = self.ctx.current
+        self.setWindowTitle(f"{Path(cur).stem} — PlugMem Studio" if cur else "PlugMem Studio")
+
+    def _update_reader_label(self) -> None:
+        host = self.ctx.model
+        text = {"idle": "Reader: not loaded", "loading": "Reader: loading…", "failed": "Reader: failed to load",
+                "closed": "Reader: closed"}.get(host.state, f"Reader: {host.description}")
+        self.reader_label.setText(text)
+        if host.state == "failed" and host.error is not None:
+            self.reader_label.setToolTip(str(host.error))
+
+    def _update_plugged(self) -> None:
+        names = [Path(p).stem for p in self.ctx.workspace.plugged()]
+        self.plugged_label.setText("Plugged in: " + (", ".join(names) if names else "none"))
+
+    def _update_jobs_label(self) -> None:
+        live = list(self.ctx.jobs.live.values())
+        if not live:
+            self.jobs_label.setText("No jobs running")
+        else:
+            j = live[0]
+            more = f" (+{len(live) - 1})" if len(live) > 1 else ""
+            self.jobs_label.setText(f"Job: {j.title} {j.fraction * 100:.0f}%{more}")
+
+    def _demo_progress(self, fraction: float, message: str) -> None:
+        self.demo_bar.setVisible(fraction < 1.0)
+        self.demo_bar.setValue(int(fraction * 100))
+        self.demo_bar.setFormat("Demo %p%")
+
+    def _note(self, level: str, text: str) -> None:
+        self.statusBar().showMessage(text.splitlines()[0], 8000)
+
+    # ------------------------------------------------------------------ state
+    def restore_state(self) -> None:
+        geo = load_state("geometry")
+        if geo is not None:
+            self.restoreGeometry(geo)
+        st = load_state("windowState")
+        if st is not None:
+            self.restoreState(st)
+        hdr = load_state(self._header_key())
+        if hdr is not None:
+            self.browser.view.horizontalHeader().restoreState(hdr)
+            self.browser._fitted = True
+            self.browser._show_score_column()
+            self.browser._show_sort_indicator()
+        sp = load_state("editorSplitter")
+        if sp is not None:
+            self.editor.splitter.restoreState(sp)
+        sp = load_state("explainSplitter")
+        if sp is not None:
+            self.explain.splitter.restoreState(sp)
+        sp = load_state("evalSplitter")
+        if sp is not None:
+            self.evaluation.splitter.restoreState(sp)
+
+    def _header_key(self) -> str:
+        """Header state is only valid for the column set it was saved with."""
+        return "browserHeader/" + "-".join(self.browser.model.columns())
+
+    def save_state(self) -> None:
+        save_state("geometry", self.saveGeometry())
+        save_state("windowState", self.saveState())
+        save_state(self._header_key(), self.browser.view.horizontalHeader().saveState())
+        save_state("editorSplitter", self.editor.splitter.saveState())
+        save_state("explainSplitter", self.explain.splitter.saveState())
+        save_state("evalSplitter", self.evaluation.splitter.saveState())
+        self.ctx.settings.last_workspace = str(self.ctx.workspace.folder)
+        save_settings(self.ctx.settings)
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
+        try:
+            self.save_state()
+        except Exception as exc:  # pragma: no cover
+            log.warning("saving window state: %s", exc)
+        for t in self.findChildren(QTimer):  # debounce, count refresh, plot redraw
+            t.stop()
+        self.ctx.close()
+        super().closeEvent(event)

@@ -1,0 +1,448 @@
+"""Ask and explain: a prompt, the answer with and without the plugged memories side by
+side, and the retrieved entries that explain it (retrieval score, fusion weight and
+leave-one-out effect drawn as bars). Click an entry to open it in the editor; after an
+edit, "Ask again" shows how the answer follows.
+
+Predictions run on the model thread (:class:`app.model_host.ModelHost`); the plugged
+packs are searched on their writer threads. Nothing here blocks the event loop.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMenu,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableView,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.context import AppContext
+from app.models.explanation_table import COLUMNS, ExplanationTableModel
+from app.views.bars import BarDelegate
+
+log = logging.getLogger(__name__)
+
+MODES = [
+    ("Memory branch (dpm)", "dpm", "The retrieved entries enter the reader's last layers through the trained memory branch."),
+    ("In the context", "context", "The retrieved entries are written before the prompt (no training needed)."),
+    ("No memory", "none", "The bare reader: nothing is retrieved."),
+]
+MAX_K = 50
+
+HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>PlugMem Studio explanation</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }}
+th {{ background: #f2f2f2; }}
+</style></head>
+<body>
+<h1>Explanation</h1>
+{body}
+<p style="color:#777">Exported from PlugMem Studio. Score: retrieval inner product; weight: fusion weight;
+leave-one-out: change of log p(answer) when the entry is left out.</p>
+</body></html>
+"""
+
+
+class ExplainPanel(QWidget):
+    answered = Signal(object)  # the Explanation shown
+    failed = Signal(str)  # the message shown
+    entry_activated = Signal(str, int)  # pack path, entry id
+
+    def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("ExplainPanel")
+        self.ctx = ctx
+        self.explanation = None
+        self._gen = 0
+        self._pending = False
+        self._pack_paths: dict[str, str] = {}  # pack name in the record -> file
+        self._asked_plugged: list[str] = []
+
+        self.prompt = QLineEdit(placeholderText="Ask the model, or type the start of a sentence for it to complete…")
+        self.prompt.setObjectName("PromptBox")
+        self.prompt.setClearButtonEnabled(True)
+        self.ask_btn = QPushButton("Ask")
+        self.ask_btn.setDefault(True)
+        self.ask_btn.setToolTip("Answer with the plugged memories and explain the answer (Enter)")
+        self.again_btn = QPushButton("Ask again")
+        self.again_btn.setToolTip("Ask the last question again (after editing entries or plugging packs)")
+        self.again_btn.setEnabled(False)
+
+        self.mode = QComboBox()
+        for label, key, tip in MODES:
+            self.mode.addItem(label, key)
+            self.mode.setItemData(self.mode.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.k = QSpinBox()
+        self.k.setRange(1, MAX_K)
+        self.k.setToolTip("How many entries are retrieved (top-k over all plugged packs)")
+        self.tokens = QSpinBox()
+        self.tokens.setRange(1, 64)
+        self.tokens.setValue(8)
+        self.tokens.setToolTip("Longest answer, in tokens")
+        self.export_btn = QToolButton(text="Export")
+        self.export_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.export_btn.setToolTip("Save this explanation as JSON or HTML")
+        menu = QMenu(self)
+        menu.addAction("As JSON…", lambda: self._export_dialog("json"))
+        menu.addAction("As HTML…", lambda: self._export_dialog("html"))
+        self.export_btn.setMenu(menu)
+        self.export_btn.setEnabled(False)
+
+        row1 = QHBoxLayout()
+        row1.addWidget(self.prompt, 1)
+        row1.addWidget(self.ask_btn)
+        row1.addWidget(self.again_btn)
+        row2 = QHBoxLayout()
+        row2.addWidget(QLabel("Mode"))
+        row2.addWidget(self.mode)
+        row2.addSpacing(12)
+        row2.addWidget(QLabel("Entries (k)"))
+        row2.addWidget(self.k)
+        row2.addSpacing(12)
+        row2.addWidget(QLabel("Answer tokens"))
+        row2.addWidget(self.tokens)
+        row2.addStretch(1)
+        row2.addWidget(self.export_btn)
+
+        self.with_box, self.with_text = self._answer_box("With memory")
+        self.without_box, self.without_text = self._answer_box("Without memory")
+        answers = QHBoxLayout()
+        answers.addWidget(self.with_box, 1)
+        answers.addWidget(self.without_box, 1)
+        self.verdict = QLabel()
+        self.verdict.setObjectName("Verdict")
+
+        self.model = ExplanationTableModel(self)
+        self.table = QTableView()
+        self.table.setObjectName("RetrievedTable")
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setWordWrap(False)
+        self.table.setMouseTracking(True)
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 12)
+        self.bar_delegate = BarDelegate(self.table)
+        hh = self.table.horizontalHeader()
+        for i, name in enumerate(COLUMNS):
+            if name in ("score", "weight", "leave-one-out"):
+                self.table.setItemDelegateForColumn(i, self.bar_delegate)
+                self.table.setColumnWidth(i, 112)
+        self.table.setColumnWidth(COLUMNS.index("#"), 34)
+        self.table.setColumnWidth(COLUMNS.index("pack"), 90)
+        hh.setMinimumSectionSize(30)
+        hh.setSectionResizeMode(COLUMNS.index("entry"), QHeaderView.ResizeMode.Stretch)
+        self.table.setCursor(Qt.CursorShape.PointingHandCursor)
+
+        self.status = QLabel()
+        self.status.setObjectName("ExplainStatus")
+        self.status.setWordWrap(True)
+        self.stale = QLabel()
+        self.stale.setObjectName("StaleNotice")
+        self.stale.setWordWrap(True)
+        self.stale.setVisible(False)
+
+        top = QWidget()
+        tl = QVBoxLayout(top)
+        tl.setContentsMargins(0, 0, 0, 0)
+        tl.addLayout(row1)
+        tl.addLayout(row2)
+        tl.addLayout(answers, 1)
+        tl.addWidget(self.verdict)
+        bottom = QWidget()
+        bl = QVBoxLayout(bottom)
+        bl.setContentsMargins(0, 0, 0, 0)
+        self.retrieved_label = QLabel("Retrieved entries")
+        self.retrieved_label.setObjectName("SectionLabel")
+        bl.addWidget(self.retrieved_label)
+        bl.addWidget(self.table, 1)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.setObjectName("ExplainSplitter")
+        split.addWidget(top)
+        split.addWidget(bottom)
+        split.setStretchFactor(0, 2)
+        split.setStretchFactor(1, 3)
+        self.splitter = split
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 6, 6, 6)
+        lay.addWidget(split, 1)
+        lay.addWidget(self.stale)
+        lay.addWidget(self.status)
+
+        s = ctx.settings
+        self.mode.setCurrentIndex(max(0, self.mode.findData(getattr(s, "ask_mode", "dpm"))))
+        self.k.setValue(int(getattr(s, "ask_k", 5)))
+        self.prompt.returnPressed.connect(self.ask)
+        self.ask_btn.clicked.connect(self.ask)
+        self.again_btn.clicked.connect(self.ask_again)
+        self.mode.currentIndexChanged.connect(self._options_changed)
+        self.k.valueChanged.connect(self._options_changed)
+        self.table.clicked.connect(self._clicked)
+        self.table.activated.connect(self._clicked)
+        ctx.hub.changed.connect(self._pack_changed)
+        ctx.workspace_changed.connect(self._plugged_changed)
+        host = ctx.model
+        host.state_changed.connect(self._model_state)
+        host.ready.connect(lambda desc: self._model_state(host.state))
+        self._clear_answers()
+        self._model_state(host.state)
+
+    # ------------------------------------------------------------------ layout helpers
+    def _answer_box(self, title: str) -> tuple[QGroupBox, QLabel]:
+        box = QGroupBox(title)
+        text = QLabel()
+        text.setObjectName("AnswerText")
+        text.setWordWrap(True)
+        text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        text.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        lay = QVBoxLayout(box)
+        lay.addWidget(text, 1)
+        return box, text
+
+    def _clear_answers(self) -> None:
+        self.with_text.setText("")
+        self.without_text.setText("")
+        self.verdict.setText("")
+        self.with_box.setTitle("With memory")
+        self.model.set_entries([])
+
+    # ------------------------------------------------------------------ asking
+    def current_mode(self) -> str:
+        return self.mode.currentData()
+
+    def ask(self) -> bool:
+        """Ask the prompt in the box. False (with an inline message) when it cannot be asked."""
+        prompt = self.prompt.text()
+        if not prompt.strip():
+            self._error("Type a question or the start of a sentence first.")
+            return False
+        mode, k, n = self.current_mode(), self.k.value(), self.tokens.value()
+        host = self.ctx.model
+        if mode == "dpm" and host.state == "ready" and not host.has_branch:
+            self._error("Mode “memory branch” needs a trained memory branch, and this reader has none: "
+                        "choose “In the context”, or train one from the Jobs panel.")
+            return False
+        mems, skipped = self.ctx.plugged_memories() if mode != "none" else ([], [])
+        self._gen += 1
+        gen = self._gen
+        self._pending = True
+        self._asked = (prompt, mode, k, n)
+        self._asked_plugged = list(self.ctx.workspace.plugged())
+        paths = {m.name: m.path for m in mems}
+        note = ""
+        if mode != "none" and not mems:
+            note = "No pack is plugged in: the answer is the bare reader's. Tick a pack in the Workspace panel."
+        if skipped:
+            note = (note + " " if note else "") + "Left out: " + "; ".join(skipped) + "."
+
+        def task(model):
+            predictor = model.predictor
+            used, fell_back = mode, ""
+            if mode == "dpm" and model.branch is None:  # found out only now that the reader loaded
+                used, fell_back = "context", "No memory branch for this reader: answered with the entries in the context."
+            return predictor.predict(prompt, mems, mode=used, k=k, max_new_tokens=n), fell_back
+
+        self._set_busy(True, "Loading the reader, then answering…" if host.state != "ready" else "Answering…")
+        host.submit(task, lambda res: self._done(gen, res[0], paths, " ".join(x for x in (res[1], note) if x)),
+                    on_error=lambda exc: self._failed(gen, exc), what="Answering")
+        return True
+
+    def ask_again(self) -> bool:
+        if not getattr(self, "_asked", None):
+            return False
+        prompt, *_ = self._asked
+        if self.prompt.text() != prompt:
+            self.prompt.setText(prompt)
+        return self.ask()
+
+    def _done(self, gen: int, expl, paths: dict[str, str], note: str) -> None:
+        if gen != self._gen:
+            return  # a newer question was asked meanwhile
+        self._pending = False
+        self._set_busy(False)
+        self.explanation = expl
+        self._pack_paths = paths
+        self.stale.setVisible(False)
+        mode_label = next((label for label, key, _ in MODES if key == expl.mode), expl.mode)
+        packs = ", ".join(expl.packs) if expl.packs else "no pack plugged"
+        self.with_box.setTitle(f"With memory — {mode_label}; {packs}")
+        self.with_text.setText(_shown(expl.answer))
+        self.without_text.setText(_shown(expl.answer_without_memory))
+        if expl.mode == "none":
+            self.verdict.setText("Mode “No memory”: both answers are the bare reader's.")
+        elif not expl.retrieved:
+            self.verdict.setText("Nothing was retrieved: both answers are the bare reader's.")
+        elif expl.answer.strip() == expl.answer_without_memory.strip():
+            self.verdict.setText("The memory did not change the answer.")
+        else:
+            self.verdict.setText("The memory changed the answer.")
+        self.model.set_entries(expl.retrieved)
+        n = len(expl.retrieved)
+        self.retrieved_label.setText(f"Retrieved entries ({n}, best first) — click one to open it in the editor"
+                                     if n else "Retrieved entries (none)")
+        secs = f" in {expl.seconds:.1f} s" if expl.seconds is not None else ""
+        lp = f" · log p(answer) {expl.answer_logprob:.2f}" if expl.answer_logprob is not None else ""
+        self.status.setProperty("error", False)
+        self._repolish(self.status)
+        self.status.setText(f"Answered{secs}{lp}." + (f" {note}" if note else ""))
+        self.again_btn.setEnabled(True)
+        self.export_btn.setEnabled(True)
+        self.answered.emit(expl)
+
+    def _failed(self, gen: int, exc: BaseException) -> None:
+        if gen != self._gen:
+            return
+        self._pending = False
+        self._set_busy(False)
+        from app.notifier import is_user_error
+
+        if is_user_error(exc):
+            self._error(str(exc))
+        else:
+            self._error(self.ctx.notifier.error("Answering", exc))
+        self.again_btn.setEnabled(bool(getattr(self, "_asked", None)))
+
+    def _error(self, text: str) -> None:
+        self.status.setProperty("error", True)
+        self._repolish(self.status)
+        self.status.setText(text)
+        self.failed.emit(text)
+
+    def _set_busy(self, busy: bool, text: str = "") -> None:
+        self.ask_btn.setEnabled(not busy)
+        self.again_btn.setEnabled(not busy and bool(getattr(self, "_asked", None)))
+        if busy:
+            self.status.setProperty("error", False)
+            self._repolish(self.status)
+            self.status.setText(text)
+
+    @property
+    def busy(self) -> bool:
+        return self._pending
+
+    @staticmethod
+    def _repolish(w: QWidget) -> None:
+        w.style().unpolish(w)
+        w.style().polish(w)
+
+    # ------------------------------------------------------------------ options / model state
+    def _options_changed(self) -> None:
+        self.ctx.settings.ask_mode = self.current_mode()
+        self.ctx.settings.ask_k = self.k.value()
+
+    def _model_state(self, state: str) -> None:
+        host = self.ctx.model
+        i = self.mode.findData("dpm")
+        item = self.mode.model().item(i)
+        if state == "ready" and not host.has_branch:
+            item.setEnabled(False)
+            item.setToolTip(host.model.note if host.model else "")
+            if self.current_mode() == "dpm":
+                self.mode.setCurrentIndex(self.mode.findData("context"))
+        else:
+            item.setEnabled(True)
+        if self._pending:
+            return
+        if state == "loading":
+            self.status.setText("Loading the reader in the background…")
+        elif state == "ready":
+            note = host.model.note if host.model else ""
+            self.status.setText(f"Reader ready: {host.description}." + (f" {note}" if note else ""))
+        elif state == "failed":
+            self._error(f"The reader could not be loaded: {host.error}")
+
+    # ------------------------------------------------------------------ staleness
+    def _pack_changed(self, path: str, change) -> None:
+        if self.explanation is None:
+            return
+        names = [n for n, p in self._pack_paths.items() if p == path]
+        ids = {int(i) for i in getattr(change, "ids", ())}
+        if any(self.model.mark_changed(n, ids) for n in names):
+            self.stale.setText("An entry used in this answer was edited: press “Ask again” to see the answer follow.")
+            self.stale.setVisible(True)
+
+    def _plugged_changed(self) -> None:
+        if self.explanation is not None and self.ctx.workspace.plugged() != self._asked_plugged:
+            self.stale.setText("The plugged packs changed since this answer: press “Ask again”.")
+            self.stale.setVisible(True)
+
+    # ------------------------------------------------------------------ entries
+    def _clicked(self, index) -> None:
+        if not index.isValid():
+            return
+        r = self.model.entry(index.row())
+        path = self._pack_paths.get(r.pack)
+        if path:
+            self.entry_activated.emit(path, int(r.id))
+
+    # ------------------------------------------------------------------ export
+    def export(self, dest: str | Path) -> Path:
+        """Write the shown explanation as JSON (``.json``) or an HTML page (``.html``/``.htm``)."""
+        if self.explanation is None:
+            raise ValueError("there is no answer to export yet: ask something first")
+        dest = Path(dest)
+        suffix = dest.suffix.lower()
+        if suffix == ".json":
+            text = self.explanation.to_json(indent=2) + "\n"
+        elif suffix in (".html", ".htm"):
+            text = HTML_PAGE.format(body=self.explanation.to_html())
+        else:
+            raise ValueError(f"{dest.name}: choose a .json or .html file name")
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(dest)
+        return dest
+
+    def _export_dialog(self, kind: str) -> None:
+        flt = "JSON (*.json)" if kind == "json" else "HTML page (*.html)"
+        start = str(self.ctx.workspace.folder / f"explanation.{kind}")
+        dest, _ = QFileDialog.getSaveFileName(self, "Export the explanation", start, flt)
+        if not dest:
+            return
+        if not Path(dest).suffix:
+            dest += f".{kind}"
+        try:
+            self.export(dest)
+        except (OSError, ValueError) as exc:
+            self.ctx.notifier.error("Exporting the explanation", exc)
+            return
+        self.ctx.notifier.info(f"Explanation saved to {dest}")
+
+
+def _shown(answer: str) -> str:
+    a = answer.strip()
+    return a if a else "(empty answer)"
+
+
+def main() -> int:
+    from app.preview import run_panel
+
+    def make(ctx: AppContext) -> ExplainPanel:
+        ctx.model.load()
+        return ExplainPanel(ctx)
+
+    return run_panel(make, "Ask and explain")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

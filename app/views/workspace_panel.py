@@ -1,0 +1,352 @@
+"""Workspace side panel: attached packs (checkbox = plugged in), counts, encoder; pack actions."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QGridLayout,
+    QHeaderView,
+    QMessageBox,
+    QToolButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.context import AppContext
+
+log = logging.getLogger(__name__)
+
+PATH_ROLE = Qt.ItemDataRole.UserRole
+IMPORT_FILTER = "Corpus files (*.jsonl *.csv *.txt *.md);;All files (*)"
+
+
+class WorkspacePanel(QWidget):
+    import_started = Signal(str, str)  # pack path, job id
+    check_done = Signal(str, dict)  # pack path, report
+    counts_updated = Signal(str)  # pack path
+
+    def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("WorkspacePanel")
+        self.ctx = ctx
+        self._filling = False
+
+        self.tree = QTreeWidget()
+        self.tree.setObjectName("PackList")
+        self.tree.setColumnCount(3)
+        self.tree.setHeaderLabels(["Pack", "Entries", "Encoder"])
+        self.tree.setRootIsDecorated(False)
+        self.tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.tree.header().setStretchLastSection(False)
+        self.tree.header().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        self.tree.header().setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        self.tree.header().setMinimumSectionSize(40)
+        self.setMinimumWidth(280)
+
+        self.buttons: dict[str, QToolButton] = {}
+        grid = QGridLayout()
+        specs = [
+            ("new", "New…", "Create an empty memory pack", self.new_pack),
+            ("open", "Open…", "Attach an existing pack file", self.open_pack),
+            ("import", "Import…", "Import documents or fact tables into the selected pack (background job)", self.import_into),
+            ("export", "Export…", "Export the selected pack's entries to JSONL or CSV", self.export_pack),
+            ("check", "Check…", "Check the selected pack and repair what can be rebuilt", self.check_selected),
+            ("detach", "Detach", "Remove the selected pack from the workspace (the file stays)", self.detach_selected),
+        ]
+        for n, (key, label, tip, slot) in enumerate(specs):
+            b = QToolButton(text=label)
+            b.setToolTip(tip)
+            b.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+            b.setSizePolicy(b.sizePolicy().Policy.Expanding, b.sizePolicy().Policy.Fixed)
+            b.clicked.connect(slot)
+            self.buttons[key] = b
+            grid.addWidget(b, n // 3, n % 3)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 6, 6, 6)
+        lay.addWidget(self.tree, 1)
+        lay.addLayout(grid)
+
+        self.tree.itemChanged.connect(self._item_changed)
+        self.tree.currentItemChanged.connect(self._current_changed)
+        ctx.workspace_changed.connect(self.refresh)
+        # Counting is a query per pack: coalesce bursts of changes into one refresh.
+        self._stale_counts: set[str] = set()
+        self._counts_timer = QTimer(self)
+        self._counts_timer.setSingleShot(True)
+        self._counts_timer.setInterval(300)
+        self._counts_timer.timeout.connect(self._refresh_stale_counts)
+        ctx.hub.changed.connect(lambda p, c: self._counts_later(p))
+        ctx.hub.reloaded.connect(self._counts_later)
+        ctx.busy_changed.connect(lambda p, b: self.refresh())
+        self.refresh()
+
+    # ------------------------------------------------------------------ list
+    def selected_path(self) -> str | None:
+        it = self.tree.currentItem()
+        return it.data(0, PATH_ROLE) if it else None
+
+    def item_for(self, path: str) -> QTreeWidgetItem | None:
+        for i in range(self.tree.topLevelItemCount()):
+            it = self.tree.topLevelItem(i)
+            if it.data(0, PATH_ROLE) == path:
+                return it
+        return None
+
+    def refresh(self) -> None:
+        """Rebuild the list when packs were attached/detached; otherwise update rows in place."""
+        paths = [self.tree.topLevelItem(i).data(0, PATH_ROLE) for i in range(self.tree.topLevelItemCount())]
+        if paths == self.ctx.workspace.paths():
+            self._filling = True
+            for ref in self.ctx.workspace.packs:
+                it = self.item_for(ref.path)
+                it.setCheckState(0, Qt.CheckState.Checked if ref.plugged else Qt.CheckState.Unchecked)
+                self._fill_counts(it)
+            self._filling = False
+            self._update_buttons()
+            return
+        self._filling = True
+        self.tree.clear()
+        current = None
+        for ref in self.ctx.workspace.packs:
+            it = QTreeWidgetItem([Path(ref.path).stem, "", ""])
+            it.setData(0, PATH_ROLE, ref.path)
+            it.setFlags(it.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            it.setCheckState(0, Qt.CheckState.Checked if ref.plugged else Qt.CheckState.Unchecked)
+            it.setToolTip(0, ref.path)
+            self.tree.addTopLevelItem(it)
+            self._fill_counts(it)
+            if ref.path == self.ctx.current:
+                current = it
+        if current is not None:
+            self.tree.setCurrentItem(current)
+        self._filling = False
+        self._update_buttons()
+
+    def _counts_later(self, path: str) -> None:
+        self._stale_counts.add(path)
+        self._counts_timer.start()
+
+    def _refresh_stale_counts(self) -> None:
+        for p in list(self._stale_counts):
+            self.refresh_counts(p)
+        self._stale_counts.clear()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self._counts_timer.stop()
+        super().closeEvent(event)
+
+    def refresh_counts(self, path: str) -> None:
+        it = self.item_for(path)
+        if it is not None:
+            self._filling = True
+            self._fill_counts(it)
+            self._filling = False
+
+    def _fill_counts(self, it: QTreeWidgetItem) -> None:
+        path = it.data(0, PATH_ROLE)
+        if self.ctx.is_busy(path):
+            it.setText(1, "…")
+            it.setText(2, self.ctx.busy_reason(path) or "busy")
+            return
+        if not Path(path).exists():
+            w = self.ctx.writer_if_open(path)
+            it.setText(1, "")
+            it.setText(2, "creating…" if w and w.state == "opening" else "missing file")
+            return
+        r = self.ctx.reader(path)
+        if r is None:
+            it.setText(1, "?")
+            it.setText(2, "unreadable")
+            return
+        try:
+            enc = r.encoder
+        except Exception as exc:
+            log.warning("encoder of %s: %s", path, exc)
+            enc = None
+        name = enc.name.split("/")[-1].removeprefix("all-") if enc else "none yet"
+        it.setText(2, name)
+        it.setToolTip(2, enc.describe() if enc else "no vectors yet: the encoder is recorded on the first import")
+        if not it.text(1):
+            it.setText(1, "…")
+
+        # counting a million entries takes ~0.1-0.2 s: on the background read thread
+        def done(counts: tuple[int, int]) -> None:
+            item = self.item_for(path)
+            if item is None:
+                return
+            active, disabled = counts
+            self._filling = True
+            item.setText(1, f"{active + disabled:,}")
+            item.setToolTip(1, f"{active:,} active, {disabled:,} disabled")
+            self._filling = False
+            self.counts_updated.emit(path)
+
+        self.ctx.reads.submit(path, lambda pack: (pack.count("active"), pack.count("disabled")), done,
+                              on_error=lambda exc: log.warning("counts of %s: %s", path, exc))
+
+    def _item_changed(self, it: QTreeWidgetItem, column: int) -> None:
+        if self._filling or column != 0:
+            return
+        self.ctx.set_plugged(it.data(0, PATH_ROLE), it.checkState(0) == Qt.CheckState.Checked)
+
+    def _current_changed(self, cur: QTreeWidgetItem | None, _prev) -> None:
+        if self._filling:
+            return
+        self.ctx.set_current(cur.data(0, PATH_ROLE) if cur else None)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        path = self.selected_path()
+        has = path is not None
+        busy = bool(path and self.ctx.is_busy(path))
+        for key in ("import", "export", "check", "detach"):
+            self.buttons[key].setEnabled(has and not busy)
+
+    # ------------------------------------------------------------------ actions
+    def new_pack(self, path: str | None = None) -> str | None:
+        if not path:
+            path, _ = QFileDialog.getSaveFileName(self, "New memory pack", str(self.ctx.workspace.folder), "Memory packs (*.plugmem)")
+            if not path:
+                return None
+            if not path.endswith(".plugmem"):
+                path += ".plugmem"
+        if Path(path).exists():
+            self.ctx.notifier.error("Creating a pack", f"{path} already exists; use Open to attach it")
+            return None
+        p = self.ctx.attach(path, create=True)
+        self.ctx.set_current(p)
+        return p
+
+    def open_pack(self, path: str | None = None) -> str | None:
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(self, "Open memory pack", str(self.ctx.workspace.folder), "Memory packs (*.plugmem);;All files (*)")
+            if not path:
+                return None
+        if not Path(path).is_file():
+            self.ctx.notifier.error("Opening a pack", f"{path}: no such file")
+            return None
+        p = self.ctx.attach(path)
+        self.ctx.writer(p)  # opening checks schema and encoder; a refusal reaches the notifier
+        self.ctx.set_current(p)
+        return p
+
+    def import_into(self, files: list[str] | None = None, path: str | None = None) -> None:
+        path = path or self.selected_path()
+        if not path:
+            return
+        if not files:
+            files, _ = QFileDialog.getOpenFileNames(self, f"Import into {Path(path).stem}", "", IMPORT_FILTER)
+            if not files:
+                return
+        ctx = self.ctx
+        config = {"pack": path, "inputs": list(files), "author": ctx.author}
+
+        def start(_=None):
+            ctx.set_busy(path, True)
+
+            def ended(*_):
+                ctx.set_busy(path, False)
+                ctx.writer(path).reopen()
+
+            try:
+                job_id = ctx.jobs.start("build_memory", "engine.jobs.build_memory:build_memory", config,
+                                        title=f"Import {len(files)} file(s) into {Path(path).stem}", on_end=ended)
+            except Exception as exc:
+                ended()
+                ctx.notifier.error(f"Starting the import into {Path(path).stem}", exc)
+                return
+            self.import_started.emit(path, job_id)
+
+        # The job writes the pack from its own process: the app's writer lets go first.
+        w = ctx.writer_if_open(path)
+        if w is not None and w.state not in ("closed", "failed"):
+            w.suspend(start)
+        else:
+            start()
+
+    def export_pack(self, dest: str | None = None, path: str | None = None):
+        path = path or self.selected_path()
+        if not path:
+            return None
+        if not dest:
+            dest, _ = QFileDialog.getSaveFileName(self, "Export entries", str(Path(path).with_suffix(".jsonl")),
+                                                  "JSON lines (*.jsonl);;CSV (*.csv)")
+            if not dest:
+                return None
+        if Path(dest).suffix.lower() not in (".jsonl", ".csv"):
+            self.ctx.notifier.error("Exporting", f"{dest}: choose a .jsonl or .csv file name")
+            return None
+
+        def work():
+            from engine.store import Pack
+
+            with Pack.open(path, readonly=True) as pack:  # its own connection, in the worker thread
+                return pack.export(Path(dest))
+
+        return self.ctx.run_in_thread(work, lambda n: self.ctx.notifier.info(f"Exported {n:,} entries to {dest}"),
+                                      f"Exporting {Path(path).stem}")
+
+    def check_selected(self) -> None:
+        path = self.selected_path()
+        if path:
+            self.check(path, repair=False, ask_repair=True)
+
+    def check(self, path: str, repair: bool = False, ask_repair: bool = False):
+        """Run engine.check.check_pack in the background (the writer lets go meanwhile)."""
+        try:
+            from engine.check import check_pack
+        except ImportError:
+            self.ctx.notifier.error("Checking a pack", "this installation has no pack checker (engine.check)")
+            return None
+        ctx = self.ctx
+        messages: list[str] = []
+
+        def work():
+            return check_pack(Path(path), repair=repair, on_message=messages.append)
+
+        def done(report: dict) -> None:
+            w = ctx.writer_if_open(path)
+            if w is not None and w.state != "closed":
+                w.reopen()
+            self.check_done.emit(path, report)
+            name = Path(path).stem
+            if report.get("ok") or report.get("ok_after_repair"):
+                fixed = report.get("repaired") or []
+                ctx.notifier.info(f"{name}: no problems found" + (f" after repairing: {'; '.join(fixed)}" if fixed else ""))
+                return
+            problems = "\n".join(f"• {p}" for p in report.get("problems", []))
+            if ask_repair and not repair and ctx.notifier.dialogs:
+                ans = QMessageBox.question(self, "Check", f"{name} has problems:\n{problems}\n\nRepair what can be rebuilt?")
+                if ans == QMessageBox.StandardButton.Yes:
+                    self.check(path, repair=True)
+                return
+            ctx.notifier.error(f"Checking {name}", f"{len(report.get('problems', []))} problem(s):\n{problems}")
+
+        w = ctx.writer_if_open(path)
+        if w is not None and w.state not in ("closed", "failed"):
+            w.suspend(lambda _: ctx.run_in_thread(work, done, f"Checking {Path(path).stem}"))
+            return None
+        return ctx.run_in_thread(work, done, f"Checking {Path(path).stem}")
+
+    def detach_selected(self) -> None:
+        path = self.selected_path()
+        if path:
+            self.ctx.detach(path)
+
+
+def main() -> int:
+    from app.preview import run_panel
+
+    return run_panel(lambda ctx: WorkspacePanel(ctx), "Workspace")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Jobs panel over the engine's process runner: live progress, cancel, the record after."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("engine.jobs.runner")
+pytest.importorskip("engine.jobs.demo")
+
+
+@pytest.fixture
+def panel(qtbot, make_ctx):
+    from app.views.jobs_panel import JobsPanel
+
+    ctx = make_ctx()
+    p = JobsPanel(ctx)
+    qtbot.addWidget(p)
+    p.show()
+    yield ctx, p
+    ctx.jobs.close()
+
+
+def progress_of(panel, jid):
+    row = panel._rows.index(jid)
+    return panel.table.cellWidget(row, 2).value() / 1000, panel.table.item(row, 1).text(), panel.table.item(row, 4).text()
+
+
+def test_job_progress_then_cancel(qtbot, panel):
+    ctx, p = panel
+    seen = []
+    ctx.jobs.progress.connect(lambda jid, f, m, eta, metrics: seen.append((f, m)))
+    jid = ctx.jobs.start("count", "engine.jobs.demo:count_job", {"n": 400, "delay": 0.02}, title="count to 400")
+    assert jid in p._rows and p.cancel_btn.isEnabled() is (p.selected_id() == jid)
+    qtbot.waitUntil(lambda: any(f > 0.05 for f, _ in seen), timeout=30_000)
+    frac, status, _ = progress_of(p, jid)
+    assert status == "running" and 0 < frac < 1
+    p.table.selectRow(p._rows.index(jid))
+    assert p.cancel_btn.isEnabled()
+    with qtbot.waitSignal(ctx.jobs.failed, timeout=30_000) as sig:
+        p.cancel_btn.click()
+    assert sig.args[0] == jid and "cancel" in sig.args[1]
+    assert not ctx.jobs.timer.isActive()  # polling stops when nothing runs
+    qtbot.waitUntil(lambda: jid in p._rows and "cancel" in p.table.item(p._rows.index(jid), 1).text(), timeout=5_000)
+    assert p.resume_btn.isEnabled()
+
+
+def test_job_runs_to_the_end(qtbot, panel):
+    ctx, p = panel
+    with qtbot.waitSignal(ctx.jobs.finished, timeout=60_000) as sig:
+        jid = ctx.jobs.start("count", "engine.jobs.demo:count_job", {"n": 20, "delay": 0.0}, title="count to 20")
+    assert sig.args[0] == jid
+    qtbot.waitUntil(lambda: progress_of(p, jid)[1] == "done", timeout=5_000)
+    assert progress_of(p, jid)[0] == 1.0
+
+
+def test_import_into_pack_runs_as_a_job_and_the_browser_shows_the_rows(qtbot, make_ctx, small_pack, tmp_path):
+    """Import → the writer lets go, the job builds in its own process with progress in the
+    panel, then the writer reopens and the table shows the new entries."""
+    import json
+
+    from app.main_window import MainWindow
+
+    from .conftest import FACTS, wait_ready
+
+    src = tmp_path / "more.jsonl"
+    src.write_text("\n".join(json.dumps({"text": f"Moon number {i} of the planet Zorg is made of cheese."}) for i in range(40)) + "\n")
+    path = str(small_pack.resolve())
+    ctx = make_ctx([path])
+    win = MainWindow(ctx, restore=False)
+    qtbot.addWidget(win)
+    win.show()
+    ctx.current_changed.emit(path)
+    wait_ready(qtbot, ctx, path)
+    qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS), timeout=10_000)
+    with qtbot.waitSignal(ctx.jobs.finished, timeout=120_000):
+        win.workspace_panel.import_into([str(src)], path)
+        qtbot.waitUntil(lambda: ctx.is_busy(path), timeout=10_000)
+        assert not win.editor.save_btn.isEnabled()
+    qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS) + 40, timeout=60_000)
+    assert not ctx.is_busy(path)
+    titles = [win.jobs_panel.table.item(r, 0).text() for r in range(win.jobs_panel.table.rowCount())]
+    assert any("Import 1 file(s) into facts" in t for t in titles), titles
+    win.close()
+
+
+def test_train_memory_reader_job_then_dpm_mode_uses_the_new_branch(qtbot, make_ctx, small_pack, tiny_reader, tmp_path):
+    """New job → train the memory branch (child process, a few steps on a tiny reader):
+    progress and a loss curve in the panel; at the end the workspace uses the branch and
+    "Ask and explain" answers in mode 'dpm' through it."""
+    import json
+
+    from app.views.explain import ExplainPanel
+    from app.views.jobs_panel import JobsPanel
+
+    reader_dir = tmp_path / "tiny-reader"
+    tiny_reader.save(reader_dir)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": f"The capital of Land{i} is City{i}.", "prompt": f"The capital of Land{i} is",
+                                        "answer": f" City{i}"}) + "\n" for i in range(12)), encoding="utf-8")
+    path = str(small_pack.resolve())
+    ctx = make_ctx([path])
+    ctx.workspace.reader = str(reader_dir)  # the real loading path, on a tiny reader folder
+    panel = JobsPanel(ctx)
+    explain = ExplainPanel(ctx)
+    for w in (panel, explain):
+        qtbot.addWidget(w)
+    panel.show()
+    with qtbot.waitSignal(ctx.jobs.finished, timeout=180_000) as sig:
+        jid = panel.train_memory_reader([str(data)], steps=4, batch=4, checkpoint_every=2, layers=1, k=2)
+        assert jid is not None
+    assert sig.args[0] == jid and ctx.workspace.dpm_branch and (tmp_path / "ws" / "branches").is_dir()
+    live_losses = [r for r in panel.jobs.records() if str(r.id) == jid][0].result["final_loss"]
+    assert live_losses is not None
+    qtbot.waitUntil(lambda: ctx.model.state == "ready", timeout=60_000)
+    assert ctx.model.has_branch
+    explain.mode.setCurrentIndex(explain.mode.findData("dpm"))
+    with qtbot.waitSignal(explain.answered, timeout=60_000) as ans:
+        explain.prompt.setText("The capital of Land3 is")
+        explain.ask()
+    assert ans.args[0].mode == "dpm" and ans.args[0].retrieved
+    ctx.jobs.close()
