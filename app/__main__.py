@@ -33,6 +33,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tab", default=None, help=argparse.SUPPRESS)  # screenshot: memory | ask | evaluation
     p.add_argument("--evaluate", default=None, help=argparse.SUPPRESS)  # screenshot: run this evaluation file
     p.add_argument("--limit", type=int, default=30, help=argparse.SUPPRESS)  # screenshot: of that many records
+    # bench/bench_startup.py: print "painted" once the first rows are painted, then quit
+    p.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -95,12 +97,33 @@ def main(argv: list[str] | None = None) -> int:
     rc = [0]
     if args.screenshot:
         _arm_screenshot(win, Path(args.screenshot), args.timeout, rc, args)
+    if args.startup_probe:
+        _arm_startup_probe(win)
     log.info("started on workspace %s (log file %s)", folder, log_file)
     try:
         app.exec()
     finally:
         ctx.close()
     return rc[0]
+
+
+def _arm_startup_probe(win) -> None:
+    """Say "painted" on stdout when the browser first paints rows, then quit (start-up benchmark)."""
+    from PySide6.QtCore import QEvent, QObject, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    class FirstPaint(QObject):
+        done = False
+
+        def eventFilter(self, obj, ev):  # noqa: N802 - Qt API
+            if not self.done and ev.type() == QEvent.Type.Paint and win.browser.model.rowCount() > 0:
+                self.done = True
+                # after this paint event has been delivered
+                QTimer.singleShot(0, lambda: (print("painted", flush=True), QApplication.quit()))
+            return False
+
+    win._startup_probe = FirstPaint(win)
+    win.browser.view.viewport().installEventFilter(win._startup_probe)
 
 
 def _arm_screenshot(win, out: Path, timeout: float, rc: list[int], args: argparse.Namespace) -> None:
