@@ -67,7 +67,7 @@ def run(home: Path) -> None:
                                 f"{[h.entry.text for h in hits]}")
         _step("searches ok", t0)
 
-        from app.main_window import MainWindow  # noqa: F401 - the GUI modules import in the bundle
+        _show_main_window(Path(ws["folder"]), t0)
 
         from engine.explain.predict import Predictor
         from engine.models import load_reader
@@ -94,6 +94,44 @@ def run(home: Path) -> None:
         for m in memories:
             m.close()
     app.processEvents()
+
+
+def _show_main_window(folder: Path, t0: float, timeout: float = 120.0) -> None:
+    """Open the real main window on the demo workspace and wait for its first rows."""
+    from PySide6.QtCore import QCoreApplication
+    from PySide6.QtWidgets import QApplication
+
+    from app.__main__ import open_workspace
+    from app.context import AppContext
+    from app.main_window import MainWindow
+    from app.notifier import Notifier
+    from app.settings import AppSettings
+
+    QCoreApplication.setOrganizationName("plugmem-selftest")
+    notifier = Notifier(dialogs=False)
+    ws, _ = open_workspace(folder, notifier)
+    if not ws.packs:
+        raise SelfTestError(f"{folder}: the demo workspace has no packs")
+    ctx = AppContext(ws, notifier, AppSettings())
+    win = MainWindow(ctx, restore=False)
+    try:
+        win.show()
+        ctx.load_encoder()
+        end = time.monotonic() + timeout
+        while win.browser.model.rowCount() == 0 and time.monotonic() < end:
+            QApplication.processEvents()
+            time.sleep(0.02)
+        errors = [text for level, text in notifier.history if level == "error"]
+        if errors:
+            raise SelfTestError(f"the main window reported: {errors[0]}")
+        if win.browser.model.rowCount() == 0:
+            raise SelfTestError(f"the main window showed no entries within {timeout:.0f} s")
+        win.grab()  # paint it once
+        _step(f"main window painted {win.browser.model.rowCount():,} rows", t0)
+    finally:
+        win.close()
+        ctx.close()
+        QApplication.processEvents()
 
 
 def main(argv: list[str] | None = None) -> int:
