@@ -12,6 +12,7 @@ _USER_ERRORS = (
     ("engine.jobs.corpus", ("CorpusError",)),
     ("engine.encode", ("EncoderError",)),
     ("engine.models", ("ReaderError",)),
+    ("engine.plugins.errors", ("PluginError",)),
 )
 
 

@@ -1,0 +1,287 @@
+"""`plugmem` subcommands of the knowledge-plugin mechanism.
+
+``register(subparsers, parents=[common])`` adds::
+
+    plugmem triples import PACK FILE... [--no-new-entities]
+    plugmem triples list PACK [--entity NAME] [--limit N]
+    plugmem entities PACK [NAME] [--query Q] [--limit N]
+    plugmem embeddings import PACK FILE [--ids IDS] [--by-id] [--dim N] [--out DIR] [--force]
+    plugmem train-transe PACK [--dim 64] [--epochs 300] ... [--out DIR] [--force]
+    plugmem map-tune PACK [--holdout-probes FILE] [--fact-weight W] [--max-steps N] ... [--out DIR]
+
+Each command prints human text, or one JSON document with ``--json``; bad input
+raises ``engine.cli.CliError`` (exit 2, one line); Ctrl+C stops a training job at its
+next step with a checkpoint (exit 130), and the same command resumes it.
+``python -m engine.plugins.cli ...`` runs the same commands standalone.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Sequence
+
+from engine.plugins.errors import PluginError
+
+
+def _cli():
+    import engine.cli as cli
+
+    return cli
+
+
+def _open_pack(path: str, readonly: bool = False):
+    from engine.store import Pack
+
+    return Pack.open(path, readonly=readonly)
+
+
+def _run_job(label: str, a, fn, config: dict[str, Any], **kw: Any):
+    """Run a job in-process with a progress bar and Ctrl+C → should_stop; returns its result or None if cancelled."""
+    from engine.jobs.progress import JobCancelled
+
+    cli = _cli()
+    bar = cli.ProgressBar(label, enabled=not a.json and not a.quiet)
+    stop = cli._StopFlag()
+    try:
+        with stop:
+            return fn(config, progress=bar, should_stop=stop, **kw)
+    except JobCancelled as exc:
+        bar.close()
+        print(f"plugmem: interrupted: {exc}", file=sys.stderr)
+        return None
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_triples_import(a, out) -> int:
+    from engine.plugins.entities import import_triples
+
+    with _open_pack(a.pack) as pack:
+        res = import_triples(pack, a.files, create_entities=not a.no_new_entities)
+    d = res.to_dict()
+    out.emit(d, lambda: (f"added {d['triples_added']:,} triples ({d['entity_tails']:,} with an entity tail, "
+                         f"{d['literal_tails']:,} literal), {d['entities_added']:,} new entities, "
+                         f"{d['entities_updated']:,} updated; {d['duplicates_skipped']:,} duplicates skipped"))
+    return 0
+
+
+def cmd_triples_list(a, out) -> int:
+    from engine.plugins.entities import find_entity
+
+    with _open_pack(a.pack, readonly=True) as pack:
+        head = find_entity(pack, a.entity)["id"] if a.entity else None
+        rows = pack.triples(head=head)[: a.limit]
+        names = {e["id"]: e["name"] for e in pack.entities()}
+    for r in rows:
+        r["head_name"] = names.get(r["head"], "?")
+    out.emit({"triples": rows}, lambda: "\n".join(
+        f"{r['id']:>7}  {r['head_name']}  --{r['relation']}-->  {r['tail']}{' (entity)' if r['tail_id'] else ''}"
+        for r in rows) or "(no triples)")
+    return 0
+
+
+def cmd_entities(a, out) -> int:
+    from engine.plugins.entities import entity_facts, entity_rows
+
+    with _open_pack(a.pack, readonly=True) as pack:
+        if a.name:
+            e = entity_facts(pack, a.name)
+
+            def human() -> str:
+                lines = [f"{e['name']} (#{e['id']})" + (f": {e['description']}" if e["description"] else "")]
+                if e["aliases"]:
+                    lines.append("aliases: " + ", ".join(e["aliases"]))
+                lines += [f"  {t['relation']}: {t['tail']}" for t in e["triples"]]
+                lines += [f"  <- {t['head_name']} {t['relation']}" for t in e["mentioned_by"]]
+                return "\n".join(lines)
+
+            out.emit(e, human)
+        else:
+            rows = entity_rows(pack, a.query, a.limit)
+            out.emit({"entities": rows}, lambda: "\n".join(
+                f"{r['id']:>6}  {r['name']}  ({r['triples']} triples, {len(r['aliases'])} aliases)" for r in rows)
+                or "(no entities)")
+    return 0
+
+
+def cmd_embeddings_import(a, out) -> int:
+    from engine.plugins.embeddings import default_embeddings_dir, import_embeddings, save_embeddings
+
+    with _open_pack(a.pack, readonly=True) as pack:
+        emb = import_embeddings(pack, a.file, a.ids, dim=a.dim, by_pack_id=a.by_id)
+        n_pack = len(pack.entities())
+    folder = save_embeddings(emb, a.out or default_embeddings_dir(a.pack), force=a.force)
+    d = {"out": str(folder), "entities": len(emb), "dim": emb.dim, "pack_entities": n_pack}
+    out.emit(d, f"imported {len(emb):,} entity embeddings of dimension {emb.dim} into {folder} "
+                f"({n_pack - len(emb):,} of the pack's {n_pack:,} entities have none)")
+    return 0
+
+
+def cmd_train_transe(a, out) -> int:
+    from engine.plugins.transe import train_transe
+
+    cfg = {"pack": a.pack, "out": a.out, "dim": a.dim, "epochs": a.epochs, "batch": a.batch, "lr": a.lr,
+           "margin": a.margin, "p_norm": a.p_norm, "negatives": a.negatives, "seed": a.seed, "device": a.device,
+           "force": a.force}
+    res = _run_job("train-transe", a, train_transe, cfg)
+    if res is None:
+        return _cli().EXIT_INTERRUPTED
+    out.emit(res, lambda: (f"TransE: {res['entities']:,} entities + {res['literals']:,} literal nodes, "
+                           f"{res['relations']} relations, {res['triples']:,} triples; {res['epochs_done']} epochs, "
+                           f"final loss {res['losses'][-1]:.4f}, tail hits@10 {res['tail_hits_at_10']:.3f}; "
+                           f"{res['seconds']:.1f} s; saved to {res['out']}"))
+    return 0
+
+
+def cmd_map_tune(a, out) -> int:
+    from engine.plugins.map_tune import map_tune
+
+    cfg = {"pack": a.pack, "embeddings": a.embeddings, "out": a.out, "reader": a.reader, "hidden": a.hidden,
+           "lr": a.lr, "batch": a.batch, "epochs": a.epochs, "max_steps": a.max_steps, "reader_dropout": a.dropout,
+           "fact_weight": a.fact_weight, "holdout_probes": a.holdout_probes or [],
+           "holdout_entities": [s.strip() for s in (a.holdout_entities or "").split(",") if s.strip()],
+           "val_fraction": a.val_fraction, "eval_every": a.eval_every, "patience": a.patience, "seed": a.seed,
+           "device": a.device, "threads": a.threads, "max_minutes": a.max_minutes, "force": a.force}
+    res = _run_job("map-tune", a, map_tune, cfg)
+    if res is None:
+        return _cli().EXIT_INTERRUPTED
+    out.emit(res, lambda: (f"map-tuned {res['steps_done']} steps on {res['examples']['train']:,} sentences "
+                           f"({res['entities']['training']} training, {res['entities']['validation']} validation, "
+                           f"{res['entities']['held_out']} held-out entities); validation mention loss "
+                           f"{res['best_val_loss']:.4f} at step {res['best_step']} vs {res['val_loss_without_plugin']:.4f} "
+                           f"without the plugin{'; stopped early' if res['stopped_early'] else ''}; "
+                           f"{res['seconds']:.0f} s; plugin saved to {res['out']}"))
+    return 0
+
+
+def _guard(fn):
+    """Turn this mechanism's errors into the CLI's one-line bad-input failure."""
+
+    def run(a, out) -> int:
+        try:
+            return fn(a, out)
+        except PluginError as exc:
+            raise _cli().CliError(str(exc)) from None
+
+    run.__name__ = fn.__name__
+    return run
+
+
+# ---------------------------------------------------------------------------- parser
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON document")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress or notices on stderr")
+    common.add_argument("--author", default=os.environ.get("PLUGMEM_AUTHOR"), help="name recorded in history")
+    return common
+
+
+def register(subparsers, parents: Sequence[argparse.ArgumentParser] | None = None) -> None:
+    """Add the knowledge-plugin commands to ``plugmem``'s subparsers (``parents``: its common options)."""
+    parents = list(parents) if parents else [_common()]
+
+    def add(sub, name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=parents, help=help, description=help)
+        sp.set_defaults(fn=_guard(fn))
+        return sp
+
+    tp = subparsers.add_parser("triples", help="entities and triples of a pack (import, list)",
+                               description="entities and triples of a pack")
+    tsub = tp.add_subparsers(dest="triples_cmd", required=True, metavar="ACTION")
+    sp = add(tsub, "import", cmd_triples_import,
+             "import triples (JSONL/CSV: head, relation, tail, head_aliases, tail_aliases) into a pack")
+    sp.add_argument("pack")
+    sp.add_argument("files", nargs="+", metavar="FILE")
+    sp.add_argument("--no-new-entities", action="store_true", help="refuse triples naming entities the pack lacks")
+    sp = add(tsub, "list", cmd_triples_list, "list a pack's triples (of one entity with --entity)")
+    sp.add_argument("pack")
+    sp.add_argument("--entity", help="name, alias or id of the head entity")
+    sp.add_argument("--limit", type=int, default=100)
+
+    sp = add(subparsers, "entities", cmd_entities, "list a pack's entities, or show one with its triples")
+    sp.add_argument("pack")
+    sp.add_argument("name", nargs="?", help="entity name, alias or id")
+    sp.add_argument("--query", help="only names containing this")
+    sp.add_argument("--limit", type=int, default=None)
+
+    ep = subparsers.add_parser("embeddings", help="entity embeddings beside a pack (import)",
+                               description="entity embeddings beside a pack")
+    esub = ep.add_subparsers(dest="embeddings_cmd", required=True, metavar="ACTION")
+    sp = add(esub, "import", cmd_embeddings_import, "import entity embeddings (.npy or .safetensors + an id list)")
+    sp.add_argument("pack")
+    sp.add_argument("file", help=".npy [n, dim] or .safetensors ('embeddings' + optional 'entity_ids')")
+    sp.add_argument("--ids", help="id list: one entity name per line, or a JSON list")
+    sp.add_argument("--by-id", action="store_true", help="the id list holds pack entity ids, not names")
+    sp.add_argument("--dim", type=int, help="require this dimension")
+    sp.add_argument("--out", help="folder (default: <pack>.embeddings)")
+    sp.add_argument("--force", action="store_true", help="replace embeddings already in the folder")
+
+    sp = add(subparsers, "train-transe", cmd_train_transe,
+             "train TransE entity embeddings from a pack's triples (resumable; Ctrl+C keeps a checkpoint)")
+    sp.add_argument("pack")
+    sp.add_argument("--out", help="folder (default: <pack>.embeddings)")
+    sp.add_argument("--dim", type=int, default=64)
+    sp.add_argument("--epochs", type=int, default=300)
+    sp.add_argument("--batch", type=int, default=256)
+    sp.add_argument("--lr", type=float, default=0.01)
+    sp.add_argument("--margin", type=float, default=2.0)
+    sp.add_argument("--p-norm", type=int, choices=[1, 2], default=1)
+    sp.add_argument("--negatives", type=int, default=4)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--force", action="store_true", help="start over (ignore a checkpoint; replace other embeddings)")
+
+    sp = add(subparsers, "map-tune", cmd_map_tune,
+             "train a knowledge plugin (mapping network) for a pack's entities, reader frozen (resumable)")
+    sp.add_argument("pack")
+    sp.add_argument("--embeddings", help="entity embeddings folder (default: <pack>.embeddings)")
+    sp.add_argument("--out", help="plugin folder (default: <pack>.plugin)")
+    sp.add_argument("--reader", help="reader model folder (default: SmolLM2-135M-Instruct)")
+    sp.add_argument("--hidden", type=int, default=0, help="mapping MLP hidden width (0: linear)")
+    sp.add_argument("--lr", type=float, default=3e-3)
+    sp.add_argument("--batch", type=int, default=16)
+    sp.add_argument("--epochs", type=int, default=3)
+    sp.add_argument("--max-steps", type=int, default=0)
+    sp.add_argument("--dropout", type=float, default=0.0, help="dropout inside the reader (attention and MLP outputs) while training")
+    sp.add_argument("--fact-weight", type=float, default=0.0, help="also predict the sentence after the mention")
+    sp.add_argument("--holdout-probes", nargs="*", metavar="FILE", help="probes whose held-out subjects are held out")
+    sp.add_argument("--holdout-entities", help="comma-separated entity names to hold out")
+    sp.add_argument("--val-fraction", type=float, default=0.1)
+    sp.add_argument("--eval-every", type=int, default=50)
+    sp.add_argument("--patience", type=int, default=4)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sp.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long, keeping the best state")
+    sp.add_argument("--force", action="store_true", help="start over; replace a plugin already in --out")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    cli = _cli()
+    logging.basicConfig(level=os.environ.get("PLUGMEM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="python -m engine.plugins.cli", description="PlugMem knowledge plugins")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    register(sub)
+    a = p.parse_args(argv)
+    out = cli.Output(a.json, a.quiet)
+    from engine.errors import user_errors
+
+    try:
+        return a.fn(a, out)
+    except cli.CliError as exc:
+        print(f"plugmem: error: {exc}", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
+    except user_errors() as exc:
+        print(f"plugmem: error: {exc}", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("plugmem: interrupted", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,630 @@
+"""The knowledge plugin: a mapping network from entity embeddings into the reader's input space.
+
+For every linked mention in a prompt, the plugin maps the entity's embedding
+(TransE or imported) to ONE vector of the reader's input-embedding space and inserts
+it as an extra input position just before the mention's first token::
+
+    "The capital of Afghanistan is"  ->  The | capital | of | [M(e_Afghanistan)] | Afghanistan | is
+
+The reader is frozen and reads ``inputs_embeds``. The mapping is a linear map (or a
+one-hidden-layer MLP) whose output is rescaled to the mean norm of the reader's token
+embeddings (``fix_norm``), so an inserted vector is as loud as a word, never louder.
+
+Input building is vectorised (:func:`build_inputs_embeds`): the new column of every
+token and inserted vector comes from a cumulative count of insertions per row, and
+both are written with one indexed assignment each; no Python loop runs over tokens.
+:func:`build_inputs_embeds_loop` is the per-token reference it is tested and
+benchmarked against.
+
+A plugin is saved as ``config.json`` + ``model.safetensors`` (+ ``entities.json``: the
+names and aliases it links) in a folder beside its pack (default ``<pack>.plugin/``);
+loading checks the reader's fingerprint and, given the pack, the entity set.
+
+:class:`PluginInjector` is what prediction and evaluation use: prompt(s) in, inputs
+(``inputs_embeds``, attention mask, position ids) + the list of injected entities
+out; greedy generation and answer log-probabilities with or without the plugin; and
+leave-one-out effects of each injected vector, all batched.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Collection, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.plugins.embeddings import EntityEmbeddings, atomic_write, check_entity_set, entity_set_fingerprint
+from engine.plugins.entities import EntityLinker
+from engine.plugins.errors import PluginError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "plugmem-knowledge-plugin"
+FORMAT_VERSION = 1
+_CHECKED_READER_KEYS = ("architecture", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
+
+
+def default_plugin_dir(pack_path: str | Path) -> Path:
+    p = Path(pack_path)
+    return p.with_name(p.name + ".plugin")
+
+
+# --------------------------------------------------------------------------- the network
+@dataclass
+class MappingConfig:
+    embed_dim: int  # entity embedding size
+    hidden_size: int  # the reader's input-embedding size
+    hidden: int = 0  # 0: linear map; > 0: MLP with one hidden layer of this width
+    fix_norm: bool = True  # rescale outputs to target_norm
+    target_norm: float = 1.0  # mean norm of the reader's token embeddings (set at creation)
+
+    def validate(self) -> None:
+        for name in ("embed_dim", "hidden_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise PluginError(f"plugin config: {name} must be a positive integer, got {v!r}")
+        if not isinstance(self.hidden, int) or self.hidden < 0:
+            raise PluginError(f"plugin config: hidden must be >= 0, got {self.hidden!r}")
+        if not (self.target_norm > 0):
+            raise PluginError(f"plugin config: target_norm must be > 0, got {self.target_norm!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MappingConfig":
+        if not isinstance(d, dict):
+            raise PluginError("plugin config must be a JSON object")
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise PluginError(f"plugin config: unknown field(s) {', '.join(sorted(unknown))}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+
+class MappingNetwork(nn.Module):
+    """``[n, embed_dim] -> [n, hidden_size]``: one vector of the reader's input space per entity."""
+
+    def __init__(self, config: MappingConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        if config.hidden:
+            self.net = nn.Sequential(nn.Linear(config.embed_dim, config.hidden), nn.GELU(),
+                                     nn.Linear(config.hidden, config.hidden_size))
+        else:
+            self.net = nn.Linear(config.embed_dim, config.hidden_size)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        v = self.net(e)  # [n, d]
+        if self.config.fix_norm:
+            v = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-6) * self.config.target_norm
+        return v
+
+
+def token_embedding_norm(reader) -> float:
+    """Mean L2 norm of the reader's input token embeddings (the loudness of a word)."""
+    w = reader.model.get_input_embeddings().weight
+    return float(w.detach().float().norm(dim=-1).mean())
+
+
+# --------------------------------------------------------------------------- the plugin
+class KnowledgePlugin:
+    """Mapping network + the entity embeddings it reads + what it was made for."""
+
+    def __init__(self, mapping: MappingNetwork, embeddings: EntityEmbeddings, *, reader_fingerprint: dict,
+                 aliases: dict[int, list[str]] | None = None, name: str = "plugin",
+                 training: dict[str, Any] | None = None) -> None:
+        if embeddings.dim != mapping.config.embed_dim:
+            raise PluginError(f"plugin: entity embeddings have dimension {embeddings.dim}, the mapping expects "
+                              f"{mapping.config.embed_dim}")
+        self.mapping = mapping
+        self.embeddings = embeddings
+        self.reader_fingerprint = dict(reader_fingerprint)
+        self.aliases = {int(k): list(v) for k, v in (aliases or {}).items()}
+        self.name = name
+        self.training = dict(training or {})
+        self._row = {int(eid): i for i, eid in enumerate(embeddings.entity_ids.tolist())}
+        self._table: torch.Tensor | None = None
+        self._linker: EntityLinker | None = None
+
+    @classmethod
+    def create(cls, reader, embeddings: EntityEmbeddings, *, hidden: int = 0, fix_norm: bool = True,
+               aliases: dict[int, list[str]] | None = None, name: str = "plugin", seed: int = 0) -> "KnowledgePlugin":
+        cfg = MappingConfig(embeddings.dim, reader.hidden_size, hidden, fix_norm, token_embedding_norm(reader))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            mapping = MappingNetwork(cfg)
+        mapping.to(reader.device)
+        return cls(mapping, embeddings, reader_fingerprint=reader.fingerprint, aliases=aliases, name=name)
+
+    @property
+    def config(self) -> MappingConfig:
+        return self.mapping.config
+
+    @property
+    def entity_set(self) -> str:
+        return self.embeddings.fingerprint
+
+    def has(self, entity_id: int) -> bool:
+        return int(entity_id) in self._row
+
+    def linker(self) -> EntityLinker:
+        """Links the plugin's entities only (names + aliases recorded at training or set from the pack)."""
+        if self._linker is None:
+            ents = [(eid, n, self.aliases.get(int(eid), [])) for eid, n in
+                    zip(self.embeddings.entity_ids.tolist(), self.embeddings.names)]
+            self._linker = EntityLinker(ents)
+        return self._linker
+
+    def use_pack_aliases(self, pack) -> list[int]:
+        """Check the entity set against ``pack`` and link with the pack's current aliases.
+
+        Returns the pack entities the plugin does not cover (they are not injected).
+        """
+        missing = check_entity_set(self.embeddings.entity_ids.tolist(), self.embeddings.names, pack,
+                                   f"The knowledge plugin {self.name!r}")
+        self.aliases = {int(e["id"]): list(e["aliases"]) for e in pack.entities() if int(e["id"]) in self._row}
+        self._linker = None
+        return missing
+
+    def entity_table(self, device: torch.device) -> torch.Tensor:
+        if self._table is None or self._table.device != device:
+            self._table = torch.from_numpy(self.embeddings.vectors).to(device)  # [n, embed_dim]
+        return self._table
+
+    def vectors(self, entity_ids: Sequence[int], device: torch.device) -> torch.Tensor:
+        """Mapped vectors ``[m, hidden_size]`` for entity ids (with gradients when the mapping trains)."""
+        rows = torch.tensor([self._row[int(e)] for e in entity_ids], dtype=torch.long, device=device)
+        return self.mapping(self.entity_table(device)[rows])
+
+    def check_reader(self, reader, what: str | None = None) -> None:
+        mine = reader.fingerprint
+        exp = self.reader_fingerprint
+        diffs = [f"{k} {exp.get(k)!r} vs {mine.get(k)!r}" for k in _CHECKED_READER_KEYS if exp.get(k) != mine.get(k)]
+        if diffs:
+            raise PluginError(f"{what or f'The knowledge plugin {self.name!r}'} was trained for the reader "
+                              f"{exp.get('name', '?')!r}, not the loaded {mine.get('name', '?')!r} ({'; '.join(diffs)}); "
+                              "map-tune a plugin for this reader")
+
+    # ---------------------------------------------------------------- save / load
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name, "config": asdict(self.config),
+                "reader": self.reader_fingerprint, "entity_set": self.entity_set, "entities": len(self.embeddings),
+                "embeddings": {"source": self.embeddings.source, "meta": self.embeddings.meta},
+                "training": self.training}
+        state = {f"mapping.{k}": v.detach().float().cpu().contiguous() for k, v in self.mapping.state_dict().items()}
+        state["entity_vectors"] = torch.from_numpy(self.embeddings.vectors).contiguous()
+        state["entity_ids"] = torch.from_numpy(self.embeddings.entity_ids).contiguous()
+        ents = {"names": self.embeddings.names,
+                "aliases": [self.aliases.get(int(e), []) for e in self.embeddings.entity_ids.tolist()]}
+        atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
+        atomic_write(folder / "entities.json", lambda p: p.write_text(json.dumps(ents, ensure_ascii=False), encoding="utf-8"))
+        atomic_write(folder / "config.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8"))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, reader, pack=None) -> "KnowledgePlugin":
+        """Load a plugin for ``reader`` (refused if made for another); with ``pack``, check its entity set."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta = read_plugin_config(folder)
+        cfg = MappingConfig.from_dict(meta["config"])
+        try:
+            state = load_file(str(folder / "model.safetensors"))
+            ents = json.loads((folder / "entities.json").read_text(encoding="utf-8"))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise PluginError(f"{folder}: the plugin's files are unreadable ({exc})") from None
+        for key in ("entity_vectors", "entity_ids"):
+            if key not in state:
+                raise PluginError(f"{folder / 'model.safetensors'}: no {key!r} tensor (damaged plugin)")
+        names, aliases = ents.get("names"), ents.get("aliases")
+        if not isinstance(names, list) or not isinstance(aliases, list) or len(names) != len(state["entity_ids"]) \
+                or len(aliases) != len(names):
+            raise PluginError(f"{folder / 'entities.json'} does not match model.safetensors (damaged plugin)")
+        emb = EntityEmbeddings(state["entity_ids"].numpy(), [str(n) for n in names], state["entity_vectors"].numpy(),
+                               str(meta.get("embeddings", {}).get("source", "imported")),
+                               dict(meta.get("embeddings", {}).get("meta") or {}))
+        if meta.get("entity_set") != emb.fingerprint:
+            raise PluginError(f"{folder}: config.json and model.safetensors disagree on the entity set (damaged plugin)")
+        mapping = MappingNetwork(cfg)
+        mstate = {k[len("mapping."):]: v for k, v in state.items() if k.startswith("mapping.")}
+        own = mapping.state_dict()
+        if set(own) != set(mstate) or any(tuple(own[k].shape) != tuple(mstate[k].shape) for k in own):
+            raise PluginError(f"{folder / 'model.safetensors'} does not match its config.json (damaged plugin)")
+        mapping.load_state_dict(mstate)
+        plugin = cls(mapping, emb, reader_fingerprint=meta.get("reader") or {},
+                     aliases={int(e): list(a) for e, a in zip(emb.entity_ids.tolist(), aliases)},
+                     name=str(meta.get("name") or folder.name), training=meta.get("training") or {})
+        plugin.check_reader(reader, f"The knowledge plugin in {folder}")
+        if cfg.hidden_size != reader.hidden_size:
+            raise PluginError(f"{folder}: plugin outputs {cfg.hidden_size}-d vectors, the reader reads {reader.hidden_size}-d")
+        mapping.to(reader.device).eval()
+        if pack is not None:
+            missing = plugin.use_pack_aliases(pack)
+            if missing:
+                log.info("%s: %d entities of %s have no embedding in the plugin; they are not injected",
+                         folder, len(missing), pack.path)
+        return plugin
+
+
+def read_plugin_config(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise PluginError(f"{folder} is not a knowledge plugin folder: no config.json (train one with `plugmem map-tune`)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"{path} is unreadable: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise PluginError(f"{path} does not describe a knowledge plugin")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise PluginError(f"{path}: format version {meta.get('format_version')} is newer than this program supports")
+    return meta
+
+
+def load_plugin(folder: str | Path, reader, pack=None) -> KnowledgePlugin:
+    return KnowledgePlugin.load(folder, reader, pack)
+
+
+# --------------------------------------------------------------------------- input building
+@dataclass
+class BuiltInputs:
+    inputs_embeds: torch.Tensor  # [b, W, d], left-padded
+    attention_mask: torch.Tensor  # [b, W] long
+    position_ids: torch.Tensor  # [b, W]
+    token_col: torch.Tensor  # [b, L]: column of each original token in the new rows (-1 = none)
+    insert_col: torch.Tensor  # [m]: column of each inserted vector
+
+    def model_kwargs(self) -> dict[str, torch.Tensor]:
+        return {"inputs_embeds": self.inputs_embeds, "attention_mask": self.attention_mask,
+                "position_ids": self.position_ids}
+
+
+def build_inputs_embeds(
+    embedding: nn.Embedding,
+    rows: Sequence[Sequence[int]],
+    ins_row: torch.Tensor,
+    ins_tok: torch.Tensor,
+    ins_vec: torch.Tensor,
+    pad_id: int = 0,
+) -> BuiltInputs:
+    """Token rows + vectors inserted before given tokens -> left-padded ``inputs_embeds``.
+
+    ``ins_row[m], ins_tok[m]``: insert ``ins_vec[m]`` (``[m, d]``) into row ``ins_row[m]``
+    just before its token ``ins_tok[m]`` (``== len(row)`` appends). Several insertions
+    before one token keep their given order. Vectorised: no loop over tokens.
+    """
+    dev = embedding.weight.device
+    b = len(rows)
+    lens = torch.tensor([len(r) for r in rows], dtype=torch.long)  # [b]
+    L = int(lens.max()) if b else 0
+    flat = torch.tensor([t for r in rows for t in r], dtype=torch.long)  # [sum(lens)]
+    row_of = torch.repeat_interleave(torch.arange(b), lens)  # [sum]
+    starts = torch.cumsum(lens, 0) - lens  # [b]
+    col_of = torch.arange(len(flat)) - starts[row_of]  # [sum]
+    ids = torch.full((b, L), int(pad_id), dtype=torch.long)
+    ids[row_of, col_of] = flat
+    ins_row = ins_row.to(torch.long).cpu()
+    ins_tok = ins_tok.to(torch.long).cpu()
+    m = len(ins_row)
+    if m and bool(((ins_tok < 0) | (ins_tok > lens[ins_row])).any()):
+        raise ValueError("build_inputs_embeds: an insertion points outside its row")
+    cnt = torch.zeros((b, L + 1), dtype=torch.long)  # insertions before token j of row i
+    cnt.index_put_((ins_row, ins_tok), torch.ones(m, dtype=torch.long), accumulate=True)
+    upto = cnt.cumsum(1)  # [b, L+1]: insertions before or at token j
+    newlen = lens + upto[:, -1]  # [b]
+    W = int(newlen.max()) if b else 0
+    offset = W - newlen  # [b]: left padding
+    token_col = offset[:, None] + torch.arange(L)[None, :] + upto[:, :L]  # [b, L]
+    valid = torch.arange(L)[None, :] < lens[:, None]  # [b, L]
+    token_col = torch.where(valid, token_col, torch.full_like(token_col, -1))
+    # rank of each insertion among those before the same token (stable order)
+    if m:
+        key = ins_row * (L + 1) + ins_tok  # [m]
+        order = torch.sort(key, stable=True).indices
+        _, counts = torch.unique_consecutive(key[order], return_counts=True)
+        first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)  # [m] in sorted order
+        rank_sorted = torch.arange(m) - first
+        rank = torch.empty(m, dtype=torch.long)
+        rank[order] = rank_sorted
+        insert_col = offset[ins_row] + ins_tok + (upto - cnt)[ins_row, ins_tok] + rank  # [m]
+    else:
+        insert_col = torch.zeros(0, dtype=torch.long)
+    tok_emb = embedding(ids.to(dev))  # [b, L, d]
+    out = torch.zeros((b, W, tok_emb.shape[-1]), dtype=tok_emb.dtype, device=dev)  # [b, W, d]
+    vr, vc = valid.nonzero(as_tuple=True)
+    out = out.index_put((vr.to(dev), token_col[vr, vc].to(dev)), tok_emb[vr.to(dev), vc.to(dev)])
+    if m:
+        out = out.index_put((ins_row.to(dev), insert_col.to(dev)), ins_vec.to(out.dtype))
+    att = (torch.arange(W)[None, :] >= offset[:, None]).long()  # [b, W]
+    pos = (att.cumsum(-1) - 1).clamp(min=0)  # positions count real inputs only
+    return BuiltInputs(out, att.to(dev), pos.to(dev), token_col, insert_col)
+
+
+def build_inputs_embeds_loop(
+    embedding: nn.Embedding,
+    rows: Sequence[Sequence[int]],
+    ins_row: torch.Tensor,
+    ins_tok: torch.Tensor,
+    ins_vec: torch.Tensor,
+    pad_id: int = 0,
+) -> BuiltInputs:
+    """Per-token reference of :func:`build_inputs_embeds` (same result; for tests and the benchmark)."""
+    dev = embedding.weight.device
+    before: dict[tuple[int, int], list[int]] = {}
+    for k, (r, t) in enumerate(zip(ins_row.tolist(), ins_tok.tolist())):
+        before.setdefault((r, t), []).append(k)
+    seqs, tcols, icols = [], [], {}
+    L = max((len(r) for r in rows), default=0)
+    for i, row in enumerate(rows):
+        seq, cols = [], []
+        for j in range(len(row) + 1):
+            for k in before.get((i, j), []):
+                icols[k] = len(seq)
+                seq.append(ins_vec[k])
+            if j < len(row):
+                cols.append(len(seq))
+                seq.append(embedding(torch.tensor([row[j]], device=dev))[0])
+        seqs.append(seq)
+        tcols.append(cols)
+    W = max((len(s) for s in seqs), default=0)
+    d = embedding.weight.shape[1]
+    out, att = [], []
+    token_col = torch.full((len(rows), L), -1, dtype=torch.long)
+    insert_col = torch.zeros(len(ins_row), dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        pad = W - len(seq)
+        out.append(torch.stack([torch.zeros(d, device=dev, dtype=embedding.weight.dtype)] * pad + seq) if W else
+                   torch.zeros((0, d), device=dev))
+        att.append([0] * pad + [1] * len(seq))
+        for j, c in enumerate(tcols[i]):
+            token_col[i, j] = c + pad
+        for k, c in icols.items():
+            if int(ins_row[k]) == i:
+                insert_col[k] = c + pad
+    att_t = torch.tensor(att, dtype=torch.long)
+    pos = (att_t.cumsum(-1) - 1).clamp(min=0)
+    return BuiltInputs(torch.stack(out), att_t.to(dev), pos.to(dev), token_col, insert_col)
+
+
+def tokens_with_offsets(tokenizer, texts: Sequence[str]) -> tuple[list[list[int]], list[np.ndarray]]:
+    """Token ids of each text and the END character offset of each token (``[T]`` int arrays)."""
+    try:
+        enc = tokenizer(list(texts), return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError) as exc:
+        raise PluginError(f"the reader's tokenizer gives no character offsets ({exc}); a fast tokenizer is needed "
+                          "to place plugin vectors before mentions") from None
+    ends = [np.array([e for _, e in offs], dtype=np.int64) if offs else np.zeros(0, np.int64)
+            for offs in enc["offset_mapping"]]
+    return [list(r) for r in enc["input_ids"]], ends
+
+
+def mention_tokens(ends: np.ndarray, starts: Sequence[int]) -> np.ndarray:
+    """Index of the first token ending after each mention start (the token a vector goes before)."""
+    return np.searchsorted(ends, np.asarray(starts, dtype=np.int64), side="right")
+
+
+# --------------------------------------------------------------------------- injection
+@dataclass
+class Injection:
+    """One injected vector: the mention, its entity, and where it went."""
+
+    mention: str
+    start: int  # characters [start, end) of the prompt
+    end: int
+    entity_id: int
+    entity: str
+    plugin: str
+    token: int  # index of the prompt token the vector is inserted before
+    loo_delta: float | None = None  # log p(answer | all vectors) - log p(answer | all but this one)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class InjectedBatch:
+    inputs: BuiltInputs
+    injected: list[list[Injection]]  # per row, in prompt order (dropped ones excluded)
+    prompt_lens: list[int]
+
+
+@dataclass
+class PluginLeaveOneOut:
+    logp_all: float  # log p(answer | every injected vector)
+    logp_none: float  # log p(answer | no vector): the bare reader
+    injected: list[Injection] = field(default_factory=list)  # with loo_delta filled
+
+
+class PluginInjector:
+    """Turns prompts into reader inputs with the plugins' vectors before linked mentions.
+
+    Several plugins (one per domain) may be plugged; overlapping mentions from two
+    plugins resolve to the longer one (then the leftmost).
+    """
+
+    def __init__(self, reader, plugins: KnowledgePlugin | Sequence[KnowledgePlugin]) -> None:
+        self.reader = reader
+        self.plugins = [plugins] if isinstance(plugins, KnowledgePlugin) else list(plugins)
+        for p in self.plugins:
+            p.check_reader(reader)
+        self._linkers = [p.linker() for p in self.plugins]
+
+    # ---------------------------------------------------------------- linking
+    def link(self, text: str) -> list[Injection]:
+        """The injections a prompt gets (token index filled by :meth:`build`; -1 here)."""
+        found = []
+        for pi, (p, lk) in enumerate(zip(self.plugins, self._linkers)):
+            for m in lk.link(text):
+                if p.has(m.entity_id):
+                    found.append((m.start, -(m.end - m.start), pi, m))
+        found.sort(key=lambda x: (x[0], x[1]))
+        out: list[Injection] = []
+        taken_end = -1
+        for start, _, pi, m in found:  # leftmost, then longest, non-overlapping
+            if start < taken_end:
+                continue
+            taken_end = m.end
+            p = self.plugins[pi]
+            out.append(Injection(m.text, m.start, m.end, m.entity_id, p.linker().names.get(m.entity_id, "?"), p.name, -1))
+        return out
+
+    def _plugin_index(self, name: str) -> int:
+        for i, p in enumerate(self.plugins):
+            if p.name == name:
+                return i
+        raise KeyError(name)
+
+    # ---------------------------------------------------------------- building
+    def build(
+        self,
+        prompts: Sequence[str],
+        answers: Sequence[Sequence[int]] | None = None,
+        *,
+        drop: Sequence[Collection[int]] | None = None,
+        enabled: bool = True,
+        links: Sequence[list[Injection]] | None = None,
+    ) -> InjectedBatch:
+        """Reader inputs for ``prompts`` (+ answer token ids appended, if given).
+
+        ``drop[i]``: indices (into row i's links) of injections to leave out;
+        ``enabled=False`` injects nothing (the bare reader, same padding scheme).
+        ``links`` reuses links computed before (leave-one-out variants of one prompt).
+        """
+        r = self.reader
+        ids, ends = tokens_with_offsets(r.tokenizer, prompts)
+        for i, row in enumerate(ids):
+            if not row:
+                raise PluginError(f"prompt #{i} is empty")
+        rows = [row + list(answers[i]) if answers is not None else row for i, row in enumerate(ids)]
+        all_links = list(links) if links is not None else [self.link(p) if enabled else [] for p in prompts]
+        ins_row, ins_tok, per_plugin, injected = [], [], {}, []
+        for i, links_i in enumerate(all_links):
+            kept = []
+            toks = mention_tokens(ends[i], [x.start for x in links_i]) if links_i else []
+            used_tokens: set[int] = set()
+            for k, (inj, t) in enumerate(zip(links_i, toks)):
+                t = int(t)
+                if not enabled or (drop is not None and k in drop[i]) or t >= len(ids[i]) or t in used_tokens:
+                    continue
+                used_tokens.add(t)
+                inj = Injection(**{**asdict(inj), "token": t})
+                kept.append(inj)
+                per_plugin.setdefault(self._plugin_index(inj.plugin), []).append(len(ins_row))
+                ins_row.append(i)
+                ins_tok.append(t)
+            injected.append(kept)
+        dev = r.device
+        d = r.hidden_size
+        vec = torch.zeros((len(ins_row), d), device=dev, dtype=r.dtype)
+        if ins_row:
+            flat = [inj for row in injected for inj in row]
+            for pi, where in per_plugin.items():
+                v = self.plugins[pi].vectors([flat[k].entity_id for k in where], dev)  # [m_p, d]
+                vec = vec.index_put((torch.tensor(where, device=dev),), v.to(vec.dtype))
+        built = build_inputs_embeds(r.model.get_input_embeddings(), rows, torch.tensor(ins_row, dtype=torch.long),
+                                    torch.tensor(ins_tok, dtype=torch.long), vec, int(r.tokenizer.pad_token_id))
+        return InjectedBatch(built, injected, [len(x) for x in ids])
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 8, *, enabled: bool = True,
+                 batch_size: int = 16) -> str | list[str]:
+        """Greedy continuation(s) with the plugin vectors injected (``enabled=False``: bare reader)."""
+        from transformers import GenerationConfig
+
+        single = isinstance(prompts, str)
+        plist = [prompts] if single else list(prompts)
+        out = [""] * len(plist)
+        if max_new_tokens <= 0 or not plist:
+            return out[0] if single else out
+        tok = self.reader.tokenizer
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        for s in range(0, len(plist), batch_size):
+            chunk = plist[s:s + batch_size]
+            b = self.build(chunk, enabled=enabled).inputs
+            seq = self.reader.model.generate(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
+                                             generation_config=cfg)
+            for i, text in enumerate(tok.batch_decode(seq, skip_special_tokens=True)):
+                out[s + i] = text
+        return out[0] if single else out
+
+    def _answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
+        ids = self.reader.tokenizer(list(answers), add_special_tokens=False)["input_ids"] if answers else []
+        for i, row in enumerate(ids):
+            if not row:
+                raise PluginError(f"answer #{i} is empty")
+        return [list(r) for r in ids]
+
+    def logprob_rows(self, batch: InjectedBatch, answer_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Summed log p of each row's answer tokens (``[b]``, float32) from one forward of ``batch``."""
+        b = batch.inputs
+        h = self.reader.model.model(**b.model_kwargs(), use_cache=False).last_hidden_state  # [b, W, d]
+        rows, cols, tgt = [], [], []
+        for i, (plen, ans) in enumerate(zip(batch.prompt_lens, answer_ids)):
+            for j, t in enumerate(ans):
+                rows.append(i)
+                cols.append(int(b.token_col[i, plen + j]) - 1)  # the position that predicts answer token j
+                tgt.append(t)
+        dev = h.device
+        sel = h[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]  # [n_tok, d]
+        logp = torch.log_softmax(self.reader.model.lm_head(sel).float(), -1)  # [n_tok, V]
+        tok_lp = logp.gather(-1, torch.tensor(tgt, device=dev)[:, None]).squeeze(-1)  # [n_tok]
+        return torch.zeros(len(answer_ids), device=dev).index_add(0, torch.tensor(rows, device=dev), tok_lp).cpu()
+
+    @torch.no_grad()
+    def answer_logprob(self, prompts: Sequence[str], answers: Sequence[str], *, enabled: bool = True,
+                       batch_size: int = 16) -> torch.Tensor:
+        """log p(answer | prompt) per pair, with (or without) the plugin; float32 ``[n]``."""
+        if len(prompts) != len(answers):
+            raise ValueError(f"answer_logprob: {len(prompts)} prompts but {len(answers)} answers")
+        a_ids = self._answer_ids(answers)
+        out = torch.empty(len(prompts))
+        for s in range(0, len(prompts), batch_size):
+            batch = self.build(prompts[s:s + batch_size], a_ids[s:s + batch_size], enabled=enabled)
+            out[s:s + batch_size] = self.logprob_rows(batch, a_ids[s:s + batch_size])
+        return out
+
+    @torch.no_grad()
+    def leave_one_out(self, prompt: str, answer: str) -> PluginLeaveOneOut:
+        """log p(answer) with every vector, with none, and without each one: k+2 rows in ONE forward."""
+        a = self._answer_ids([answer])[0]
+        links = self.link(prompt)
+        k = len(links)
+        drops = [set()] + [{i} for i in range(k)] + [set(range(k))]
+        batch = self.build([prompt] * (k + 2), [a] * (k + 2), drop=drops, links=[links] * (k + 2))
+        lp = self.logprob_rows(batch, [a] * (k + 2)).tolist()
+        injected = batch.injected[0]
+        for i, inj in enumerate(injected):
+            inj.loo_delta = lp[0] - lp[1 + i]
+        return PluginLeaveOneOut(lp[0], lp[-1], injected)
+
+    def explain(self, prompt: str, max_new_tokens: int = 8) -> dict[str, Any]:
+        """Answer with and without the plugin, and the injected entities with their leave-one-out effect.
+
+        The leave-one-out effect is measured on the answer given WITH the plugin.
+        """
+        answer = self.generate(prompt, max_new_tokens=max_new_tokens)
+        without = self.generate(prompt, max_new_tokens=max_new_tokens, enabled=False)
+        rec: dict[str, Any] = {"prompt": prompt, "answer": answer, "answer_without_plugin": without,
+                               "plugins": [p.name for p in self.plugins], "answer_logprob": None,
+                               "answer_logprob_without_plugin": None}
+        if answer.strip():
+            loo = self.leave_one_out(prompt, answer)
+            rec.update(answer_logprob=loo.logp_all, answer_logprob_without_plugin=loo.logp_none,
+                       injected=[i.to_dict() for i in loo.injected])
+        else:
+            b = self.build([prompt])
+            rec["injected"] = [i.to_dict() for i in b.injected[0]]
+        return rec

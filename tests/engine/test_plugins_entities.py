@@ -1,0 +1,153 @@
+"""Entities and triples: validated import into a pack, browsing, exact alias linking."""
+from __future__ import annotations
+
+import pytest
+
+from engine.plugins.entities import EntityLinker, entity_facts, entity_rows, import_triples
+from engine.plugins.errors import TriplesError
+from engine.store import Pack
+from tests.engine.test_plugins_fixtures import triples, write_jsonl
+
+
+@pytest.fixture
+def pack(tmp_path):
+    with Pack.create(tmp_path / "p.plugmem") as p:
+        yield p
+
+
+def _counts(pack):
+    c = pack.conn
+    return c.execute("SELECT count(*) FROM entities").fetchone()[0], c.execute("SELECT count(*) FROM triples").fetchone()[0]
+
+
+def test_import_creates_entities_links_entity_tails_and_skips_duplicates(pack, tmp_path):
+    f = write_jsonl(tmp_path / "t.jsonl", triples())
+    res = import_triples(pack, [f])
+    assert res.entities_added == 10
+    assert res.triples_added == len(triples())
+    by_name = {e["name"]: e for e in pack.entities()}
+    assert by_name["France"]["aliases"] == ["French Republic"]
+    france = entity_facts(pack, "French Republic")  # found by alias
+    rels = {(t["relation"], t["tail"], t["tail_id"] is not None) for t in france["triples"]}
+    assert ("capital", "Paris", False) in rels  # literal tail
+    assert ("borders", "Spain", True) in rels  # entity tail
+    assert {t["head_name"] for t in france["mentioned_by"]} == {"Spain", "Germany"}
+    assert pack.triples()[0]["source"].endswith("t.jsonl:1")
+    again = import_triples(pack, [f])
+    assert again.triples_added == 0 and again.duplicates_skipped == len(triples())
+    assert _counts(pack) == (10, len(triples()))
+
+
+def test_tail_given_by_alias_resolves_to_the_entity(pack, tmp_path):
+    f = write_jsonl(tmp_path / "t.jsonl", [
+        {"head": "China", "relation": "capital", "tail": "Beijing", "head_aliases": ["People's Republic of China"]},
+        {"head": "India", "relation": "borders", "tail": "People's Republic of China"},
+    ])
+    import_triples(pack, [f])
+    china = entity_facts(pack, "China")
+    assert [t["head_name"] for t in china["mentioned_by"]] == ["India"]
+
+
+def test_csv_with_pipe_separated_aliases_and_entity_records(pack, tmp_path):
+    (tmp_path / "t.csv").write_text(
+        "head,relation,tail,head_aliases,tail_aliases\n"
+        "Japan,capital,Tokyo,Nippon|Nihon,\n"
+        "Japan,rival,Korea,,Republic of Korea\n", encoding="utf-8")
+    write_jsonl(tmp_path / "e.jsonl", [{"name": "Kenya", "aliases": ["Republic of Kenya"], "description": "a country"}])
+    res = import_triples(pack, [tmp_path / "t.csv", tmp_path / "e.jsonl"])
+    assert res.entities_added == 3 and res.entity_tails == 1 and res.literal_tails == 1
+    rows = {r["name"]: r for r in entity_rows(pack)}
+    assert rows["Japan"]["aliases"] == ["Nippon", "Nihon"] and rows["Japan"]["triples"] == 2
+    assert rows["Korea"]["as_tail"] == 1
+    assert rows["Kenya"]["description"] == "a country"
+    assert [r["name"] for r in entity_rows(pack, query="ap")] == ["Japan"]
+
+
+@pytest.mark.parametrize("records, message", [
+    ([{"head": "A", "relation": "r", "tail": "x", "head_aliases": ["Shared"]},
+      {"head": "B", "relation": "r", "tail": "y", "head_aliases": ["Shared"]}], "duplicate alias 'Shared'"),
+    ([{"head": "A", "relation": "r", "tail": "x", "head_aliases": ["B"]},
+      {"head": "B", "relation": "r", "tail": "y"}], "'B'"),
+    ([{"head": "A", "relation": "r"}], "t.jsonl:1: missing tail"),
+    ([{"head": "A", "relation": "r", "tail": "x", "taill": 1}], "unknown field(s) taill"),
+    ([{"head": "A", "relation": "", "tail": "x"}], "relation is empty"),
+    ([{"head": "A", "relation": "r", "tail": "x", "head_aliases": 3}], "head_aliases must be a list"),
+])
+def test_bad_triples_are_refused_with_file_and_line_and_nothing_is_written(pack, tmp_path, records, message):
+    import_triples(pack, [write_jsonl(tmp_path / "ok.jsonl", [{"head": "Z", "relation": "r", "tail": "z"}])])
+    before = _counts(pack)
+    f = write_jsonl(tmp_path / "t.jsonl", records)
+    with pytest.raises(TriplesError) as err:
+        import_triples(pack, [f])
+    assert message in str(err.value)
+    assert "t.jsonl" in str(err.value)
+    assert _counts(pack) == before
+
+
+def test_alias_clashing_with_an_entity_already_in_the_pack_is_refused(pack, tmp_path):
+    import_triples(pack, [write_jsonl(tmp_path / "a.jsonl", [{"head": "Congo", "relation": "r", "tail": "x"}])])
+    f = write_jsonl(tmp_path / "b.jsonl", [{"head": "Republic of the Congo", "relation": "r", "tail": "y",
+                                            "head_aliases": ["Congo"]}])
+    with pytest.raises(TriplesError, match=r"b\.jsonl:1: duplicate .*'Congo'.*the pack"):
+        import_triples(pack, [f])
+    assert _counts(pack) == (1, 1)
+
+
+def test_unknown_entities_are_refused_when_new_entities_are_not_allowed(pack, tmp_path):
+    import_triples(pack, [write_jsonl(tmp_path / "a.jsonl", [{"head": "France", "relation": "r", "tail": "x"}])])
+    f = write_jsonl(tmp_path / "b.jsonl", [{"head": "France", "relation": "capital", "tail": "Paris"},
+                                           {"head": "Atlantis", "relation": "capital", "tail": "Poseidonia"}])
+    with pytest.raises(TriplesError, match=r"b\.jsonl:2: unknown entity 'Atlantis'"):
+        import_triples(pack, [f], create_entities=False)
+    assert _counts(pack) == (1, 1)
+    assert import_triples(pack, [f], create_entities=True).entities_added == 1
+
+
+def test_malformed_files(pack, tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"head": "A", "relation": "r", "tail": "x"}\n{not json\n', encoding="utf-8")
+    with pytest.raises(TriplesError, match=r"bad\.jsonl:2: not valid JSON"):
+        import_triples(pack, [tmp_path / "bad.jsonl"])
+    (tmp_path / "bad.csv").write_text("subject,predicate,object\nA,r,x\n", encoding="utf-8")
+    with pytest.raises(TriplesError, match=r"bad\.csv:1: the header must name"):
+        import_triples(pack, [tmp_path / "bad.csv"])
+    (tmp_path / "bad.txt").write_text("A r x\n", encoding="utf-8")
+    with pytest.raises(TriplesError, match="unsupported triples format .txt"):
+        import_triples(pack, [tmp_path / "bad.txt"])
+    (tmp_path / "latin.jsonl").write_bytes('{"head": "Z\xfcrich"}'.encode("latin-1"))
+    with pytest.raises(TriplesError, match="not UTF-8"):
+        import_triples(pack, [tmp_path / "latin.jsonl"])
+    with pytest.raises(TriplesError, match="no such file"):
+        import_triples(pack, [tmp_path / "missing.jsonl"])
+    assert _counts(pack) == (0, 0)
+
+
+def test_linker_longest_match_at_word_boundaries():
+    linker = EntityLinker([
+        (1, "Niger", []), (2, "Nigeria", ["Federal Republic of Nigeria"]), (3, "Guinea", []),
+        (4, "Equatorial Guinea", []), (5, "Papua New Guinea", []), (6, "China", ["People's Republic of China"]),
+        (7, "Congo", ["Republic of the Congo"]), (8, "X", []),  # one-letter alias: ignored
+    ])
+    text = ("The Federal Republic of Nigeria borders Niger; Equatorial Guinea, Guinea and Papua New Guinea are far "
+            "from Chinatown and from People's Republic of China, but not from the Republic of the Congo. X marks it.")
+    found = [(m.text, m.entity_id) for m in linker.link(text)]
+    assert found == [("Federal Republic of Nigeria", 2), ("Niger", 1), ("Equatorial Guinea", 4), ("Guinea", 3),
+                     ("Papua New Guinea", 5), ("People's Republic of China", 6), ("Republic of the Congo", 7)]
+    m = linker.link(text)[0]
+    assert text[m.start:m.end] == m.text
+    assert [(m.start, m.end, m.entity_id) for m in linker.link("Nigerian food and Nigeria's capital")] == [(18, 25, 2)]
+    assert linker.link("") == [] and EntityLinker([]).link("Niger") == []
+
+
+def test_ambiguous_alias_in_an_existing_pack_is_not_linked(caplog):
+    linker = EntityLinker([(1, "Georgia", ["GA"]), (2, "Georgia (state)", ["GA"])])
+    assert [m.entity_id for m in linker.link("GA and Georgia")] == [1]
+    assert "names several entities" in caplog.text
+
+
+def test_linker_scales_to_many_aliases():
+    ents = [(i, f"Entity{i:05d} Name", [f"Alias {i:05d}"]) for i in range(5000)]
+    linker = EntityLinker(ents)
+    text = " ".join(f"about Entity{i:05d} Name and Alias {i:05d}." for i in range(0, 5000, 97))
+    found = linker.link(text)
+    assert len(found) == 2 * len(range(0, 5000, 97))
+    assert all(m.entity_id == int(m.text.split()[0][-5:] if m.text.startswith("Entity") else m.text[-5:]) for m in found)
