@@ -434,6 +434,248 @@ def cmd_demo(a, out: Output) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- plug-in memory (issue 3)
+def _model_errors() -> tuple[type[BaseException], ...]:
+    from engine.evaluate import EvalDataError
+    from engine.explain import PredictError
+    from engine.jobs.train_memory_reader import TrainDataError
+    from engine.models.dpm import DPMError
+
+    return (PredictError, DPMError, EvalDataError, TrainDataError)
+
+
+def _load_predictor(a, out: Output, modes: Sequence[str]):
+    """The reader (--reader) and, when a mode needs it, the DPM branch (--branch, else the shipped one)."""
+    from engine.explain import Predictor
+    from engine.models import load_reader
+    from engine.models import dpm
+    from engine.models.reader import is_default_name
+
+    branch_dir = None
+    if "dpm" in modes:
+        if a.branch:
+            branch_dir = a.branch
+        elif is_default_name(a.reader):
+            branch_dir = dpm.default_branch_path()
+        else:
+            raise CliError(
+                f"mode dpm needs a memory branch trained for the reader {a.reader}: pass --branch DIR "
+                "(train one with `plugmem train-memory-reader`), or use --mode context"
+            )
+        dpm.read_config(branch_dir)  # a bad folder fails before the reader is loaded
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one-line errors, clean --json output
+    except ImportError:  # pragma: no cover
+        pass
+    reader = load_reader(a.reader)
+    branch = dpm.load(branch_dir, reader) if branch_dir is not None else None
+    return Predictor(reader, branch)
+
+
+def _open_memories(paths: Sequence[str] | None, out: Output) -> list:
+    mems = []
+    try:
+        for p in paths or []:
+            mems.append(_open_memory(p, out))
+    except BaseException:
+        for m in mems:
+            m.close()
+        raise
+    return mems
+
+
+def _modes(arg: str) -> list[str]:
+    from engine.explain import MODES
+
+    modes = [m.strip() for m in arg.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if not modes or bad:
+        raise CliError(f"--mode {arg!r}: choose from {', '.join(MODES)} (several separated by commas)")
+    return modes
+
+
+def _pct(x: float | None) -> str:
+    return "   -  " if x is None else f"{100 * x:5.1f}%"
+
+
+def cmd_predict(a, out: Output) -> int:
+    if not a.prompt.strip():
+        raise CliError("the prompt is empty: give the start of a sentence for the model to complete")
+    if a.k < 1:
+        raise CliError(f"-k must be at least 1 (got {a.k})")
+    modes = _modes(a.mode)
+    if len(modes) != 1:
+        raise CliError("predict takes one --mode")
+    mems = _open_memories(a.memory, out)
+    try:
+        if not mems and modes[0] == "dpm":
+            modes = ["none"]  # nothing plugged: the bare reader, no branch needed
+        try:
+            predictor = _load_predictor(a, out, modes)
+            rec = predictor.predict(a.prompt, mems, mode=modes[0], k=a.k, max_new_tokens=a.max_new_tokens,
+                                    explain=not a.no_explain)
+        except _model_errors() as exc:
+            raise CliError(str(exc)) from None
+    finally:
+        for m in mems:
+            m.close()
+
+    def human() -> str:
+        packs = ", ".join(rec.packs) or "none plugged"
+        lines = [f"answer ({rec.mode}; {packs}):{rec.answer}", f"without memory:{rec.answer_without_memory}"]
+        if rec.retrieved:
+            lines.append(f"retrieved ({len(rec.retrieved)}):    score  weight  loo Δlogp")
+            for r in rec.retrieved:
+                w = "   -  " if r.weight is None else f"{r.weight:6.3f}"
+                d = "    -  " if r.loo_delta is None else f"{r.loo_delta:+7.3f}"
+                text = r.text.replace("\n", " ")
+                lines.append(f"  {r.pack}#{r.id:<7} {r.score:6.3f}  {w}  {d}  {text[:90]}")
+        lines.append(f"({rec.seconds:.2f} s)")
+        return "\n".join(lines)
+
+    out.emit(rec.to_dict(), human)
+    return 0
+
+
+def cmd_eval(a, out: Output) -> int:
+    from engine.evaluate import evaluate_probes, read_probes
+
+    if a.k < 1:
+        raise CliError(f"-k must be at least 1 (got {a.k})")
+    if a.limit is not None and a.limit < 1:
+        raise CliError(f"--limit must be at least 1 (got {a.limit})")
+    modes = _modes(a.mode)
+    stop = _StopFlag()
+    mems = _open_memories(a.memory, out)
+    results: dict[str, Any] = {}
+    try:
+        try:
+            probes = read_probes(a.probes)
+            predictor = _load_predictor(a, out, modes if mems else [])
+            with stop:
+                for mode in modes:
+                    bar = ProgressBar(f"eval {mode}", enabled=not a.json and not a.quiet)
+                    results[mode] = evaluate_probes(predictor, mems, probes, mode, k=a.k, limit=a.limit,
+                                                    paraphrases=not a.no_paraphrases, progress=bar, should_stop=stop)
+                    bar.close()
+        except _model_errors() as exc:
+            raise CliError(str(exc)) from None
+    except _job_cancelled() as exc:
+        out.info(f"plugmem: interrupted: {exc}")
+        return EXIT_INTERRUPTED
+    finally:
+        for m in mems:
+            m.close()
+    data = dict(results[modes[0]])
+    if len(modes) > 1:
+        data["by_mode"] = results
+
+    def human() -> str:
+        head = f"{'':<28}" + "".join(f"{m:>12}" for m in modes)
+        rows = [f"probes: {data['n']} from {a.probes} (k={a.k})", head]
+        for key, label in [("accuracy", "accuracy with memory"), ("accuracy_without_memory", "accuracy without memory"),
+                           ("hit_at_k", f"retrieval hit@{a.k}"), ("paraphrase_accuracy", "paraphrases with memory")]:
+            rows.append(f"{label:<28}" + "".join(f"{_pct(results[m][key]):>12}" for m in modes))
+        rows.append("by relation (accuracy with memory / without):")
+        for rel in results[modes[0]]["by_relation"]:
+            cells = "".join(
+                f"{_pct(results[m]['by_relation'][rel]['accuracy']):>8} /{_pct(results[m]['by_relation'][rel]['accuracy_without_memory'])}"
+                for m in modes
+            )
+            rows.append(f"  {rel:<26} n={results[modes[0]]['by_relation'][rel]['n']:<5}{cells}")
+        return "\n".join(rows)
+
+    out.emit(data, human)
+    return 0
+
+
+def cmd_eval_edits(a, out: Output) -> int:
+    from engine.evaluate import evaluate_edits, read_edits, read_probes
+
+    if a.k < 1:
+        raise CliError(f"-k must be at least 1 (got {a.k})")
+    if not a.memory:
+        raise CliError("eval-edits needs --memory PACK (the pack the edits apply to)")
+    modes = _modes(a.mode)
+    stop = _StopFlag()
+    mems = _open_memories(a.memory, out)
+    results: dict[str, Any] = {}
+    try:
+        try:
+            edits = read_edits(a.edits)
+            locality = read_probes(a.locality) if a.locality else []
+            predictor = _load_predictor(a, out, modes)
+            with stop:
+                for mode in modes:
+                    bar = ProgressBar(f"edits {mode}", enabled=not a.json and not a.quiet)
+                    results[mode] = evaluate_edits(predictor, mems, edits, locality, mode, k=a.k, limit=a.limit,
+                                                   locality_limit=a.locality_limit, progress=bar, should_stop=stop)
+                    bar.close()
+        except _model_errors() as exc:
+            raise CliError(str(exc)) from None
+    except _job_cancelled() as exc:
+        out.info(f"plugmem: interrupted (edits undone): {exc}")
+        return EXIT_INTERRUPTED
+    finally:
+        for m in mems:
+            m.close()
+    data = dict(results[modes[0]])
+    if len(modes) > 1:
+        data["by_mode"] = results
+
+    def human() -> str:
+        rows = [f"edits: {data['n']} from {a.edits}; locality probes: {data['n_locality']} (k={a.k})",
+                f"{'':<26}" + "".join(f"{m:>12}" for m in modes)]
+        for key, label in [("efficacy_before", "efficacy before"), ("efficacy", "efficacy after"),
+                           ("generalization_before", "paraphrases before"), ("generalization", "paraphrases after"),
+                           ("locality", "locality (unchanged)"), ("edit_retrieved", "edited entry retrieved")]:
+            rows.append(f"{label:<26}" + "".join(f"{_pct(results[m][key]):>12}" for m in modes))
+        rows.append("pack restored (undo): " + ", ".join(f"{m}: {'yes' if results[m]['restored'] else 'NO'}" for m in modes))
+        return "\n".join(rows)
+
+    out.emit(data, human)
+    return 0 if all(r["restored"] for r in results.values()) else 1
+
+
+def _job_cancelled() -> type[BaseException]:
+    from engine.jobs.progress import JobCancelled
+
+    return JobCancelled
+
+
+def cmd_train_memory_reader(a, out: Output) -> int:
+    from engine.jobs.train_memory_reader import TrainMemoryReaderConfig, train_memory_reader
+
+    cfg: dict[str, Any] = {"out": a.out, "data": a.data, "reader": a.reader}
+    for name in ("steps", "batch", "lr", "layers", "heads", "head_dim", "k", "seed", "threads", "value_mode",
+                 "match", "p_absent", "checkpoint_every", "device"):
+        v = getattr(a, name)
+        if v is not None:
+            cfg[name] = v
+    try:
+        config = TrainMemoryReaderConfig.from_dict(cfg)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    stop = _StopFlag()
+    bar = ProgressBar("train", enabled=not a.json and not a.quiet)
+    try:
+        with stop:
+            res = train_memory_reader(config, progress=bar, should_stop=stop)
+    except _job_cancelled() as exc:
+        bar.close()
+        out.info(f"plugmem: interrupted: {exc}")
+        return EXIT_INTERRUPTED
+    except _model_errors() as exc:
+        bar.close()
+        raise CliError(str(exc)) from None
+    bar.close()
+    out.emit(res, lambda: (f"trained {res['steps_done']:,} steps in {res['seconds']:.0f} s; loss "
+                           f"{res['initial_loss']:.3f} -> {res['final_loss']:.3f}; branch in {res['out']}"))
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -524,6 +766,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("demo", cmd_demo, "build the bundled demo memories (once) and run a sample search")
     sp.add_argument("query", nargs="?")
+
+    # plug-in memory (issue 3)
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--reader", help="reader model folder (default: the bundled SmolLM2-135M-Instruct)")
+        sp.add_argument("--branch", help="trained DPM branch folder (default: the shipped one, for the default reader)")
+
+    sp = add("predict", cmd_predict, "answer a prompt with the plugged memories and explain the answer")
+    sp.add_argument("prompt")
+    sp.add_argument("--memory", action="append", metavar="PACK", help="plug a pack (repeat for several)")
+    sp.add_argument("--mode", default="dpm", help="dpm (trained branch), context (entries before the prompt) or none")
+    sp.add_argument("-k", type=int, default=5, help="entries retrieved (merged over the packs)")
+    sp.add_argument("--max-new-tokens", type=int, default=8)
+    sp.add_argument("--no-explain", action="store_true", help="skip the leave-one-out pass")
+    model_args(sp)
+
+    sp = add("eval", cmd_eval, "fact-probe accuracy with and without memory, per relation, retrieval hit@k")
+    sp.add_argument("probes", metavar="PROBES.jsonl")
+    sp.add_argument("--memory", action="append", metavar="PACK")
+    sp.add_argument("--mode", default="dpm", help="dpm, context, none, or several: dpm,context")
+    sp.add_argument("-k", type=int, default=5)
+    sp.add_argument("--limit", type=int, help="only the first N probes")
+    sp.add_argument("--no-paraphrases", action="store_true")
+    model_args(sp)
+
+    sp = add("eval-edits", cmd_eval_edits, "edit entries, measure efficacy / paraphrases / locality, then undo the edits")
+    sp.add_argument("edits", metavar="EDITS.jsonl")
+    sp.add_argument("--memory", action="append", metavar="PACK")
+    sp.add_argument("--locality", metavar="PROBES.jsonl", help="probes about other subjects (answers must not change)")
+    sp.add_argument("--locality-limit", type=int, default=200)
+    sp.add_argument("--mode", default="dpm", help="dpm, context, or both: dpm,context")
+    sp.add_argument("-k", type=int, default=5)
+    sp.add_argument("--limit", type=int, help="only the first N edits")
+    model_args(sp)
+
+    sp = add("train-memory-reader", cmd_train_memory_reader,
+             "train the DPM memory branch (resumes from OUT/checkpoint.pt; Ctrl+C stops at a checkpoint)")
+    sp.add_argument("--data", action="append", required=True, metavar="JSONL", help="text/prompt/answer facts (repeat)")
+    sp.add_argument("--out", required=True, metavar="DIR")
+    sp.add_argument("--reader", help="reader model folder (default: the bundled SmolLM2-135M-Instruct)")
+    for name, typ in (("steps", int), ("batch", int), ("lr", float), ("layers", int), ("heads", int),
+                      ("head-dim", int), ("k", int), ("seed", int), ("threads", int), ("p-absent", float),
+                      ("checkpoint-every", int)):
+        sp.add_argument(f"--{name}", type=typ)
+    sp.add_argument("--value-mode", choices=["tokens", "pooled"])
+    sp.add_argument("--match", choices=["cosine", "learned"], help="how prompt states find entry tokens (default cosine)")
+    sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    from engine.plugins.cli import register as register_plugins
+
+    register_plugins(sub, parents=[common])  # triples, entities, embeddings, train-transe, map-tune
     return p
 
 

@@ -1,0 +1,124 @@
+"""Latency of "ask and explain" and of "edit -> changed prediction", with the bare reader as baseline.
+
+    .venv/bin/python bench/bench_predict.py [--n 10] [--edits 10] [--threads 2] [--append]
+
+On the demo geography pack (k = 5), the real reader and the shipped branch:
+* baseline: the bare reader's greedy answer (8 new tokens), no memory;
+* ``Predictor.predict`` with explanation (answer with and without memory in one batched
+  generate + leave-one-out of all 5 entries in one batched forward), DPM and context modes;
+  "cold" = the prompt's entries have never been read, "warm" = asked again;
+* edit -> changed prediction: ``Memory.edit`` (re-encode one entry, update the index in
+  place) then ``predict`` without explanation; the edit is undone afterwards.
+
+Targets (issue 3): prediction with explanation < 1 s for a short prompt; edit -> changed
+prediction < 0.5 s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from engine.demo import ensure_demo_workspace  # noqa: E402
+from engine.evaluate import is_correct, read_edits, read_probes  # noqa: E402
+from engine.explain import Predictor  # noqa: E402
+from engine.memory import Memory  # noqa: E402
+from engine.models import dpm, load_reader  # noqa: E402
+from engine.resources import demo_dir  # noqa: E402
+
+
+def ms(xs: list[float]) -> str:
+    xs = sorted(xs)
+    p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
+    return f"{1000 * statistics.median(xs):.0f} / {1000 * p90:.0f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=10, help="prompts")
+    ap.add_argument("--edits", type=int, default=10)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workspace", help="demo workspace folder (default: the app's)")
+    ap.add_argument("--append", action="store_true", help="append the table to bench/RESULTS.md")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    ws = ensure_demo_workspace(folder=Path(a.workspace) if a.workspace else None)
+    pack = next(p for p in ws["packs"] if Path(p).stem == "geography")
+    reader = load_reader()
+    predictor = Predictor(reader, dpm.load_default_branch(reader))
+    probes = [p for p in read_probes(demo_dir() / "geography" / "probes_heldout.jsonl")
+              if p.split == "heldout_relation"][: a.n]
+    edits = read_edits(demo_dir() / "geography" / "edits.jsonl")[: a.edits]
+    rows: list[tuple[str, str]] = []
+    with Memory.open(pack) as mem:
+        predictor.predict("Warm-up: the capital of France is", [mem], k=a.k)  # first-call overheads
+        reader.generate("Warm-up", max_new_tokens=2)
+        base, times = [], {("dpm", "cold"): [], ("dpm", "warm"): [], ("context", "cold"): []}
+        for p in probes:
+            t = time.perf_counter()
+            reader.generate(p.prompt, max_new_tokens=8)
+            base.append(time.perf_counter() - t)
+            for mode, temp in (("dpm", "cold"), ("dpm", "warm"), ("context", "cold")):
+                t = time.perf_counter()
+                rec = predictor.predict(p.prompt, [mem], mode=mode, k=a.k, max_new_tokens=8)
+                times[(mode, temp)].append(time.perf_counter() - t)
+                assert len(rec.retrieved) == a.k and all(r.loo_delta is not None for r in rec.retrieved)
+        rows.append(("bare reader, 8 new tokens (baseline)", ms(base)))
+        rows.append((f"predict + explain, dpm, k={a.k}, cold entries", ms(times[("dpm", "cold")])))
+        rows.append((f"predict + explain, dpm, k={a.k}, warm entries", ms(times[("dpm", "warm")])))
+        rows.append((f"predict + explain, context, k={a.k}", ms(times[("context", "cold")])))
+
+        by_text = {}
+        after = 0
+        while True:
+            page = mem.pack.page(after, 2000, status="active")
+            if not page:
+                break
+            by_text.update({e.text: e.id for e in page})
+            after = page[-1].id
+        edit_t, edit_only, changed, follows = [], [], 0, 0
+        for e in edits:
+            before = predictor.predict(e.prompt, [mem], k=a.k, explain=False).answer
+            t = time.perf_counter()
+            mem.edit(by_text[e.old_text], text=e.new_text, author="bench")
+            t_edit = time.perf_counter()
+            rec = predictor.predict(e.prompt, [mem], k=a.k, explain=False)
+            t_end = time.perf_counter()
+            edit_t.append(t_end - t)
+            edit_only.append(t_edit - t)
+            changed += rec.answer != before
+            follows += is_correct(rec.answer, e.new)
+            mem.undo()
+        rows.append(("edit only (re-encode + index update)", ms(edit_only)))
+        rows.append((f"edit -> prediction (dpm, k={a.k}, no explanation)", ms(edit_t)))
+    lines = [
+        f"### bench_predict.py — {time.strftime('%Y-%m-%d %H:%M')} (torch {torch.__version__}, {a.threads} threads, "
+        f"{platform.machine()}; SmolLM2-135M-Instruct + shipped branch; geography pack)",
+        "",
+        f"{len(probes)} held-out-relation prompts; {len(edits)} edits: the answer changed after {changed}, "
+        f"and starts with the new object after {follows}. Latency in ms, median / p90.",
+        "",
+        "| what | ms (median / p90) |",
+        "|---|---|",
+    ] + [f"| {w} | {v} |" for w, v in rows]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if a.append:
+        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write("\n" + table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Evaluation shared by the GUI, the CLI and the benchmarks: fact probes and edit metrics."""
+from engine.evaluate.data import EvalDataError, Edit, Probe, is_correct, read_edits, read_probes
+from engine.evaluate.edits import evaluate_edits
+from engine.evaluate.probes import answer_batch, evaluate_probes
+
+__all__ = [
+    "Edit",
+    "EvalDataError",
+    "Probe",
+    "answer_batch",
+    "evaluate_edits",
+    "evaluate_probes",
+    "is_correct",
+    "read_edits",
+    "read_probes",
+]

@@ -1,0 +1,175 @@
+"""Edit metrics: change entries through the normal edit path, measure, then undo.
+
+For a list of edits (``old_text`` -> ``new_text``, with a ``prompt`` and ``paraphrase``
+that should now give ``new``), in one mode:
+
+1. before: answers (with memory) to every edit prompt, paraphrase and locality probe;
+2. every edit is applied with ``Memory.edit`` (re-encodes that entry and updates the
+   index in place: no retraining, no rebuild);
+3. after: the same answers again;
+4. every edit is undone (``Memory.undo``), also on error or cancel, and the entries'
+   texts are checked to be back.
+
+Efficacy = share of edit prompts whose answer starts with ``new``; generalisation =
+the same for paraphrases; locality = share of locality probes (about subjects no
+edit touches) whose answer is exactly the same before and after. All edits are
+applied together (a batch edit), so locality also sees any interference between them.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+from engine.evaluate.data import Edit, EvalDataError, Probe, is_correct
+from engine.evaluate.probes import _rate, answer_batch, max_tokens_for
+from engine.explain.predict import PredictError, Predictor
+
+log = logging.getLogger(__name__)
+
+AUTHOR = "plugmem eval-edits"
+
+
+def _text_index(memory) -> dict[str, int]:
+    """Active entries' text -> id (keyset paging over the pack)."""
+    out: dict[str, int] = {}
+    after = 0
+    while True:
+        page = memory.pack.page(after, 2000, status="active")
+        if not page:
+            return out
+        for e in page:
+            out.setdefault(e.text, e.id)
+        after = page[-1].id
+
+
+def _mentions(text: str, subjects: set[str]) -> bool:
+    low = text.lower()
+    return any(s in low for s in subjects)
+
+
+def evaluate_edits(
+    predictor: Predictor,
+    memories: Sequence,
+    edits: Sequence[Edit],
+    locality: Sequence[Probe] = (),
+    mode: str = "dpm",
+    *,
+    k: int = 5,
+    limit: int | None = None,
+    locality_limit: int | None = 200,
+    batch_size: int = 16,
+    progress: Callable[..., None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Apply ``edits`` to the plugged ``memories``, measure, and restore them (see the module docstring).
+
+    Each edit's ``old_text`` must be the exact text of an active entry of one of the
+    memories. Returns ``{mode, k, n, efficacy, generalization, locality,
+    efficacy_before, generalization_before, old_answer_after, edit_retrieved,
+    n_locality, locality_accuracy_before, locality_accuracy_after, restored, seconds}``.
+    """
+    from engine.jobs.progress import wrap_progress
+
+    t0 = time.perf_counter()
+    memories = list(memories)
+    if not memories:
+        raise PredictError("eval-edits needs at least one memory pack to edit")
+    edits = list(edits)[:limit] if limit else list(edits)
+    if not edits:
+        raise PredictError("no edits to evaluate")
+    # Find each edit's entry (exact text) before touching anything.
+    indexes = [_text_index(m) for m in memories]
+    targets: list[tuple[Any, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for e in edits:
+        for m, idx in zip(memories, indexes):
+            if e.old_text in idx:
+                key = (id(m), idx[e.old_text])
+                if key in seen:
+                    raise EvalDataError(f"{e.where or 'edit'}: edits the same entry as an earlier edit")
+                seen.add(key)
+                targets.append((m, idx[e.old_text]))
+                break
+        else:
+            raise EvalDataError(
+                f"{e.where or 'edit'}: old_text {e.old_text[:80]!r} is not the text of any active entry of the plugged pack(s)"
+            )
+
+    subjects = {e.subject.strip().lower() for e in edits if e.subject.strip()}
+    loc = [p for p in locality if not (p.subject and p.subject.strip().lower() in subjects)
+           and not _mentions(p.prompt, subjects)]
+    if locality_limit is not None:
+        loc = loc[:locality_limit]
+    prompts = [e.prompt for e in edits]
+    paras = [(n, e.paraphrase) for n, e in enumerate(edits) if e.paraphrase.strip()]
+    all_prompts = prompts + [q for _, q in paras] + [p.prompt for p in loc]
+    # Enough tokens to spell the new (or old) answer; locality compares the first tokens of each answer.
+    edit_budget = [max(a, b) for a, b in zip(max_tokens_for(predictor.reader, [e.new for e in edits]),
+                                               max_tokens_for(predictor.reader, [e.old or e.new for e in edits]))]
+    mnt = (edit_budget + [edit_budget[i] for i, _ in paras] + max_tokens_for(predictor.reader, [p.answer for p in loc]))
+
+    def answers(lo: float, hi: float) -> tuple[list[str], list]:
+        return answer_batch(predictor, all_prompts, memories, mode, k=k, max_new_tokens=mnt, batch_size=batch_size,
+                            progress=wrap_progress(progress, lo, hi), should_stop=should_stop)
+
+    before, _ = answers(0.0, 0.45)
+    applied: list[Any] = []
+    original = {(id(m), i): m.pack.get(i).text for m, i in targets}
+    restored = False
+    try:
+        for e, (m, entry_id) in zip(edits, targets):
+            change = m.edit(entry_id, text=e.new_text, author=AUTHOR)
+            if change.ids:  # a no-op edit (same text) records nothing to undo
+                applied.append(m)
+        after, hits_after = answers(0.5, 0.95)
+    finally:
+        for m in reversed(applied):
+            m.undo()
+        restored = all(m.pack.get(i).text == original[(id(m), i)] for m, i in targets)
+        if not restored:
+            log.error("eval-edits: some entries were not restored by undo")
+    if progress:
+        progress(1.0, f"{len(edits)} edits measured and undone")
+
+    n = len(edits)
+    np_ = len(paras)
+    off_l = n + np_
+    eff = sum(is_correct(after[i], e.new) for i, e in enumerate(edits))
+    eff0 = sum(is_correct(before[i], e.new) for i, e in enumerate(edits))
+    old_after = sum(bool(e.old) and is_correct(after[i], e.old) for i, e in enumerate(edits))
+    gen = sum(is_correct(after[n + j], edits[i].new) for j, (i, _) in enumerate(paras))
+    gen0 = sum(is_correct(before[n + j], edits[i].new) for j, (i, _) in enumerate(paras))
+    retrieved = sum(
+        any(int(h.entry.id) == entry_id and h.entry.text == e.new_text for _, h in hits_after[i])
+        for i, (e, (_, entry_id)) in enumerate(zip(edits, targets))
+    ) if mode != "none" else 0
+    same = sum(before[off_l + j] == after[off_l + j] for j in range(len(loc)))
+    loc_acc0 = sum(is_correct(before[off_l + j], p.answer) for j, p in enumerate(loc))
+    loc_acc1 = sum(is_correct(after[off_l + j], p.answer) for j, p in enumerate(loc))
+    failures = [
+        {"prompt": e.prompt, "new": e.new, "got": after[i]}
+        for i, e in enumerate(edits) if not is_correct(after[i], e.new)
+    ][:10]
+    return {
+        "mode": mode,
+        "k": k,
+        "n": n,
+        "efficacy": _rate(eff, n),
+        "generalization": _rate(gen, np_),
+        "locality": _rate(same, len(loc)),
+        "efficacy_before": _rate(eff0, n),
+        "generalization_before": _rate(gen0, np_),
+        "old_answer_after": _rate(old_after, sum(bool(e.old) for e in edits)),
+        "edit_retrieved": _rate(retrieved, n) if mode != "none" else None,
+        "n_paraphrases": np_,
+        "n_locality": len(loc),
+        "locality_accuracy_before": _rate(loc_acc0, len(loc)),
+        "locality_accuracy_after": _rate(loc_acc1, len(loc)),
+        "restored": restored,
+        "failures": failures,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+__all__ = ["evaluate_edits"]

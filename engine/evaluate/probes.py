@@ -1,0 +1,215 @@
+"""Fact probes: accuracy with and without memory, per relation, and retrieval hit@k.
+
+A probe is correct when the greedy continuation, leading white space stripped,
+starts with the answer (case-insensitive). Retrieval hit@k: one of the k retrieved
+entries is the probe's fact -- an entry whose title is the probe's ``subject`` and
+whose tags hold its ``relation`` (the convention of the demo packs), or, for probes
+without those fields, an entry whose text contains the answer.
+
+Everything is batched: prompts are encoded for retrieval in one call per key
+encoder, and answered in left-padded batches (each row with its own entries in the
+DPM mode, its own context in the context mode).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any, Callable, Sequence
+
+from engine.evaluate.data import Probe, is_correct
+from engine.explain.predict import MODES, PredictError, Predictor, retrieve_many
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[..., None]
+
+
+def _rate(num: int, den: int) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def max_tokens_for(reader, answers: Sequence[str], cap: int = 24) -> list[int]:
+    """Per answer, enough new tokens to spell it (plus one), at most ``cap``.
+
+    The probe rule only looks at the start of the continuation, so generating more
+    would not change any verdict.
+    """
+    if not answers:
+        return []
+    ids = reader.tokenizer([" " + a.strip() for a in answers], add_special_tokens=False)["input_ids"]
+    return [max(1, min(cap, len(r) + 1)) for r in ids]
+
+
+def answer_batch(
+    predictor: Predictor,
+    prompts: Sequence[str],
+    memories: Sequence,
+    mode: str,
+    *,
+    k: int = 5,
+    max_new_tokens: int | Sequence[int] = 8,
+    batch_size: int = 16,
+    hits: list[list[tuple[str, Any]]] | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[str], list[list[tuple[str, Any]]]]:
+    """Greedy answers of many prompts with the memories in ``mode``, and what was retrieved.
+
+    Returns ``(answers, hits)``; ``hits[i]`` is the top-k ``(pack name, Hit)`` of
+    prompt i (empty in mode 'none' or with no memory). Pass ``hits`` to reuse a
+    retrieval. ``max_new_tokens`` may be one number per prompt (each batch generates
+    its rows' maximum). Same answers as :meth:`Predictor.predict` would give one at a time.
+    """
+    from engine.jobs.progress import check
+    from engine.models.context import context_prompt
+
+    if mode not in MODES:
+        raise PredictError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+    prompts = list(prompts)
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise PredictError(f"prompt #{i + 1} is empty")
+    fusion = predictor.fusion(mode)
+    reader = predictor.reader
+    if hits is None:
+        hits = retrieve_many(prompts, memories, k) if (memories and fusion is not None) else [[] for _ in prompts]
+    budget = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budget) != len(prompts):
+        raise ValueError(f"{len(budget)} max_new_tokens for {len(prompts)} prompts")
+    answers: list[str] = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: (budget[i], len(prompts[i])))
+    for start in range(0, len(order), batch_size):
+        check(should_stop, "evaluation cancelled")
+        idx = order[start:start + batch_size]
+        texts = [[h.entry.text for _, h in hits[i]] for i in idx]
+        mnt = max(budget[i] for i in idx)
+        if fusion is None or not any(texts):
+            got = reader.generate([prompts[i] for i in idx], max_new_tokens=mnt, batch_size=batch_size)
+        elif mode == "dpm":
+            scores = [[float(h.score) for _, h in hits[i]] for i in idx]
+            got = fusion.generate_many([prompts[i] for i in idx], texts, scores, mnt)
+        else:
+            ctx = [context_prompt(prompts[i], t, fusion.style) for i, t in zip(idx, texts)]
+            got = reader.generate(ctx, max_new_tokens=mnt, batch_size=batch_size)
+        for i, a in zip(idx, got):
+            answers[i] = a
+        if progress:
+            progress(min(1.0, (start + len(idx)) / max(1, len(order))), f"answered {start + len(idx):,}/{len(order):,}")
+    return answers, hits
+
+
+def is_gold(entry, probe: Probe) -> bool:
+    """Whether ``entry`` states the probe's fact (see the module docstring)."""
+    if probe.subject and probe.relation:
+        tags = [t.lower() for t in (entry.tags or [])]
+        return (entry.title or "").strip().lower() == probe.subject.strip().lower() and probe.relation.lower() in tags
+    return probe.answer.strip().lower() in entry.text.lower()
+
+
+def evaluate_probes(
+    predictor: Predictor,
+    memories: Sequence,
+    probes: Sequence[Probe],
+    mode: str = "dpm",
+    *,
+    k: int = 5,
+    limit: int | None = None,
+    paraphrases: bool = True,
+    batch_size: int = 16,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Accuracy of ``probes`` with the plugged ``memories`` in ``mode`` and without memory.
+
+    Returns ``{mode, k, n, accuracy, accuracy_without_memory, hit_at_k,
+    paraphrase_accuracy, paraphrase_accuracy_without_memory, n_paraphrases,
+    by_relation: {relation: {n, accuracy, accuracy_without_memory, hit_at_k}},
+    by_split, failures (the first 10), seconds}``.
+    """
+    from engine.jobs.progress import wrap_progress
+
+    t0 = time.perf_counter()
+    if limit is not None:
+        if limit < 1:
+            raise PredictError(f"limit must be at least 1, got {limit}")
+        probes = list(probes)[:limit]
+    probes = list(probes)
+    if not probes:
+        raise PredictError("no probes to evaluate")
+    prompts = [p.prompt for p in probes]
+    para_of: list[int] = []
+    if paraphrases:
+        for n, p in enumerate(probes):
+            for q in p.paraphrases:
+                prompts.append(q)
+                para_of.append(n)
+    per_probe = max_tokens_for(predictor.reader, [p.answer for p in probes])
+    mnt = per_probe + [per_probe[i] for i in para_of]
+    memories = list(memories)
+    use_memory = bool(memories) and mode != "none"
+    with_mem, hits = answer_batch(
+        predictor, prompts, memories, mode, k=k, max_new_tokens=mnt, batch_size=batch_size,
+        progress=wrap_progress(progress, 0.0, 0.5 if use_memory else 1.0), should_stop=should_stop,
+    )
+    if use_memory:
+        without, _ = answer_batch(
+            predictor, prompts, [], "none", k=k, max_new_tokens=mnt, batch_size=batch_size,
+            progress=wrap_progress(progress, 0.5, 1.0), should_stop=should_stop,
+        )
+    else:
+        without = list(with_mem)
+
+    n = len(probes)
+    rel = defaultdict(lambda: [0, 0, 0, 0])  # n, correct, correct without, hit
+    split = defaultdict(lambda: [0, 0, 0, 0])
+    correct = correct_wo = hit_n = 0
+    failures = []
+    for i, p in enumerate(probes):
+        c = is_correct(with_mem[i], p.answer)
+        c0 = is_correct(without[i], p.answer)
+        h = any(is_gold(hh.entry, p) for _, hh in hits[i]) if use_memory else False
+        correct += c
+        correct_wo += c0
+        hit_n += h
+        for table, key in ((rel, p.relation or "(none)"), (split, p.split)):
+            if table is split and not key:
+                continue
+            row = table[key]
+            row[0] += 1
+            row[1] += c
+            row[2] += c0
+            row[3] += h
+        if not c and len(failures) < 10:
+            failures.append({
+                "prompt": p.prompt, "answer": p.answer, "got": with_mem[i],
+                "retrieved": [hh.entry.text for _, hh in hits[i][:3]],
+            })
+    pc = pc0 = 0
+    for j, n_probe in enumerate(para_of):
+        pc += is_correct(with_mem[n + j], probes[n_probe].answer)
+        pc0 += is_correct(without[n + j], probes[n_probe].answer)
+
+    def table(t) -> dict[str, dict[str, Any]]:
+        return {
+            key: {"n": v[0], "accuracy": _rate(v[1], v[0]), "accuracy_without_memory": _rate(v[2], v[0]),
+                  "hit_at_k": _rate(v[3], v[0]) if use_memory else None}
+            for key, v in sorted(t.items())
+        }
+
+    return {
+        "mode": mode,
+        "k": k,
+        "packs": [getattr(m.pack, "name", "") for m in memories],
+        "n": n,
+        "accuracy": _rate(correct, n),
+        "accuracy_without_memory": _rate(correct_wo, n),
+        "hit_at_k": _rate(hit_n, n) if use_memory else None,
+        "n_paraphrases": len(para_of),
+        "paraphrase_accuracy": _rate(pc, len(para_of)),
+        "paraphrase_accuracy_without_memory": _rate(pc0, len(para_of)),
+        "by_relation": table(rel),
+        "by_split": table(split),
+        "failures": failures,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }

@@ -1,0 +1,182 @@
+"""Answer a prompt with the plugged memories and explain the answer.
+
+Retrieval encodes the prompt once per key encoder, searches every plugged memory
+and keeps the overall top-k by score. The answer with memory and the answer of the
+bare reader come from one batched generate; the leave-one-out effects of all k
+entries come from ONE batched forward of k+1 variants (all entries, then all but
+entry i), not k+1 separate passes.
+
+The GUI keeps one :class:`Predictor` per (reader, branch) and calls
+``Predictor.predict(prompt, memories, mode=..., k=...) -> Explanation``; entries'
+reader states are cached by text, so repeated questions are cheaper and an edited
+entry is read afresh at once (no retraining, no index rebuild).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+from engine.explain.record import Explanation, RetrievedEntry
+
+log = logging.getLogger(__name__)
+
+MODES = ("dpm", "context", "none")
+
+
+class PredictError(ValueError):
+    """The prediction request is unusable (empty prompt, unknown mode, missing branch...)."""
+
+
+def pack_name(memory) -> str:
+    """A memory's display name: the pack's name, else its file name without suffix."""
+    pack = memory.pack
+    name = getattr(pack, "name", None)
+    if callable(name):
+        name = name()
+    return str(name) if name else Path(pack.path).stem
+
+
+def retrieve_many(prompts: Sequence[str], memories: Sequence, k: int) -> list[list[tuple[str, object]]]:
+    """Per prompt, the top-k ``(pack name, Hit)`` over all memories, best score first.
+
+    Prompts are encoded once per distinct key encoder (packs made by different
+    encoders each get their own query vectors; scores are inner products of
+    normalised vectors either way). Ties keep the order of ``memories``.
+    """
+    prompts = list(prompts)
+    merged: list[list[tuple[str, object]]] = [[] for _ in prompts]
+    if not prompts:
+        return merged
+    queries: dict[int, object] = {}
+    for m in memories:
+        enc = m.encoder
+        if id(enc) not in queries:
+            queries[id(enc)] = enc.encode(prompts)
+        name = pack_name(m)
+        for row, hits in zip(merged, m.search_vectors(queries[id(enc)], k)):
+            row.extend((name, h) for h in hits)
+    for row in merged:
+        row.sort(key=lambda ph: -float(ph[1].score))
+        del row[k:]
+    return merged
+
+
+def retrieve(prompt: str, memories: Sequence, k: int) -> list[tuple[str, object]]:
+    """Top-k ``(pack name, Hit)`` over all memories for one prompt, best score first."""
+    return retrieve_many([prompt], memories, k)[0]
+
+
+def check_request(prompt: str, mode: str, k: int, max_new_tokens: int) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PredictError("The prompt is empty: type a question or the start of a sentence for the model to complete.")
+    if mode not in MODES:
+        raise PredictError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise PredictError(f"k must be a positive number of entries, got {k!r}.")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise PredictError(f"max_new_tokens must be at least 1, got {max_new_tokens!r}.")
+
+
+class Predictor:
+    """Answers and explanations for one reader (and optionally one trained DPM branch).
+
+    ``branch``: a ``MemoryBranch`` for mode 'dpm' (``engine.models.dpm.load_default_branch``
+    gives the shipped one). Keep the object alive between questions: it caches the
+    entries' reader states by text.
+    """
+
+    def __init__(self, reader, branch=None, *, context_style: str = "facts") -> None:
+        from engine.models.context import ContextFusion
+
+        self.reader = reader
+        self.branch = branch
+        self._context = ContextFusion(reader, style=context_style)
+        self._dpm = None
+        if branch is not None:
+            from engine.models.dpm import DPMError, DPMFusion
+
+            try:
+                self._dpm = DPMFusion(reader, branch)
+            except DPMError as exc:
+                raise PredictError(str(exc)) from exc
+
+    def fusion(self, mode: str):
+        """The fusion object of ``mode`` ('dpm' / 'context'), or None for 'none'."""
+        if mode == "dpm":
+            if self._dpm is None:
+                raise PredictError("Mode 'dpm' needs a trained memory branch: train or load one, or use mode 'context'.")
+            return self._dpm
+        if mode == "context":
+            return self._context
+        if mode == "none":
+            return None
+        raise PredictError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+
+    def predict(
+        self,
+        prompt: str,
+        memories: Sequence = (),
+        mode: str = "dpm",
+        k: int = 5,
+        max_new_tokens: int = 8,
+        *,
+        explain: bool = True,
+    ) -> Explanation:
+        """Answer ``prompt`` with the plugged ``memories`` (``engine.memory.Memory`` objects) and explain it.
+
+        ``mode``: 'dpm' (the trained branch), 'context' (entries before the prompt) or
+        'none' (the bare reader). With no memory plugged, or nothing retrieved, the
+        answer is exactly the bare reader's. ``explain=False`` skips the leave-one-out
+        pass (weights and loo_delta stay None).
+        """
+        t0 = time.perf_counter()
+        check_request(prompt, mode, k, max_new_tokens)
+        memories = list(memories or [])
+        packs = [pack_name(m) for m in memories]
+        fusion = self.fusion(mode)
+        reader = self.reader
+
+        hits = retrieve(prompt, memories, k) if (memories and fusion is not None) else []
+        if not hits:
+            plain = reader.generate(prompt, max_new_tokens=max_new_tokens)
+            return Explanation(prompt, plain, plain, mode, packs, [], None, time.perf_counter() - t0, k)
+
+        texts = [h.entry.text for _, h in hits]
+        scores = [float(h.score) for _, h in hits]
+        answer, without = fusion.generate(prompt, texts, scores, max_new_tokens)
+        retrieved = [
+            RetrievedEntry(p, int(h.entry.id), h.entry.title, h.entry.text, h.entry.source, float(h.score))
+            for p, h in hits
+        ]
+        logp_all = None
+        answer_ids = reader.tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
+        if explain and answer_ids:
+            loo = fusion.leave_one_out(prompt, texts, scores, answer_ids)
+            logp_all = loo.logp_all
+            for i, r in enumerate(retrieved):
+                r.loo_delta = loo.logp_all - loo.logp_without[i]
+                r.weight = None if loo.weights is None else float(loo.weights[i])
+        elif explain:
+            log.info("Empty answer for %r: no leave-one-out effects to compute", prompt)
+        return Explanation(prompt, answer, without, mode, packs, retrieved, logp_all, time.perf_counter() - t0, k)
+
+
+def predict(
+    reader,
+    prompt: str,
+    memories: Sequence = (),
+    mode: str = "dpm",
+    k: int = 5,
+    branch=None,
+    max_new_tokens: int = 8,
+    *,
+    context_style: str = "facts",
+    explain: bool = True,
+) -> Explanation:
+    """One-shot :meth:`Predictor.predict` (no state kept between calls)."""
+    check_request(prompt, mode, k, max_new_tokens)
+    return Predictor(reader, branch, context_style=context_style).predict(
+        prompt, memories, mode, k, max_new_tokens, explain=explain
+    )

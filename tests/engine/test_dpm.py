@@ -1,0 +1,215 @@
+"""The DPM memory branch on the tiny reader: unchanged until trained, follows its memory, saves/loads, refuses misfits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engine.models import dpm
+from engine.models.dpm import DPMConfig, DPMError, DPMFusion, MemoryBranch
+from engine.models.tiny import make_tiny_reader
+
+PROMPT = "Zebra facts:"
+ROME = "Zebra facts: Rome Rome Rome Rome Rome"
+OSLO = "Zebra facts: Oslo Oslo Oslo Oslo Oslo"
+PARIS = "Lion facts: Paris Paris Paris Paris Paris"
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return make_tiny_reader(seed=0)
+
+
+def copy_branch(reader, scale: float = 50.0) -> MemoryBranch:
+    """A real branch with hand-set weights: uniform attention within the best-scored entry
+    (temperature ~0, retrieval-score weight large), no null slot, output = scale * mean of
+    the value embeddings. With tied embeddings the reader then says the entry's most
+    frequent token: a branch that visibly follows its memory, for testing the plumbing."""
+    b = MemoryBranch(DPMConfig(layers=2), reader)
+    with torch.no_grad():
+        b.match.log_tau.fill_(-20.0)
+        b.match.beta.fill_(50.0)
+        b.match.null_logit.fill_(-1e4)
+        for blk in b.blocks.values():
+            blk.o.weight.copy_(torch.eye(reader.hidden_size) * scale)
+    return b
+
+
+def random_branch(reader, seed: int = 0, **cfg) -> MemoryBranch:
+    cfg = {"layers": 2, "heads": 2, "head_dim": 8} | cfg
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        b = MemoryBranch(DPMConfig(**cfg), reader)
+        for blk in b.blocks.values():
+            torch.nn.init.normal_(blk.o.weight, std=0.3)
+    return b
+
+
+def logits(reader, prompt: str) -> torch.Tensor:
+    with torch.inference_mode():
+        return reader.model(**reader.encode_batch([prompt])).logits
+
+
+def test_untrained_branch_leaves_the_reader_exactly_unchanged(tiny):
+    b = MemoryBranch(DPMConfig(layers=2, heads=2, head_dim=8), tiny)
+    mem = b.encode_values(tiny, [[ROME, PARIS]])
+    base = logits(tiny, PROMPT)
+    with dpm.attach(tiny, b), b.memory(mem, torch.tensor([[0.9, 0.3]])):
+        plugged = logits(tiny, PROMPT)
+    assert torch.equal(base, plugged)
+    assert DPMFusion(tiny, b).generate(PROMPT, [ROME, PARIS], [0.9, 0.3], 6) == (tiny.generate(PROMPT, 6),) * 2
+
+
+@pytest.mark.parametrize("match", ["cosine", "learned"])
+def test_unplugged_or_fully_masked_memory_gives_exactly_the_base_reader(tiny, match):
+    b = random_branch(tiny, match=match)
+    base = logits(tiny, PROMPT)
+    mem = b.encode_values(tiny, [[ROME, PARIS]])
+    with dpm.attach(tiny, b):
+        assert torch.equal(logits(tiny, PROMPT), base)  # attached, no memory set
+        with b.memory(mem.with_mask(torch.zeros_like(mem.mask)), torch.tensor([[0.9, 0.3]])):
+            assert torch.equal(logits(tiny, PROMPT), base)  # every entry left out
+        with b.memory(mem, torch.tensor([[0.9, 0.3]])):
+            assert not torch.allclose(logits(tiny, PROMPT), base)  # a trained branch does read its memory
+    assert torch.equal(logits(tiny, PROMPT), base)  # detached: hooks gone
+    assert getattr(tiny, "_dpm_attachment", None) is None
+
+
+def test_the_answer_follows_the_memory(tiny):
+    f = DPMFusion(tiny, copy_branch(tiny))
+    with_rome, without = f.generate(PROMPT, [ROME], [0.9], 3)
+    assert with_rome.startswith(" Rome") and without == tiny.generate(PROMPT, 3)
+    assert f.generate(PROMPT, [OSLO], [0.9], 3)[0].startswith(" Oslo")
+    # Several entries: the best-scored one wins (the branch biases attention by score).
+    assert f.generate(PROMPT, [PARIS, OSLO], [0.9, 0.4], 3)[0].startswith(" Paris")
+    assert f.generate(PROMPT, [PARIS, OSLO], [0.4, 0.9], 3)[0].startswith(" Oslo")
+    # Per-row memories in one batch give the same answers as one at a time.
+    many = f.generate_many([PROMPT, PROMPT], [[ROME], [PARIS, OSLO]], [[0.9], [0.4, 0.9]], 3)
+    assert many[0].startswith(" Rome") and many[1].startswith(" Oslo")
+
+
+def test_entry_states_are_cached_by_text_so_an_edit_is_read_afresh(tiny):
+    f = DPMFusion(tiny, copy_branch(tiny))
+    f.generate(PROMPT, [ROME], [0.9], 2)
+    assert len(f.cache) == 1
+    assert f.generate(PROMPT, [OSLO], [0.9], 2)[0].startswith(" Oslo")  # new text: new states, no stale reuse
+    assert len(f.cache) == 2
+
+
+@pytest.mark.parametrize("match", ["cosine", "learned"])
+def test_leave_one_out_is_one_forward_and_equals_separate_runs(tiny, match):
+    b = random_branch(tiny, match=match)
+    f = DPMFusion(tiny, b)
+    texts, scores = [ROME, PARIS, OSLO], [0.9, 0.6, 0.3]
+    answer = tiny.tokenizer(" Rome Rome", add_special_tokens=False)["input_ids"]
+    f.memory_for([texts])  # read the entries first: the count below is the leave-one-out pass alone
+    calls = []
+    h = tiny.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        loo = f.leave_one_out(PROMPT, texts, scores, answer)
+    finally:
+        h.remove()
+    assert len(calls) == 1
+    assert len(loo.logp_without) == 3 and len(loo.weights) == 3
+    assert all(0.0 <= w <= 1.0 for w in loo.weights) and sum(loo.weights) <= 1.0 + 1e-5
+    for i in range(3):
+        alone = f.leave_one_out(PROMPT, texts[:i] + texts[i + 1:], scores[:i] + scores[i + 1:], answer).logp_all
+        assert loo.logp_without[i] == pytest.approx(alone, abs=1e-4)
+
+
+def test_pooled_values_have_one_slot_per_entry(tiny):
+    b = random_branch(tiny, value_mode="pooled")
+    mem = b.encode_values(tiny, [[ROME, PARIS, OSLO]])
+    assert tuple(mem.mask.shape) == (1, 3, 1) and bool(mem.mask.all())
+    base = logits(tiny, PROMPT)
+    with dpm.attach(tiny, b), b.memory(mem, torch.tensor([[0.9, 0.5, 0.1]])):
+        assert not torch.allclose(logits(tiny, PROMPT), base)
+        assert tuple(b.last_weights.shape) == (1, 3)
+
+
+def test_save_and_load_give_the_same_branch(tiny, tmp_path):
+    b = random_branch(tiny)
+    dpm.save(b, tmp_path / "br", extra={"steps": 3})
+    meta = json.loads((tmp_path / "br" / "config.json").read_text())
+    assert meta["format"] == "plugmem-dpm" and meta["reader"]["weights_sha256"] == tiny.fingerprint["weights_sha256"]
+    assert meta["training"] == {"steps": 3}
+    again = dpm.load(tmp_path / "br", tiny)
+    f1, f2 = DPMFusion(tiny, b), DPMFusion(tiny, again)
+    ans = tiny.tokenizer(" Rome", add_special_tokens=False)["input_ids"]
+    assert f1.leave_one_out(PROMPT, [ROME, PARIS], [0.9, 0.2], ans) == f2.leave_one_out(PROMPT, [ROME, PARIS], [0.9, 0.2], ans)
+
+
+def test_a_branch_for_another_reader_is_refused(tiny, tmp_path):
+    dpm.save(random_branch(tiny), tmp_path / "br")
+    other = make_tiny_reader(seed=1)
+    with pytest.raises(DPMError, match="trained for the reader .*weights_sha256"):
+        dpm.load(tmp_path / "br", other)
+    with pytest.raises(DPMError, match="trained for the reader"):
+        dpm.attach(other, random_branch(tiny))
+    with pytest.raises(DPMError, match="trained for the reader"):
+        DPMFusion(other, random_branch(tiny))
+
+
+def test_the_shipped_branch_is_for_the_default_reader_and_refused_by_others(tiny):
+    folder = dpm.default_branch_path()
+    if not (folder / "config.json").exists():
+        pytest.skip(f"no trained branch shipped yet in {folder} (issue 3 open)")
+    meta = dpm.read_config(folder)
+    assert meta["reader"]["name"] == "SmolLM2-135M-Instruct"
+    assert (folder / "model.safetensors").stat().st_size < 20 * 2**20
+    with pytest.raises(DPMError, match="SmolLM2-135M-Instruct"):
+        dpm.load_default_branch(tiny)
+
+
+def test_bad_branch_folders_are_reported_and_left_alone(tiny, tmp_path):
+    with pytest.raises(DPMError, match="not found"):
+        dpm.load(tmp_path / "nowhere", tiny)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DPMError, match="no config.json"):
+        dpm.load(tmp_path / "empty", tiny)
+    folder = dpm.save(random_branch(tiny), tmp_path / "br")
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(DPMError, match="unreadable"):
+        dpm.load(folder, tiny)
+    assert weights.read_bytes() == b"\x00garbage" * 10  # nothing overwritten
+    weights.write_bytes(good)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["config"]["layers"] = 1
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DPMError, match="does not match its config.json"):
+        dpm.load(folder, tiny)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(DPMError, match="unreadable"):
+        dpm.load(folder, tiny)
+    (folder / "config.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(DPMError, match="does not describe a DPM branch"):
+        dpm.load(folder, tiny)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [({"layers": 0}, "layers"), ({"value_mode": "mean"}, "value_mode"), ({"heads": "4"}, "heads"), ({"colour": 1}, "unknown"),
+     ({"match": "exact"}, "match")],
+)
+def test_bad_configs_are_named(bad, match):
+    with pytest.raises(DPMError, match=match):
+        DPMConfig.from_dict(bad)
+
+
+def test_more_layers_than_the_reader_has_is_refused(tiny):
+    with pytest.raises(DPMError, match="only 2 layers"):
+        MemoryBranch(DPMConfig(layers=5), tiny)
+
+
+def test_a_second_branch_cannot_be_attached_on_top(tiny):
+    a, b = random_branch(tiny), random_branch(tiny, seed=1)
+    with dpm.attach(tiny, a):
+        with dpm.attach(tiny, a):  # re-attaching the same branch is a no-op
+            pass
+        assert tiny._dpm_attachment is not None
+        with pytest.raises(DPMError, match="already attached"):
+            dpm.attach(tiny, b)
+    assert tiny._dpm_attachment is None
