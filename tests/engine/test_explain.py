@@ -236,3 +236,32 @@ def test_cli_predict_bad_input_is_one_line_and_status_2(cli_models, zoo_pack, tm
     code, out, err = run_cli(capsys, *[a.format(**names) for a in args])
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and match in err
+
+
+# ----------------------------------------------------------------------------- the real reader and the shipped branch
+
+
+@pytest.mark.slow
+def test_shipped_branch_follows_an_edited_fact_and_unplugged_is_the_base_reader(tmp_path, encoder):
+    from engine.models import dpm, load_reader
+
+    reader = load_reader()
+    p = Predictor(reader, dpm.load_default_branch(reader))
+    prompt = "The capital of Japan is"
+    with Memory.open(tmp_path / "geo.plugmem", encoder, create=True, name="geo") as m:
+        m.add_many([
+            {"text": "The capital of Japan is Tokyo.", "title": "Japan"},
+            {"text": "The capital of France is Paris.", "title": "France"},
+            {"text": "The currency of Japan is the yen.", "title": "Japan"},
+        ])
+        assert p.predict(prompt, [], max_new_tokens=4).answer == reader.generate(prompt, max_new_tokens=4)
+        rec = p.predict(prompt, [m], k=3, max_new_tokens=4)
+        assert rec.answer.lstrip().startswith("Tokyo")
+        tokyo = rec.retrieved[0]
+        assert tokyo.text == "The capital of Japan is Tokyo." and tokyo.loo_delta > 0
+        m.edit(tokyo.id, text="The capital of Japan is Lisbon.")  # a counterfactual the reader never saw
+        after = p.predict(prompt, [m], k=3, max_new_tokens=4)
+        assert after.answer.lstrip().startswith("Lisbon"), after.answer
+        assert after.answer_without_memory == reader.generate(prompt, max_new_tokens=4)
+        m.undo()
+        assert p.predict(prompt, [m], k=3, max_new_tokens=4).answer.lstrip().startswith("Tokyo")
