@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -92,6 +93,9 @@ class Predictor:
 
         self.reader = reader
         self.branch = branch
+        # The reader is frozen, so its answer without memory never changes: asking again
+        # (after an edit, with other packs...) reuses it instead of generating it again.
+        self._plain: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._context = ContextFusion(reader, style=context_style)
         self._dpm = None
         if branch is not None:
@@ -139,13 +143,17 @@ class Predictor:
         reader = self.reader
 
         hits = retrieve(prompt, memories, k) if (memories and fusion is not None) else []
+        key = (prompt, max_new_tokens)
+        known = self._plain.get(key)
         if not hits:
-            plain = reader.generate(prompt, max_new_tokens=max_new_tokens)
+            plain = known if known is not None else reader.generate(prompt, max_new_tokens=max_new_tokens)
+            self._remember(key, plain)
             return Explanation(prompt, plain, plain, mode, packs, [], None, time.perf_counter() - t0, k)
 
         texts = [h.entry.text for _, h in hits]
         scores = [float(h.score) for _, h in hits]
-        answer, without = fusion.generate(prompt, texts, scores, max_new_tokens)
+        answer, without = fusion.generate(prompt, texts, scores, max_new_tokens, plain=known)
+        self._remember(key, without)
         retrieved = [
             RetrievedEntry(p, int(h.entry.id), h.entry.title, h.entry.text, h.entry.source, float(h.score))
             for p, h in hits
@@ -161,6 +169,13 @@ class Predictor:
         elif explain:
             log.info("Empty answer for %r: no leave-one-out effects to compute", prompt)
         return Explanation(prompt, answer, without, mode, packs, retrieved, logp_all, time.perf_counter() - t0, k)
+
+
+    def _remember(self, key: tuple[str, int], plain: str) -> None:
+        self._plain[key] = plain
+        self._plain.move_to_end(key)
+        while len(self._plain) > 256:
+            self._plain.popitem(last=False)
 
 
 def predict(

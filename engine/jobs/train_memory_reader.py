@@ -42,7 +42,7 @@ import torch
 
 from engine.jobs.progress import JobCancelled, accepts_metrics
 from engine.models import dpm as dpm_io
-from engine.models.dpm import DPMConfig, MemoryBranch, attach, pad_left
+from engine.models.dpm import DPMConfig, MemoryBranch, attach, lower_states as _lower_states, pad_left, upper_hidden as _upper_hidden
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class TrainMemoryReaderConfig:
     k: int = 5
     lr: float = 2e-3
     scalar_lr_mult: float = 10.0  # learning-rate multiplier of the branch's scalar parameters
-    batch: int = 16
-    steps: int = 600
+    batch: int = 32
+    steps: int = 1500
     seed: int = 0
     checkpoint_every: int = 100
     device: str | None = None
@@ -209,47 +209,6 @@ def _neighbours(examples: list[dict[str, str]], facts: list[str], fact_of: list[
 
 
 # --------------------------------------------------------------------------- model pieces
-
-
-def _upper_hidden(reader, first: int, hidden: torch.Tensor, att: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Run only layers ``first..`` (+ the final norm) from the hidden states entering layer ``first``.
-
-    hidden [b, T, d] -> the last hidden states [b, T, d] (what the LM head reads).
-    """
-    base = reader.model.model
-    full = base.layers
-    try:
-        base.layers = torch.nn.ModuleList(list(full)[first:])
-        out = base(inputs_embeds=hidden, attention_mask=att, position_ids=pos, use_cache=False)
-    finally:
-        base.layers = full
-    return out.last_hidden_state
-
-
-class _Stop(Exception):
-    """Stops a forward pass once the wanted hidden states are captured."""
-
-
-@torch.no_grad()
-def _lower_states(reader, first: int, rows: list[list[int]]) -> list[torch.Tensor]:
-    """Hidden states entering layer ``first`` for each token row (unpadded, [T_i, d] each, float32)."""
-    batch = pad_left(reader, rows)
-    captured: list[torch.Tensor] = []
-
-    def grab(module, args, kwargs):
-        captured.append(args[0] if args else kwargs["hidden_states"])
-        raise _Stop
-
-    h = reader.layers[first].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        reader.model(**batch, use_cache=False, logits_to_keep=1)
-    except _Stop:
-        pass
-    finally:
-        h.remove()
-    states = captured[0].float()  # [b, T, d]
-    width = states.shape[1]
-    return [states[i, width - len(r):].detach().cpu().clone() for i, r in enumerate(rows)]
 
 
 def _progress_fn(progress: Callable[..., None] | None) -> Callable[..., None]:
@@ -431,6 +390,7 @@ def train_memory_reader(
         states = {
             layer: [fkeys[fkeys_off[f]:fkeys_off[f + 1], li].float().to(dev) for f in uniq]
             for li, layer in enumerate(branch.layer_ids)
+            if layer in branch.key_layers
         }
         mem = branch.assemble([[where[f] for f in m] for m in mem_rows], states, embeds, device=dev)
         sc = torch.zeros((b, mem.mask.shape[1]), dtype=torch.float32)
@@ -596,7 +556,7 @@ def _precompute(cfg, reader, branch, examples, facts, fact_of, prompt_ids, answe
     for s in range(0, len(order), bs):
         check_stop()
         part = order[s:s + bs]
-        states, _ = branch.entry_states(reader, [fact_ids[n] for n in part])
+        states, _ = branch.entry_states(reader, [fact_ids[n] for n in part], layers=branch.layer_ids)
         for j, n in enumerate(part):
             fact_rows[n] = torch.stack([states[layer][j].cpu() for layer in branch.layer_ids], dim=1)  # [T, M, d]
         say(frac, f"reader states of facts {min(s + bs, len(order)):,}/{len(order):,}")

@@ -50,11 +50,18 @@ class ContextFusion:
             raise ValueError(f"unknown context style {style!r}; known: {', '.join(TEMPLATES)}")
         self.reader, self.style = reader, style
 
-    def generate(self, prompt: str, texts: Sequence[str], scores: Sequence[float], max_new_tokens: int) -> tuple[str, str]:
-        """(answer with the entries in the context, answer of the bare prompt), batched."""
+    def generate(
+        self, prompt: str, texts: Sequence[str], scores: Sequence[float], max_new_tokens: int, plain: str | None = None
+    ) -> tuple[str, str]:
+        """(answer with the entries in the context, answer of the bare prompt), batched.
+
+        Pass ``plain`` (the bare reader's answer, known from before) to skip computing it.
+        """
         if not texts:
-            plain = self.reader.generate(prompt, max_new_tokens=max_new_tokens)
+            plain = self.reader.generate(prompt, max_new_tokens=max_new_tokens) if plain is None else plain
             return plain, plain
+        if plain is not None:
+            return self.reader.generate(context_prompt(prompt, texts, self.style), max_new_tokens=max_new_tokens), plain
         with_ctx, plain = self.reader.generate([context_prompt(prompt, texts, self.style), prompt], max_new_tokens=max_new_tokens)
         return with_ctx, plain
 

@@ -56,6 +56,10 @@ MATCH_MODES = ("cosine", "learned")
 DEFAULT_BRANCH = "smollm2-135m-dpm"
 
 
+class _Enough(Exception):
+    """Stops a forward pass once the wanted states are captured."""
+
+
 class DPMError(ValueError):
     """A DPM branch cannot be used: bad config, unreadable files, or made for another reader."""
 
@@ -271,6 +275,12 @@ class MemoryBranch(nn.Module):
         self._recorded: list[torch.Tensor] = []
         self.last_weights: torch.Tensor | None = None  # [b, k]
 
+    @property
+    def key_layers(self) -> list[int]:
+        """Layers whose reader states the branch compares with: the first branch layer
+        alone for match='cosine', every branch layer for match='learned'."""
+        return self.layer_ids[:1] if self.config.match == "cosine" else list(self.layer_ids)
+
     # ------------------------------------------------------------------ values
 
     def tokenize_entries(self, reader, texts: Sequence[str]) -> list[list[int]]:
@@ -281,34 +291,44 @@ class MemoryBranch(nn.Module):
         return [list(row[: self.config.max_value_tokens]) for row in ids]
 
     @torch.no_grad()
-    def entry_states(self, reader, token_rows: Sequence[Sequence[int]]) -> tuple[dict[int, list[torch.Tensor]], list[torch.Tensor]]:
-        """Run entries through the frozen reader (no memory): per branch layer the FFN inputs.
+    def entry_states(
+        self, reader, token_rows: Sequence[Sequence[int]], layers: Sequence[int] | None = None
+    ) -> tuple[dict[int, list[torch.Tensor]], list[torch.Tensor]]:
+        """Run entries through the frozen reader (no memory): the FFN inputs at ``layers``
+        (default :attr:`key_layers`; the forward stops after the last one).
 
         Returns ``(states, embeds)``: ``states[layer][n]`` [T_n, d] and ``embeds[n]``
         [T_n, d] (input embeddings), unpadded, float32, on the reader's device.
         """
         rows = [list(r) for r in token_rows]
+        layers = list(layers) if layers is not None else self.key_layers
         if not rows:
-            return {i: [] for i in self.layer_ids}, []
+            return {i: [] for i in layers}, []
         if any(not r for r in rows):
             raise DPMError("an entry has no tokens")
         captured: dict[int, torch.Tensor] = {}
         handles = []
-        for i in self.layer_ids:
+        last = max(layers)
+        for i in layers:
             def grab(module, args, _i=i):
                 captured[_i] = args[0].detach()
+                if _i == last:
+                    raise _Enough  # the layers above are not needed
             handles.append(reader.layers[i].mlp.register_forward_pre_hook(grab))
         saved, self._mem = self._mem, None  # the entries are read by the reader alone
         try:
             batch = pad_left(reader, rows)
-            reader.model(**batch, use_cache=False, logits_to_keep=1)
+            try:
+                reader.model(**batch, use_cache=False, logits_to_keep=1)
+            except _Enough:
+                pass
             emb = reader.model.get_input_embeddings()(batch["input_ids"]).float()  # [n, W, d]
         finally:
             self._mem = saved
             for h in handles:
                 h.remove()
         width = batch["input_ids"].shape[1]
-        states = {i: [captured[i][n, width - len(r):].float() for n, r in enumerate(rows)] for i in self.layer_ids}
+        states = {i: [captured[i][n, width - len(r):].float() for n, r in enumerate(rows)] for i in layers}
         embeds = [emb[n, width - len(r):] for n, r in enumerate(rows)]
         return states, embeds
 
@@ -332,7 +352,8 @@ class MemoryBranch(nn.Module):
         pooled = self.config.value_mode == "pooled"
         lengths = [e.shape[0] for e in embeds]
         length = 1 if pooled else max([n - 1 for n in lengths] + [1])
-        keys = {i: torch.zeros((b, k, length, d), device=dev) for i in self.layer_ids}
+        key_layers = [i for i in self.key_layers if i in states]
+        keys = {i: torch.zeros((b, k, length, d), device=dev) for i in key_layers}
         values = torch.zeros((b, k, length, d), device=dev)
         mask = torch.zeros((b, k, length), dtype=torch.bool, device=dev)
         for r, idx in enumerate(rows):
@@ -343,12 +364,12 @@ class MemoryBranch(nn.Module):
                     continue  # a one-token entry has no (context -> token) pair
                 if pooled:
                     values[r, c, 0] = e[1:].mean(0).to(dev)
-                    for i in self.layer_ids:
+                    for i in key_layers:
                         keys[i][r, c, 0] = states[i][n][:-1].mean(0).to(dev)
                     mask[r, c, 0] = True
                 else:
                     values[r, c, : t - 1] = e[1:].to(dev)  # value j = token j+1
-                    for i in self.layer_ids:
+                    for i in key_layers:
                         keys[i][r, c, : t - 1] = states[i][n][:-1].to(dev)  # key j = state at token j
                     mask[r, c, : t - 1] = True
         return MemoryValues(keys, values, mask)
@@ -381,11 +402,11 @@ class MemoryBranch(nn.Module):
         if scores.dim() != 2 or scores.shape[1] != k or scores.shape[0] not in (1, b):
             raise DPMError(f"memory(): scores must be [{b} or 1, {k}], got {tuple(scores.shape)}")
         dev = next(self.parameters()).device
-        missing = [i for i in self.layer_ids if i not in mem.keys]
+        missing = [i for i in self.key_layers if i not in mem.keys]
         if missing:
             raise DPMError(f"memory(): no keys for layer(s) {missing}")
         self._mem = (
-            MemoryValues({i: mem.keys[i].to(dev, torch.float32) for i in self.layer_ids},
+            MemoryValues({i: mem.keys[i].to(dev, torch.float32) for i in self.key_layers},
                          mem.values.to(dev, torch.float32), mem.mask.to(dev).bool()),
             scores.to(dev, torch.float32),
         )
@@ -677,6 +698,48 @@ def answer_logprob_rows(
     return sums.float().cpu(), out
 
 
+def upper_hidden(reader, first: int, hidden: torch.Tensor, att: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Run only layers ``first..`` (+ the final norm) from the hidden states entering layer ``first``.
+
+    hidden [b, T, d], att / pos [b, T] -> the last hidden states [b, T, d] (what the LM
+    head reads). The branch's hooks fire as usual on the layers run.
+    """
+    base = reader.model.model
+    full = base.layers
+    try:
+        base.layers = torch.nn.ModuleList(list(full)[first:])
+        out = base(inputs_embeds=hidden, attention_mask=att, position_ids=pos, use_cache=False)
+    finally:
+        base.layers = full
+    return out.last_hidden_state
+
+
+@torch.no_grad()
+def lower_states(reader, first: int, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Hidden states entering layer ``first`` for each token row (unpadded, [T_i, d] each, float32, CPU).
+
+    Layers below the branch never see the memory, so these are shared by every memory
+    variant of a prompt.
+    """
+    batch = pad_left(reader, rows)
+    captured: list[torch.Tensor] = []
+
+    def grab(module, args, kwargs):
+        captured.append(args[0] if args else kwargs["hidden_states"])
+        raise _Enough
+
+    h = reader.layers[first].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        reader.model(**batch, use_cache=False, logits_to_keep=1)
+    except _Enough:
+        pass
+    finally:
+        h.remove()
+    states = captured[0].float()  # [b, T, d]
+    width = states.shape[1]
+    return [states[i, width - len(r):].detach().cpu().clone() for i, r in enumerate(rows)]
+
+
 @dataclass
 class LeaveOneOut:
     """Log-probability of the answer with all entries, without each one, and each entry's fusion weight."""
@@ -744,10 +807,10 @@ class DPMFusion:
             tok_rows = br.tokenize_entries(r, todo)
             states, embeds = br.entry_states(r, tok_rows)
             for n, t in enumerate(todo):
-                self.cache.put(t, ({i: states[i][n] for i in br.layer_ids}, embeds[n]))
+                self.cache.put(t, ({i: states[i][n] for i in br.key_layers}, embeds[n]))
         pos = {t: n for n, t in enumerate(unique)}
         got = [self.cache.get(t) for t in unique]
-        states = {i: [g[0][i] for g in got] for i in br.layer_ids}
+        states = {i: [g[0][i] for g in got] for i in br.key_layers}
         embeds = [g[1] for g in got]
         return br.assemble([[pos[t] for t in row] for row in texts_per_row], states, embeds, device=r.device)
 
@@ -767,16 +830,21 @@ class DPMFusion:
         with attach(r, self.branch), self.branch.memory(mem, sc), torch.inference_mode():
             return greedy(r, batch, max_new_tokens)
 
-    def generate(self, prompt: str, texts: Sequence[str], scores: Sequence[float], max_new_tokens: int) -> tuple[str, str]:
+    def generate(
+        self, prompt: str, texts: Sequence[str], scores: Sequence[float], max_new_tokens: int, plain: str | None = None
+    ) -> tuple[str, str]:
         """(answer with the memory, answer of the unplugged reader) in one batched generate.
 
-        Row 1 has every entry masked, so the branch adds exactly zero: it is the base reader.
+        Row 1 has every entry masked, so the branch adds exactly zero: it is the base
+        reader. Pass ``plain`` (the bare reader's answer, known from before) to skip it.
         """
         r = self.reader
         if not texts:
-            plain = r.generate(prompt, max_new_tokens=max_new_tokens)
+            plain = r.generate(prompt, max_new_tokens=max_new_tokens) if plain is None else plain
             return plain, plain
         mem = self.memory_for([list(texts)])  # [1, k, L]
+        if plain is not None:
+            return self.generate_many([prompt], [list(texts)], [list(scores)], max_new_tokens)[0], plain
         mem2 = mem.with_mask(torch.cat([mem.mask, torch.zeros_like(mem.mask)]))  # [2, k, L]: row 1 = no memory
         sc = torch.tensor([list(scores)], dtype=torch.float32)  # [1, k]
         batch = r.encode_batch([prompt, prompt])
@@ -785,17 +853,34 @@ class DPMFusion:
         return with_mem, without
 
     def leave_one_out(self, prompt: str, texts: Sequence[str], scores: Sequence[float], answer_ids: Sequence[int]) -> LeaveOneOut:
-        """k+1 rows in ONE forward: row 0 sees all entries, row i+1 all but entry i."""
-        r = self.reader
+        """All k+1 variants (all entries, then all but entry i) in ONE batched pass.
+
+        The layers below the branch never see the memory, so ``prompt + answer`` goes
+        through them once; only the branch layers run for the k+1 rows, and the LM
+        head only at the answer positions.
+        """
+        r, br = self.reader, self.branch
         k = len(texts)
+        la = len(answer_ids)
         mem = self.memory_for([list(texts)])  # [1, k, L]
         rows = mem.mask.expand(k + 1, *mem.mask.shape[1:]).clone()  # [k+1, k, L]
         for i in range(k):
             rows[i + 1, i] = False
         sc = torch.tensor([list(scores)], dtype=torch.float32)  # [1, k]
-        p_ids = r.tokenizer([prompt])["input_ids"][0]
-        with attach(r, self.branch), torch.inference_mode():
-            with self.branch.memory(mem.with_mask(rows), sc, record_at=-(len(answer_ids) + 1)):
-                sums, _ = answer_logprob_rows(r, [p_ids] * (k + 1), answer_ids)
-                weights = self.branch.last_weights[0].float().cpu().tolist()  # [k]
+        seq = list(r.tokenizer([prompt])["input_ids"][0]) + list(answer_ids)
+        first = br.layer_ids[0]
+        dev = r.device
+        with attach(r, br), torch.inference_mode():
+            low = lower_states(r, first, [seq])[0].to(dev, r.dtype)  # [T, d]
+            t = low.shape[0]
+            hidden = low.unsqueeze(0).expand(k + 1, t, low.shape[1])  # [k+1, T, d]
+            att = torch.ones((k + 1, t), dtype=torch.long, device=dev)
+            pos = torch.arange(t, device=dev).unsqueeze(0).expand(k + 1, t)
+            with br.memory(mem.with_mask(rows), sc, record_at=-(la + 1)):
+                last = upper_hidden(r, first, hidden, att, pos)  # [k+1, T, d]
+                weights = br.last_weights[0].float().cpu().tolist()  # [k]
+            logits = r.model.lm_head(last[:, t - la - 1: t - 1]).float()  # [k+1, la, V]
+            logp = torch.log_softmax(logits, dim=-1)
+            target = torch.tensor(list(answer_ids), device=dev).view(1, la, 1).expand(k + 1, la, 1)
+            sums = logp.gather(-1, target).squeeze(-1).sum(-1).cpu()  # [k+1]
         return LeaveOneOut(float(sums[0]), [float(x) for x in sums[1:]], weights)

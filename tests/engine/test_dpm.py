@@ -99,18 +99,26 @@ def test_entry_states_are_cached_by_text_so_an_edit_is_read_afresh(tiny):
 
 @pytest.mark.parametrize("match", ["cosine", "learned"])
 def test_leave_one_out_is_one_forward_and_equals_separate_runs(tiny, match):
-    b = random_branch(tiny, match=match)
+    b = random_branch(tiny, match=match, layers=1)  # layer 0 below the branch, layer 1 with it
     f = DPMFusion(tiny, b)
     texts, scores = [ROME, PARIS, OSLO], [0.9, 0.6, 0.3]
     answer = tiny.tokenizer(" Rome Rome", add_special_tokens=False)["input_ids"]
     f.memory_for([texts])  # read the entries first: the count below is the leave-one-out pass alone
-    calls = []
-    h = tiny.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    calls = {"bottom": [], "top": []}  # batch sizes seen by the first and the last decoder layer
+    def counter(name):
+        def hook(module, args, kwargs, output):  # runs only when the layer really computed
+            calls[name].append((args[0] if args else kwargs["hidden_states"]).shape[0])
+        return hook
+
+    hooks = [tiny.layers[0].register_forward_hook(counter("bottom"), with_kwargs=True),
+             tiny.layers[-1].register_forward_hook(counter("top"), with_kwargs=True)]
     try:
         loo = f.leave_one_out(PROMPT, texts, scores, answer)
     finally:
-        h.remove()
-    assert len(calls) == 1
+        for h in hooks:
+            h.remove()
+    # Below the branch the k+1 variants are identical: one row, once; the branch layer runs once for all k+1.
+    assert calls == {"bottom": [1], "top": [4]}
     assert len(loo.logp_without) == 3 and len(loo.weights) == 3
     assert all(0.0 <= w <= 1.0 for w in loo.weights) and sum(loo.weights) <= 1.0 + 1e-5
     for i in range(3):

@@ -258,10 +258,12 @@ def test_shipped_branch_follows_an_edited_fact_and_unplugged_is_the_base_reader(
         rec = p.predict(prompt, [m], k=3, max_new_tokens=4)
         assert rec.answer.lstrip().startswith("Tokyo")
         tokyo = rec.retrieved[0]
-        assert tokyo.text == "The capital of Japan is Tokyo." and tokyo.loo_delta > 0
+        assert tokyo.text == "The capital of Japan is Tokyo." and tokyo.weight == max(r.weight for r in rec.retrieved)
         m.edit(tokyo.id, text="The capital of Japan is Lisbon.")  # a counterfactual the reader never saw
         after = p.predict(prompt, [m], k=3, max_new_tokens=4)
         assert after.answer.lstrip().startswith("Lisbon"), after.answer
+        lisbon = after.retrieved[0]
+        assert lisbon.text == "The capital of Japan is Lisbon." and lisbon.loo_delta > 2.0  # the answer rests on it
         assert after.answer_without_memory == reader.generate(prompt, max_new_tokens=4)
         m.undo()
         assert p.predict(prompt, [m], k=3, max_new_tokens=4).answer.lstrip().startswith("Tokyo")
