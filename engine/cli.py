@@ -17,6 +17,9 @@ from typing import Any, Callable, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Sleeping (not spinning) OpenMP threads: with another job on the same cores, spinning ones
+# make a 1 s answer take 10-30 s (bench/bench_threads.py). Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger("plugmem")
 
@@ -500,6 +503,80 @@ def _pct(x: float | None) -> str:
     return "   -  " if x is None else f"{100 * x:5.1f}%"
 
 
+def _check_plugin_args(a) -> None:
+    """Fail fast (before the reader loads) on a --plugin folder that is missing or is no plugin."""
+    from engine.plugins.mapping import read_plugin_config
+
+    for d in a.plugin or []:
+        if d == "auto":
+            if not a.memory:
+                raise CliError("--plugin auto uses the plugin beside each --memory PACK: give --memory PACK")
+            continue
+        if not Path(d).is_dir():
+            raise CliError(f"--plugin {d}: no such plugin folder (train one with `plugmem map-tune PACK`)")
+        read_plugin_config(d)
+
+
+def _load_plugins(a, reader, mems: Sequence, out: Output) -> list:
+    """The knowledge plugins of ``--plugin DIR`` (repeatable) and ``--plugin auto`` for ``reader``.
+
+    ``auto``: the plugin beside each --memory PACK (``<pack>.plugin``), where one exists,
+    checked against that pack's entities. An explicit folder must match the entity set
+    of one of the plugged packs (any, with no pack plugged); another reader's plugin,
+    or one made for another entity set, is refused (PluginError: exit 2).
+    """
+    from engine.plugins.errors import EmbeddingError, PluginError
+    from engine.plugins.mapping import default_plugin_dir, load_plugin
+
+    plugins, seen = [], set()
+    for d in a.plugin or []:
+        if d == "auto":
+            found = 0
+            for m in mems:
+                folder = default_plugin_dir(m.pack.path)
+                if folder.is_dir() and folder.resolve() not in seen:
+                    seen.add(folder.resolve())
+                    plugins.append(load_plugin(folder, reader, m.pack))
+                    found += 1
+            if not found:
+                out.info("plugmem: --plugin auto: no knowledge plugin beside the plugged pack(s); none is used")
+            continue
+        folder = Path(d)
+        if folder.resolve() in seen:
+            continue
+        seen.add(folder.resolve())
+        plugin = load_plugin(folder, reader)
+        if mems:
+            errors = []
+            for m in mems:
+                try:
+                    plugin.use_pack_aliases(m.pack)
+                    break
+                except EmbeddingError as exc:
+                    errors.append(str(exc))
+            else:
+                if len(mems) == 1:
+                    raise PluginError(errors[0])
+                raise PluginError(f"the knowledge plugin in {folder} was made for none of the plugged packs' entity "
+                                  f"sets ({errors[0]})")
+        plugins.append(plugin)
+    return plugins
+
+
+def _injected_lines(rec) -> list[str]:
+    if not rec.plugins:
+        return []
+    lines = [f"plugins: {', '.join(rec.plugins)}", f"without plugins:{rec.answer_without_plugins}"]
+    if rec.injected:
+        lines.append(f"injected ({len(rec.injected)}):  loo Δlogp")
+        for i in rec.injected:
+            d = "    -  " if i.loo_delta is None else f"{i.loo_delta:+7.3f}"
+            lines.append(f"  {d}  {i.mention!r} -> {i.entity} (#{i.entity_id}, {i.plugin})")
+    else:
+        lines.append("injected: no entity of the plugins is mentioned in the prompt")
+    return lines
+
+
 def cmd_predict(a, out: Output) -> int:
     if not a.prompt.strip():
         raise CliError("the prompt is empty: give the start of a sentence for the model to complete")
@@ -508,14 +585,16 @@ def cmd_predict(a, out: Output) -> int:
     modes = _modes(a.mode)
     if len(modes) != 1:
         raise CliError("predict takes one --mode")
+    _check_plugin_args(a)
     mems = _open_memories(a.memory, out)
     try:
         if not mems and modes[0] == "dpm":
             modes = ["none"]  # nothing plugged: the bare reader, no branch needed
         try:
             predictor = _load_predictor(a, out, modes)
+            plugins = _load_plugins(a, predictor.reader, mems, out)
             rec = predictor.predict(a.prompt, mems, mode=modes[0], k=a.k, max_new_tokens=a.max_new_tokens,
-                                    explain=not a.no_explain)
+                                    explain=not a.no_explain, plugins=plugins)
         except _model_errors() as exc:
             raise CliError(str(exc)) from None
     finally:
@@ -525,6 +604,7 @@ def cmd_predict(a, out: Output) -> int:
     def human() -> str:
         packs = ", ".join(rec.packs) or "none plugged"
         lines = [f"answer ({rec.mode}; {packs}):{rec.answer}", f"without memory:{rec.answer_without_memory}"]
+        lines += _injected_lines(rec)
         if rec.retrieved:
             lines.append(f"retrieved ({len(rec.retrieved)}):    score  weight  loo Δlogp")
             for r in rec.retrieved:
@@ -539,44 +619,79 @@ def cmd_predict(a, out: Output) -> int:
     return 0
 
 
-def cmd_eval(a, out: Output) -> int:
-    from engine.evaluate import evaluate_probes, read_probes
+def _run_per_mode(a, out: Output, modes: Sequence[str], label: str, read_inputs: Callable[[], Any],
+                  run: Callable[..., dict[str, Any]], interrupted: str = "") -> dict[str, dict[str, Any]] | None:
+    """Open the --memory packs, read the inputs, load the reader (+ branch) and the plugins, then
+    ``run(predictor, mems, inputs, mode, plugins, progress, should_stop)`` once per mode.
 
+    Returns ``{mode: result}``, or None when Ctrl+C stopped it (the caller exits 130).
+    """
     if a.k < 1:
         raise CliError(f"-k must be at least 1 (got {a.k})")
     if a.limit is not None and a.limit < 1:
         raise CliError(f"--limit must be at least 1 (got {a.limit})")
-    modes = _modes(a.mode)
+    _check_plugin_args(a)
     stop = _StopFlag()
     mems = _open_memories(a.memory, out)
     results: dict[str, Any] = {}
     try:
         try:
-            probes = read_probes(a.probes)
+            inputs = read_inputs()
             predictor = _load_predictor(a, out, modes if mems else [])
+            plugins = _load_plugins(a, predictor.reader, mems, out)
             with stop:
                 for mode in modes:
-                    bar = ProgressBar(f"eval {mode}", enabled=not a.json and not a.quiet)
-                    results[mode] = evaluate_probes(predictor, mems, probes, mode, k=a.k, limit=a.limit,
-                                                    paraphrases=not a.no_paraphrases, progress=bar, should_stop=stop)
-                    bar.close()
+                    bar = ProgressBar(f"{label} {mode}", enabled=not a.json and not a.quiet)
+                    try:
+                        results[mode] = run(predictor, mems, inputs, mode, plugins, bar, stop)
+                    finally:
+                        bar.close()
         except _model_errors() as exc:
             raise CliError(str(exc)) from None
     except _job_cancelled() as exc:
-        out.info(f"plugmem: interrupted: {exc}")
-        return EXIT_INTERRUPTED
+        out.info(f"plugmem: interrupted{interrupted}: {exc}")
+        return None
     finally:
         for m in mems:
             m.close()
+    return results
+
+
+def _report(results: dict[str, dict[str, Any]], modes: Sequence[str]) -> dict[str, Any]:
+    """The first mode's figures, plus every mode's under ``by_mode`` when there are several."""
     data = dict(results[modes[0]])
     if len(modes) > 1:
         data["by_mode"] = results
+    return data
+
+
+def _plugins_line(data: dict[str, Any]) -> list[str]:
+    return [f"knowledge plugins: {', '.join(data['plugins'])}"] if data.get("plugins") else []
+
+
+def cmd_eval(a, out: Output) -> int:
+    from engine.evaluate import evaluate_probes, read_probes
+
+    modes = _modes(a.mode)
+
+    def run(predictor, mems, probes, mode, plugins, bar, stop):
+        return evaluate_probes(predictor, mems, probes, mode, k=a.k, limit=a.limit, paraphrases=not a.no_paraphrases,
+                               progress=bar, should_stop=stop, plugins=plugins)
+
+    results = _run_per_mode(a, out, modes, "eval", lambda: read_probes(a.probes), run)
+    if results is None:
+        return EXIT_INTERRUPTED
+    data = _report(results, modes)
 
     def human() -> str:
         head = f"{'':<28}" + "".join(f"{m:>12}" for m in modes)
-        rows = [f"probes: {data['n']} from {a.probes} (k={a.k})", head]
-        for key, label in [("accuracy", "accuracy with memory"), ("accuracy_without_memory", "accuracy without memory"),
-                           ("hit_at_k", f"retrieval hit@{a.k}"), ("paraphrase_accuracy", "paraphrases with memory")]:
+        rows = [f"probes: {data['n']} from {a.probes} (k={a.k})", *_plugins_line(data), head]
+        labels = [("accuracy", "accuracy with memory"), ("accuracy_without_memory", "accuracy without memory")]
+        if data.get("plugins"):
+            labels = [("accuracy", "accuracy with memory+plugins"), ("accuracy_without_plugins", "accuracy without plugins"),
+                      ("accuracy_without_memory", "accuracy with nothing")]
+        labels += [("hit_at_k", f"retrieval hit@{a.k}"), ("paraphrase_accuracy", "paraphrases with memory")]
+        for key, label in labels:
             rows.append(f"{label:<28}" + "".join(f"{_pct(results[m][key]):>12}" for m in modes))
         rows.append("by relation (accuracy with memory / without):")
         for rel in results[modes[0]]["by_relation"]:
@@ -594,40 +709,26 @@ def cmd_eval(a, out: Output) -> int:
 def cmd_eval_edits(a, out: Output) -> int:
     from engine.evaluate import evaluate_edits, read_edits, read_probes
 
-    if a.k < 1:
-        raise CliError(f"-k must be at least 1 (got {a.k})")
     if not a.memory:
         raise CliError("eval-edits needs --memory PACK (the pack the edits apply to)")
     modes = _modes(a.mode)
-    stop = _StopFlag()
-    mems = _open_memories(a.memory, out)
-    results: dict[str, Any] = {}
-    try:
-        try:
-            edits = read_edits(a.edits)
-            locality = read_probes(a.locality) if a.locality else []
-            predictor = _load_predictor(a, out, modes)
-            with stop:
-                for mode in modes:
-                    bar = ProgressBar(f"edits {mode}", enabled=not a.json and not a.quiet)
-                    results[mode] = evaluate_edits(predictor, mems, edits, locality, mode, k=a.k, limit=a.limit,
-                                                   locality_limit=a.locality_limit, progress=bar, should_stop=stop)
-                    bar.close()
-        except _model_errors() as exc:
-            raise CliError(str(exc)) from None
-    except _job_cancelled() as exc:
-        out.info(f"plugmem: interrupted (edits undone): {exc}")
+
+    def read_inputs():
+        return read_edits(a.edits), (read_probes(a.locality) if a.locality else [])
+
+    def run(predictor, mems, inputs, mode, plugins, bar, stop):
+        edits, locality = inputs
+        return evaluate_edits(predictor, mems, edits, locality, mode, k=a.k, limit=a.limit,
+                              locality_limit=a.locality_limit, progress=bar, should_stop=stop, plugins=plugins)
+
+    results = _run_per_mode(a, out, modes, "edits", read_inputs, run, interrupted=" (edits undone)")
+    if results is None:
         return EXIT_INTERRUPTED
-    finally:
-        for m in mems:
-            m.close()
-    data = dict(results[modes[0]])
-    if len(modes) > 1:
-        data["by_mode"] = results
+    data = _report(results, modes)
 
     def human() -> str:
         rows = [f"edits: {data['n']} from {a.edits}; locality probes: {data['n_locality']} (k={a.k})",
-                f"{'':<26}" + "".join(f"{m:>12}" for m in modes)]
+                *_plugins_line(data), f"{'':<26}" + "".join(f"{m:>12}" for m in modes)]
         for key, label in [("efficacy_before", "efficacy before"), ("efficacy", "efficacy after"),
                            ("generalization_before", "paraphrases before"), ("generalization", "paraphrases after"),
                            ("locality", "locality (unchanged)"), ("edit_retrieved", "edited entry retrieved")]:
@@ -772,6 +873,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--reader", help="reader model folder (default: the bundled SmolLM2-135M-Instruct)")
         sp.add_argument("--branch", help="trained DPM branch folder (default: the shipped one, for the default reader)")
 
+    def plugin_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--plugin", action="append", metavar="DIR",
+                        help="plug a knowledge plugin folder (repeat for several); 'auto': the plugin beside "
+                             "each --memory PACK (PACK.plugin), where there is one")
+
     sp = add("predict", cmd_predict, "answer a prompt with the plugged memories and explain the answer")
     sp.add_argument("prompt")
     sp.add_argument("--memory", action="append", metavar="PACK", help="plug a pack (repeat for several)")
@@ -780,6 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-new-tokens", type=int, default=8)
     sp.add_argument("--no-explain", action="store_true", help="skip the leave-one-out pass")
     model_args(sp)
+    plugin_arg(sp)
 
     sp = add("eval", cmd_eval, "fact-probe accuracy with and without memory, per relation, retrieval hit@k")
     sp.add_argument("probes", metavar="PROBES.jsonl")
@@ -789,6 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, help="only the first N probes")
     sp.add_argument("--no-paraphrases", action="store_true")
     model_args(sp)
+    plugin_arg(sp)
 
     sp = add("eval-edits", cmd_eval_edits, "edit entries, measure efficacy / paraphrases / locality, then undo the edits")
     sp.add_argument("edits", metavar="EDITS.jsonl")
@@ -799,6 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-k", type=int, default=5)
     sp.add_argument("--limit", type=int, help="only the first N edits")
     model_args(sp)
+    plugin_arg(sp)
 
     sp = add("train-memory-reader", cmd_train_memory_reader,
              "train the DPM memory branch (resumes from OUT/checkpoint.pt; Ctrl+C stops at a checkpoint)")

@@ -14,6 +14,8 @@ Efficacy = share of edit prompts whose answer starts with ``new``; generalisatio
 the same for paraphrases; locality = share of locality probes (about subjects no
 edit touches) whose answer is exactly the same before and after. All edits are
 applied together (a batch edit), so locality also sees any interference between them.
+With knowledge plugins on (``plugins=``), every answer, before and after, also has
+the plugins' vectors before the prompt's linked mentions; the report names them.
 """
 from __future__ import annotations
 
@@ -61,11 +63,13 @@ def evaluate_edits(
     batch_size: int = 16,
     progress: Callable[..., None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    plugins: Sequence = (),
 ) -> dict[str, Any]:
     """Apply ``edits`` to the plugged ``memories``, measure, and restore them (see the module docstring).
 
     Each edit's ``old_text`` must be the exact text of an active entry of one of the
-    memories. Returns ``{mode, k, n, efficacy, generalization, locality,
+    memories. ``plugins``: ``KnowledgePlugin`` objects on for every answer. Returns
+    ``{mode, k, plugins, n, efficacy, generalization, locality,
     efficacy_before, generalization_before, old_answer_after, edit_retrieved,
     n_locality, locality_accuracy_before, locality_accuracy_after, restored, seconds}``.
     """
@@ -78,6 +82,9 @@ def evaluate_edits(
     edits = list(edits)[:limit] if limit else list(edits)
     if not edits:
         raise PredictError("no edits to evaluate")
+    plugins = list(plugins or ())
+    if plugins:
+        predictor.plugin_injector(plugins)  # a plugin unusable with this reader fails before any edit
     # Find each edit's entry (exact text) before touching anything.
     indexes = [_text_index(m) for m in memories]
     targets: list[tuple[Any, int]] = []
@@ -111,7 +118,7 @@ def evaluate_edits(
 
     def answers(lo: float, hi: float) -> tuple[list[str], list]:
         return answer_batch(predictor, all_prompts, memories, mode, k=k, max_new_tokens=mnt, batch_size=batch_size,
-                            progress=wrap_progress(progress, lo, hi), should_stop=should_stop)
+                            progress=wrap_progress(progress, lo, hi), should_stop=should_stop, plugins=plugins)
 
     before, _ = answers(0.0, 0.45)
     applied: list[Any] = []
@@ -154,6 +161,7 @@ def evaluate_edits(
     return {
         "mode": mode,
         "k": k,
+        "plugins": [p.name for p in plugins],
         "n": n,
         "efficacy": _rate(eff, n),
         "generalization": _rate(gen, np_),

@@ -9,6 +9,11 @@ without those fields, an entry whose text contains the answer.
 Everything is batched: prompts are encoded for retrieval in one call per key
 encoder, and answered in left-padded batches (each row with its own entries in the
 DPM mode, its own context in the context mode).
+
+With knowledge plugins on (``plugins=``), every answer "with memory" also has the
+plugins' vectors before the prompt's linked mentions; ``accuracy_without_memory``
+stays the bare reader (nothing plugged) and ``accuracy_without_plugins`` is the
+memory alone, so the plugins' own contribution reads off the report.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ def answer_batch(
     hits: list[list[tuple[str, Any]]] | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    plugins: Sequence = (),
 ) -> tuple[list[str], list[list[tuple[str, Any]]]]:
     """Greedy answers of many prompts with the memories in ``mode``, and what was retrieved.
 
@@ -60,6 +66,7 @@ def answer_batch(
     prompt i (empty in mode 'none' or with no memory). Pass ``hits`` to reuse a
     retrieval. ``max_new_tokens`` may be one number per prompt (each batch generates
     its rows' maximum). Same answers as :meth:`Predictor.predict` would give one at a time.
+    ``plugins``: knowledge plugins whose vectors go before the prompts' mentions too.
     """
     from engine.jobs.progress import check
     from engine.models.context import context_prompt
@@ -72,6 +79,11 @@ def answer_batch(
             raise PredictError(f"prompt #{i + 1} is empty")
     fusion = predictor.fusion(mode)
     reader = predictor.reader
+    plugged = None
+    if plugins:
+        from engine.explain.plugged import PluginFusion
+
+        plugged = PluginFusion(reader, predictor.plugin_injector(list(plugins)))
     if hits is None:
         hits = retrieve_many(prompts, memories, k) if (memories and fusion is not None) else [[] for _ in prompts]
     budget = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -84,7 +96,10 @@ def answer_batch(
         idx = order[start:start + batch_size]
         texts = [[h.entry.text for _, h in hits[i]] for i in idx]
         mnt = max(budget[i] for i in idx)
-        if fusion is None or not any(texts):
+        if plugged is not None:
+            scores = [[float(h.score) for _, h in hits[i]] for i in idx]
+            got = plugged.generate([prompts[i] for i in idx], mnt, mode=mode, fusion=fusion, texts=texts, scores=scores)
+        elif fusion is None or not any(texts):
             got = reader.generate([prompts[i] for i in idx], max_new_tokens=mnt, batch_size=batch_size)
         elif mode == "dpm":
             scores = [[float(h.score) for _, h in hits[i]] for i in idx]
@@ -119,13 +134,18 @@ def evaluate_probes(
     batch_size: int = 16,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    plugins: Sequence = (),
 ) -> dict[str, Any]:
     """Accuracy of ``probes`` with the plugged ``memories`` in ``mode`` and without memory.
 
-    Returns ``{mode, k, n, accuracy, accuracy_without_memory, hit_at_k,
-    paraphrase_accuracy, paraphrase_accuracy_without_memory, n_paraphrases,
-    by_relation: {relation: {n, accuracy, accuracy_without_memory, hit_at_k}},
-    by_split, failures (the first 10), seconds}``.
+    Returns ``{mode, k, packs, plugins, n, accuracy, accuracy_without_memory,
+    accuracy_without_plugins, hit_at_k, paraphrase_accuracy,
+    paraphrase_accuracy_without_memory, paraphrase_accuracy_without_plugins,
+    n_paraphrases, by_relation: {relation: {n, accuracy, accuracy_without_memory,
+    hit_at_k[, accuracy_without_plugins]}}, by_split, failures (the first 10), seconds}``.
+    ``plugins`` (``KnowledgePlugin`` objects) are on for ``accuracy``; the
+    ``*_without_plugins`` figures (the memory alone) are None, and absent per
+    relation, when no plugin is on.
     """
     from engine.jobs.progress import wrap_progress
 
@@ -147,30 +167,45 @@ def evaluate_probes(
     per_probe = max_tokens_for(predictor.reader, [p.answer for p in probes])
     mnt = per_probe + [per_probe[i] for i in para_of]
     memories = list(memories)
+    plugins = list(plugins or ())
     use_memory = bool(memories) and mode != "none"
+    # passes: everything on; the memory alone (with plugins); the bare reader (with memory or plugins)
+    passes = 1 + bool(plugins and use_memory) + bool(plugins or use_memory)
+    cut = [i / passes for i in range(passes + 1)]
     with_mem, hits = answer_batch(
         predictor, prompts, memories, mode, k=k, max_new_tokens=mnt, batch_size=batch_size,
-        progress=wrap_progress(progress, 0.0, 0.5 if use_memory else 1.0), should_stop=should_stop,
+        progress=wrap_progress(progress, cut[0], cut[1]), should_stop=should_stop, plugins=plugins,
     )
-    if use_memory:
+    done = 1
+    if plugins and use_memory:
+        no_plugins, _ = answer_batch(
+            predictor, prompts, memories, mode, k=k, max_new_tokens=mnt, batch_size=batch_size, hits=hits,
+            progress=wrap_progress(progress, cut[1], cut[2]), should_stop=should_stop,
+        )
+        done = 2
+    if plugins or use_memory:
         without, _ = answer_batch(
             predictor, prompts, [], "none", k=k, max_new_tokens=mnt, batch_size=batch_size,
-            progress=wrap_progress(progress, 0.5, 1.0), should_stop=should_stop,
+            progress=wrap_progress(progress, cut[done], cut[done + 1]), should_stop=should_stop,
         )
     else:
         without = list(with_mem)
+    if plugins and not use_memory:
+        no_plugins = without  # the memory alone is the bare reader here
 
     n = len(probes)
-    rel = defaultdict(lambda: [0, 0, 0, 0])  # n, correct, correct without, hit
-    split = defaultdict(lambda: [0, 0, 0, 0])
-    correct = correct_wo = hit_n = 0
+    rel = defaultdict(lambda: [0, 0, 0, 0, 0])  # n, correct, correct without, hit, correct without plugins
+    split = defaultdict(lambda: [0, 0, 0, 0, 0])
+    correct = correct_wo = hit_n = correct_np = 0
     failures = []
     for i, p in enumerate(probes):
         c = is_correct(with_mem[i], p.answer)
         c0 = is_correct(without[i], p.answer)
+        cp = is_correct(no_plugins[i], p.answer) if plugins else False
         h = any(is_gold(hh.entry, p) for _, hh in hits[i]) if use_memory else False
         correct += c
         correct_wo += c0
+        correct_np += cp
         hit_n += h
         for table, key in ((rel, p.relation or "(none)"), (split, p.split)):
             if table is split and not key:
@@ -180,34 +215,41 @@ def evaluate_probes(
             row[1] += c
             row[2] += c0
             row[3] += h
+            row[4] += cp
         if not c and len(failures) < 10:
             failures.append({
                 "prompt": p.prompt, "answer": p.answer, "got": with_mem[i],
                 "retrieved": [hh.entry.text for _, hh in hits[i][:3]],
             })
-    pc = pc0 = 0
+    pc = pc0 = pcp = 0
     for j, n_probe in enumerate(para_of):
         pc += is_correct(with_mem[n + j], probes[n_probe].answer)
         pc0 += is_correct(without[n + j], probes[n_probe].answer)
+        pcp += is_correct(no_plugins[n + j], probes[n_probe].answer) if plugins else False
 
     def table(t) -> dict[str, dict[str, Any]]:
-        return {
-            key: {"n": v[0], "accuracy": _rate(v[1], v[0]), "accuracy_without_memory": _rate(v[2], v[0]),
-                  "hit_at_k": _rate(v[3], v[0]) if use_memory else None}
-            for key, v in sorted(t.items())
-        }
+        out = {}
+        for key, v in sorted(t.items()):
+            out[key] = {"n": v[0], "accuracy": _rate(v[1], v[0]), "accuracy_without_memory": _rate(v[2], v[0]),
+                        "hit_at_k": _rate(v[3], v[0]) if use_memory else None}
+            if plugins:
+                out[key]["accuracy_without_plugins"] = _rate(v[4], v[0])
+        return out
 
     return {
         "mode": mode,
         "k": k,
         "packs": [getattr(m.pack, "name", "") for m in memories],
+        "plugins": [p.name for p in plugins],
         "n": n,
         "accuracy": _rate(correct, n),
         "accuracy_without_memory": _rate(correct_wo, n),
+        "accuracy_without_plugins": _rate(correct_np, n) if plugins else None,
         "hit_at_k": _rate(hit_n, n) if use_memory else None,
         "n_paraphrases": len(para_of),
         "paraphrase_accuracy": _rate(pc, len(para_of)),
         "paraphrase_accuracy_without_memory": _rate(pc0, len(para_of)),
+        "paraphrase_accuracy_without_plugins": _rate(pcp, len(para_of)) if plugins else None,
         "by_relation": table(rel),
         "by_split": table(split),
         "failures": failures,

@@ -7,9 +7,14 @@ entries come from ONE batched forward of k+1 variants (all entries, then all but
 entry i), not k+1 separate passes.
 
 The GUI keeps one :class:`Predictor` per (reader, branch) and calls
-``Predictor.predict(prompt, memories, mode=..., k=...) -> Explanation``; entries'
-reader states are cached by text, so repeated questions are cheaper and an edited
-entry is read afresh at once (no retraining, no index rebuild).
+``Predictor.predict(prompt, memories, mode=..., k=..., plugins=...) -> Explanation``;
+entries' reader states are cached by text, so repeated questions are cheaper and an
+edited entry is read afresh at once (no retraining, no index rebuild).
+
+Knowledge plugins (``plugins=``) add their entity vectors before the linked mentions
+of the prompt, on top of the memory of the mode (see :mod:`engine.explain.plugged`);
+the record then also holds the answer with the memory alone
+(``answer_without_plugins``) and each injected vector's leave-one-out effect.
 """
 from __future__ import annotations
 
@@ -118,6 +123,27 @@ class Predictor:
             return None
         raise PredictError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
 
+    def plugin_injector(self, plugins: Sequence):
+        """A ``PluginInjector`` of ``plugins`` (``KnowledgePlugin`` objects) for this reader (checked for it)."""
+        from engine.plugins.errors import PluginError
+        from engine.plugins.mapping import KnowledgePlugin, PluginInjector
+
+        plugins = tuple(plugins)
+        for i, p in enumerate(plugins):
+            if not isinstance(p, KnowledgePlugin):
+                raise PredictError(f"plugin #{i + 1} is a {type(p).__name__}, not a KnowledgePlugin: load it with "
+                                   "engine.plugins.mapping.load_plugin(folder, reader, pack)")
+        names = [p.name for p in plugins]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise PredictError(f"two plugged knowledge plugins are both named {twice[0]!r}: plug one plugin per domain")
+        # Cheap to make (the plugins keep their linkers), so made afresh: a plugin whose aliases
+        # were just re-read from its pack links with the new ones at once.
+        try:
+            return PluginInjector(self.reader, list(plugins))
+        except PluginError as exc:
+            raise PredictError(str(exc)) from exc
+
     def predict(
         self,
         prompt: str,
@@ -127,6 +153,7 @@ class Predictor:
         max_new_tokens: int = 8,
         *,
         explain: bool = True,
+        plugins: Sequence = (),
     ) -> Explanation:
         """Answer ``prompt`` with the plugged ``memories`` (``engine.memory.Memory`` objects) and explain it.
 
@@ -134,30 +161,45 @@ class Predictor:
         'none' (the bare reader). With no memory plugged, or nothing retrieved, the
         answer is exactly the bare reader's. ``explain=False`` skips the leave-one-out
         pass (weights and loo_delta stay None).
+
+        ``plugins``: ``KnowledgePlugin`` objects; their vectors go before the prompt's
+        linked mentions while the memory of ``mode`` acts as usual. The record then
+        lists them (``plugins``), the injected entities with their leave-one-out
+        effect (``injected``) and the memory-only answer (``answer_without_plugins``);
+        the retrieved entries' effects are measured with the plugins on.
+        ``answer_without_memory`` is always the bare reader (nothing plugged).
         """
         t0 = time.perf_counter()
         check_request(prompt, mode, k, max_new_tokens)
         memories = list(memories or [])
         packs = [pack_name(m) for m in memories]
         fusion = self.fusion(mode)
+        plugins = list(plugins or ())
+        injector = self.plugin_injector(plugins) if plugins else None
         reader = self.reader
 
         hits = retrieve(prompt, memories, k) if (memories and fusion is not None) else []
         key = (prompt, max_new_tokens)
         known = self._plain.get(key)
+        texts = [h.entry.text for _, h in hits]
+        scores = [float(h.score) for _, h in hits]
         if not hits:
             plain = known if known is not None else reader.generate(prompt, max_new_tokens=max_new_tokens)
             self._remember(key, plain)
-            return Explanation(prompt, plain, plain, mode, packs, [], None, time.perf_counter() - t0, k)
-
-        texts = [h.entry.text for _, h in hits]
-        scores = [float(h.score) for _, h in hits]
-        answer, without = fusion.generate(prompt, texts, scores, max_new_tokens, plain=known)
-        self._remember(key, without)
+            if injector is None:
+                return Explanation(prompt, plain, plain, mode, packs, [], None, time.perf_counter() - t0, k)
+            memory_answer = plain
+        else:
+            memory_answer, plain = fusion.generate(prompt, texts, scores, max_new_tokens, plain=known)
+            self._remember(key, plain)
         retrieved = [
             RetrievedEntry(p, int(h.entry.id), h.entry.title, h.entry.text, h.entry.source, float(h.score))
             for p, h in hits
         ]
+        if injector is not None:
+            return self._predict_plugged(prompt, mode, k, max_new_tokens, explain, injector, plugins, fusion, texts,
+                                         scores, packs, retrieved, plain, memory_answer, t0)
+        answer, without = memory_answer, plain
         logp_all = None
         answer_ids = reader.tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
         if explain and answer_ids:
@@ -170,6 +212,29 @@ class Predictor:
             log.info("Empty answer for %r: no leave-one-out effects to compute", prompt)
         return Explanation(prompt, answer, without, mode, packs, retrieved, logp_all, time.perf_counter() - t0, k)
 
+    def _predict_plugged(self, prompt, mode, k, max_new_tokens, explain, injector, plugins, fusion, texts, scores,
+                         packs, retrieved, plain, memory_answer, t0) -> Explanation:
+        """The answer with the plugins on top of the memory (``texts`` empty: the plugins alone)."""
+        from engine.explain.plugged import PluginFusion
+
+        pf = PluginFusion(self.reader, injector)
+        used = mode if texts else "none"
+        answer = pf.generate([prompt], max_new_tokens, mode=used, fusion=fusion, texts=[texts], scores=[scores])[0]
+        answer_ids = self.reader.tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
+        logp_all = None
+        if explain and answer_ids:
+            loo = pf.leave_one_out(prompt, answer_ids, mode=used, fusion=fusion, texts=texts, scores=scores)
+            logp_all = loo.logp_all
+            injected = loo.injected
+            for i, r in enumerate(retrieved):
+                r.loo_delta = loo.logp_all - loo.logp_without_entry[i]
+                r.weight = None if loo.weights is None else float(loo.weights[i])
+        else:
+            if explain:
+                log.info("Empty answer for %r: no leave-one-out effects to compute", prompt)
+            injected = pf.injected(prompt, used, fusion, texts)
+        return Explanation(prompt, answer, plain, mode, packs, retrieved, logp_all, time.perf_counter() - t0, k,
+                           plugins=[p.name for p in plugins], injected=injected, answer_without_plugins=memory_answer)
 
     def _remember(self, key: tuple[str, int], plain: str) -> None:
         self._plain[key] = plain
@@ -189,9 +254,10 @@ def predict(
     *,
     context_style: str = "facts",
     explain: bool = True,
+    plugins: Sequence = (),
 ) -> Explanation:
     """One-shot :meth:`Predictor.predict` (no state kept between calls)."""
     check_request(prompt, mode, k, max_new_tokens)
     return Predictor(reader, branch, context_style=context_style).predict(
-        prompt, memories, mode, k, max_new_tokens, explain=explain
+        prompt, memories, mode, k, max_new_tokens, explain=explain, plugins=plugins
     )

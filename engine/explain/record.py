@@ -28,6 +28,24 @@ class RetrievedEntry:
 
 
 @dataclass
+class InjectedEntity:
+    """One knowledge-plugin vector inserted before a linked mention of the prompt.
+
+    ``loo_delta``: log p(answer | every injected vector) minus log p(answer | all but
+    this one), with the memory of the mode on in both; positive = the vector supported
+    the answer. ``start``/``end``: the mention's characters in the prompt.
+    """
+
+    plugin: str
+    mention: str
+    entity: str
+    entity_id: int
+    loo_delta: float | None = None
+    start: int | None = None
+    end: int | None = None
+
+
+@dataclass
 class Explanation:
     """One prediction: the answer with and without memory and the entries that explain it.
 
@@ -44,6 +62,9 @@ class Explanation:
     answer_logprob: float | None = None  # log p(answer | all entries), summed over its tokens
     seconds: float | None = None
     k: int | None = None  # entries asked for (fewer may be retrieved)
+    plugins: list[str] = field(default_factory=list)  # knowledge plugins on (their names)
+    injected: list[InjectedEntity] = field(default_factory=list)  # in prompt order
+    answer_without_plugins: str | None = None  # the memory alone (None when no plugin is on)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -51,6 +72,9 @@ class Explanation:
             for key in ("score", "weight", "loo_delta"):
                 if r[key] is not None:
                     r[key] = round(float(r[key]), 6)
+        for r in d["injected"]:
+            if r["loo_delta"] is not None:
+                r["loo_delta"] = round(float(r["loo_delta"]), 6)
         return d
 
     def to_json(self, **kw: Any) -> str:
@@ -61,6 +85,7 @@ class Explanation:
         d = dict(d)
         known = set(cls.__dataclass_fields__)
         d["retrieved"] = [RetrievedEntry(**r) for r in d.get("retrieved", [])]
+        d["injected"] = [InjectedEntity(**r) for r in d.get("injected", [])]
         return cls(**{key: v for key, v in d.items() if key in known})
 
     def to_html(self) -> str:
@@ -82,8 +107,22 @@ class Explanation:
             else "<p><i>No entries retrieved.</i></p>"
         )
         packs = ", ".join(e(p) for p in self.packs) or "none"
+        plugged = ""
+        if self.plugins:
+            inj = "".join(
+                f"<tr><td>{e(i.plugin)}</td><td>{e(i.mention)}</td><td>{e(i.entity)}</td><td>{i.entity_id}</td>"
+                f"<td>{num(i.loo_delta, '+.3f')}</td></tr>"
+                for i in self.injected
+            )
+            plugged = (
+                f"<p><b>Knowledge plugins:</b> {', '.join(e(p) for p in self.plugins)}</p>"
+                f"<p><b>Answer without plugins:</b> {e(self.answer_without_plugins or '')}</p>"
+                + (f"<table><tr><th>plugin</th><th>mention</th><th>entity</th><th>id</th>"
+                   f"<th>leave-one-out Δ log p</th></tr>{inj}</table>" if self.injected
+                   else "<p><i>No entity of the plugins is mentioned in the prompt.</i></p>")
+            )
         return (
             f"<div class='explanation'><p><b>Prompt:</b> {e(self.prompt)}</p>"
             f"<p><b>Answer with memory ({e(self.mode)}; packs: {packs}):</b> {e(self.answer)}</p>"
-            f"<p><b>Answer without memory:</b> {e(self.answer_without_memory)}</p>{table}</div>"
+            f"<p><b>Answer without memory:</b> {e(self.answer_without_memory)}</p>{plugged}{table}</div>"
         )

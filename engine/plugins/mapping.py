@@ -569,8 +569,17 @@ class PluginInjector:
 
     def logprob_rows(self, batch: InjectedBatch, answer_ids: Sequence[Sequence[int]]) -> torch.Tensor:
         """Summed log p of each row's answer tokens (``[b]``, float32) from one forward of ``batch``."""
+        return self.logprob_rows_output(batch, answer_ids)[0]
+
+    def logprob_rows_output(self, batch: InjectedBatch, answer_ids: Sequence[Sequence[int]],
+                            **forward_kw: Any) -> tuple[torch.Tensor, Any]:
+        """:meth:`logprob_rows` and the base model's output (``forward_kw``: e.g. ``output_attentions=True``).
+
+        Whatever hooks sit on the reader (a DPM memory branch) act in this forward too.
+        """
         b = batch.inputs
-        h = self.reader.model.model(**b.model_kwargs(), use_cache=False).last_hidden_state  # [b, W, d]
+        out = self.reader.model.model(**b.model_kwargs(), use_cache=False, **forward_kw)
+        h = out.last_hidden_state  # [b, W, d]
         rows, cols, tgt = [], [], []
         for i, (plen, ans) in enumerate(zip(batch.prompt_lens, answer_ids)):
             for j, t in enumerate(ans):
@@ -581,7 +590,8 @@ class PluginInjector:
         sel = h[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]  # [n_tok, d]
         logp = torch.log_softmax(self.reader.model.lm_head(sel).float(), -1)  # [n_tok, V]
         tok_lp = logp.gather(-1, torch.tensor(tgt, device=dev)[:, None]).squeeze(-1)  # [n_tok]
-        return torch.zeros(len(answer_ids), device=dev).index_add(0, torch.tensor(rows, device=dev), tok_lp).cpu()
+        sums = torch.zeros(len(answer_ids), device=dev).index_add(0, torch.tensor(rows, device=dev), tok_lp).cpu()
+        return sums, out
 
     @torch.no_grad()
     def answer_logprob(self, prompts: Sequence[str], answers: Sequence[str], *, enabled: bool = True,
