@@ -718,9 +718,34 @@ class Pack:
 
     # ------------------------------------------------------------------ imports (checkpointed)
     def import_state(self, key: str) -> ImportState | None:
-        row = self.conn.execute("SELECT key, path, total, rows_done, change_id, state FROM imports WHERE key=?",
-                                (key,)).fetchone()
+        sql = "SELECT key, path, total, rows_done, change_id, state FROM imports WHERE key=?"
+        row = self.conn.execute(sql, (key,)).fetchone()
+        if row is None:
+            legacy = self._legacy_import_key(key)
+            if legacy is not None:
+                row = self.conn.execute(sql, (legacy,)).fetchone()
+                if not self.readonly:
+                    with self.conn:  # adopt the current key form, so every later step finds it
+                        self.conn.execute("UPDATE imports SET key=? WHERE key=?", (key, legacy))
+                    row = (key, *row[1:])
         return ImportState(row[0], row[1], int(row[2]), int(row[3]), row[4], row[5]) if row else None
+
+    def _legacy_import_key(self, key: str) -> str | None:
+        """The key under which packs made before 2026-11-27 recorded the same file, if any.
+
+        Those keys were the file's full path + its sha256; keys are now the file NAME + sha256
+        (a pack must recognise its imports wherever the file lives). Without this, opening
+        such a pack and importing the same file again would add every entry a second time.
+        """
+        name, sep, digest = key.partition("#sha256:")
+        if not sep or "/" in name or "\\" in name:
+            return None
+        suffix = sep + digest
+        for (old,) in self.conn.execute("SELECT key FROM imports WHERE substr(key, -?) = ?", (len(suffix), suffix)):
+            path = old[: -len(suffix)]
+            if path != name and path.replace("\\", "/").rsplit("/", 1)[-1] == name:
+                return old
+        return None
 
     def begin_import(self, key: str, path: str, total: int, author: str | None = None) -> ImportState:
         """Start (or find, to resume) the import of one file; its chunks form one undo step."""

@@ -55,6 +55,31 @@ def test_reimporting_the_same_file_adds_nothing(tmp_path, facts_jsonl, encoder):
     assert len(_texts(pack)) == 10
 
 
+def test_pack_made_with_full_path_import_keys_does_not_import_the_same_file_twice(tmp_path, facts_jsonl, encoder):
+    # Packs made before 2026-11-27 keyed an import by the file's full path + sha256; the demo
+    # packs of this machine were imported a second time when the key became name + sha256.
+    from engine.jobs.corpus import file_key
+
+    pack = tmp_path / "d.plugmem"
+    cfg = {"pack": str(pack), "inputs": [str(facts_jsonl)]}
+    build_memory(cfg, lambda *a: None, lambda: False)
+    key = file_key(facts_jsonl)
+    legacy = str(facts_jsonl.resolve()) + key[key.index("#sha256:"):]
+    with Pack.open(pack) as p:
+        p.conn.execute("UPDATE imports SET key=? WHERE key=?", (legacy, key))
+        p.conn.commit()
+    res = build_memory(cfg, lambda *a: None, lambda: False)
+    assert res["entries_added"] == 0 and res["files_skipped"] == [str(facts_jsonl)]
+    assert len(_texts(pack)) == 10
+    with Pack.open(pack, readonly=True) as p:
+        assert p.import_state(key).state == "done"  # the record now carries the current key
+    other = tmp_path / "elsewhere" / "other.jsonl"  # another file with the same content is not the same import
+    other.parent.mkdir()
+    other.write_bytes(facts_jsonl.read_bytes())
+    with Pack.open(pack, readonly=True) as p:
+        assert p.import_state(file_key(other)) is None
+
+
 def test_malformed_file_is_reported_with_line_and_nothing_of_it_imported(tmp_path, facts_jsonl, encoder):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "A good line."}\n{"text": "Another good line."}\n{"text": broken\n', encoding="utf-8")
