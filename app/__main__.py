@@ -34,7 +34,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--search", default=None, help=argparse.SUPPRESS)  # screenshot: type a query
     p.add_argument("--ask", default=None, help=argparse.SUPPRESS)  # screenshot: ask this, show the explanation
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # screenshot: ask in this mode
-    p.add_argument("--tab", default=None, help=argparse.SUPPRESS)  # screenshot: memory | ask | evaluation
+    p.add_argument("--tab", default=None, help=argparse.SUPPRESS)  # screenshot: memory | ask | evaluation | entities
     p.add_argument("--evaluate", default=None, help=argparse.SUPPRESS)  # screenshot: run this evaluation file
     p.add_argument("--limit", type=int, default=30, help=argparse.SUPPRESS)  # screenshot: of that many records
     # bench/bench_startup.py: print "painted" once the first rows are painted, then quit
@@ -171,7 +171,7 @@ def _arm_screenshot(win, out: Path, timeout: float, rc: list[int], args: argpars
                 win.browser.run_search()
             if select is not None:
                 win.browser.select_id(select)
-            tabs = {"memory": win.browser, "ask": win.explain, "evaluation": win.evaluation}
+            tabs = {"memory": win.browser, "ask": win.explain, "evaluation": win.evaluation, "entities": win.entities}
             if args.tab in tabs:
                 win.tabs.setCurrentWidget(tabs[args.tab])
             if prompt:

@@ -1,4 +1,5 @@
-"""The main window: workspace (left), memory browser (centre), entry editor (right), jobs (bottom)."""
+"""The main window: workspace (left), memory browser / ask and explain / evaluation / entities
+(centre), entry editor (right), jobs (bottom)."""
 from __future__ import annotations
 
 import logging
@@ -12,9 +13,11 @@ from app.context import AppContext
 from app.settings import load_state, save_settings, save_state
 from app.views.browser import MemoryBrowser
 from app.views.editor import EntryEditor
+from app.views.entities import EntitiesView
 from app.views.evaluation import EvaluationView
 from app.views.explain import ExplainPanel
 from app.views.jobs_panel import JobsPanel
+from app.views.map_tune import PluginTrainer, run_dialog
 from app.views.workspace_panel import WorkspacePanel
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.browser, "Memory")
         self.tabs.addTab(self.explain, "Ask and explain")
         self.tabs.addTab(self.evaluation, "Evaluation")
+        self.entities = EntitiesView(ctx)
+        self.tabs.addTab(self.entities, "Entities")
         self.setCentralWidget(self.tabs)
         self.workspace_panel = WorkspacePanel(ctx)
         self.editor = EntryEditor(ctx)
@@ -45,12 +50,22 @@ class MainWindow(QMainWindow):
         self.workspace_dock = self._dock("Workspace", self.workspace_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.editor_dock = self._dock("Entry", self.editor, Qt.DockWidgetArea.RightDockWidgetArea)
         self.jobs_dock = self._dock("Jobs", self.jobs_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
-        self.resizeDocks([self.workspace_dock, self.editor_dock], [270, 360], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.workspace_dock, self.editor_dock], [330, 360], Qt.Orientation.Horizontal)
         self.resizeDocks([self.jobs_dock], [150], Qt.Orientation.Vertical)
 
         self.browser.selection_changed.connect(lambda ids: self.editor.show_ids(self.browser.path, ids))
         self.browser.new_requested.connect(self.new_entry)
         self.explain.entry_activated.connect(self.open_entry)
+        # knowledge plugins: entities tab, map-tuning jobs, plugin checkboxes, the model host
+        self.plugin_trainer = PluginTrainer(ctx, self)
+        self.plugin_trainer.plugin_ready.connect(self._plugin_ready)
+        self.workspace_panel.map_tune_requested.connect(self.map_tune)
+        self.workspace_panel.entities_requested.connect(self.show_entities)
+        self.workspace_panel.plugin_toggled.connect(lambda p, on: self._sync_plugins())
+        self.entities.map_tune_requested.connect(self.map_tune)
+        ctx.model.plugins_loaded.connect(self._plugins_loaded)
+        if ctx.workspace.plugins():
+            self._sync_plugins()
 
         self._build_menus()
         self._build_status_bar()
@@ -132,6 +147,11 @@ class MainWindow(QMainWindow):
         ask.setShortcut(QKeySequence("Ctrl+K"))
         m.addAction("Ask again", self.explain.ask_again)
 
+        t = mb.addMenu("&Tools")
+        self.act_entities = t.addAction("Entities and triples", lambda: self.show_entities(self.ctx.current))
+        self.act_import_triples = t.addAction("Import triples…", self._import_triples)
+        self.act_map_tune = t.addAction("Map-tune plugin…", lambda: self.map_tune(self.ctx.current))
+
     def _build_status_bar(self) -> None:
         sb = self.statusBar()
         self.device_label = QLabel("Device: loading encoder…")
@@ -211,7 +231,45 @@ class MainWindow(QMainWindow):
 
     def _update_plugged(self) -> None:
         names = [Path(p).stem for p in self.ctx.workspace.plugged()]
-        self.plugged_label.setText("Plugged in: " + (", ".join(names) if names else "none"))
+        plugins = [Path(p).stem for p in self.ctx.workspace.plugins()]
+        self.plugged_label.setText("Plugged in: " + (", ".join(names) if names else "none")
+                                   + (f" · plugins: {', '.join(plugins)}" if plugins else ""))
+
+    # ------------------------------------------------------------------ knowledge plugins
+    def show_entities(self, path: str | None) -> None:
+        if path:
+            self.ctx.set_current(path)
+        self.tabs.setCurrentWidget(self.entities)
+
+    def _import_triples(self) -> None:
+        self.show_entities(self.ctx.current)
+        self.entities.import_triples()
+
+    def map_tune(self, path: str | None) -> str | None:
+        """Open the map-tune dialog for ``path`` and start its jobs (shown in the Jobs dock)."""
+        jid = run_dialog(self.ctx, self.plugin_trainer, path, self)
+        if jid is not None:
+            self.jobs_dock.show()
+            self.jobs_dock.raise_()
+        return jid
+
+    def _sync_plugins(self) -> None:
+        """Load (on the model thread) the plugins that are switched on; drop the others."""
+        self.ctx.model.set_plugins(self.ctx.workspace.plugins())
+
+    def _plugin_ready(self, path: str) -> None:
+        self.workspace_panel.refresh_plugins()
+        on = path in self.ctx.workspace.plugins()
+        self.ctx.notifier.info(f"Knowledge plugin of {Path(path).stem} trained"
+                               + (": it is plugged in and reloaded." if on else ": tick its plugin box to use it."))
+        if on:
+            self._sync_plugins()
+
+    def _plugins_loaded(self, loaded: dict, notes: list) -> None:
+        if notes:
+            self.ctx.notifier.error("Knowledge plugins", "; ".join(notes))
+        elif loaded:
+            self.statusBar().showMessage("Knowledge plugins plugged in: " + ", ".join(loaded.values()), 8000)
 
     def _update_jobs_label(self) -> None:
         live = list(self.ctx.jobs.live.values())
@@ -253,6 +311,9 @@ class MainWindow(QMainWindow):
         sp = load_state("evalSplitter")
         if sp is not None:
             self.evaluation.splitter.restoreState(sp)
+        sp = load_state("entitiesSplitter")
+        if sp is not None:
+            self.entities.splitter.restoreState(sp)
 
     def _header_key(self) -> str:
         """Header state is only valid for the column set it was saved with."""
@@ -265,6 +326,7 @@ class MainWindow(QMainWindow):
         save_state("editorSplitter", self.editor.splitter.saveState())
         save_state("explainSplitter", self.explain.splitter.saveState())
         save_state("evalSplitter", self.evaluation.splitter.saveState())
+        save_state("entitiesSplitter", self.entities.splitter.saveState())
         self.ctx.settings.last_workspace = str(self.ctx.workspace.folder)
         save_settings(self.ctx.settings)
 

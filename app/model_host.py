@@ -5,13 +5,16 @@ One thread because the reader is one torch module: the DPM branch hooks into it 
 context-mode leave-one-out switches its attention implementation, so two predictions
 at once would step on each other. Plugged packs are searched through their writers
 (:class:`PluggedMemory`), which own the packs' SQLite connections and indexes.
+Knowledge plugins (``<pack>.plugin/``) are loaded here too, on the model thread, for the
+loaded reader (:meth:`LoadedModel.plugins_for`), and handed to ``Predictor.predict``.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +34,8 @@ class LoadedModel:
     branch: Any = None
     note: str = ""
     _predictor: Any = None
+    #: knowledge plugins loaded for this reader: pack path -> (files' stamp, KnowledgePlugin)
+    plugins: dict[str, tuple[tuple, Any]] = field(default_factory=dict)
 
     @property
     def predictor(self):
@@ -50,6 +55,62 @@ class LoadedModel:
     def describe(self) -> str:
         name = getattr(self.reader, "name", "reader")
         return f"{name} + memory branch" if self.branch is not None else str(name)
+
+    # ------------------------------------------------------------------ knowledge plugins
+    def plugins_for(self, pack_paths: list[str]) -> tuple[list, list[str]]:
+        """The knowledge plugins of ``pack_paths`` (in that order), loading the missing ones
+        (model thread only), and one note per pack whose plugin cannot be used.
+
+        A plugin is reloaded when its files change (map-tuned again); plugins of packs no
+        longer asked for are dropped, so unplugging frees them.
+        """
+        from engine.plugins.mapping import default_plugin_dir, load_plugin
+        from engine.store import Pack
+
+        plugins, notes = [], []
+        for path in pack_paths:
+            name = Path(path).stem
+            folder = default_plugin_dir(path)
+            stamp = _stamp(folder)
+            have = self.plugins.get(path)
+            if have is not None and have[0] == stamp:
+                plugins.append(have[1])
+                continue
+            self.plugins.pop(path, None)
+            if stamp is None:
+                notes.append(f"{name}: no trained knowledge plugin in {folder}")
+                continue
+            if not Path(path).exists():
+                notes.append(f"{name}: the pack file is missing, so its plugin cannot link entities")
+                continue
+            try:
+                with Pack.open(path, readonly=True) as pack:  # the plugin links with the pack's aliases
+                    plugin = load_plugin(folder, self.reader, pack)
+            except ValueError as exc:  # PluginError, PackError: another reader's plugin, damaged files...
+                notes.append(f"{name}: {exc}")
+                continue
+            self.plugins[path] = (stamp, plugin)
+            plugins.append(plugin)
+        for path in set(self.plugins) - set(pack_paths):
+            del self.plugins[path]
+        return plugins, notes
+
+    @property
+    def predict_takes_plugins(self) -> bool:
+        """Whether this engine's ``Predictor.predict`` accepts ``plugins=``."""
+        try:
+            return "plugins" in inspect.signature(self.predictor.predict).parameters
+        except (TypeError, ValueError):  # pragma: no cover
+            return False
+
+
+def _stamp(folder: Path) -> tuple | None:
+    """What identifies a plugin's files on disk (None: no plugin there)."""
+    try:
+        return tuple((f, (folder / f).stat().st_mtime_ns, (folder / f).stat().st_size)
+                     for f in ("config.json", "model.safetensors", "entities.json"))
+    except OSError:
+        return None
 
 
 Loader = Callable[[], LoadedModel]
@@ -118,6 +179,9 @@ class PluggedMemory:
     def undo(self):
         return self._call(lambda m: m.undo(), "Undoing in", broadcast=True)
 
+    def end_redo(self) -> int:
+        return self._call(lambda m: m.end_redo(), "Ending redo in", broadcast=True)
+
 
 class _WriterPackView:
     """The read side of a pack that the engine's evaluation uses, answered by the writer thread."""
@@ -144,6 +208,8 @@ class ModelHost(QObject):
     state_changed = Signal(str)
     ready = Signal(str)  # description ("SmolLM2-135M-Instruct + memory branch")
     failed = Signal(object)  # the loading exception
+    #: knowledge plugins synced: {pack path: plugin name} loaded, [notes] for those left out
+    plugins_loaded = Signal(object, object)
     _deliver = Signal(object)
 
     def __init__(self, loader: Loader, on_error: Callable[[str, BaseException], None] | None = None) -> None:
@@ -156,6 +222,7 @@ class ModelHost(QObject):
         self.model: LoadedModel | None = None
         self.state = "idle"
         self.error: BaseException | None = None
+        self.wanted_plugins: list[str] = []  # packs whose knowledge plugin is plugged in
         self._stale = False
         self._deliver.connect(self._on_deliver)
 
@@ -178,6 +245,26 @@ class ModelHost(QObject):
             return
         self._set_state("loading")
         self._run(lambda _: self._load(), None, None, what="Loading the reader")
+
+    def set_plugins(self, pack_paths: list[str]) -> Future | None:
+        """Plug the knowledge plugins of ``pack_paths`` (and unplug the others): loaded on the
+        model thread, the reader first if needed; ``plugins_loaded`` says what came of it.
+        Predictions load whatever is still missing themselves, so this is only a head start."""
+        self.wanted_plugins = list(pack_paths)
+        if self.state == "closed" or (self.state == "idle" and not pack_paths):
+            return None
+        wanted = list(pack_paths)
+
+        def sync(model: LoadedModel):
+            plugins, notes = model.plugins_for(wanted)
+            return {p: pl.name for p, pl in zip([p for p in wanted if p in model.plugins], plugins)}, notes
+
+        def done(res) -> None:
+            loaded, notes = res
+            self.plugins_loaded.emit(loaded, notes)
+
+        return self.submit(sync, done, on_error=lambda exc: self.plugins_loaded.emit({}, [str(exc)]),
+                           what="Loading knowledge plugins")
 
     def set_loader(self, loader: Loader) -> None:
         """Use another reader / branch from now on (loaded again on the next request)."""

@@ -1,4 +1,5 @@
-"""The workspace: a folder with ``workspace.json`` listing attached packs and which are plugged in.
+"""The workspace: a folder with ``workspace.json`` listing attached packs, which are plugged in,
+and which have their knowledge plugin switched on.
 
 The file is versioned (``version``) and migrated on load; an unreadable file is kept
 aside as ``workspace.json.bad`` and a clear message is raised, so nothing is lost.
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-WORKSPACE_VERSION = 2
+WORKSPACE_VERSION = 3
 FILE_NAME = "workspace.json"
 
 
@@ -23,6 +24,13 @@ class WorkspaceError(ValueError):
 class PackRef:
     path: str
     plugged: bool = True
+    plugin: bool = False  # the pack's knowledge plugin (<pack>.plugin/) is plugged into the reader
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.path, "plugged": self.plugged}
+        if self.plugin:  # written only when on: files of packs without plugins stay as they were
+            d["plugin"] = True
+        return d
 
 
 @dataclass
@@ -44,6 +52,10 @@ class Workspace:
 
     def plugged(self) -> list[str]:
         return [p.path for p in self.packs if p.plugged]
+
+    def plugins(self) -> list[str]:
+        """Packs whose knowledge plugin is switched on (whether or not the pack is plugged)."""
+        return [p.path for p in self.packs if p.plugin]
 
     def find(self, path: str | Path) -> PackRef | None:
         key = _norm(path)
@@ -72,11 +84,17 @@ class Workspace:
             raise WorkspaceError(f"{path} is not attached to the workspace {self.file}")
         ref.plugged = bool(plugged)
 
+    def set_plugin(self, path: str | Path, on: bool) -> None:
+        ref = self.find(path)
+        if ref is None:
+            raise WorkspaceError(f"{path} is not attached to the workspace {self.file}")
+        ref.plugin = bool(on)
+
     # ------------------------------------------------------------------ file
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
-            "packs": [{"path": p.path, "plugged": p.plugged} for p in self.packs],
+            "packs": [p.to_dict() for p in self.packs],
             "current": self.current,
             "reader": self.reader,
             "dpm_branch": self.dpm_branch,
@@ -100,7 +118,8 @@ class Workspace:
             if not isinstance(data, dict):
                 raise ValueError("top level is not an object")
             data = migrate(data)
-            packs = [PackRef(str(p["path"]), bool(p.get("plugged", True))) for p in data.get("packs", [])]
+            packs = [PackRef(str(p["path"]), bool(p.get("plugged", True)), _flag(p.get("plugin", False), "plugin"))
+                     for p in data.get("packs", [])]
             reader, branch = _opt_str(data.get("reader")), _opt_str(data.get("dpm_branch"))
         except (ValueError, KeyError, TypeError) as exc:
             bad = f.with_suffix(".json.bad")
@@ -115,7 +134,7 @@ class Workspace:
 
 def migrate(d: dict[str, Any]) -> dict[str, Any]:
     """Older workspace files: version 0 was a bare list of pack paths under "attached";
-    version 1 had no reader / DPM branch (the defaults)."""
+    version 1 had no reader / DPM branch (the defaults); version 2 had no knowledge plugins (all off)."""
     v = int(d.get("version", 0))
     if v < 1:
         plugged = set(d.get("plugged", []))
@@ -125,6 +144,11 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
         d.setdefault("reader", None)
         d.setdefault("dpm_branch", None)
         v = 2
+    if v < 3:
+        for p in d.get("packs", []):
+            if isinstance(p, dict):
+                p.setdefault("plugin", False)
+        v = 3
     if v > WORKSPACE_VERSION:
         raise ValueError(f"made by a newer PlugMem Studio (version {v}; this one reads up to {WORKSPACE_VERSION})")
     d["version"] = v
@@ -141,3 +165,43 @@ def _opt_str(v: Any) -> str | None:
     if not isinstance(v, str):
         raise ValueError(f"expected a folder path, got {type(v).__name__}")
     return v
+
+
+def _flag(v: Any, what: str) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{what} must be true or false, got {v!r}")
+    return v
+
+
+def plugin_folder(pack_path: str | Path) -> Path:
+    """Where the pack's knowledge plugin lives (``<pack>.plugin/``, the engine's default)."""
+    from engine.plugins.mapping import default_plugin_dir
+
+    return default_plugin_dir(pack_path)
+
+
+def plugin_status(pack_path: str | Path) -> tuple[bool, str]:
+    """Whether the pack has a trained knowledge plugin, and a sentence saying which (or why not).
+
+    Reads only the plugin's ``config.json`` (cheap: called for every pack on refresh).
+    """
+    from engine.plugins.errors import PluginError
+    from engine.plugins.mapping import read_plugin_config
+
+    folder = plugin_folder(pack_path)
+    if not (folder / "config.json").is_file():
+        return False, (f"No knowledge plugin trained for this pack yet (none in {folder}): "
+                       "right-click the pack → Map-tune plugin…")
+    try:
+        meta = read_plugin_config(folder)
+    except PluginError as exc:
+        return False, f"The knowledge plugin cannot be used: {exc}"
+    reader = (meta.get("reader") or {}).get("name", "?")
+    training = meta.get("training") or {}
+    bits = [f"{int(meta.get('entities', 0)):,} entities", f"for the reader {reader}"]
+    if training.get("steps_done"):
+        n = int(training["steps_done"])
+        bits.append(f"{n:,} training step{'' if n == 1 else 's'}")
+    if isinstance(training.get("best_val_loss"), (int, float)):
+        bits.append(f"validation mention loss {training['best_val_loss']:.3f}")
+    return True, f"Knowledge plugin {meta.get('name') or folder.name!r} in {folder}: " + ", ".join(bits)

@@ -3,20 +3,23 @@ the CLI and the benchmarks) on a chosen file with the plugged packs; see the fig
 with and without memory, per relation, as a table and a bar chart; past runs are kept
 in the workspace (``evaluations.jsonl``) and several can be compared.
 
-Runs happen on the model thread (after any question being answered), report progress
-here and can be cancelled. An edit evaluation edits the plugged packs through their
-writers and undoes every edit at the end; the packs refuse the user's edits meanwhile.
+Each run is a job of the Jobs panel (progress, ETA, log, cancel; kept in past jobs,
+'interrupted' if the app went away under it) that runs on the model thread, after any
+question being answered, so the GUI never waits. Its progress shows here too. An edit
+evaluation edits the plugged packs through their writers and undoes every edit at the
+end, also when cancelled; the packs refuse the user's edits meanwhile. The wrong answers
+of a run are listed with their first line (the full continuation in the tooltip), as in
+"Ask and explain".
 """
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -36,13 +39,13 @@ from PySide6.QtWidgets import (
 )
 
 from app.context import AppContext
-from app.evaluations import EvalRun, EvalStore
+from app.notifier import is_user_error
+from app.evaluations import EvalRequest, EvalRun, EvalStartError, EvalStore, JOB_KINDS, start_evaluation
 
 log = logging.getLogger(__name__)
 
 WITH = QColor(47, 123, 216)
 WITHOUT = QColor(150, 150, 150)
-PROGRESS_EVERY_S = 0.1
 MODES = [("Memory branch (dpm)", "dpm"), ("In the context", "context"), ("No memory", "none")]
 DEMO_FILES = [("probes_heldout.jsonl", "held-out probes"), ("probes_train.jsonl", "training probes"),
               ("edits.jsonl", "edits")]
@@ -79,12 +82,6 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-class _Relay(QObject):
-    """Progress from the model thread, delivered on the GUI thread (queued signal)."""
-
-    progress = Signal(float, str)
-
-
 class EvaluationView(QWidget):
     run_finished = Signal(object)  # EvalRun
     run_failed = Signal(str)
@@ -95,9 +92,8 @@ class EvaluationView(QWidget):
         self.ctx = ctx
         self.store = EvalStore(ctx.workspace.folder)
         self.runs: list[EvalRun] = self.store.load()
-        self._stop: threading.Event | None = None
-        self._busy_paths: list[str] = []
-        self._gen = 0
+        self.job_id: str | None = None  # the running evaluation's job
+        self._req: EvalRequest | None = None  # and what it evaluates
         self.redraws = 0
 
         self.file = QComboBox()
@@ -184,6 +180,23 @@ class EvaluationView(QWidget):
         cl.addWidget(self.legend)
         cl.addWidget(self.plot, 1)
 
+        self.failures = QTableWidget(0, 3)
+        self.failures.setObjectName("EvalFailures")
+        self.failures.setHorizontalHeaderLabels(["prompt", "expected", "answer (first line)"])
+        self.failures.verticalHeader().setVisible(False)
+        self.failures.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.failures.setWordWrap(False)
+        fh = self.failures.horizontalHeader()
+        fh.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        fh.setStretchLastSection(True)
+        self.failures_label = QLabel("Wrong answers")
+        self.failures_label.setObjectName("FailuresLabel")
+        failures = QWidget()
+        fl = QVBoxLayout(failures)
+        fl.setContentsMargins(0, 0, 0, 0)
+        fl.addWidget(self.failures_label)
+        fl.addWidget(self.failures, 1)
+
         lower = QSplitter(Qt.Orientation.Horizontal)
         lower.addWidget(self.detail)
         lower.addWidget(chart)
@@ -192,8 +205,14 @@ class EvaluationView(QWidget):
         lower.setSizes([440, 560])
         split = QSplitter(Qt.Orientation.Vertical)
         split.setObjectName("EvalSplitter")
+        below = QSplitter(Qt.Orientation.Vertical)  # nested: the saved state of ``splitter`` keeps two panes
+        below.addWidget(lower)
+        below.addWidget(failures)
+        below.setStretchFactor(0, 3)
+        below.setStretchFactor(1, 1)
+        below.setSizes([330, 170])  # about five wrong answers visible
         split.addWidget(self.table)
-        split.addWidget(lower)
+        split.addWidget(below)
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 2)
         self.splitter = split
@@ -205,8 +224,10 @@ class EvaluationView(QWidget):
         lay.addWidget(self.status)
         lay.addWidget(split, 1)
 
-        self._relay = _Relay()
-        self._relay.progress.connect(self._progress)
+        jobs = ctx.jobs
+        jobs.progress.connect(self._job_progress)
+        for kind in JOB_KINDS.values():  # "Resume" in the Jobs panel runs the same evaluation again
+            jobs.register_rerun(kind, self._rerun)
         self.file.activated.connect(self._file_chosen)
         self.file.currentIndexChanged.connect(self._update_kind)
         self.run_btn.clicked.connect(lambda: self.run())
@@ -250,10 +271,10 @@ class EvaluationView(QWidget):
     # ------------------------------------------------------------------ running
     @property
     def running(self) -> bool:
-        return self._stop is not None
+        return self.job_id is not None
 
     def run(self, path: str | None = None) -> bool:
-        """Start an evaluation of ``path`` (else the chosen file). False, with a message, if it cannot start."""
+        """Start an evaluation of ``path`` (else the chosen file) as a job. False, with a message, if it cannot start."""
         if self.running:
             return False
         if path:
@@ -262,85 +283,80 @@ class EvaluationView(QWidget):
         if not path:
             self._message("Choose a probe or edit file first.", error=True)
             return False
-        kind = detect_kind(path)
-        mode, k, limit = self.mode.currentData(), self.k.value(), self.limit.value() or None
-        mems, skipped = self.ctx.plugged_memories() if mode != "none" or kind == "edits" else ([], [])
-        if kind == "edits" and not mems:
-            self._message("An edit evaluation edits the plugged packs (and undoes its edits after): plug one in first.",
-                          error=True)
+        req = EvalRequest(str(path), detect_kind(path), self.mode.currentData(), self.k.value(), self.limit.value() or None)
+        try:
+            self.start(req)
+        except EvalStartError as exc:
+            self._message(str(exc), error=True)
             return False
-        locality = Path(path).with_name("probes_heldout.jsonl") if kind == "edits" else None
-        stop = threading.Event()
-        self._stop = stop
-        self._gen += 1
-        gen = self._gen
-        if kind == "edits":
-            self._busy_paths = [m.path for m in mems]
-            for p in self._busy_paths:
-                self.ctx.set_busy(p, True, "evaluating edits")
-        relay = self._relay
-        last = [0.0]
+        return True
 
-        def progress(fraction: float, message: str = "", **_: Any) -> None:
-            now = time.monotonic()
-            if now - last[0] >= PROGRESS_EVERY_S or fraction >= 1.0:
-                last[0] = now
-                relay.progress.emit(float(fraction), str(message))
-
-        def task(model):
-            from engine.evaluate import evaluate_edits, evaluate_probes, read_edits, read_probes
-
-            used, note = mode, ""
-            if mode == "dpm" and model.branch is None:
-                used, note = "context", "No memory branch for this reader: evaluated with the entries in the context."
-            predictor = model.predictor
-            if kind == "edits":
-                loc = read_probes(locality) if locality is not None and locality.is_file() else []
-                res = evaluate_edits(predictor, mems, read_edits(path), loc, used, k=k, limit=limit,
-                                     progress=progress, should_stop=stop.is_set)
-            else:
-                res = evaluate_probes(predictor, mems, read_probes(path), used, k=k, limit=limit,
-                                      progress=progress, should_stop=stop.is_set)
-            return res, used, note, model.describe()
-
+    def start(self, req: EvalRequest) -> str:
+        """Start ``req`` as a job (EvalStartError when it cannot start); returns the job id."""
+        if self.running:
+            raise EvalStartError("An evaluation is already running: wait for it or cancel it first.")
+        jid = start_evaluation(self.ctx, req, self._ended)
+        self.job_id, self._req = jid, req
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.bar.setValue(0)
+        self.bar.setFormat("starting…")
         self.bar.setVisible(True)
-        note = ("Left out: " + "; ".join(skipped) + ". ") if skipped else ""
-        host = self.ctx.model
-        self._message(note + ("Loading the reader, then evaluating…" if host.state != "ready" else "Evaluating…"))
-        host.submit(task, lambda res: self._done(gen, kind, path, k, limit, mems, res, note),
-                    on_error=lambda exc: self._failed(gen, exc), what="Evaluating")
-        return True
+        loading = self.ctx.model.state != "ready"
+        self._message(f"{'Loading the reader, then evaluating' if loading else 'Evaluating'} as job #{jid} "
+                      "(see the Jobs panel)…")
+        return jid
+
+    def _rerun(self, config: dict) -> str:
+        req = EvalRequest.from_config(config)
+        self.set_file(req.file)
+        return self.start(req)
 
     def cancel(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
+        """Stop the running evaluation at its next batch (its edits are undone); nothing is kept."""
+        if self.job_id is not None and self.ctx.jobs.cancel(self.job_id):
             self.cancel_btn.setEnabled(False)
-            self._message("Cancelling…")
+            self._message("Cancelling at the next batch…")
 
-    def _progress(self, fraction: float, message: str) -> None:
-        if self.running:
-            self.bar.setValue(int(fraction * 1000))
-            self.bar.setFormat(f"{fraction * 100:.0f}%  {message}")
+    def _job_progress(self, jid: str, fraction: float, message: str, eta, metrics) -> None:
+        if jid != self.job_id:
+            return
+        from app.views.jobs_panel import fmt_eta
+
+        left = fmt_eta(eta)
+        self.bar.setValue(int(fraction * 1000))
+        self.bar.setFormat(f"{fraction * 100:.0f}%  {message}" + (f"  · {left} left" if left else ""))
 
     def _end(self) -> None:
-        self._stop = None
-        for p in self._busy_paths:
-            self.ctx.set_busy(p, False)
-        self._busy_paths = []
+        self.job_id, self._req = None, None
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.bar.setVisible(False)
 
-    def _done(self, gen: int, kind: str, path: str, k: int, limit: int | None, mems, res, note: str) -> None:
-        if gen != self._gen:
+    def _ended(self, jid: str, status: str, outcome: Any, exc: BaseException | None) -> None:
+        """The job's end (GUI thread): keep and show the figures, or say why there are none."""
+        if jid != self.job_id:
             return
+        req = self._req
         self._end()
-        result, used, fell_back, reader = res
-        run = EvalRun(kind, str(path), used, k, [m.name for m in mems] if used != "none" or kind == "edits" else [],
-                      reader, result, limit)
+        if status == "done":
+            self._done(req, outcome)
+            return
+        if status == "cancelled":
+            text = "Evaluation cancelled; nothing was kept" + (
+                " (the edits it made were undone)." if req.kind == "edits" else ".")
+        elif exc is not None and is_user_error(exc):
+            text = str(exc)
+        elif exc is not None:
+            text = self.ctx.notifier.error("Evaluating", exc)
+        else:
+            text = f"Evaluation {status}."
+        self._message(text, error=status != "cancelled")
+        self.run_failed.emit(text)
+
+    def _done(self, req: EvalRequest, outcome: dict) -> None:
+        result, used, reader = outcome["result"], outcome["mode"], outcome["reader"]
+        run = EvalRun(req.kind, req.file, used, req.k, list(outcome.get("packs") or []), reader, result, req.limit)
         try:
             run = self.store.append(run, self.runs)
         except OSError as exc:
@@ -351,28 +367,12 @@ class EvaluationView(QWidget):
         self.table.clearSelection()
         self.table.selectRow(0)  # the new run, newest first
         self._show_selected()
-        extra = " ".join(x for x in (fell_back, note) if x)
-        restored = "" if kind != "edits" else (" Every edit was undone." if result.get("restored") else
-                                               " Warning: some edited entries were not restored; check their history.")
+        extra = outcome.get("note") or ""
+        restored = "" if req.kind != "edits" else (" Every edit was undone." if result.get("restored") else
+                                                   " Warning: some edited entries were not restored; check their history.")
         self._message(f"Done in {result.get('seconds', 0):.1f} s.{restored} {extra}".strip(),
-                      error=kind == "edits" and not result.get("restored"))
+                      error=req.kind == "edits" and not result.get("restored"))
         self.run_finished.emit(run)
-
-    def _failed(self, gen: int, exc: BaseException) -> None:
-        if gen != self._gen:
-            return
-        self._end()
-        from app.notifier import is_user_error
-        from engine.jobs.progress import JobCancelled
-
-        if isinstance(exc, JobCancelled):
-            text = "Evaluation cancelled; nothing was kept (edits made by it were undone)."
-        elif is_user_error(exc):
-            text = str(exc)
-        else:
-            text = self.ctx.notifier.error("Evaluating", exc)
-        self._message(text, error=not isinstance(exc, JobCancelled))
-        self.run_failed.emit(text)
 
     def _message(self, text: str, error: bool = False) -> None:
         self.status.setProperty("error", error)
@@ -409,7 +409,44 @@ class EvaluationView(QWidget):
     def _show_selected(self) -> None:
         runs = self.selected_runs()
         self._fill_detail(runs[0] if len(runs) == 1 else None, runs)
+        self._fill_failures(runs[0] if len(runs) == 1 else None)
         self._draw(runs)
+
+    def _fill_failures(self, run: EvalRun | None) -> None:
+        """The run's wrong answers (the engine keeps the first 10): prompt, expected, the answer's
+        first line — the whole continuation, and what was retrieved, in the tooltip."""
+        from app.views.explain import first_line
+
+        t = self.failures
+        fails = [f for f in ((run.result.get("failures") or []) if run is not None else []) if isinstance(f, dict)]
+        t.setRowCount(len(fails))
+        for row, f in enumerate(fails):
+            got = str(f.get("got", ""))
+            expected = str(f.get("new") if run.kind == "edits" else f.get("answer", ""))
+            shown = first_line(got) or "(empty answer)"
+            retrieved = [str(x) for x in f.get("retrieved") or []]
+            tip = f"Full answer:\n{got}" + ("\n\nRetrieved:\n" + "\n".join(f"• {x}" for x in retrieved) if retrieved else "")
+            for col, text in enumerate((str(f.get("prompt", "")), expected, shown)):
+                item = QTableWidgetItem(text)
+                item.setToolTip(tip if col == 2 else text)
+                t.setItem(row, col, item)
+        t.setColumnWidth(0, min(max(t.sizeHintForColumn(0), 160), 420))
+        t.setColumnWidth(1, min(max(t.sizeHintForColumn(1), 90), 240))
+        if run is None:
+            self.failures_label.setText("Wrong answers (select one run)")
+        elif not fails:
+            self.failures_label.setText("Wrong answers: none" if run.result.get("n") else "Wrong answers")
+        else:
+            n_wrong = self._wrong_count(run)
+            more = f" (the first {len(fails)} of {n_wrong})" if n_wrong and n_wrong > len(fails) else ""
+            self.failures_label.setText(f"Wrong answers{more} — hover an answer for the whole continuation")
+
+    @staticmethod
+    def _wrong_count(run: EvalRun) -> int | None:
+        r = run.result
+        acc = r.get("efficacy") if run.kind == "edits" else r.get("accuracy")
+        n = r.get("n")
+        return round(n * (1 - acc)) if isinstance(n, int) and isinstance(acc, (int, float)) else None
 
     def _fill_detail(self, run: EvalRun | None, runs: list[EvalRun]) -> None:
         t = self.detail

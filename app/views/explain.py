@@ -27,13 +27,15 @@ from PySide6.QtWidgets import (
     QSpinBox,
     QSplitter,
     QTableView,
+    QTableWidget,
+    QTableWidgetItem,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from app.context import AppContext
-from app.models.explanation_table import COLUMNS, ExplanationTableModel
+from app.models.explanation_table import BAR_ROLE, COLUMNS, ExplanationTableModel
 from app.views.bars import BarDelegate
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,7 @@ class ExplainPanel(QWidget):
         answers.addWidget(self.without_box, 1)
         self.verdict = QLabel()
         self.verdict.setObjectName("Verdict")
+        self._build_plugin_box()
 
         self.model = ExplanationTableModel(self)
         self.table = QTableView()
@@ -169,6 +172,7 @@ class ExplainPanel(QWidget):
         tl.addLayout(row2)
         tl.addLayout(answers, 1)
         tl.addWidget(self.verdict)
+        tl.addWidget(self.plugin_box)
         bottom = QWidget()
         bl = QVBoxLayout(bottom)
         bl.setContentsMargins(0, 0, 0, 0)
@@ -225,6 +229,8 @@ class ExplainPanel(QWidget):
         self.verdict.setText("")
         self.with_box.setTitle("With memory")
         self.model.set_entries([])
+        self.plugin_box.setVisible(False)
+        self.injected.setRowCount(0)
 
     # ------------------------------------------------------------------ asking
     def current_mode(self) -> str:
@@ -248,6 +254,8 @@ class ExplainPanel(QWidget):
         self._pending = True
         self._asked = (prompt, mode, k, n)
         self._asked_plugged = list(self.ctx.workspace.plugged())
+        plugin_paths = list(self.ctx.workspace.plugins())
+        self._asked_plugins = plugin_paths
         paths = {m.name: m.path for m in mems}
         note = ""
         if mode != "none" and not mems:
@@ -260,7 +268,16 @@ class ExplainPanel(QWidget):
             used, fell_back = mode, ""
             if mode == "dpm" and model.branch is None:  # found out only now that the reader loaded
                 used, fell_back = "context", "No memory branch for this reader: answered with the entries in the context."
-            return predictor.predict(prompt, mems, mode=used, k=k, max_new_tokens=n), fell_back
+            plugins, plugin_notes = model.plugins_for(plugin_paths)  # loads missing ones; [] frees unplugged ones
+            kw = {}
+            if plugins and model.predict_takes_plugins:
+                kw["plugins"] = plugins
+            elif plugins:
+                plugin_notes.append("this engine's Predictor.predict takes no plugins= argument yet: "
+                                    "answered without knowledge plugins")
+            if plugin_notes:
+                fell_back = " ".join(x for x in (fell_back, "Knowledge plugins left out: " + "; ".join(plugin_notes) + ".") if x)
+            return predictor.predict(prompt, mems, mode=used, k=k, max_new_tokens=n, **kw), fell_back
 
         self._set_busy(True, "Loading the reader, then answering…" if host.state != "ready" else "Answering…")
         host.submit(task, lambda res: self._done(gen, res[0], paths, " ".join(x for x in (res[1], note) if x)),
@@ -286,8 +303,9 @@ class ExplainPanel(QWidget):
         mode_label = next((label for label, key, _ in MODES if key == expl.mode), expl.mode)
         packs = ", ".join(expl.packs) if expl.packs else "no pack plugged"
         self.with_box.setTitle(f"With memory — {mode_label}; {packs}")
-        self.with_text.setText(_shown(expl.answer))
-        self.without_text.setText(_shown(expl.answer_without_memory))
+        for label, answer in ((self.with_text, expl.answer), (self.without_text, expl.answer_without_memory)):
+            label.setText(_shown(answer))  # the first line; the whole continuation in the tooltip
+            label.setToolTip(answer)
         if expl.mode == "none":
             self.verdict.setText("Mode “No memory”: both answers are the bare reader's.")
         elif not expl.retrieved:
@@ -297,6 +315,7 @@ class ExplainPanel(QWidget):
         else:
             self.verdict.setText("The memory changed the answer.")
         self.model.set_entries(expl.retrieved)
+        self._show_injected(expl)
         n = len(expl.retrieved)
         self.retrieved_label.setText(f"Retrieved entries ({n}, best first) — click one to open it in the editor"
                                      if n else "Retrieved entries (none)")
@@ -385,6 +404,70 @@ class ExplainPanel(QWidget):
         if self.explanation is not None and self.ctx.workspace.plugged() != self._asked_plugged:
             self.stale.setText("The plugged packs changed since this answer: press “Ask again”.")
             self.stale.setVisible(True)
+        elif self.explanation is not None and self.ctx.workspace.plugins() != getattr(self, "_asked_plugins", []):
+            self.stale.setText("The plugged knowledge plugins changed since this answer: press “Ask again”.")
+            self.stale.setVisible(True)
+
+    # ------------------------------------------------------------------ knowledge plugins
+    def _build_plugin_box(self) -> None:
+        """Injected entities of the knowledge plugins (mention → entity, leave-one-out bar) and
+        the answer without the plugins; shown only when plugins took part in the answer."""
+        self.plugin_box = QGroupBox("Knowledge plugins")
+        self.plugin_box.setObjectName("PluginBox")
+        self.without_plugins_text = QLabel()
+        self.without_plugins_text.setObjectName("AnswerWithoutPlugins")
+        self.without_plugins_text.setWordWrap(True)
+        self.without_plugins_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.injected = QTableWidget(0, 3)
+        self.injected.setObjectName("InjectedTable")
+        self.injected.setHorizontalHeaderLabels(["plugin", "mention → entity", "leave-one-out"])
+        self.injected.horizontalHeaderItem(2).setToolTip(
+            "Change of the answer's log-probability when this injected entity vector is left out: "
+            "positive = it supported the answer.")
+        self.injected.verticalHeader().setVisible(False)
+        self.injected.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.injected.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.injected.setItemDelegateForColumn(2, BarDelegate(self.injected))
+        ih = self.injected.horizontalHeader()
+        ih.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.injected.setColumnWidth(0, 110)
+        self.injected.setColumnWidth(2, 120)
+        self.injected.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 10)
+        self.injected.setMaximumHeight(6 * (self.fontMetrics().height() + 10))
+        lay = QVBoxLayout(self.plugin_box)
+        lay.addWidget(self.without_plugins_text)
+        lay.addWidget(self.injected)
+        self.plugin_box.setVisible(False)
+
+    def _show_injected(self, expl) -> None:
+        plugins = list(getattr(expl, "plugins", None) or [])
+        injected = list(getattr(expl, "injected", None) or [])
+        self.injected.setRowCount(0)
+        self.plugin_box.setVisible(bool(plugins))
+        if not plugins:
+            return
+        self.plugin_box.setTitle(f"Knowledge plugins — {', '.join(plugins)}; {len(injected)} entity vector(s) injected")
+        without = getattr(expl, "answer_without_plugins", None)
+        if without is None:
+            self.without_plugins_text.setText("Answer without plugins: (not computed)")
+        else:
+            same = without.strip() == expl.answer.strip()
+            self.without_plugins_text.setText(f"Answer without plugins: {_shown(without)}"
+                                              + ("  (the plugins did not change it)" if same else "  (the plugins changed it)"))
+        vals = [abs(float(i.loo_delta)) for i in injected if getattr(i, "loo_delta", None) is not None]
+        scale = max(vals) if vals else 0.0
+        self.injected.setRowCount(len(injected))
+        for row, inj in enumerate(injected):
+            self.injected.setItem(row, 0, QTableWidgetItem(str(getattr(inj, "plugin", ""))))
+            ent = f"{getattr(inj, 'mention', '')} → {getattr(inj, 'entity', '')}"
+            it = QTableWidgetItem(ent)
+            it.setToolTip(f"{ent} (entity #{getattr(inj, 'entity_id', '?')})")
+            self.injected.setItem(row, 1, it)
+            d = getattr(inj, "loo_delta", None)
+            cell = QTableWidgetItem("–" if d is None else f"{float(d):+.3f}")
+            if d is not None:
+                cell.setData(BAR_ROLE, (float(d), scale, True))
+            self.injected.setItem(row, 2, cell)
 
     # ------------------------------------------------------------------ entries
     def _clicked(self, index) -> None:
@@ -429,8 +512,19 @@ class ExplainPanel(QWidget):
         self.ctx.notifier.info(f"Explanation saved to {dest}")
 
 
+def first_line(answer: str) -> str:
+    """An answer as the user reads it: the continuation up to its first line break.
+
+    The reader keeps generating after it has answered (a new line, a next question, a
+    list); the probe rule judges only the start, so that is what is shown. Leading white
+    space (line breaks included) is skipped first. The full text stays in the records.
+    """
+    lines = answer.lstrip().splitlines()
+    return lines[0].rstrip() if lines else ""
+
+
 def _shown(answer: str) -> str:
-    a = answer.strip()
+    a = first_line(answer)
     return a if a else "(empty answer)"
 
 

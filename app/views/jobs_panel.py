@@ -27,12 +27,11 @@ from PySide6.QtWidgets import (
 )
 
 from app.context import AppContext
-from app.jobs import _get
+from app.jobs import _get, is_in_app
 
 log = logging.getLogger(__name__)
 
 REDRAW_MS = 100  # <= 10 redraws per second
-RESUMABLE = {"interrupted", "cancelled", "failed", "killed", "error"}
 
 
 def fmt_eta(seconds: float | None) -> str:
@@ -235,15 +234,19 @@ class JobsPanel(QWidget):
         self.plot.setVisible(bool(pts))
         if pts:
             xs, ys = zip(*pts)
+            self.plot.setLabel("bottom", live.loss_unit)
             self.curve.setData(list(xs), list(ys))
             self.redraws += 1
 
     def _update_buttons(self) -> None:
         jid = self.selected_id()
         running = jid in self.jobs.live if jid else False
-        status = str(_get(self._records.get(jid), "status", "")) if jid else ""
+        rec = self._records.get(jid) if jid else None
         self.cancel_btn.setEnabled(running)
-        self.resume_btn.setEnabled(bool(jid) and not running and status in RESUMABLE)
+        self.resume_btn.setEnabled(bool(jid) and not running and rec is not None and self.jobs.can_resume(rec))
+        self.resume_btn.setToolTip(
+            "Run this evaluation again from the start (it keeps no checkpoint)" if rec is not None and is_in_app(rec)
+            else "Continue an interrupted or cancelled job from its last checkpoint")
 
     # ------------------------------------------------------------------ actions
     def cancel_selected(self) -> None:

@@ -1,4 +1,5 @@
-"""Workspace side panel: attached packs (checkbox = plugged in), counts, encoder; pack actions."""
+"""Workspace side panel: attached packs (checkbox = plugged in), each pack's knowledge plugin
+(checkbox, enabled when one is trained), counts, encoder; pack actions and a context menu."""
 from __future__ import annotations
 
 import logging
@@ -7,9 +8,11 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QFileDialog,
     QGridLayout,
     QHeaderView,
+    QMenu,
     QMessageBox,
     QToolButton,
     QTreeWidget,
@@ -19,17 +22,22 @@ from PySide6.QtWidgets import (
 )
 
 from app.context import AppContext
+from app.workspace import WorkspaceError, plugin_status
 
 log = logging.getLogger(__name__)
 
 PATH_ROLE = Qt.ItemDataRole.UserRole
 IMPORT_FILTER = "Corpus files (*.jsonl *.csv *.txt *.md);;All files (*)"
+PLUGIN_COL = 3  # logical column of the plugin checkbox (shown second, beside the pack's name)
 
 
 class WorkspacePanel(QWidget):
     import_started = Signal(str, str)  # pack path, job id
     check_done = Signal(str, dict)  # pack path, report
     counts_updated = Signal(str)  # pack path
+    plugin_toggled = Signal(str, bool)  # pack path, knowledge plugin on
+    map_tune_requested = Signal(str)  # pack path (context menu)
+    entities_requested = Signal(str)  # pack path (context menu)
 
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -39,14 +47,22 @@ class WorkspacePanel(QWidget):
 
         self.tree = QTreeWidget()
         self.tree.setObjectName("PackList")
-        self.tree.setColumnCount(3)
-        self.tree.setHeaderLabels(["Pack", "Entries", "Encoder"])
+        self.tree.setColumnCount(4)
+        self.tree.setHeaderLabels(["Pack", "Entries", "Encoder", "Plugin"])
+        self.tree.headerItem().setToolTip(0, "Tick a pack to plug its memory into the model")
+        self.tree.headerItem().setToolTip(PLUGIN_COL, "Tick to plug the pack's knowledge plugin (map-tuned entity "
+                                                      "vectors) into the reader; enabled once a plugin is trained")
         self.tree.setRootIsDecorated(False)
         self.tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.tree.header().setStretchLastSection(False)
         self.tree.header().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
         self.tree.header().setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        self.tree.header().setSectionResizeMode(PLUGIN_COL, QHeaderView.ResizeMode.ResizeToContents)
+        self.tree.header().moveSection(PLUGIN_COL, 1)  # Pack | Plugin | Entries | Encoder
+        self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.tree.customContextMenuRequested.connect(self._context_menu)
+        self._plugin_boxes: dict[str, QCheckBox] = {}
         self.tree.header().setMinimumSectionSize(40)
         self.setMinimumWidth(280)
 
@@ -109,11 +125,13 @@ class WorkspacePanel(QWidget):
                 it = self.item_for(ref.path)
                 it.setCheckState(0, Qt.CheckState.Checked if ref.plugged else Qt.CheckState.Unchecked)
                 self._fill_counts(it)
+                self._fill_plugin(ref.path)
             self._filling = False
             self._update_buttons()
             return
         self._filling = True
         self.tree.clear()
+        self._plugin_boxes.clear()
         current = None
         for ref in self.ctx.workspace.packs:
             it = QTreeWidgetItem([Path(ref.path).stem, "", ""])
@@ -122,6 +140,12 @@ class WorkspacePanel(QWidget):
             it.setCheckState(0, Qt.CheckState.Checked if ref.plugged else Qt.CheckState.Unchecked)
             it.setToolTip(0, ref.path)
             self.tree.addTopLevelItem(it)
+            box = QCheckBox()
+            box.setObjectName("PluginBox")
+            box.toggled.connect(lambda on, p=ref.path: self._plugin_changed(p, on))
+            self._plugin_boxes[ref.path] = box
+            self.tree.setItemWidget(it, PLUGIN_COL, box)
+            self._fill_plugin(ref.path)
             self._fill_counts(it)
             if ref.path == self.ctx.current:
                 current = it
@@ -191,6 +215,65 @@ class WorkspacePanel(QWidget):
 
         self.ctx.reads.submit(path, lambda pack: (pack.count("active"), pack.count("disabled")), done,
                               on_error=lambda exc: log.warning("counts of %s: %s", path, exc))
+
+    # ------------------------------------------------------------------ knowledge plugins
+    def plugin_box(self, path: str) -> QCheckBox | None:
+        return self._plugin_boxes.get(path)
+
+    def refresh_plugins(self) -> None:
+        """Look again for trained plugins beside the packs (after a map-tuning job)."""
+        for ref in self.ctx.workspace.packs:
+            self._fill_plugin(ref.path)
+
+    def _fill_plugin(self, path: str) -> None:
+        box = self._plugin_boxes.get(path)
+        ref = self.ctx.workspace.find(path)
+        if box is None or ref is None:
+            return
+        available, text = plugin_status(path)
+        box.blockSignals(True)
+        box.setChecked(bool(ref.plugin) and available)
+        box.blockSignals(False)
+        box.setEnabled(available)
+        tip = text
+        if ref.plugin and not available:
+            tip += " (it was switched on: it comes back on when the plugin is there again)"
+        box.setToolTip(tip)
+
+    def _plugin_changed(self, path: str, on: bool) -> None:
+        """Plug or unplug the pack's knowledge plugin: saved with the workspace; the model host
+        loads it on its own thread (see MainWindow)."""
+        try:
+            self.ctx.workspace.set_plugin(path, on)
+        except WorkspaceError as exc:
+            self.ctx.notifier.error("Plugging the knowledge plugin", exc)
+            return
+        try:
+            self.ctx.workspace.save()
+        except OSError as exc:
+            self.ctx.notifier.error("Saving the workspace", exc)
+        self.plugin_toggled.emit(path, on)
+        self.ctx.workspace_changed.emit()
+
+    def _context_menu(self, pos) -> None:
+        it = self.tree.itemAt(pos)
+        if it is None:
+            return
+        self.tree.setCurrentItem(it)
+        self.context_menu(it.data(0, PATH_ROLE)).popup(self.tree.viewport().mapToGlobal(pos))
+
+    def context_menu(self, path: str) -> QMenu:
+        """The pack's menu: entities, map-tuning, and the panel's pack actions."""
+        m = QMenu(self)
+        busy = self.ctx.is_busy(path)
+        m.addAction("Entities and triples", lambda: self.entities_requested.emit(path))
+        m.addAction("Map-tune plugin…", lambda: self.map_tune_requested.emit(path))
+        m.addSeparator()
+        for key in ("import", "export", "check", "detach"):
+            b = self.buttons[key]
+            a = m.addAction(b.text(), b.click)
+            a.setEnabled(not busy)
+        return m
 
     def _item_changed(self, it: QTreeWidgetItem, column: int) -> None:
         if self._filling or column != 0:

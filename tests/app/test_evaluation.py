@@ -1,6 +1,8 @@
-"""Evaluation view on a tiny reader: probe and edit evaluations run off the GUI thread,
-show per-relation figures with and without memory in a table and a chart, are kept
-for comparison, can be cancelled; an edit evaluation leaves the pack as it was."""
+"""Evaluation view on a tiny reader: probe and edit evaluations run as jobs of the Jobs
+panel (progress, ETA, log, cancel, re-run; 'interrupted' when the app closes under them),
+off the GUI thread, show per-relation figures with and without memory in a table and a
+chart, are kept for comparison; an edit evaluation leaves the pack as it was, also when
+cancelled."""
 from __future__ import annotations
 
 import json
@@ -127,3 +129,173 @@ def test_bad_file_gives_a_clear_inline_message(qtbot, view, tmp_path):
         v.run(str(bad))
     assert "bad.jsonl:2" in sig.args[0] and "Traceback" not in sig.args[0]
     assert v.status.property("error") and v.runs == []
+
+
+def many_probes(n=400):
+    return [dict(PROBES[i % 4], prompt=f"{PROBES[i % 4]['prompt']} (variant {i})") for i in range(n)]
+
+
+def job_row(panel, jid):
+    row = panel._rows.index(jid)
+    return (panel.table.item(row, 0).text(), panel.table.item(row, 1).text(),
+            panel.table.cellWidget(row, 2).value() / 1000)
+
+
+@pytest.fixture
+def with_panel(view, qtbot):
+    from app.views.jobs_panel import JobsPanel
+
+    ctx, v, path = view
+    panel = JobsPanel(ctx)
+    qtbot.addWidget(panel)
+    panel.show()
+    return ctx, v, path, panel
+
+
+def test_evaluation_is_a_job_with_progress_and_its_figures_land_in_the_view(qtbot, with_panel, tmp_path):
+    ctx, v, _, panel = with_panel
+    f = write_jsonl(tmp_path / "many.jsonl", many_probes(240))
+    v.mode.setCurrentIndex(v.mode.findData("context"))
+    v.limit.setValue(0)
+    seen = []
+    ctx.jobs.progress.connect(lambda jid, frac, msg, eta, m: seen.append((jid, frac, msg, eta)))
+    with qtbot.waitSignal(v.run_finished, timeout=180_000) as sig:
+        assert v.run(str(f))
+        jid = v.job_id
+        title, status, _ = job_row(panel, jid)  # listed at once, running
+        assert "Evaluate probes:" in title and "many.jsonl" in title and status == "running"
+        assert panel.cancel_btn.isEnabled()  # the running job is selected, and can be cancelled there
+        qtbot.waitUntil(lambda: 0 < job_row(panel, jid)[2] < 1, timeout=60_000)  # live progress in the panel
+        assert v.bar.isVisible() and v.bar.value() > 0
+    run = sig.args[0]
+    assert run.result["n"] == 240 and run.mode == "context" and run.packs == ["facts"]
+    # progress went up with an ETA; the log says which pass it is in and ends with the figures
+    fracs = [fr for j, fr, _, _ in seen if j == jid]
+    assert fracs == sorted(fracs) and fracs[-1] == 1.0
+    assert any(eta is not None and eta > 0 for j, fr, _, eta in seen if j == jid and fr < 1)
+    text = panel.log_view.toPlainText()
+    assert "with memory: answered" in text and "without memory: answered" in text, text
+    assert "done: accuracy" in text
+    # past jobs: done, 100%, the full result kept in the record; the figures are in the view
+    qtbot.waitUntil(lambda: job_row(panel, jid)[1] == "done", timeout=5_000)
+    rec = ctx.jobs.record(jid)
+    assert rec.status == "done" and rec.fraction == 1.0 and rec.result["result"]["n"] == 240
+    assert v.detail.item(0, 0).text() == "all" and v.detail.item(0, 1).text() == "240"
+    assert not v.running and v.run_btn.isEnabled() and not ctx.jobs.is_running()
+    # wrong answers are listed by their first line, the whole continuation in the tooltip
+    fails = run.result["failures"]
+    assert v.failures.rowCount() == len(fails) > 0
+    got = fails[0]["got"]
+    first = got.lstrip().splitlines()[0].rstrip() if got.strip() else "(empty answer)"
+    assert v.failures.item(0, 2).text() == first and "\n" not in first
+    assert got in v.failures.item(0, 2).toolTip()
+
+
+def test_cancelled_edit_evaluation_leaves_the_pack_unchanged(qtbot, with_panel, tmp_path):
+    """Cancel while the edit is applied: the job ends 'cancelled', the view says so, and the
+    pack has the same entries, texts and undo stack as before."""
+    ctx, v, path, panel = with_panel
+    f = write_jsonl(tmp_path / "edits.jsonl", [{
+        "old_text": "Tokyo is the capital of Japan.", "new_text": "Kyoto is the capital of Japan.",
+        "prompt": "The capital of Japan is", "new": "Kyoto", "paraphrase": "Japan's capital city is", "old": "Tokyo",
+        "subject": "Japan", "relation": "geography"}])
+    long_answer = "a noble gas that glows orange red in a discharge tube and is used in signs"
+    write_jsonl(tmp_path / "probes_heldout.jsonl",  # the locality probes: a long second pass
+                [{"prompt": f"Fact {i}: neon is", "answer": long_answer, "subject": "Neon", "relation": "chemistry"}
+                 for i in range(120)])
+    reader = ctx.reader(path)
+
+    def state():
+        entries = {e.id: (e.text, e.title, e.status) for e in reader.get_many(reader.ids())}
+        stack = reader.conn.execute("SELECT id, kind, label FROM changes WHERE stack=1 AND undone=0 ORDER BY id").fetchall()
+        return reader.count(), entries, [tuple(r) for r in stack], reader.undo_label()
+
+    before = state()
+    v.mode.setCurrentIndex(v.mode.findData("context"))
+    changes = []
+
+    def on_change(p, c):
+        changes.append(c.kind)
+        if len(changes) == 1:  # the evaluation's edit is in the pack: cancel now
+            v.cancel_btn.click()
+
+    ctx.hub.changed.connect(on_change)
+    ended = []
+    v.run_failed.connect(lambda text: ended.append(text))
+    v.run_finished.connect(lambda run: ended.append(run))
+    assert v.run(str(f))
+    jid = v.job_id
+    qtbot.waitUntil(lambda: bool(ended), timeout=180_000)
+    assert isinstance(ended[0], str), "the evaluation ran to its end: it was not cancelled"
+    assert "cancelled" in ended[0] and "undone" in ended[0] and not v.status.property("error")
+    assert len(changes) == 2  # the edit, then its undo
+    assert state() == before
+    assert not ctx.is_busy(path) and v.runs == [] and v.run_btn.isEnabled()
+    qtbot.waitUntil(lambda: job_row(panel, jid)[1] == "cancelled", timeout=5_000)
+    assert ctx.jobs.record(jid).status == "cancelled"
+
+
+def test_cancelled_evaluation_runs_again_from_the_jobs_panel(qtbot, with_panel, tmp_path):
+    ctx, v, _, panel = with_panel
+    f = write_jsonl(tmp_path / "probes.jsonl", PROBES)
+    v.mode.setCurrentIndex(v.mode.findData("none"))
+    import threading
+
+    gate = threading.Event()
+    ctx.model.submit(lambda model: gate.wait(30))  # the model thread is busy (answering a question, say)
+    with qtbot.waitSignal(v.run_failed, timeout=120_000) as sig:
+        assert v.run(str(f))
+        jid = v.job_id
+        v.cancel()  # while it waits for the model thread: it stops before its first batch
+        gate.set()
+    assert "cancelled" in sig.args[0] and v.runs == []
+    qtbot.waitUntil(lambda: job_row(panel, jid)[1] == "cancelled", timeout=5_000)
+    panel.table.selectRow(panel._rows.index(jid))
+    assert panel.resume_btn.isEnabled() and "again" in panel.resume_btn.toolTip()
+    with qtbot.waitSignal(v.run_finished, timeout=120_000) as sig2:
+        panel.resume_btn.click()
+    run = sig2.args[0]
+    assert (run.file, run.mode, run.result["n"]) == (str(f.resolve()), "none", 4)
+    assert v.table.rowCount() == 1
+
+
+def test_closing_the_app_during_an_evaluation_lists_it_interrupted(qtbot, view, tmp_path):
+    ctx, v, _ = view
+    f = write_jsonl(tmp_path / "many.jsonl", many_probes(400))
+    v.mode.setCurrentIndex(v.mode.findData("none"))
+    v.limit.setValue(0)
+    assert v.run(str(f))
+    jid = v.job_id
+    qtbot.waitUntil(lambda: v.bar.value() > 0, timeout=60_000)
+    ctx.close()  # what closing the main window does
+    from engine.jobs.records import JobRecords
+
+    records = JobRecords(ctx.jobs_db)
+    try:
+        rec = records.get(jid)
+    finally:
+        records.close()
+    assert rec.status == "interrupted" and "closed" in rec.error and 0 < rec.fraction < 1
+
+
+def test_wrong_answers_show_their_first_line(qtbot, make_ctx, tmp_path):
+    """A past run whose reader went on to a new line after answering: the failures list
+    shows the first line, the tooltip the whole continuation and what was retrieved."""
+    from app.evaluations import EvalRun, EvalStore
+    from app.views.evaluation import EvaluationView
+
+    ctx = make_ctx()
+    got = "\n Lyon.\nThe capital of Italy is Rome."
+    result = {"n": 4, "accuracy": 0.75, "accuracy_without_memory": 0.25, "hit_at_k": 1.0, "seconds": 1.0,
+              "failures": [{"prompt": "The capital of France is", "answer": "Paris", "got": got,
+                            "retrieved": ["Paris is the capital of France."]}]}
+    EvalStore(ctx.workspace.folder).append(EvalRun("probes", str(tmp_path / "p.jsonl"), "context", 5, ["facts"], "tiny",
+                                                   result), [])
+    v = EvaluationView(ctx)
+    qtbot.addWidget(v)
+    assert v.failures.rowCount() == 1  # the newest run is selected at start
+    assert [v.failures.item(0, c).text() for c in range(3)] == ["The capital of France is", "Paris", "Lyon."]
+    tip = v.failures.item(0, 2).toolTip()
+    assert got in tip and "Paris is the capital of France." in tip
+    v.table.clearSelection()
+    assert v.failures.rowCount() == 0

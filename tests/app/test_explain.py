@@ -194,3 +194,31 @@ def test_export_json_and_html(qtbot, window, tmp_path):
     assert "<b>Japan</b>" not in page  # user text is escaped
     with pytest.raises(ValueError, match="choose a .json or .html"):
         p.export(tmp_path / "e.txt")
+
+
+def test_answer_boxes_show_the_first_line_and_export_keeps_the_whole(qtbot, make_ctx, small_pack, tiny_loader, tmp_path):
+    """The reader runs on after answering ("Tokyo.\\nThe capital of France is…"): the boxes show
+    the first line, the tooltip and the exported JSON the whole continuation."""
+    import dataclasses
+
+    from app.views.explain import ExplainPanel, first_line
+
+    path = str(small_pack.resolve())
+    ctx = make_ctx([path])
+    ctx.model_loader = tiny_loader
+    p = ExplainPanel(ctx)
+    qtbot.addWidget(p)
+    wait_ready(qtbot, ctx, path)
+    p.mode.setCurrentIndex(p.mode.findData("context"))
+    e = ask(qtbot, p, PROMPT)
+    # the record of that real answer, as a reader that goes on to a new line would give it
+    multi = dataclasses.replace(e, answer=" Tokyo.\nThe capital of France is Paris.\n",
+                                answer_without_memory="\n\n Kyoto\nis an old capital")
+    with qtbot.waitSignal(p.answered):
+        p._done(p._gen, multi, {"facts": path}, "")
+    assert p.with_text.text() == "Tokyo."
+    assert p.without_text.text() == "Kyoto"  # leading line breaks are skipped, then cut at the next one
+    assert p.with_text.toolTip() == multi.answer and p.without_text.toolTip() == multi.answer_without_memory
+    d = json.loads(p.export(tmp_path / "multi.json").read_text(encoding="utf-8"))
+    assert d["answer"] == multi.answer and d["answer_without_memory"] == multi.answer_without_memory
+    assert first_line("\n \n") == "" and first_line("a\r\nb") == "a"

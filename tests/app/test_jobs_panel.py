@@ -118,3 +118,35 @@ def test_train_memory_reader_job_then_dpm_mode_uses_the_new_branch(qtbot, make_c
         explain.ask()
     assert ans.args[0].mode == "dpm" and ans.args[0].retrieved
     ctx.jobs.close()
+
+
+def test_in_app_job_is_listed_like_a_process_job(qtbot, panel):
+    """A job that runs inside the app (on a thread) shows progress and its end in the panel and
+    the records; without a way to start it again, Resume stays off and says why."""
+    import threading
+
+    ctx, p = panel
+    go = threading.Event()
+
+    def run(job):
+        def work():
+            go.wait(10)
+            job.progress(0.5, "half way")
+            job.fail(ValueError("probe file has no prompts"))
+
+        threading.Thread(target=work, name="test-in-app-worker").start()
+
+    jid = ctx.jobs.start_in_app("check_things", {"file": "x.jsonl"}, run, title="Check things")
+    assert progress_of(p, jid)[1] == "running" and p.cancel_btn.isEnabled()
+    with qtbot.waitSignal(ctx.jobs.failed, timeout=10_000) as sig:
+        go.set()
+    assert sig.args == [jid, "failed: ValueError: probe file has no prompts"]
+    qtbot.waitUntil(lambda: progress_of(p, jid)[1] == "failed", timeout=5_000)
+    frac, _, msg = progress_of(p, jid)
+    assert frac == 0.5 and "no prompts" in msg
+    rec = ctx.jobs.record(jid)
+    assert rec.status == "failed" and rec.config == {"file": "x.jsonl"} and rec.pid is not None
+    p.table.selectRow(p._rows.index(jid))
+    assert not p.resume_btn.isEnabled()
+    with pytest.raises(ValueError, match="ran inside the app"):
+        ctx.jobs.resume(jid)

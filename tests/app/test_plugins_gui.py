@@ -1,0 +1,278 @@
+"""Knowledge plugins in the desktop app: the plugin checkbox beside each pack (disabled until
+a plugin is trained, saved with the workspace), the Entities tab (entities, their triples,
+importing triples through the pack's writer), the map-tune dialog starting TransE then
+map-tuning as jobs in the Jobs panel (progress, loss curve, cancel), and plugged plugins
+reaching the prediction (injected entities and the answer without plugins shown)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import Qt
+
+from tests.engine.test_plugins_fixtures import make_pack, triples, write_jsonl
+
+from .conftest import FACTS, wait_ready
+
+
+def make_plugin(pack: Path, reader, name: str = "geo") -> Path:
+    """A tiny (untrained) knowledge plugin for the pack's entities, saved where the app looks."""
+    from engine.plugins.embeddings import EntityEmbeddings
+    from engine.plugins.mapping import KnowledgePlugin, default_plugin_dir
+    from engine.store import Pack
+
+    with Pack.open(pack, readonly=True) as pk:
+        ents = pk.entities()
+    emb = EntityEmbeddings(np.array([e["id"] for e in ents]), [e["name"] for e in ents],
+                           np.random.default_rng(0).normal(size=(len(ents), 8)).astype(np.float32), "transe")
+    plugin = KnowledgePlugin.create(reader, emb, aliases={e["id"]: e["aliases"] for e in ents}, name=name)
+    return plugin.save(default_plugin_dir(pack))
+
+
+def add_triples(pack: Path, tmp_path: Path) -> None:
+    from engine.plugins.entities import import_triples
+    from engine.store import Pack
+
+    with Pack.open(pack) as pk:
+        import_triples(pk, [write_jsonl(tmp_path / "triples.jsonl", triples())])
+
+
+def test_plugin_checkbox_follows_the_trained_plugin_and_is_saved(qtbot, make_ctx, tmp_path, tiny_reader):
+    from app.views.workspace_panel import WorkspacePanel
+    from app.workspace import Workspace
+
+    pack = make_pack(tmp_path / "ws")
+    path = str(pack.resolve())
+    ctx = make_ctx([path])
+    panel = WorkspacePanel(ctx)
+    qtbot.addWidget(panel)
+    box = panel.plugin_box(path)
+    assert box is not None and not box.isEnabled() and not box.isChecked()
+    assert "No knowledge plugin" in box.toolTip() and "geo.plugmem.plugin" in box.toolTip()
+
+    make_plugin(pack, tiny_reader)
+    panel.refresh_plugins()
+    assert box.isEnabled() and not box.isChecked()
+    assert "'geo'" in box.toolTip() and "10 entities" in box.toolTip() and "tiny-llama-seed0" in box.toolTip()
+
+    with qtbot.waitSignal(panel.plugin_toggled) as sig:
+        box.click()
+    assert sig.args == [path, True]
+    saved = json.loads((ctx.workspace.folder / "workspace.json").read_text())
+    assert saved["packs"] == [{"path": path, "plugged": True, "plugin": True}]
+    assert Workspace.load(ctx.workspace.folder).plugins() == [path]
+    box.click()
+    assert Workspace.load(ctx.workspace.folder).plugins() == []
+
+    # a plugin that goes away disables the box again
+    box.click()
+    (Path(path + ".plugin") / "config.json").unlink()
+    panel.refresh_plugins()
+    assert not box.isEnabled() and not box.isChecked()
+
+
+def test_workspace_file_of_version_2_migrates_with_plugins_off(tmp_path):
+    from app.workspace import WORKSPACE_VERSION, Workspace, WorkspaceError
+
+    (tmp_path / "workspace.json").write_text(json.dumps({"version": 2, "packs": [{"path": "/a.plugmem", "plugged": True}]}))
+    ws = Workspace.load(tmp_path)
+    assert ws.version == WORKSPACE_VERSION == 3 and ws.plugins() == [] and ws.plugged() == ["/a.plugmem"]
+    (tmp_path / "workspace.json").write_text(json.dumps({"version": 3, "packs": [{"path": "/a.plugmem", "plugin": "yes"}]}))
+    with pytest.raises(WorkspaceError, match="plugin must be true or false"):
+        Workspace.load(tmp_path)
+
+
+def test_entities_tab_imports_triples_and_shows_an_entitys_triples(qtbot, make_ctx, small_pack, tmp_path):
+    from app.views.entities import EntitiesView
+    from engine.store import Pack
+
+    path = str(small_pack.resolve())
+    ctx = make_ctx([path])
+    view = EntitiesView(ctx)
+    qtbot.addWidget(view)
+    wait_ready(qtbot, ctx, path)
+    qtbot.waitUntil(lambda: "no entities yet" in view.status.text(), timeout=10_000)
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"head": "Chile", "relation": "capital", "tail": "Santiago"},
+                                               {"head": "Peru", "relation": "capital"}])
+    with qtbot.waitSignal(view.import_failed, timeout=20_000) as sig:
+        assert view.import_triples([str(bad)])
+    assert "bad.jsonl:2" in sig.args[1] and "tail" in sig.args[1]
+    assert view.status.property("error") and "Nothing was imported" in view.status.text()
+    with Pack.open(path, readonly=True) as pk:
+        assert pk.entities() == []  # the good first line was not imported either
+
+    good = write_jsonl(tmp_path / "t.jsonl", triples())
+    with qtbot.waitSignals([view.import_done, view.entities_loaded], timeout=20_000):
+        assert view.import_triples([str(good)])
+    assert view.model.rowCount() == 10 and view.count.text() == "10 entities"
+    assert view.row_names()[:3] == ["China", "France", "Germany"]  # sorted by name
+    assert "Imported t.jsonl" in view.status.text() and not view.status.property("error")
+
+    view.filter_box.setText("nip")  # an alias of Japan
+    assert view.row_names() == ["Japan"] and view.count.text() == "1 of 10 entities"
+    with qtbot.waitSignal(view.triples_shown, timeout=10_000) as sig:
+        view.table.setCurrentIndex(view.proxy.index(0, 0))
+    assert sig.args[1] == 2
+    assert view.triple_rows() == [("capital", "Tokyo"), ("region", "Asia")]
+    assert "Japan — also Nippon: 2 triple(s)" == view.entity_label.text()
+    view.filter_box.clear()
+    aliases = view.proxy.index(view.row_names().index("France"), 1).data()
+    triples_col = view.proxy.index(view.row_names().index("France"), 2).data()
+    assert aliases == "French Republic" and triples_col.startswith("4")  # capital, region, 2 borders
+
+
+@pytest.fixture
+def plugin_window(qtbot, make_ctx, small_pack, tmp_path, tiny_loader, tiny_reader):
+    from app.main_window import MainWindow
+
+    add_triples(small_pack, tmp_path)
+    make_plugin(small_pack, tiny_reader, name="facts")
+    path = str(small_pack.resolve())
+    ctx = make_ctx([path])
+    ctx.model_loader = tiny_loader
+    win = MainWindow(ctx, restore=False)
+    qtbot.addWidget(win)
+    win.show()
+    ctx.current_changed.emit(path)
+    wait_ready(qtbot, ctx, path)
+    qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS), timeout=10_000)
+    win.tabs.setCurrentWidget(win.explain)
+    yield win, path
+    win.close()
+
+
+def _ask(qtbot, panel, prompt):
+    with qtbot.waitSignal(panel.answered, timeout=60_000) as sig:
+        panel.prompt.setText(prompt)
+        qtbot.keyClick(panel.prompt, Qt.Key.Key_Return)
+    return sig.args[0]
+
+
+def test_toggling_the_plugin_changes_what_the_prediction_receives(qtbot, plugin_window):
+    win, path = plugin_window
+    p = win.explain
+    p.mode.setCurrentIndex(p.mode.findData("context"))
+    e = _ask(qtbot, p, "The currency of Japan is")
+    assert e.plugins == [] and e.injected == [] and not p.plugin_box.isVisibleTo(p)
+
+    box = win.workspace_panel.plugin_box(path)
+    assert box.isEnabled()
+    with qtbot.waitSignal(win.ctx.model.plugins_loaded, timeout=30_000) as sig:
+        box.click()  # loads the plugin on the model thread
+    assert sig.args == [{path: "facts"}, []]
+    assert "plugins: facts" in win.plugged_label.text()
+    assert p.stale.isVisibleTo(p) and "knowledge plugins changed" in p.stale.text()
+
+    e = _ask(qtbot, p, "The currency of Japan is")
+    assert e.plugins == ["facts"]
+    assert [(i.mention, i.entity) for i in e.injected] == [("Japan", "Japan")]
+    assert e.injected[0].loo_delta is not None and e.answer_without_plugins is not None
+    assert p.plugin_box.isVisibleTo(p) and p.injected.rowCount() == 1
+    assert p.injected.item(0, 1).text() == "Japan → Japan" and p.injected.item(0, 0).text() == "facts"
+    assert p.injected.item(0, 2).text() == f"{e.injected[0].loo_delta:+.3f}"
+    assert p.without_plugins_text.text().startswith("Answer without plugins: ")
+
+    box.click()  # unplug: the next answer has no plugin
+    e = _ask(qtbot, p, "The currency of Japan is")
+    assert e.plugins == [] and not p.plugin_box.isVisibleTo(p)
+
+
+def test_plugin_for_another_reader_is_left_out_with_a_message(qtbot, plugin_window):
+    from engine.models.tiny import make_tiny_reader
+
+    win, path = plugin_window
+    make_plugin(Path(path), make_tiny_reader(1), name="facts")  # trained for another reader
+    p = win.explain
+    p.mode.setCurrentIndex(p.mode.findData("context"))
+    win.workspace_panel.plugin_box(path).click()
+    e = _ask(qtbot, p, "The currency of Japan is")
+    assert e.plugins == []
+    assert "Knowledge plugins left out" in p.status.text() and "tiny-llama-seed1" in p.status.text()
+
+
+@pytest.fixture
+def jobs_window(qtbot, make_ctx, tmp_path):
+    """Workspace panel + Jobs panel + the plugin trainer over a pack with triples and facts (no window)."""
+    from app.views.jobs_panel import JobsPanel
+    from app.views.map_tune import PluginTrainer
+    from app.views.workspace_panel import WorkspacePanel
+
+    pack = make_pack(tmp_path / "ws")
+    path = str(pack.resolve())
+    ctx = make_ctx([path])
+    panel, jobs = WorkspacePanel(ctx), JobsPanel(ctx)
+    qtbot.addWidget(panel)
+    qtbot.addWidget(jobs)
+    trainer = PluginTrainer(ctx)
+    yield ctx, path, panel, jobs, trainer
+
+
+def test_map_tune_dialog_starts_transe_whose_progress_reaches_the_jobs_panel_and_can_be_cancelled(qtbot, jobs_window):
+    from app.views.map_tune import MapTuneDialog
+
+    ctx, path, panel, jobs, trainer = jobs_window
+    dlg = MapTuneDialog(ctx, path)
+    qtbot.addWidget(dlg)
+    assert dlg.train_radio.isChecked() and not dlg.use_radio.isEnabled()  # no embeddings beside the pack yet
+    dlg.probes.setText(str(Path(path).parent / "missing.jsonl"))
+    dlg._accept()
+    assert dlg.error.isVisibleTo(dlg) and "missing.jsonl: no such file" in dlg.error.text()
+    assert dlg.result() == 0  # not accepted
+    dlg.probes.clear()
+    dlg.dim.setValue(8)
+    dlg.transe_epochs.setValue(100_000)  # long enough to be cancelled
+    dlg._accept()
+    assert dlg.result() == 1
+
+    with qtbot.waitSignal(trainer.job_started) as sig:
+        jid = trainer.start(path, dlg.options())
+    assert sig.args == [path, jid, "train_transe"] and trainer.is_running(path)
+    qtbot.waitUntil(lambda: jid in jobs._rows and jobs.table.cellWidget(jobs._rows.index(jid), 2).value() > 0,
+                    timeout=60_000)
+    row = jobs._rows.index(jid)
+    assert "TransE embeddings for geo" in jobs.table.item(row, 0).text()
+    assert "epoch" in jobs.table.item(row, 4).text() and "loss" in jobs.table.item(row, 4).text()
+    qtbot.waitUntil(lambda: len(ctx.jobs.live[jid].losses) >= 2, timeout=30_000)  # the loss curve's points
+
+    jobs.table.selectRow(row)
+    assert jobs.cancel_btn.isEnabled()
+    with qtbot.waitSignal(trainer.stopped, timeout=30_000) as sig:
+        jobs.cancel_selected()
+    assert sig.args == [path, "cancelled"]
+    assert not trainer.is_running(path) and list(ctx.jobs.live) == []  # the chain stopped: no map-tuning
+    assert not panel.plugin_box(path).isEnabled()
+    assert "cancelled" in ctx.notifier.history[-1][1]
+
+
+def test_map_tune_jobs_run_to_the_end_and_enable_the_plugin_checkbox(qtbot, jobs_window, tmp_path, tiny_reader):
+    from app.views.map_tune import MapTuneOptions
+
+    ctx, path, panel, jobs, trainer = jobs_window
+    ctx.workspace.reader = str(tiny_reader.save(tmp_path / "tiny-reader"))  # the job loads it in its process
+    kinds = []
+    trainer.job_started.connect(lambda p, jid, kind: kinds.append(kind))
+    trainer.plugin_ready.connect(lambda p: panel.refresh_plugins())
+    opts = MapTuneOptions(transe_dim=8, transe_epochs=3, batch=4, max_steps=2)
+    with qtbot.waitSignal(trainer.plugin_ready, timeout=240_000) as sig:
+        trainer.start(path, opts)
+    assert sig.args == [path] and kinds == ["train_transe", "map_tune"]
+    box = panel.plugin_box(path)
+    assert box.isEnabled() and "2 training steps" in box.toolTip()
+    assert (Path(path + ".embeddings") / "config.json").is_file()
+
+    # map-tuning again (on the embeddings now beside the pack) replaces the plugin, never refuses
+    from app.views.map_tune import MapTuneDialog
+
+    dlg = MapTuneDialog(ctx, path)
+    qtbot.addWidget(dlg)
+    assert dlg.use_radio.isEnabled() and "transe embeddings" in dlg.use_radio.text() and "A new run replaces it" in dlg.info.text()
+    dlg.use_radio.setChecked(True)
+    dlg.batch.setValue(4)
+    dlg.max_steps.setValue(1)
+    with qtbot.waitSignal(trainer.plugin_ready, timeout=240_000):
+        trainer.start(path, dlg.options())
+    assert kinds == ["train_transe", "map_tune", "map_tune"]
+    assert "1 training step," in box.toolTip() or box.toolTip().endswith("1 training step")
