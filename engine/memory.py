@@ -229,6 +229,10 @@ class Memory:
     def redo(self) -> Change | None:
         return self.apply(self.pack.redo())
 
+    def end_redo(self) -> int:
+        """Drop the redo stack (temporary changes undone by their maker must not be redone)."""
+        return self.pack.end_redo()
+
     # ------------------------------------------------------------------ search
     def search(self, query: str, k: int = 10) -> list[Hit]:
         """Semantic search: top-k active entries by inner product with the query's key."""

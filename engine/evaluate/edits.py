@@ -133,6 +133,8 @@ def evaluate_edits(
     finally:
         for m in reversed(applied):
             m.undo()
+        for m in {id(m): m for m in applied}.values():
+            m.end_redo()  # the measured edits must not come back with Edit > Redo
         restored = all(m.pack.get(i).text == original[(id(m), i)] for m, i in targets)
         if not restored:
             log.error("eval-edits: some entries were not restored by undo")

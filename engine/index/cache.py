@@ -131,6 +131,13 @@ def save_index(index, folder: Path, stamp: dict) -> None:
     os.replace(tmp, folder / STAMP)
 
 
+# numpy parses .npy headers with ast.literal_eval, which CPython 3.11 can break when two
+# threads parse at the same moment ("SystemError: AST constructor recursion depth
+# mismatch", cpython gh-106905): two packs opened by two threads then fail at random.
+# The arrays are read (or memory-mapped) outside Python's parser, so the lock costs little.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def _corrupt(folder: Path, msg: str) -> IndexCorruptError:
     return IndexCorruptError(f"index cache {folder}: {msg}")
 
@@ -162,7 +169,8 @@ def load_index(cls, folder: Path, stamp: dict, *, device=None, approx_threshold=
 
         def arr(name: str, dtype, shape, mmap: bool = False) -> np.ndarray:
             try:
-                a = np.load(folder / name, mmap_mode="c" if mmap else None, allow_pickle=False)
+                with _NPY_HEADER_LOCK:
+                    a = np.load(folder / name, mmap_mode="c" if mmap else None, allow_pickle=False)
             except (OSError, ValueError, EOFError) as exc:
                 raise _corrupt(folder, f"{name} is unreadable: {exc}") from exc
             if a.dtype != np.dtype(dtype) or a.shape != shape:

@@ -675,6 +675,17 @@ class Pack:
         """Redo the latest undone change; None when there is nothing to redo."""
         return self._undo_redo(undo=False, author=author)
 
+    def end_redo(self) -> int:
+        """Drop the redo stack (what a new change does): undone changes can no longer be redone.
+
+        For temporary changes undone by their maker (an edit evaluation): Edit > Redo must
+        not bring them back. Returns how many changes were dropped.
+        """
+        self._writable()
+        with self.conn:
+            cur = self.conn.execute("UPDATE changes SET undone=2 WHERE stack=1 AND undone=1")
+        return cur.rowcount
+
     def _undo_redo(self, *, undo: bool, author: str | None) -> Change | None:
         self._writable()
         row = self._top_undo() if undo else self._top_redo()

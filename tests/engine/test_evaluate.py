@@ -97,6 +97,8 @@ def test_edit_metrics_apply_measure_and_undo(predictor, zoo):
     assert sorted(e.text for e in zoo.pack.page(0, 10)) == texts
     assert zoo.pack.content_version > cv  # restored by undo, through the normal path
     assert zoo.search("Zebra facts:", k=1)[0].entry.text.endswith("Rome")
+    assert zoo.redo() is None  # Edit > Redo does not bring the counterfactual edits back
+    assert sorted(e.text for e in zoo.pack.page(0, 10)) == texts
 
 
 def read_edits_rows(rows, tmp=None):
