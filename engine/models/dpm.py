@@ -76,6 +76,10 @@ class DPMConfig:
     k: int = 5  # entries retrieved per prompt (the branch works with any k; this is the trained one)
     gate: bool = False  # an input-dependent sigmoid gate on the branch output
     match: str = "cosine"  # 'cosine' (reader-state similarity, shared) | 'learned' (per-layer q/k projections)
+    # Inference-time multiplier of every branch layer's output (1.0 while training). The
+    # trained branch is calibrated afterwards on a validation split: a larger value makes
+    # the reader follow an edited entry more often, until paraphrases and locality suffer.
+    output_scale: float = 1.0
 
     def validate(self) -> None:
         for name in ("layers", "heads", "head_dim", "max_value_tokens", "k"):
@@ -90,6 +94,9 @@ class DPMConfig:
             raise DPMError(f"DPM config: match must be one of {MATCH_MODES}, got {self.match!r}")
         if not isinstance(self.gate, bool):
             raise DPMError(f"DPM config: gate must be true or false, got {self.gate!r}")
+        if (not isinstance(self.output_scale, (int, float)) or isinstance(self.output_scale, bool)
+                or not (0.0 < float(self.output_scale) <= 100.0)):
+            raise DPMError(f"DPM config: output_scale must be a number in (0, 100], got {self.output_scale!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DPMConfig":
@@ -213,6 +220,7 @@ class _MemoryAttention(nn.Module):
         # become identity-like. Starts at 0 (the reader is unchanged until trained).
         self.copy = nn.Parameter(torch.zeros(()))
         self.gate = nn.Linear(hidden, 1) if cfg.gate else None
+        self.output_scale = float(cfg.output_scale)
 
     def attend(self, x: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """(learned) x [b, T, d]; keys [b, k, L, d]; mask [b, k, L]; scores [b, k] -> probs [b, H, T, kL]."""
@@ -230,7 +238,7 @@ class _MemoryAttention(nn.Module):
         b, k, length, d = values.shape
         mixed = torch.einsum("bhts,h->bts", probs, self.head_mix) if self.learned else probs[:, 0]  # [b, T, kL]
         read = mixed @ _rms(values).reshape(b, k * length, d)  # [b, T, d]
-        out = (self.o(read) + self.copy * read) * self.log_gain.exp()  # [b, T, d]
+        out = (self.o(read) + self.copy * read) * (self.log_gain.exp() * self.output_scale)  # [b, T, d]
         if self.gate is not None:
             out = out * torch.sigmoid(self.gate(x))
         return out

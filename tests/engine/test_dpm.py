@@ -200,11 +200,40 @@ def test_bad_branch_folders_are_reported_and_left_alone(tiny, tmp_path):
 @pytest.mark.parametrize(
     "bad, match",
     [({"layers": 0}, "layers"), ({"value_mode": "mean"}, "value_mode"), ({"heads": "4"}, "heads"), ({"colour": 1}, "unknown"),
-     ({"match": "exact"}, "match")],
+     ({"match": "exact"}, "match"), ({"output_scale": 0}, "output_scale"), ({"output_scale": "2"}, "output_scale")],
 )
 def test_bad_configs_are_named(bad, match):
     with pytest.raises(DPMError, match=match):
         DPMConfig.from_dict(bad)
+
+
+def test_output_scale_multiplies_what_the_branch_adds_and_is_saved(tiny, tmp_path):
+    b = random_branch(tiny)
+    mem = b.encode_values(tiny, [[ROME, PARIS]])
+    sc = torch.tensor([[0.9, 0.3]])
+    base = logits(tiny, PROMPT)
+
+    def added(branch):
+        with dpm.attach(tiny, branch), branch.memory(mem, sc):
+            return logits(tiny, PROMPT) - base
+
+    one = added(b)
+    dpm.save(b, tmp_path / "br")
+    meta = json.loads((tmp_path / "br" / "config.json").read_text())
+    meta["config"]["output_scale"] = 2.0  # what a calibration writes
+    (tmp_path / "br" / "config.json").write_text(json.dumps(meta))
+    scaled = dpm.load(tmp_path / "br", tiny)
+    assert scaled.config.output_scale == 2.0
+    two = added(scaled)
+    assert one.abs().max() > 1e-3
+    assert not torch.allclose(one, two, atol=1e-4)  # a stronger push on the reader
+    with dpm.attach(tiny, scaled), scaled.memory(mem.with_mask(torch.zeros_like(mem.mask)), sc):
+        assert torch.equal(logits(tiny, PROMPT), base)  # nothing plugged: still exactly the reader
+
+
+def test_the_shipped_branch_carries_its_calibration():
+    meta = json.loads((dpm.default_branch_path() / "config.json").read_text())
+    assert meta["config"]["output_scale"] == meta["calibration"]["output_scale"] > 0
 
 
 def test_more_layers_than_the_reader_has_is_refused(tiny):
