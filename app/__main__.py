@@ -17,10 +17,6 @@ from pathlib import Path
 os.environ.setdefault("QT_API", "pyside6")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# OpenMP threads that spin at every barrier take turns in scheduler quanta as soon as another
-# job (a training run, the GUI, another program) wants the same cores: a 1 s answer then takes
-# 10-30 s. Sleeping threads cost little when the machine is idle (bench/bench_threads.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger("app")
 

@@ -240,6 +240,7 @@ class AppContext(QObject):
 
             loader = self.model_loader or default_loader(self.workspace.reader, self.workspace.dpm_branch)
             self._model = ModelHost(loader, self.notifier.error)
+            self._model.competing_work = lambda: self._jobs is not None and self._jobs.process_jobs_running()
         return self._model
 
     def use_dpm_branch(self, folder: str | None) -> None:

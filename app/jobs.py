@@ -335,6 +335,10 @@ class JobWatcher(QObject):
     def is_running(self) -> bool:
         return bool(self.live)
 
+    def process_jobs_running(self) -> bool:
+        """Whether a job runs in a child process (it competes with the app's model for the cores)."""
+        return any(not isinstance(j.handle, InAppJob) for j in list(self.live.values()))
+
     # ------------------------------------------------------------------ polling
     def poll(self) -> None:
         for job in list(self.live.values()):

@@ -223,6 +223,9 @@ class ModelHost(QObject):
         self.state = "idle"
         self.error: BaseException | None = None
         self.wanted_plugins: list[str] = []  # packs whose knowledge plugin is plugged in
+        #: returns True while other work competes for the cores (a job in a child process)
+        self.competing_work: Callable[[], bool] | None = None
+        self._threads: int | None = None  # torch's thread count when nothing competes
         self._stale = False
         self._deliver.connect(self._on_deliver)
 
@@ -316,12 +319,36 @@ class ModelHost(QObject):
     def _unload(self) -> None:
         self._model = None
 
+    def _pick_threads(self) -> None:
+        """On the model thread, before each task: one torch thread while a job runs beside it.
+
+        With two busy processes on the same cores, OpenMP threads that spin at every barrier
+        take turns in scheduler quanta: an explained answer that takes 1.3 s alone took
+        26-36 s beside a training job with 2 threads, 3.5-4.4 s with one (bench/bench_threads.py).
+        Alone, all threads are used again (spinning is the fastest when nothing competes).
+        """
+        import torch
+
+        if self._threads is None:
+            self._threads = torch.get_num_threads()
+        busy = False
+        if self.competing_work is not None:
+            try:
+                busy = bool(self.competing_work())
+            except Exception:  # noqa: BLE001 - a GUI-side check must not stop a prediction
+                busy = False
+        want = 1 if busy else self._threads
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+            log.info("model thread: %d torch thread(s)%s", want, " while a job runs" if busy else "")
+
     def _run(self, fn, on_done, on_error, *, what: str) -> Future:
         with self._lock:
             self._pending += 1
 
         def job():
             try:
+                self._pick_threads()
                 res = fn(None)
             except BaseException as exc:
                 self._deliver.emit((fn, None, exc, on_done, on_error, what))

@@ -1,17 +1,19 @@
-"""Ask-and-explain latency under CPU contention: OpenMP threads that spin vs threads that sleep.
+"""Ask-and-explain latency under CPU contention: OpenMP threads that spin, sleep, or one thread.
 
-    .venv/bin/python bench/bench_threads.py [--n 6] [--threads 2]
+    .venv/bin/python bench/bench_threads.py [--n 6] [--threads 2] [--policies default,PASSIVE,one-thread]
 
 A child process answers ``--n`` held-out-relation prompts of the demo geography pack
-(real reader, shipped branch, dpm mode, k = 5, with explanation) after one warm-up,
-once with libgomp's default wait policy (threads spin at every barrier) and once with
-``OMP_WAIT_POLICY=PASSIVE`` (what ``plugmem`` and the app set unless the user set it),
-each on the machine as found (its load average is printed) and beside a competing job: another process doing
-float32 matrix products with as many threads (like a training run in the background).
+(real reader, shipped branch, dpm mode, k = 5, with explanation) after one warm-up, under
+each policy: libgomp's default (threads spin at every barrier), ``OMP_WAIT_POLICY=PASSIVE``
+(they sleep), ``spin=N`` (``GOMP_SPINCOUNT``), or ``one-thread`` (no barriers at all); each
+on the machine as found (its load average is printed) and beside a competing job: another
+process doing float32 matrix products with ``--threads`` threads (like a training run).
 
-On a 2-core machine the spinning threads of two jobs take turns in scheduler quanta:
-a linear layer that takes 0.2 ms alone then takes ~10 ms. The figures are medians of
-the per-prompt latency; the ratio is default / passive in the same condition.
+On a 2-core machine the spinning threads of two jobs take turns in scheduler quanta: a
+linear layer that takes 0.2 ms alone then takes ~10 ms. The app's model thread therefore
+drops to one torch thread while one of its jobs runs in a child process
+(app/model_host.py). Figures: medians of the per-prompt latency, and the ratio baseline /
+policy in the same condition (> 1: faster than the baseline).
 """
 from __future__ import annotations
 
@@ -63,11 +65,20 @@ while True:
 """
 
 
-def run(policy: str | None, threads: int, n: int) -> list[float]:
+def run(policy: str, threads: int, n: int) -> list[float]:
+    """policy: 'default' (libgomp spins at a barrier), 'PASSIVE', 'spin=N' (GOMP_SPINCOUNT) or 'one-thread'."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     env.pop("OMP_WAIT_POLICY", None)
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
+    env.pop("GOMP_SPINCOUNT", None)
+    if policy == "PASSIVE":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif policy.startswith("spin="):
+        env["GOMP_SPINCOUNT"] = policy[5:]
+    elif policy == "one-thread":
+        threads = 1
+        env["OMP_NUM_THREADS"] = "1"
+    elif policy != "default":
+        raise SystemExit(f"unknown policy {policy!r}")
     res = subprocess.run([sys.executable, "-c", CHILD, str(threads), str(n), str(ROOT)], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -78,7 +89,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--append", action="store_true")
+    ap.add_argument("--policies", default="default,PASSIVE,one-thread",
+                    help="comma-separated: default | PASSIVE | spin=N (GOMP_SPINCOUNT) | one-thread; the first is the baseline")
     a = ap.parse_args()
+    policies = a.policies.split(",")
     rows = []
     for cond in ("machine as found", "+ competing job"):
         burner = None
@@ -87,22 +101,22 @@ def main() -> None:
             burner = subprocess.Popen([sys.executable, "-c", LOAD, str(a.threads)], env=env)
             time.sleep(2)
         try:
-            spin = statistics.median(run(None, a.threads, a.n))
-            passive = statistics.median(run("PASSIVE", a.threads, a.n))
+            med = {p: statistics.median(run(p, a.threads, a.n)) for p in policies}
         finally:
             if burner is not None:
                 burner.kill()
                 burner.wait()
-        rows.append((f"{cond} (load {os.getloadavg()[0]:.1f})", spin, passive))
-        print(f"{cond}: default {spin * 1000:.0f} ms, passive {passive * 1000:.0f} ms, ratio {spin / passive:.2f}", flush=True)
+        rows.append((f"{cond} (load {os.getloadavg()[0]:.1f})", med))
+        print(cond, {p: f"{v * 1000:.0f} ms" for p, v in med.items()}, flush=True)
     load = os.getloadavg()[0]
     lines = [
         f"### bench_threads.py — {time.strftime('%Y-%m-%d %H:%M')} ({platform.machine()}, {os.cpu_count()} cores, "
         f"{a.threads} torch threads, load average at the end {load:.1f}; {a.n} prompts, dpm, k = 5, with explanation)",
         "",
-        "| condition | default wait policy (spin), median ms | OMP_WAIT_POLICY=PASSIVE, median ms | ratio default / passive |",
-        "|---|---|---|---|",
-    ] + [f"| {c} | {s * 1000:.0f} | {p * 1000:.0f} | {s / p:.2f} |" for c, s, p in rows]
+        "| condition | " + " | ".join(f"{p}: median ms (× vs {policies[0]})" for p in policies) + " |",
+        "|---|" + "---|" * len(policies),
+    ] + [f"| {c} | " + " | ".join(f"{m[p] * 1000:.0f} ({m[policies[0]] / m[p]:.2f})" for p in policies) + " |"
+         for c, m in rows]
     table = "\n".join(lines) + "\n"
     print(table)
     if a.append:

@@ -17,9 +17,6 @@ from typing import Any, Callable, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Sleeping (not spinning) OpenMP threads: with another job on the same cores, spinning ones
-# make a 1 s answer take 10-30 s (bench/bench_threads.py). Set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger("plugmem")
 
