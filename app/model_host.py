@@ -197,6 +197,9 @@ class _WriterPackView:
     def get(self, entry_id: int):
         return self._call(lambda m: m.pack.get(entry_id), "Reading")
 
+    def top_undo_author(self):
+        return self._call(lambda m: m.pack.top_undo_author(), "Reading")
+
 
 class ReaderUnavailable(ValueError):
     """The reader could not be loaded; the message says why (shown inline, not as a crash)."""

@@ -100,6 +100,13 @@ class PackWriter(QObject):
         self._memory = Memory.open(self.path, encoder, create=self._create, name=Path(self.path).stem,
                                    on_message=self.messages.append)
         self._create = False
+        if not self._memory.pack.readonly:
+            from engine.evaluate import undo_interrupted_evaluation
+
+            n = undo_interrupted_evaluation(self._memory)
+            if n:
+                self.messages.append(f"{Path(self.path).name}: undid {n} temporary edit(s) left by an edit "
+                                     "evaluation that was interrupted")
         return "opened"
 
     def _close_memory(self, _):

@@ -1,6 +1,6 @@
 """Evaluation shared by the GUI, the CLI and the benchmarks: fact probes and edit metrics."""
 from engine.evaluate.data import EvalDataError, Edit, Probe, is_correct, read_edits, read_probes
-from engine.evaluate.edits import evaluate_edits
+from engine.evaluate.edits import evaluate_edits, undo_interrupted_evaluation
 from engine.evaluate.probes import answer_batch, evaluate_probes
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "Probe",
     "answer_batch",
     "evaluate_edits",
+    "undo_interrupted_evaluation",
     "evaluate_probes",
     "is_correct",
     "read_edits",

@@ -50,6 +50,24 @@ def _mentions(text: str, subjects: set[str]) -> bool:
     return any(s in low for s in subjects)
 
 
+def undo_interrupted_evaluation(memory) -> int:
+    """Undo the edits an edit evaluation left behind when it was killed before undoing them.
+
+    They are the changes by :data:`AUTHOR` on top of the undo stack (an evaluation applies
+    its edits last and undoes them in a ``finally``, which a SIGKILL or power cut skips).
+    Returns how many were undone; a user's own later change stops the search, so nothing
+    of the user's is touched.
+    """
+    n = 0
+    while memory.pack.top_undo_author() == AUTHOR:
+        memory.undo()
+        n += 1
+    if n:
+        memory.end_redo()
+        log.warning("%s: undid %d edit(s) left by an interrupted edit evaluation", getattr(memory.pack, "name", "pack"), n)
+    return n
+
+
 def evaluate_edits(
     predictor: Predictor,
     memories: Sequence,
@@ -120,6 +138,8 @@ def evaluate_edits(
         return answer_batch(predictor, all_prompts, memories, mode, k=k, max_new_tokens=mnt, batch_size=batch_size,
                             progress=wrap_progress(progress, lo, hi), should_stop=should_stop, plugins=plugins)
 
+    for m in {id(m): m for m in memories}.values():
+        undo_interrupted_evaluation(m)
     before, _ = answers(0.0, 0.45)
     applied: list[Any] = []
     original = {(id(m), i): m.pack.get(i).text for m, i in targets}

@@ -476,6 +476,12 @@ class Pack:
     def can_undo(self) -> bool:
         return self._top_undo() is not None
 
+    def top_undo_author(self) -> str | None:
+        """Who made the change that Undo would undo next (None: nothing to undo, or nobody named)."""
+        row = self.conn.execute(
+            "SELECT author FROM changes WHERE stack=1 AND undone=0 ORDER BY id DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
     def can_redo(self) -> bool:
         return self._top_redo() is not None
 

@@ -235,3 +235,29 @@ def test_cli_eval_edits_and_bad_files(cli_models, zoo, tmp_path, capsys):
     code, out, err = run_cli(capsys, "eval", str(tmp_path / "none.jsonl"), "--memory", pack, "--reader", reader,
                              "--mode", "context")
     assert code == 2 and "no such file" in err
+
+
+def test_edits_left_by_a_killed_edit_evaluation_are_undone_next_time(predictor, zoo):
+    from engine.evaluate import undo_interrupted_evaluation
+    from engine.evaluate.edits import AUTHOR
+
+    texts = sorted(e.text for e in zoo.pack.page(0, 10))
+    by_text = {e.text: e.id for e in zoo.pack.page(0, 10)}
+    # What a SIGKILLed evaluation leaves: its edits applied (through the normal path), never undone.
+    zoo.edit(by_text["Zebra facts: Rome Rome Rome Rome Rome"], text="Zebra facts: Oslo Oslo Oslo Oslo Oslo", author=AUTHOR)
+    zoo.edit(by_text["Tiger facts: Lima Lima Lima Lima Lima"], text="Tiger facts: Seoul Seoul Seoul Seoul Seoul", author=AUTHOR)
+    assert sorted(e.text for e in zoo.pack.page(0, 10)) != texts
+    edits = read_edits_rows([
+        {"old_text": "Lion facts: Paris Paris Paris Paris Paris", "new_text": "Lion facts: Oslo Oslo Oslo Oslo Oslo",
+         "prompt": "Lion facts:", "new": "Oslo", "subject": "Lion"},
+    ])
+    res = evaluate_edits(predictor, [zoo], edits, (), mode="dpm", k=1)  # the next evaluation cleans up first
+    assert res["restored"] is True
+    assert sorted(e.text for e in zoo.pack.page(0, 10)) == texts
+    assert zoo.redo() is None
+
+    # A change of the user's on top is never undone for them.
+    zoo.edit(by_text["Zebra facts: Rome Rome Rome Rome Rome"], text="Zebra facts: Oslo Oslo Oslo Oslo Oslo", author=AUTHOR)
+    zoo.edit(by_text["Tiger facts: Lima Lima Lima Lima Lima"], text="Tiger facts: Lima Lima Lima Lima Oslo", author="ada")
+    assert undo_interrupted_evaluation(zoo) == 0
+    assert "Tiger facts: Lima Lima Lima Lima Oslo" in {e.text for e in zoo.pack.page(0, 10)}
