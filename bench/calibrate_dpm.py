@@ -6,9 +6,12 @@ For each scale and each demo domain (geography, chemistry), dpm mode, k = 5:
 * held-out-relation probes OUTSIDE the seeded sample bench_dpm_eval.py tests on (60 of them);
 * edits 51-100 of ``edits.jsonl`` (bench_dpm_eval.py tests on edits 1-50): efficacy,
   paraphrase generalisation, locality on 50 held-out-entity probes outside its locality sample.
-Prints one line per scale and a table; the shipped branch's config.json carries the chosen
-scale (the best mean of efficacy and paraphrase with locality >= 99 % and relation accuracy
-not below scale 1). The baseline is scale 1.0, the branch as trained.
+Also the share of correct held-out-relation answers that run on into another word
+("Tokyoarxiv": the answer is scored correct, the user sees junk). Prints one line per
+scale and a table; the shipped branch's config.json carries the chosen scale: the best
+mean of efficacy and paraphrase among scales with locality >= 99 %, relation accuracy not
+below scale 1 and no more run-on answers than scale 1. The baseline is scale 1.0, the
+branch as trained.
 """
 from __future__ import annotations
 
@@ -40,6 +43,15 @@ def excluded(n_items: int, n: int, seed: int) -> set[int]:
     if n >= n_items:
         return set(range(n_items))
     return set(random.Random(seed).sample(range(n_items), n))
+
+
+def run_on(continuation: str, answer: str) -> bool:
+    """The answer runs on into another word ("Tokyoarxiv", "+855arxiv"): what a user sees as junk."""
+    text = continuation.lstrip()
+    if not text.lower().startswith(answer.lower()):
+        return False
+    rest = text[len(answer):]
+    return bool(rest) and rest[0].isalnum()
 
 
 def split(domain: str) -> tuple[list, list, list]:
@@ -80,7 +92,8 @@ def main() -> None:
             with Memory.open(packs[domain]) as mem:
                 pr = evaluate_probes(pred, [mem], rel, "dpm", k=5, paraphrases=False)
                 ed = evaluate_edits(pred, [mem], edits, loc, "dpm", k=5, locality_limit=50)
-            res[domain] = (pr["accuracy"], ed["efficacy"], ed["generalization"], ed["locality"])
+                runon = sum(run_on(pred.predict(p.prompt, [mem], k=5, explain=False).answer, p.answer) for p in rel)
+            res[domain] = (pr["accuracy"], ed["efficacy"], ed["generalization"], ed["locality"], runon / len(rel))
         rows.append((s, res))
         print(s, {d: [round(100 * x, 1) for x in v] for d, v in res.items()}, flush=True)
 
@@ -91,12 +104,13 @@ def main() -> None:
         f"### calibrate_dpm.py — {time.strftime('%Y-%m-%d %H:%M')} ({platform.machine()}, torch {torch.__version__}; "
         f"branch {folder.name}; validation split; {time.perf_counter() - t0:.0f} s)",
         "",
-        "| output_scale | domain | held-out relations acc | edit efficacy | paraphrase | locality |",
-        "|---|---|---|---|---|---|",
+        "| output_scale | domain | held-out relations acc | edit efficacy | paraphrase | locality | answers running on |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s, res in rows:
-        for d, (acc, eff, para, loc) in res.items():
-            lines.append(f"| {s:g}{' (as trained)' if s == 1.0 else ''} | {d} | {pct(acc)} | {pct(eff)} | {pct(para)} | {pct(loc)} |")
+        for d, (acc, eff, para, loc, ro) in res.items():
+            lines.append(f"| {s:g}{' (as trained)' if s == 1.0 else ''} | {d} | {pct(acc)} | {pct(eff)} | {pct(para)} | "
+                         f"{pct(loc)} | {pct(ro)} |")
     table = "\n".join(lines) + "\n"
     print()
     print(table)
