@@ -312,6 +312,10 @@ class ExplainPanel(QWidget):
             self.verdict.setText("Nothing was retrieved: both answers are the bare reader's.")
         elif expl.answer.strip() == expl.answer_without_memory.strip():
             self.verdict.setText("The memory did not change the answer.")
+        elif first_line(expl.answer) == first_line(expl.answer_without_memory):
+            # what is shown is the same: say so, instead of "changed" beside two equal answers
+            self.verdict.setText("The memory did not change the answer (only what the reader went on to "
+                                 "write after it: see the tooltips).")
         else:
             self.verdict.setText("The memory changed the answer.")
         self.model.set_entries(expl.retrieved)

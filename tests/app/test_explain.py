@@ -222,3 +222,11 @@ def test_answer_boxes_show_the_first_line_and_export_keeps_the_whole(qtbot, make
     d = json.loads(p.export(tmp_path / "multi.json").read_text(encoding="utf-8"))
     assert d["answer"] == multi.answer and d["answer_without_memory"] == multi.answer_without_memory
     assert first_line("\n \n") == "" and first_line("a\r\nb") == "a"
+    assert p.verdict.text() == "The memory changed the answer."
+    # Two continuations that differ only after their first line: the boxes show the same answer,
+    # so the verdict must not say it changed.
+    same = dataclasses.replace(e, answer=" Tokyo.\nJapan is an island.", answer_without_memory=" Tokyo.\n\nTokyo is big")
+    with qtbot.waitSignal(p.answered):
+        p._done(p._gen, same, {"facts": path}, "")
+    assert p.with_text.text() == p.without_text.text() == "Tokyo."
+    assert p.verdict.text().startswith("The memory did not change the answer")
