@@ -10,7 +10,6 @@ loaded reader (:meth:`LoadedModel.plugins_for`), and handed to ``Predictor.predi
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,14 +93,6 @@ class LoadedModel:
         for path in set(self.plugins) - set(pack_paths):
             del self.plugins[path]
         return plugins, notes
-
-    @property
-    def predict_takes_plugins(self) -> bool:
-        """Whether this engine's ``Predictor.predict`` accepts ``plugins=``."""
-        try:
-            return "plugins" in inspect.signature(self.predictor.predict).parameters
-        except (TypeError, ValueError):  # pragma: no cover
-            return False
 
 
 def _stamp(folder: Path) -> tuple | None:

@@ -269,15 +269,9 @@ class ExplainPanel(QWidget):
             if mode == "dpm" and model.branch is None:  # found out only now that the reader loaded
                 used, fell_back = "context", "No memory branch for this reader: answered with the entries in the context."
             plugins, plugin_notes = model.plugins_for(plugin_paths)  # loads missing ones; [] frees unplugged ones
-            kw = {}
-            if plugins and model.predict_takes_plugins:
-                kw["plugins"] = plugins
-            elif plugins:
-                plugin_notes.append("this engine's Predictor.predict takes no plugins= argument yet: "
-                                    "answered without knowledge plugins")
             if plugin_notes:
                 fell_back = " ".join(x for x in (fell_back, "Knowledge plugins left out: " + "; ".join(plugin_notes) + ".") if x)
-            return predictor.predict(prompt, mems, mode=used, k=k, max_new_tokens=n, **kw), fell_back
+            return predictor.predict(prompt, mems, mode=used, k=k, max_new_tokens=n, plugins=plugins), fell_back
 
         self._set_busy(True, "Loading the reader, then answering…" if host.state != "ready" else "Answering…")
         host.submit(task, lambda res: self._done(gen, res[0], paths, " ".join(x for x in (res[1], note) if x)),
