@@ -96,6 +96,11 @@ def check_pack(path: Path, *, repair: bool = False, encoder=None, on_message: Ca
             if repair:
                 _rebuild_fts(pack)
                 repaired.append("full-text index rebuilt")
+        from engine.evaluate.edits import AUTHOR as EVAL_AUTHOR
+
+        left = pack.undo_run_by(EVAL_AUTHOR)
+        if left:
+            problems.append(f"edits: {left} temporary edit(s) of an interrupted edit evaluation are still applied")
         if encoder is None:
             from engine.encode import get_default_encoder
 
@@ -123,6 +128,14 @@ def check_pack(path: Path, *, repair: bool = False, encoder=None, on_message: Ca
                     mem.rebuild_index()
                 repaired.append(f"encoded {n:,} vectors and rebuilt the vector index")
                 pack = Pack.open(path)
+        if repair and left:
+            pack.close()
+            from engine.evaluate.edits import undo_interrupted_evaluation
+            from engine.memory import Memory
+
+            with Memory.open(path, encoder, on_message=say) as mem:
+                repaired.append(f"undid {undo_interrupted_evaluation(mem)} temporary edit(s) of an interrupted edit evaluation")
+            pack = Pack.open(path)
     finally:
         pack.close()
     ok_after = None

@@ -476,6 +476,15 @@ class Pack:
     def can_undo(self) -> bool:
         return self._top_undo() is not None
 
+    def undo_run_by(self, author: str) -> int:
+        """How many changes on top of the undo stack, in a row, ``author`` made."""
+        n = 0
+        for (who,) in self.conn.execute("SELECT author FROM changes WHERE stack=1 AND undone=0 ORDER BY id DESC"):
+            if who != author:
+                break
+            n += 1
+        return n
+
     def top_undo_author(self) -> str | None:
         """Who made the change that Undo would undo next (None: nothing to undo, or nobody named)."""
         row = self.conn.execute(

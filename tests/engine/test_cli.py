@@ -86,6 +86,22 @@ def test_check_repairs_a_corrupt_index(capsys, pack):
     assert js(capsys, "check", pack)["ok"] is True
 
 
+def test_check_finds_and_undoes_edits_left_by_a_killed_edit_evaluation(capsys, pack, encoder):
+    from engine.evaluate.edits import AUTHOR
+    from engine.memory import Memory
+
+    before = [e["text"] for e in js(capsys, "list", pack)["entries"]]
+    with Memory.open(pack, encoder) as m:  # what a SIGKILLed `plugmem eval-edits` leaves behind
+        m.edit(1, text="The capital of Nowhere is Atlantis.", author=AUTHOR)
+    code, out, _ = run(capsys, "check", pack, "--json")
+    report = json.loads(out)
+    assert code == 1 and any("interrupted edit evaluation" in p for p in report["problems"])
+    report = js(capsys, "check", pack, "--repair")
+    assert any("undid 1" in r for r in report["repaired"]) and report["ok_after_repair"] is True
+    assert [e["text"] for e in js(capsys, "list", pack)["entries"]] == before
+    assert js(capsys, "check", pack)["ok"] is True
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
