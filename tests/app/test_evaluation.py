@@ -104,6 +104,7 @@ def test_edit_evaluation_edits_then_restores_the_pack(qtbot, view, tmp_path):
     after = {e.id: e.text for e in reader.get_many(reader.ids())}
     assert after == {i: t for i, (t, _) in before.items()}
     assert changes  # the views were told (edit, then its undo)
+    assert not reader.can_redo()  # Edit > Redo cannot bring the counterfactual edit back
     assert [row for row in range(v.detail.rowCount()) if v.detail.item(row, 0).text().startswith("efficacy")]
 
 
