@@ -156,6 +156,20 @@ def wait_ready(qtbot, ctx, path, timeout: int = 60_000):
     return w
 
 
+def open_on_explain(qtbot, ctx, path):
+    """The real main window on ``path`` once its rows are shown, on the Ask-and-explain tab."""
+    from app.main_window import MainWindow
+
+    win = MainWindow(ctx, restore=False)
+    qtbot.addWidget(win)
+    win.show()
+    ctx.current_changed.emit(path)
+    wait_ready(qtbot, ctx, path)
+    qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS), timeout=10_000)
+    win.tabs.setCurrentWidget(win.explain)
+    return win
+
+
 @pytest.fixture(scope="session")
 def tiny_reader():
     """A tiny randomly initialised reader (real tokenizer): predictions in milliseconds."""

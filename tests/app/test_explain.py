@@ -11,25 +11,17 @@ import time
 import pytest
 from PySide6.QtCore import Qt
 
-from .conftest import FACTS, wait_ready
+from .conftest import FACTS, open_on_explain, wait_ready
 
 PROMPT = "Which currency do people pay with in Japan?"
 
 
 @pytest.fixture
 def window(qtbot, make_ctx, small_pack, tiny_loader):
-    from app.main_window import MainWindow
-
     path = str(small_pack.resolve())
     ctx = make_ctx([path])
     ctx.model_loader = tiny_loader
-    win = MainWindow(ctx, restore=False)
-    qtbot.addWidget(win)
-    win.show()
-    ctx.current_changed.emit(path)
-    wait_ready(qtbot, ctx, path)
-    qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS), timeout=10_000)
-    win.tabs.setCurrentWidget(win.explain)
+    win = open_on_explain(qtbot, ctx, path)
     yield win, path
     win.close()
 

@@ -14,7 +14,7 @@ from PySide6.QtCore import Qt
 
 from tests.engine.test_plugins_fixtures import make_pack, triples, write_jsonl
 
-from .conftest import FACTS, wait_ready
+from .conftest import FACTS, open_on_explain, wait_ready
 
 
 def make_plugin(pack: Path, reader, name: str = "geo") -> Path:
@@ -126,20 +126,12 @@ def test_entities_tab_imports_triples_and_shows_an_entitys_triples(qtbot, make_c
 
 @pytest.fixture
 def plugin_window(qtbot, make_ctx, small_pack, tmp_path, tiny_loader, tiny_reader):
-    from app.main_window import MainWindow
-
     add_triples(small_pack, tmp_path)
     make_plugin(small_pack, tiny_reader, name="facts")
     path = str(small_pack.resolve())
     ctx = make_ctx([path])
     ctx.model_loader = tiny_loader
-    win = MainWindow(ctx, restore=False)
-    qtbot.addWidget(win)
-    win.show()
-    ctx.current_changed.emit(path)
-    wait_ready(qtbot, ctx, path)
-    qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS), timeout=10_000)
-    win.tabs.setCurrentWidget(win.explain)
+    win = open_on_explain(qtbot, ctx, path)
     yield win, path
     win.close()
 
