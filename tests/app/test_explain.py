@@ -11,7 +11,7 @@ import time
 import pytest
 from PySide6.QtCore import Qt
 
-from .conftest import FACTS, open_on_explain, wait_ready
+from .conftest import open_on_explain, wait_ready
 
 PROMPT = "Which currency do people pay with in Japan?"
 

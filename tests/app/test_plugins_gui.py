@@ -14,7 +14,7 @@ from PySide6.QtCore import Qt
 
 from tests.engine.test_plugins_fixtures import make_pack, triples, write_jsonl
 
-from .conftest import FACTS, open_on_explain, wait_ready
+from .conftest import open_on_explain, wait_ready
 
 
 def make_plugin(pack: Path, reader, name: str = "geo") -> Path:
