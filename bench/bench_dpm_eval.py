@@ -38,6 +38,7 @@ from engine.evaluate import evaluate_edits, evaluate_probes, read_edits, read_pr
 from engine.explain import Predictor  # noqa: E402
 from engine.memory import Memory  # noqa: E402
 from engine.models import dpm, load_reader  # noqa: E402
+from bench._results import publish  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
 
 
@@ -132,12 +133,9 @@ def main() -> None:
             )
     table = "\n".join(lines) + "\n"
     print()
-    print(table)
+    publish(table, a.append)
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(report, indent=1), encoding="utf-8")
-    if a.append:
-        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + table)
 
 
 if __name__ == "__main__":

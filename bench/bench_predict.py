@@ -34,6 +34,7 @@ from engine.evaluate import is_correct, read_edits, read_probes  # noqa: E402
 from engine.explain import Predictor  # noqa: E402
 from engine.memory import Memory  # noqa: E402
 from engine.models import dpm, load_reader  # noqa: E402
+from bench._results import publish  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
 
 
@@ -114,10 +115,7 @@ def main() -> None:
         "|---|---|",
     ] + [f"| {w} | {v} |" for w, v in rows]
     table = "\n".join(lines) + "\n"
-    print(table)
-    if a.append:
-        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + table)
+    publish(table, a.append)
 
 
 if __name__ == "__main__":

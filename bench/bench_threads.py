@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._results import publish  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -118,10 +121,7 @@ def main() -> None:
     ] + [f"| {c} | " + " | ".join(f"{m[p] * 1000:.0f} ({m[policies[0]] / m[p]:.2f})" for p in policies) + " |"
          for c, m in rows]
     table = "\n".join(lines) + "\n"
-    print(table)
-    if a.append:
-        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + table)
+    publish(table, a.append)
 
 
 if __name__ == "__main__":

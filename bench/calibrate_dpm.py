@@ -35,6 +35,7 @@ from engine.evaluate import evaluate_edits, evaluate_probes, read_edits, read_pr
 from engine.explain import Predictor  # noqa: E402
 from engine.memory import Memory  # noqa: E402
 from engine.models import dpm, load_reader  # noqa: E402
+from bench._results import publish  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
 
 
@@ -113,10 +114,7 @@ def main() -> None:
                          f"{pct(loc)} | {pct(ro)} |")
     table = "\n".join(lines) + "\n"
     print()
-    print(table)
-    if a.append:
-        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + table)
+    publish(table, a.append)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("QT_API", "pyside6")
 
 from bench._corpus import DATA, sentences  # noqa: E402
+from bench._results import publish  # noqa: E402
 
 HEARTBEAT_MS = 5
 STEP_MS = 16
@@ -319,10 +320,7 @@ def main() -> int:
     reads.close()
 
     report = render(res)
-    print(report)
-    if a.append:
-        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + report + "\n")
+    publish(report, a.append)
     return 0
 
 

@@ -156,6 +156,19 @@ def wait_ready(qtbot, ctx, path, timeout: int = 60_000):
     return w
 
 
+def ask(qtbot, panel, prompt=None, again=False, timeout=60_000):
+    """Ask (or ask again) in the Ask-and-explain panel and return the Explanation it shows."""
+    from PySide6.QtCore import Qt
+
+    with qtbot.waitSignal(panel.answered, timeout=timeout) as sig:
+        if again:
+            assert panel.ask_again()
+        else:
+            panel.prompt.setText(prompt)
+            qtbot.keyClick(panel.prompt, Qt.Key.Key_Return)
+    return sig.args[0]
+
+
 def open_on_explain(qtbot, ctx, path):
     """The real main window on ``path`` once its rows are shown, on the Ask-and-explain tab."""
     from app.main_window import MainWindow

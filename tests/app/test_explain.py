@@ -11,7 +11,7 @@ import time
 import pytest
 from PySide6.QtCore import Qt
 
-from .conftest import open_on_explain, wait_ready
+from .conftest import ask, open_on_explain, wait_ready
 
 PROMPT = "Which currency do people pay with in Japan?"
 
@@ -24,16 +24,6 @@ def window(qtbot, make_ctx, small_pack, tiny_loader):
     win = open_on_explain(qtbot, ctx, path)
     yield win, path
     win.close()
-
-
-def ask(qtbot, panel, prompt=None, again=False, timeout=60_000):
-    with qtbot.waitSignal(panel.answered, timeout=timeout) as sig:
-        if again:
-            assert panel.ask_again()
-        else:
-            panel.prompt.setText(prompt)
-            qtbot.keyClick(panel.prompt, Qt.Key.Key_Return)
-    return sig.args[0]
 
 
 def test_answer_with_and_without_memory_and_plug_unplug(qtbot, window):

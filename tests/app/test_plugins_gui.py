@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import Qt
 
 from tests.engine.test_plugins_fixtures import make_pack, triples, write_jsonl
 
-from .conftest import open_on_explain, wait_ready
+from .conftest import ask, open_on_explain, wait_ready
 
 
 def make_plugin(pack: Path, reader, name: str = "geo") -> Path:
@@ -136,18 +135,11 @@ def plugin_window(qtbot, make_ctx, small_pack, tmp_path, tiny_loader, tiny_reade
     win.close()
 
 
-def _ask(qtbot, panel, prompt):
-    with qtbot.waitSignal(panel.answered, timeout=60_000) as sig:
-        panel.prompt.setText(prompt)
-        qtbot.keyClick(panel.prompt, Qt.Key.Key_Return)
-    return sig.args[0]
-
-
 def test_toggling_the_plugin_changes_what_the_prediction_receives(qtbot, plugin_window):
     win, path = plugin_window
     p = win.explain
     p.mode.setCurrentIndex(p.mode.findData("context"))
-    e = _ask(qtbot, p, "The currency of Japan is")
+    e = ask(qtbot, p, "The currency of Japan is")
     assert e.plugins == [] and e.injected == [] and not p.plugin_box.isVisibleTo(p)
 
     box = win.workspace_panel.plugin_box(path)
@@ -158,7 +150,7 @@ def test_toggling_the_plugin_changes_what_the_prediction_receives(qtbot, plugin_
     assert "plugins: facts" in win.plugged_label.text()
     assert p.stale.isVisibleTo(p) and "knowledge plugins changed" in p.stale.text()
 
-    e = _ask(qtbot, p, "The currency of Japan is")
+    e = ask(qtbot, p, "The currency of Japan is")
     assert e.plugins == ["facts"]
     assert [(i.mention, i.entity) for i in e.injected] == [("Japan", "Japan")]
     assert e.injected[0].loo_delta is not None and e.answer_without_plugins is not None
@@ -168,7 +160,7 @@ def test_toggling_the_plugin_changes_what_the_prediction_receives(qtbot, plugin_
     assert p.without_plugins_text.text().startswith("Answer without plugins: ")
 
     box.click()  # unplug: the next answer has no plugin
-    e = _ask(qtbot, p, "The currency of Japan is")
+    e = ask(qtbot, p, "The currency of Japan is")
     assert e.plugins == [] and not p.plugin_box.isVisibleTo(p)
 
 
@@ -180,7 +172,7 @@ def test_plugin_for_another_reader_is_left_out_with_a_message(qtbot, plugin_wind
     p = win.explain
     p.mode.setCurrentIndex(p.mode.findData("context"))
     win.workspace_panel.plugin_box(path).click()
-    e = _ask(qtbot, p, "The currency of Japan is")
+    e = ask(qtbot, p, "The currency of Japan is")
     assert e.plugins == []
     assert "Knowledge plugins left out" in p.status.text() and "tiny-llama-seed1" in p.status.text()
 
