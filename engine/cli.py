@@ -49,15 +49,21 @@ class Output:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr (only when stderr is a terminal; else sparse lines)."""
+    """A one-line progress bar on stderr when stderr is a terminal; else sparse lines: one
+    per 10 % of progress, and one at least every ``quiet_s`` seconds while the message
+    changes (a long phase whose fraction does not move, such as a training job's
+    preparation, still shows in a log file)."""
 
-    def __init__(self, label: str, enabled: bool = True) -> None:
+    def __init__(self, label: str, enabled: bool = True, quiet_s: float = 30.0) -> None:
         self.label = label
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
         self.t0 = time.monotonic()
         self.last = 0.0
         self.last_line = -1.0
+        self.quiet_s = quiet_s
+        self.last_line_at = self.t0
+        self.last_message = ""
 
     def __call__(self, fraction: float, message: str = "", **_: Any) -> None:
         if not self.enabled:
@@ -76,8 +82,14 @@ class ProgressBar:
             eta_s = f" ETA {_fmt_secs(eta)}" if eta is not None and fraction < 1 else ""
             sys.stderr.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}%{eta_s} {message[:60]:<60}")
             sys.stderr.flush()
-        elif fraction - self.last_line >= 0.1 or fraction >= 1.0:
-            self.last_line = fraction
+        else:
+            step = fraction - self.last_line >= 0.1 or fraction >= 1.0
+            if not step and (now - self.last_line_at < self.quiet_s or message == self.last_message):
+                return
+            if step:
+                self.last_line = fraction
+            self.last_line_at = now
+            self.last_message = message
             print(f"{self.label}: {fraction * 100:.0f}% {message}", file=sys.stderr)
 
     def close(self) -> None:

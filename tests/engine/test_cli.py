@@ -144,3 +144,25 @@ def test_console_script_runs(tmp_path):
     env = dict(os.environ, PLUGMEM_HOME=str(tmp_path))
     r = subprocess.run([str(exe), "stats", str(tmp_path / "none.plugmem")], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "no such pack" in r.stderr
+
+
+def test_progress_in_a_log_file_shows_long_phases_without_flooding(capsys, monkeypatch):
+    """Off a terminal: a line per 10 %, plus a line when a phase's message changes after
+    quiet_s seconds with the fraction not moving (a training job's preparation)."""
+    from engine import cli
+
+    clock = [100.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    bar = cli.ProgressBar("train", quiet_s=30.0)
+    bar(0.0, "encoding keys")
+    clock[0] += 40
+    bar(0.0, "encoding keys")  # the line shown last: nothing new to say
+    clock[0] += 5
+    bar(0.0, "reader states 640/7,000")  # new message, 45 s after the last line
+    clock[0] += 5
+    bar(0.05, "step 5")  # neither 10 % nor 30 s since the last line
+    bar(0.1, "step 10")
+    bar(1.0, "done")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["train: 0% encoding keys", "train: 0% reader states 640/7,000",
+                     "train: 10% step 10", "train: 100% done"]
