@@ -105,7 +105,7 @@ class PluginFusion:
         scores: Sequence[Sequence[float]] | None = None,
     ) -> list[str]:
         """Greedy answers of ``prompts`` (one left-padded batch), each with its own entries."""
-        from transformers import GenerationConfig
+        from engine.models.generation import greedy_generate
 
         prompts = list(prompts)
         if not prompts:
@@ -116,9 +116,6 @@ class PluginFusion:
         rows = [prompt_row(p, t, mode if has_memory else "none", style) for p, t in zip(prompts, texts)]
         with torch.no_grad():
             b = self.injector.build([r.text for r in rows], links=[self.links(r) for r in rows]).inputs
-        tok = self.reader.tokenizer
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         with ExitStack() as stack:
             if has_memory and mode == "dpm":
                 k = max(len(t) for t in texts)
@@ -126,10 +123,8 @@ class PluginFusion:
                 for i, row in enumerate(scores or []):
                     sc[i, : len(row)] = torch.tensor([float(x) for x in row], dtype=torch.float32)
                 self._dpm_scope(stack, fusion, fusion.memory_for(texts), sc)  # memory [b, k, L]
-            stack.enter_context(torch.inference_mode())
-            seq = self.reader.model.generate(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
-                                             generation_config=cfg)  # only the new tokens
-        return tok.batch_decode(seq, skip_special_tokens=True)
+            return greedy_generate(self.reader, inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
+                                   max_new_tokens=max_new_tokens)
 
     # ---------------------------------------------------------------- leave-one-out
     def leave_one_out(

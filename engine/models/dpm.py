@@ -758,18 +758,12 @@ class LeaveOneOut:
 
 
 def greedy(reader, batch: dict[str, torch.Tensor], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of a left-padded batch (only the new text, special tokens dropped)."""
-    from transformers import GenerationConfig
+    """Greedy continuations of a left-padded batch (only the new text, special tokens dropped,
+    each cut at the end of its answer: ``engine.models.generation``)."""
+    from engine.models.generation import greedy_generate
 
-    tok = reader.tokenizer
-    cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-    )
-    seq = reader.model.generate(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], generation_config=cfg
-    )
-    return tok.batch_decode(seq[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return greedy_generate(reader, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           max_new_tokens=max_new_tokens)
 
 
 class EntryCache:

@@ -205,7 +205,7 @@ class Reader:
         A list is answered in left-padded batches, in input order; the result for each
         prompt equals what it would get alone.
         """
-        from transformers import GenerationConfig
+        from engine.models.generation import greedy_generate
 
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
@@ -215,26 +215,13 @@ class Reader:
         out: list[str] = [""] * len(prompts)
         if max_new_tokens == 0 or not prompts:
             return out[0] if single else out
-        tok = self.tokenizer
-        gen_cfg = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = self._pad_left([ids[i] for i in idx])
-            with torch.inference_mode():
-                seq = self.model.generate(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    generation_config=gen_cfg,
-                )
-            new = seq[:, batch["input_ids"].shape[1]:]  # [b, new_tokens]
-            for i, text in zip(idx, tok.batch_decode(new, skip_special_tokens=True)):
+            texts = greedy_generate(self, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    max_new_tokens=max_new_tokens)
+            for i, text in zip(idx, texts):
                 out[i] = text
         return out[0] if single else out
 

@@ -540,23 +540,22 @@ class PluginInjector:
     @torch.no_grad()
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 8, *, enabled: bool = True,
                  batch_size: int = 16) -> str | list[str]:
-        """Greedy continuation(s) with the plugin vectors injected (``enabled=False``: bare reader)."""
-        from transformers import GenerationConfig
+        """Greedy continuation(s) with the plugin vectors injected (``enabled=False``: bare reader),
+        each cut at the end of its answer (``engine.models.generation``)."""
+        from engine.models.generation import greedy_generate
 
         single = isinstance(prompts, str)
         plist = [prompts] if single else list(prompts)
         out = [""] * len(plist)
         if max_new_tokens <= 0 or not plist:
             return out[0] if single else out
-        tok = self.reader.tokenizer
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         for s in range(0, len(plist), batch_size):
             chunk = plist[s:s + batch_size]
-            b = self.build(chunk, enabled=enabled).inputs
-            seq = self.reader.model.generate(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
-                                             generation_config=cfg)
-            for i, text in enumerate(tok.batch_decode(seq, skip_special_tokens=True)):
+            with torch.no_grad():
+                b = self.build(chunk, enabled=enabled).inputs
+            texts = greedy_generate(self.reader, inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
+                                    max_new_tokens=max_new_tokens)
+            for i, text in enumerate(texts):
                 out[s + i] = text
         return out[0] if single else out
 

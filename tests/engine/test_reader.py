@@ -11,6 +11,7 @@ import torch
 from engine.encode.weights_hash import sha256_file
 from engine.models import DEFAULT_NAME, SUPPORTED_ARCHITECTURES, Reader, ReaderError, load_reader
 from engine.models import reader_cache
+from engine.models.generation import answer_end
 from engine.models.tiny import make_tiny_reader, tiny_config
 
 PROMPTS = [
@@ -33,7 +34,8 @@ def tiny_folder(tiny, tmp_path_factory) -> Path:
 
 
 def greedy_by_hand(reader: Reader, prompt: str, n: int) -> str:
-    """Greedy decoding without cache, padding or generate(): the reference."""
+    """Greedy decoding without cache, padding or generate(): the reference (it also stops
+    once the answer has ended, and cuts the text there)."""
     ids = reader.tokenizer(prompt, return_tensors="pt")["input_ids"]
     new: list[int] = []
     with torch.no_grad():
@@ -43,6 +45,9 @@ def greedy_by_hand(reader: Reader, prompt: str, n: int) -> str:
                 break
             new.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+            text = reader.tokenizer.decode(new, skip_special_tokens=True)
+            if answer_end(text) is not None:
+                return text[: answer_end(text)]
     return reader.tokenizer.decode(new, skip_special_tokens=True)
 
 
@@ -350,6 +355,6 @@ def test_default_reader_completes_a_fact():
     assert reader.fingerprint["architecture"] == "LlamaForCausalLM"
     assert reader.fingerprint["num_layers"] == 30 and reader.fingerprint["hidden_size"] == 576
     out = reader.generate("The capital of Japan is", max_new_tokens=8)
-    assert out.strip().startswith("Tokyo"), out
+    assert out == " Tokyo.", out  # it stops where the answer ends ("Tokyo. Japan is ..." without the stop)
     lp = reader.answer_logprob(["The capital of Japan is"] * 2, [" Tokyo", " Paris"])
     assert lp[0] > lp[1] + 3
