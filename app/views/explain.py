@@ -99,7 +99,7 @@ class ExplainPanel(QWidget):
         self.tokens = QSpinBox()
         self.tokens.setRange(1, 64)
         self.tokens.setValue(8)
-        self.tokens.setToolTip("Longest answer, in tokens")
+        self.tokens.setToolTip("Longest answer, in tokens (an answer also ends with its first sentence or line)")
         self.export_btn = QToolButton(text="Export")
         self.export_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.export_btn.setToolTip("Save this explanation as JSON or HTML")

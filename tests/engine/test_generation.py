@@ -32,7 +32,7 @@ def test_stopping_keeps_each_rows_text_as_without_stopping_up_to_the_answers_end
     """Stopping early changes nothing before the end; rows stop on their own (batch-independent)."""
     reader = make_tiny_reader(seed=2)  # its random continuation of "Gold" has a sentence end
     prompts = ["The capital of Japan is", "Gold", "Hi there. Then", "Water boils at"]
-    batch = reader._pad_left(reader._prompt_ids(prompts))
+    batch = reader.encode_batch(prompts)
     full = greedy_generate(reader, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            max_new_tokens=24, stop_at_answer_end=False)
     cut = greedy_generate(reader, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
