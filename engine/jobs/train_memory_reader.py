@@ -532,7 +532,9 @@ def _precompute(cfg, reader, branch, examples, facts, fact_of, prompt_ids, answe
         for s in range(0, len(pool), 64):
             check_stop()
             part = pool[s:s + 64]
-            texts = reader.generate([examples[i]["prompt"] for i in part], max_new_tokens=3, batch_size=64)
+            # All 3 tokens, as the shipped branch was trained (not cut at the answer's end).
+            texts = reader.generate([examples[i]["prompt"] for i in part], max_new_tokens=3, batch_size=64,
+                                    stop_at_answer_end=False)
             for i, t in zip(part, texts):
                 ids = reader.tokenizer(t, add_special_tokens=False)["input_ids"][:3]
                 if ids:

@@ -198,9 +198,12 @@ class Reader:
     # ------------------------------------------------------------------ inference
 
     def generate(
-        self, prompt: str | Sequence[str], max_new_tokens: int = 8, batch_size: int = 16
+        self, prompt: str | Sequence[str], max_new_tokens: int = 8, batch_size: int = 16,
+        *, stop_at_answer_end: bool = True,
     ) -> str | list[str]:
-        """Greedy continuation(s) of ``prompt`` (only the new text, special tokens dropped).
+        """Greedy continuation(s) of ``prompt`` (only the new text, special tokens dropped),
+        each ending with its first sentence or line (``engine.models.generation``) unless
+        ``stop_at_answer_end`` is False.
 
         A list is answered in left-padded batches, in input order; the result for each
         prompt equals what it would get alone.
@@ -220,7 +223,7 @@ class Reader:
             idx = order[start : start + batch_size]
             batch = self._pad_left([ids[i] for i in idx])
             texts = greedy_generate(self, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    max_new_tokens=max_new_tokens)
+                                    max_new_tokens=max_new_tokens, stop_at_answer_end=stop_at_answer_end)
             for i, text in zip(idx, texts):
                 out[i] = text
         return out[0] if single else out

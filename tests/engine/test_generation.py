@@ -41,6 +41,8 @@ def test_stopping_keeps_each_rows_text_as_without_stopping_up_to_the_answers_end
     assert any(c != f for c, f in zip(cut, full))  # some row did stop early
     alone = [reader.generate(p, max_new_tokens=24) for p in prompts]
     assert alone == cut
+    # The training job reads the reader's own answers uncut, as the shipped branch was trained.
+    assert reader.generate(prompts, max_new_tokens=24, stop_at_answer_end=False) == full
     with torch.no_grad():
         embeds = reader.model.get_input_embeddings()(batch["input_ids"])
     assert greedy_generate(reader, inputs_embeds=embeds, attention_mask=batch["attention_mask"],
