@@ -93,9 +93,8 @@ def greedy_generate(
     start = 0 if input_ids is None else input_ids.shape[1]
     criteria = _stopping_criteria(tok, start) if stop_at_answer_end else None
     kw = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
-    with torch.no_grad():  # not inference_mode: the DPM branch may be attached to a training graph's modules
+    with torch.no_grad():
         seq = reader.model.generate(**kw, attention_mask=attention_mask, generation_config=cfg,
                                     stopping_criteria=criteria)
     texts = tok.batch_decode(seq[:, start:], skip_special_tokens=True)
     return [cut_answer(t) for t in texts] if stop_at_answer_end else texts
-

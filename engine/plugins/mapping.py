@@ -551,8 +551,7 @@ class PluginInjector:
             return out[0] if single else out
         for s in range(0, len(plist), batch_size):
             chunk = plist[s:s + batch_size]
-            with torch.no_grad():
-                b = self.build(chunk, enabled=enabled).inputs
+            b = self.build(chunk, enabled=enabled).inputs
             texts = greedy_generate(self.reader, inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
                                     max_new_tokens=max_new_tokens)
             for i, text in enumerate(texts):
