@@ -169,8 +169,8 @@ def ask(qtbot, panel, prompt=None, again=False, timeout=60_000):
     return sig.args[0]
 
 
-def open_on_explain(qtbot, ctx, path):
-    """The real main window on ``path`` once its rows are shown, on the Ask-and-explain tab."""
+def open_window(qtbot, ctx, path):
+    """The real main window on ``path`` (a pack of ``FACTS``) once its rows are shown."""
     from app.main_window import MainWindow
 
     win = MainWindow(ctx, restore=False)
@@ -179,6 +179,12 @@ def open_on_explain(qtbot, ctx, path):
     ctx.current_changed.emit(path)
     wait_ready(qtbot, ctx, path)
     qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS), timeout=10_000)
+    return win
+
+
+def open_on_explain(qtbot, ctx, path):
+    """``open_window`` on the Ask-and-explain tab."""
+    win = open_window(qtbot, ctx, path)
     win.tabs.setCurrentWidget(win.explain)
     return win
 

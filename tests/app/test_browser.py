@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 
-from .conftest import FACTS, wait_ready
+from .conftest import FACTS, open_window
 
 
 def cell(browser, row: int, column: str) -> str:
@@ -21,16 +21,9 @@ def texts(browser) -> list[str]:
 
 @pytest.fixture
 def window(qtbot, make_ctx, small_pack):
-    from app.main_window import MainWindow
-
     path = str(small_pack.resolve())
     ctx = make_ctx([path])
-    win = MainWindow(ctx, restore=False)
-    qtbot.addWidget(win)
-    win.show()
-    ctx.current_changed.emit(path)
-    wait_ready(qtbot, ctx, path)
-    qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS), timeout=10_000)
+    win = open_window(qtbot, ctx, path)
     yield win
     win.close()
 

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import FACTS, wait_ready
+from .conftest import FACTS, open_window
 
 
 @pytest.fixture
 def setup(qtbot, make_ctx, small_pack):
-    from app.main_window import MainWindow
-
     path = str(small_pack.resolve())
     ctx = make_ctx([path])
-    win = MainWindow(ctx, restore=False)
-    qtbot.addWidget(win)
-    win.show()
-    ctx.current_changed.emit(path)
-    wait_ready(qtbot, ctx, path)
-    qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS), timeout=10_000)
+    win = open_window(qtbot, ctx, path)
     yield win, path
     win.close()
 

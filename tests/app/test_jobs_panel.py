@@ -57,20 +57,13 @@ def test_import_into_pack_runs_as_a_job_and_the_browser_shows_the_rows(qtbot, ma
     panel, then the writer reopens and the table shows the new entries."""
     import json
 
-    from app.main_window import MainWindow
-
-    from .conftest import FACTS, wait_ready
+    from .conftest import FACTS, open_window
 
     src = tmp_path / "more.jsonl"
     src.write_text("\n".join(json.dumps({"text": f"Moon number {i} of the planet Zorg is made of cheese."}) for i in range(40)) + "\n")
     path = str(small_pack.resolve())
     ctx = make_ctx([path])
-    win = MainWindow(ctx, restore=False)
-    qtbot.addWidget(win)
-    win.show()
-    ctx.current_changed.emit(path)
-    wait_ready(qtbot, ctx, path)
-    qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS), timeout=10_000)
+    win = open_window(qtbot, ctx, path)
     with qtbot.waitSignal(ctx.jobs.finished, timeout=120_000):
         win.workspace_panel.import_into([str(src)], path)
         qtbot.waitUntil(lambda: ctx.is_busy(path), timeout=10_000)
