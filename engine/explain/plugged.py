@@ -105,7 +105,7 @@ class PluginFusion:
         scores: Sequence[Sequence[float]] | None = None,
     ) -> list[str]:
         """Greedy answers of ``prompts`` (one left-padded batch), each with its own entries."""
-        from engine.models.generation import greedy_generate
+        from engine.models.generation import greedy_generate, lookup_sources
 
         prompts = list(prompts)
         if not prompts:
@@ -123,8 +123,10 @@ class PluginFusion:
                 for i, row in enumerate(scores or []):
                     sc[i, : len(row)] = torch.tensor([float(x) for x in row], dtype=torch.float32)
                 self._dpm_scope(stack, fusion, fusion.memory_for(texts), sc)  # memory [b, k, L]
+            # The prompt goes in as vectors, so drafts come from the entries' texts (both modes).
+            lookup = [lookup_sources(self.reader.tokenizer, t) for t in texts] if has_memory else None
             return greedy_generate(self.reader, inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
-                                   max_new_tokens=max_new_tokens)
+                                   max_new_tokens=max_new_tokens, lookup=lookup)
 
     # ---------------------------------------------------------------- leave-one-out
     def leave_one_out(

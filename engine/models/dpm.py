@@ -757,13 +757,17 @@ class LeaveOneOut:
     weights: list[float] | None  # [k]
 
 
-def greedy(reader, batch: dict[str, torch.Tensor], max_new_tokens: int) -> list[str]:
+def greedy(reader, batch: dict[str, torch.Tensor], max_new_tokens: int,
+           texts: Sequence[Sequence[str]] | None = None, prompt_states=None) -> list[str]:
     """Greedy continuations of a left-padded batch (only the new text, special tokens dropped,
-    each cut at the end of its answer: ``engine.models.generation``)."""
-    from engine.models.generation import greedy_generate
+    each cut at the end of its answer: ``engine.models.generation``). ``texts``: each
+    row's entry texts, whose tokens decoding may copy in fewer steps; ``prompt_states``:
+    a ``PromptStates`` below the branch (prompts asked again skip those layers)."""
+    from engine.models.generation import greedy_generate, lookup_sources
 
+    lookup = None if texts is None else [lookup_sources(reader.tokenizer, row) for row in texts]
     return greedy_generate(reader, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           max_new_tokens=max_new_tokens)
+                           max_new_tokens=max_new_tokens, lookup=lookup, prompt_states=prompt_states)
 
 
 class EntryCache:
@@ -786,6 +790,9 @@ class EntryCache:
         while len(self._d) > self.size:
             self._d.popitem(last=False)
 
+    def discard(self, text: str) -> None:
+        self._d.pop(text, None)
+
     def __len__(self) -> int:
         return len(self._d)
 
@@ -796,9 +803,15 @@ class DPMFusion:
     mode = "dpm"
 
     def __init__(self, reader, branch: MemoryBranch, cache: EntryCache | None = None) -> None:
+        from engine.models.generation import PromptStates
+
         check_compatible(branch.reader_fingerprint, reader)
         self.reader, self.branch = reader, branch
         self.cache = cache if cache is not None else EntryCache()
+        # The layers below the branch never see the memory: a prompt asked again (after an
+        # edit, with other packs) runs only the branch layers in its prefill.
+        first = branch.layer_ids[0]
+        self.prompts = PromptStates(first) if first >= 1 else None
 
     def memory_for(self, texts_per_row: Sequence[Sequence[str]]) -> MemoryValues:
         """The branch memory for several rows of entry texts, reading each distinct text once."""
@@ -830,7 +843,7 @@ class DPMFusion:
             sc[i, : len(row)] = torch.tensor(list(row), dtype=torch.float32)
         batch = r.encode_batch(list(prompts))
         with attach(r, self.branch), self.branch.memory(mem, sc), torch.inference_mode():
-            return greedy(r, batch, max_new_tokens)
+            return greedy(r, batch, max_new_tokens, texts, self.prompts)
 
     def generate(
         self, prompt: str, texts: Sequence[str], scores: Sequence[float], max_new_tokens: int, plain: str | None = None
@@ -851,7 +864,7 @@ class DPMFusion:
         sc = torch.tensor([list(scores)], dtype=torch.float32)  # [1, k]
         batch = r.encode_batch([prompt, prompt])
         with attach(r, self.branch), self.branch.memory(mem2, sc), torch.inference_mode():
-            with_mem, without = greedy(r, batch, max_new_tokens)
+            with_mem, without = greedy(r, batch, max_new_tokens, [list(texts), []], self.prompts)
         return with_mem, without
 
     def leave_one_out(self, prompt: str, texts: Sequence[str], scores: Sequence[float], answer_ids: Sequence[int]) -> LeaveOneOut:

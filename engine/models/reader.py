@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from engine.device import pick_device
+from engine.models.narrow import narrow_linears
 from engine.models import reader_cache
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Reader:
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        narrow_linears(self.model)  # few-row decoding steps run ~2x faster on the CPU
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:

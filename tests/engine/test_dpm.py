@@ -21,12 +21,12 @@ def tiny():
     return make_tiny_reader(seed=0)
 
 
-def copy_branch(reader, scale: float = 50.0) -> MemoryBranch:
+def copy_branch(reader, scale: float = 50.0, layers: int = 2) -> MemoryBranch:
     """A real branch with hand-set weights: uniform attention within the best-scored entry
     (temperature ~0, retrieval-score weight large), no null slot, output = scale * mean of
     the value embeddings. With tied embeddings the reader then says the entry's most
     frequent token: a branch that visibly follows its memory, for testing the plumbing."""
-    b = MemoryBranch(DPMConfig(layers=2), reader)
+    b = MemoryBranch(DPMConfig(layers=layers), reader)
     with torch.no_grad():
         b.match.log_tau.fill_(-20.0)
         b.match.beta.fill_(50.0)
@@ -95,6 +95,17 @@ def test_entry_states_are_cached_by_text_so_an_edit_is_read_afresh(tiny):
     assert len(f.cache) == 1
     assert f.generate(PROMPT, [OSLO], [0.9], 2)[0].startswith(" Oslo")  # new text: new states, no stale reuse
     assert len(f.cache) == 2
+    assert f.prompts is None  # a branch on every layer: no layer below it to skip
+
+
+def test_a_prompt_asked_again_reuses_its_states_below_the_branch_and_follows_the_new_memory(tiny):
+    f = DPMFusion(tiny, copy_branch(tiny, layers=1))  # the branch on layer 1: layer 0 never sees memory
+    assert f.prompts.first == 1
+    assert f.generate(PROMPT, [ROME], [0.9], 3)[0].startswith(" Rome")
+    assert len(f.prompts) == 1
+    again = f.generate(PROMPT, [OSLO], [0.9], 3)
+    fresh = DPMFusion(tiny, copy_branch(tiny, layers=1)).generate(PROMPT, [OSLO], [0.9], 3)
+    assert again == fresh and again[0].startswith(" Oslo") and len(f.prompts) == 1
 
 
 @pytest.mark.parametrize("match", ["cosine", "learned"])

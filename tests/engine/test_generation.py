@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.models.generation import answer_end, cut_answer, greedy_generate
+from engine.models.generation import PromptStates, answer_end, cut_answer, greedy_generate, propose
+from engine.models.narrow import NarrowLinear, narrow_linears
 from engine.models.tiny import make_tiny_reader
 
 
@@ -49,3 +50,127 @@ def test_stopping_keeps_each_rows_text_as_without_stopping_up_to_the_answers_end
                            max_new_tokens=24) == cut
     with pytest.raises(ValueError, match="exactly one"):
         greedy_generate(reader, attention_mask=batch["attention_mask"], max_new_tokens=2)
+
+
+# ----------------------------------------------------------------- draft verification
+
+
+def greedy_ids(reader, prompt: str, n: int) -> list[int]:
+    """The reference: n greedy tokens without cache or drafts."""
+    ids = reader.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(reader.model(input_ids=ids).logits[0, -1].argmax())
+            out.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    return out
+
+
+class Forwards:
+    """Counts the reader's forward passes (prefill + decoding steps)."""
+
+    def __init__(self, module) -> None:
+        self.n = 0
+        self._h = module.register_forward_pre_hook(self._count)
+
+    def _count(self, *_args) -> None:
+        self.n += 1
+
+    def close(self) -> None:
+        self._h.remove()
+
+
+def run(reader, prompts, n, **kw):
+    batch = reader.encode_batch(prompts)
+    fw = Forwards(reader.model)
+    try:
+        texts = greedy_generate(reader, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                max_new_tokens=n, stop_at_answer_end=False, **kw)
+    finally:
+        fw.close()
+    return texts, fw.n
+
+
+def test_propose_copies_what_followed_the_longest_recent_match():
+    assert propose([5, 6, 7], [[1, 6, 7, 8, 9, 10], [7, 3]], 2) == [8, 9]  # 2-gram (6, 7) beats 1-gram (7,)
+    assert propose([5, 6, 7], [[7, 3, 4]], 5) == [3, 4]  # 1-gram, cut at the source's end
+    assert propose([1, 2, 9, 1, 2], [], 3) == [9, 1]  # the row's own earlier tokens ("prompt lookup")
+    assert propose([1, 2, 9, 4, 2], [], 3) == []  # ... from two tokens on
+    assert propose([1, 2, 3], [[4, 5]], 3) == []  # nothing matches
+    assert propose([1, 2, 3], [[2, 3, 4]], 0) == []
+
+
+def test_drafts_the_model_agrees_with_save_steps_and_never_change_the_text():
+    reader = make_tiny_reader(seed=2)
+    prompt = "The capital of Japan is"
+    truth = greedy_ids(reader, prompt, 12)
+    plain, steps_plain = run(reader, [prompt], 12)
+    assert plain == [reader.tokenizer.decode(truth, skip_special_tokens=True)]
+    assert steps_plain == 12  # prefill + 11 one-token steps: nothing in the prompt to copy
+    # An entry holding the very continuation: each step checks up to 4 drafts at once.
+    entry = reader.tokenizer(prompt)["input_ids"][-2:] + truth
+    copied, steps_copied = run(reader, [prompt], 12, lookup=[[entry]])
+    assert copied == plain and steps_copied <= 4
+    # Drafts the model disagrees with are dropped: same text, no more steps than plain decoding.
+    junk = reader.tokenizer(prompt)["input_ids"][-2:] + [t + 1 for t in truth]
+    wrong, steps_wrong = run(reader, [prompt], 12, lookup=[[junk]])
+    assert wrong == plain and steps_wrong == steps_plain
+
+
+def test_rows_accept_their_own_drafts_and_match_the_rows_decoded_alone():
+    reader = make_tiny_reader(seed=2)
+    prompts = ["The capital of Japan is", "Water boils at a temperature of", "Gold"]
+    alone = [run(reader, [p], 10)[0][0] for p in prompts]
+    good = [reader.tokenizer(p)["input_ids"][-1:] + greedy_ids(reader, p, 10) for p in prompts]
+    junk = reader.tokenizer(prompts[1])["input_ids"][-1:] + [7, 8, 9, 10, 11, 12]
+    # Each row keeps the drafts it agrees with, however many its neighbours keep.
+    texts, steps = run(reader, prompts[:2], 10, lookup=[[good[0]], [good[1]]])
+    assert texts == alone[:2] and steps <= 5
+    texts, steps = run(reader, prompts, 10, lookup=[[good[0]], [junk], []])
+    assert texts == alone and steps == 10  # the rows without useful drafts go one token per step
+    with pytest.raises(ValueError, match="lookup has 1 rows"):
+        run(reader, prompts, 4, lookup=[[good]])
+
+
+def test_asked_again_a_prompt_skips_the_layers_below_and_answers_the_same():
+    reader = make_tiny_reader(seed=2)
+    prompts = ["The capital of Japan is", "Gold"]
+    plain = run(reader, prompts, 8)[0]
+    states = PromptStates(first=1)
+    layer0 = Forwards(reader.layers[0])
+    try:
+        assert run(reader, prompts, 8, prompt_states=states)[0] == plain
+        first_time, layer0.n = layer0.n, 0
+        assert len(states) == 2
+        # Asked again, in the other order (other padding): layer 0 runs only for the new tokens.
+        assert run(reader, prompts[::-1], 8, prompt_states=states)[0] == plain[::-1]
+        assert layer0.n == first_time - 1
+        # A prompt it has not seen runs in full, with the known one beside it.
+        layer0.n = 0
+        assert run(reader, [prompts[0], "Silver"], 8, prompt_states=states)[0] == [plain[0], run(reader, ["Silver"], 8)[0][0]]
+        assert len(states) == 3
+    finally:
+        layer0.close()
+    with pytest.raises(ValueError, match="first"):
+        PromptStates(first=0)
+
+
+def test_few_row_products_equal_the_plain_linear_and_keep_gradients():
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(48, 80)
+    fast = torch.nn.Linear(48, 80)
+    fast.load_state_dict(plain.state_dict())
+    assert narrow_linears(torch.nn.Sequential(fast)) == 1 and isinstance(fast, NarrowLinear)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    for shape in [(1, 48), (2, 3, 48), (1, 5, 48), (40, 48), (2, 0, 48)]:
+        x = torch.randn(*shape)
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+    x = torch.randn(3, 48, requires_grad=True)
+    fast(x).sum().backward()
+    g = x.grad.clone()
+    x.grad = None
+    plain(x).sum().backward()
+    torch.testing.assert_close(g, x.grad)
+    reader = make_tiny_reader(seed=0)
+    assert all(type(m) is not torch.nn.Linear for m in reader.model.modules())  # the reader's are switched
