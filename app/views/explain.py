@@ -397,6 +397,24 @@ class ExplainPanel(QWidget):
         if any(self.model.mark_changed(n, ids) for n in names):
             self.stale.setText("An entry used in this answer was edited: press “Ask again” to see the answer follow.")
             self.stale.setVisible(True)
+            self._warm_edited(path, ids)
+
+    def _warm_edited(self, path: str, ids: set[int]) -> None:
+        """Read the edited entries' new texts through the reader now, in the background, so
+        that “Ask again” in the memory-branch mode does not wait for it (~0.15 s per entry)."""
+        host = self.ctx.model
+        if self.explanation is None or self.explanation.mode != "dpm" or host.state != "ready" or not ids:
+            return
+
+        def texts(pack) -> list[str]:
+            return [e.text for e in pack.get_many(sorted(ids)) if e.status == "active"]
+
+        def warm(found: list[str]) -> None:
+            if found and host.state == "ready":
+                host.submit(lambda model: model.predictor.warm_entries(found), what="Reading the edited entries",
+                            on_error=lambda exc: log.info("Could not read the edited entries ahead: %s", exc))
+
+        self.ctx.reads.submit(path, texts, warm, on_error=lambda exc: log.info("Could not read the edited entries: %s", exc))
 
     def _plugged_changed(self) -> None:
         if self.explanation is not None and self.ctx.workspace.plugged() != self._asked_plugged:

@@ -123,6 +123,19 @@ class Predictor:
             return None
         raise PredictError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
 
+    def warm_entries(self, texts: Sequence[str]) -> None:
+        """Read entries' reader states now (e.g. right after an edit, in the background),
+        so the next DPM prediction that retrieves them does not wait for it."""
+        texts = [t for t in texts if t]
+        if self._dpm is not None and texts:
+            self._dpm.memory_for([texts])
+
+    def forget_entries(self, texts: Sequence[str]) -> None:
+        """Drop entries' cached reader states (the next prediction reads them afresh)."""
+        if self._dpm is not None:
+            for t in texts:
+                self._dpm.cache.discard(t)
+
     def plugin_injector(self, plugins: Sequence):
         """A ``PluginInjector`` of ``plugins`` (``KnowledgePlugin`` objects) for this reader (checked for it)."""
         from engine.plugins.errors import PluginError

@@ -155,6 +155,16 @@ def test_dpm_mode_with_a_memory_branch(qtbot, make_ctx, small_pack, tiny_reader)
     assert e.mode == "dpm" and len(e.retrieved) == 3
     assert all(r.weight is not None for r in e.retrieved)
     assert e.answer == e.answer_without_memory  # an untrained branch leaves the reader unchanged
+    # An edit of an entry in the answer is read through the reader in the background at once,
+    # so that "Ask again" does not wait for it.
+    new_text = "The currency of Japan is the dollar, since this morning."
+    predictor = ctx.model.model.predictor
+    with qtbot.waitSignal(ctx.hub.changed, timeout=20_000):
+        ctx.writer(path).submit(lambda m: m.edit(e.retrieved[0].id, text=new_text), broadcast=True)
+    assert p.stale.isVisibleTo(p)
+    qtbot.waitUntil(lambda: predictor._dpm.cache.get(new_text) is not None, timeout=20_000)
+    e2 = ask(qtbot, p, again=True)
+    assert e2.retrieved[0].text == new_text or new_text in [r.text for r in e2.retrieved]
     dpm.detach(tiny_reader)
 
 
