@@ -3,13 +3,17 @@
     .venv/bin/python bench/bench_predict.py [--n 10] [--edits 10] [--threads 2] [--append]
 
 On the demo geography pack (k = 5), the real reader and the shipped branch:
-* baseline: the bare reader's greedy answer, no memory, all 8 new tokens (as every answer
-  was decoded before answers stopped at their first sentence's end), and as answered now;
+* baseline: the bare reader's greedy answer, no memory, all 8 new tokens, decoded by
+  transformers' ``generate`` with plain ``nn.Linear`` products (as before draft
+  verification and ``NarrowLinear``); then by ``greedy_generate`` (all 8 tokens, and
+  stopping at the answer's end as every answer path does);
 * ``Predictor.predict`` with explanation (answer with and without memory in one batched
   generate + leave-one-out of all 5 entries in one batched forward), DPM and context modes;
   "cold" = the prompt's entries have never been read, "warm" = asked again;
 * edit -> changed prediction: ``Memory.edit`` (re-encode one entry, update the index in
-  place) then ``predict`` without explanation; the edit is undone afterwards.
+  place) then ``predict`` without explanation; the edit is undone afterwards. Each edit
+  is timed twice, its new text's reader states dropped before each: decoding one token
+  per step with plain products (the baseline), and as shipped.
 
 Targets (issue 3): prediction with explanation < 1 s for a short prompt; edit -> changed
 prediction < 0.5 s.
@@ -22,6 +26,7 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,6 +40,7 @@ from engine.evaluate import is_correct, read_edits, read_probes  # noqa: E402
 from engine.explain import Predictor  # noqa: E402
 from engine.memory import Memory  # noqa: E402
 from engine.models import dpm, load_reader  # noqa: E402
+from engine.models import generation, narrow  # noqa: E402
 from engine.models.generation import greedy_generate  # noqa: E402
 from bench._results import publish  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
@@ -44,6 +50,18 @@ def ms(xs: list[float]) -> str:
     xs = sorted(xs)
     p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
     return f"{1000 * statistics.median(xs):.0f} / {1000 * p90:.0f}"
+
+
+@contextmanager
+def plain_decoding(on: bool = True):
+    """Decode as before draft verification and NarrowLinear (one token per step, F.linear)."""
+    saved = generation.DRAFT_TOKENS, narrow.MAX_ROWS
+    if on:
+        generation.DRAFT_TOKENS, narrow.MAX_ROWS = 0, 0
+    try:
+        yield
+    finally:
+        generation.DRAFT_TOKENS, narrow.MAX_ROWS = saved
 
 
 def main() -> None:
@@ -68,8 +86,16 @@ def main() -> None:
     with Memory.open(pack) as mem:
         predictor.predict("Warm-up: the capital of France is", [mem], k=a.k)  # first-call overheads
         reader.generate("Warm-up", max_new_tokens=2)
-        base, base_full, times = [], [], {("dpm", "cold"): [], ("dpm", "warm"): [], ("context", "cold"): []}
+        base, base_full, base_hf = [], [], []
+        times = {("dpm", "cold"): [], ("dpm", "warm"): [], ("context", "cold"): []}
         for p in probes:
+            b = reader.encode_batch([p.prompt])
+            with plain_decoding():
+                t = time.perf_counter()
+                with torch.inference_mode():
+                    reader.model.generate(**{k: b[k] for k in ("input_ids", "attention_mask")}, max_new_tokens=8,
+                                          min_new_tokens=8, do_sample=False, pad_token_id=reader.tokenizer.pad_token_id)
+                base_hf.append(time.perf_counter() - t)
             t = time.perf_counter()
             b = reader.encode_batch([p.prompt])
             greedy_generate(reader, input_ids=b["input_ids"], attention_mask=b["attention_mask"], max_new_tokens=8,
@@ -83,7 +109,8 @@ def main() -> None:
                 rec = predictor.predict(p.prompt, [mem], mode=mode, k=a.k, max_new_tokens=8)
                 times[(mode, temp)].append(time.perf_counter() - t)
                 assert len(rec.retrieved) == a.k and all(r.loo_delta is not None for r in rec.retrieved)
-        rows.append(("bare reader, all 8 new tokens (baseline)", ms(base_full)))
+        rows.append(("bare reader, all 8 new tokens, transformers generate, plain products (baseline)", ms(base_hf)))
+        rows.append(("bare reader, all 8 new tokens (greedy_generate)", ms(base_full)))
         rows.append(("bare reader, stopping at the answer's end (at most 8 tokens)", ms(base)))
         rows.append((f"predict + explain, dpm, k={a.k}, cold entries", ms(times[("dpm", "cold")])))
         rows.append((f"predict + explain, dpm, k={a.k}, warm entries", ms(times[("dpm", "warm")])))
@@ -97,27 +124,37 @@ def main() -> None:
                 break
             by_text.update({e.text: e.id for e in page})
             after = page[-1].id
-        edit_t, edit_only, changed, follows = [], [], 0, 0
+        edit_t, edit_base, edit_only, changed, follows, same = [], [], [], 0, 0, 0
         for e in edits:
             before = predictor.predict(e.prompt, [mem], k=a.k, explain=False).answer
-            t = time.perf_counter()
-            mem.edit(by_text[e.old_text], text=e.new_text, author="bench")
-            t_edit = time.perf_counter()
-            rec = predictor.predict(e.prompt, [mem], k=a.k, explain=False)
-            t_end = time.perf_counter()
-            edit_t.append(t_end - t)
+            answers = []
+            for baseline in (True, False):
+                predictor.forget_entries([e.new_text])  # as the first time this text is read
+                with plain_decoding(baseline):
+                    t = time.perf_counter()
+                    mem.edit(by_text[e.old_text], text=e.new_text, author="bench")
+                    t_edit = time.perf_counter()
+                    rec = predictor.predict(e.prompt, [mem], k=a.k, explain=False)
+                    t_end = time.perf_counter()
+                mem.undo()
+                (edit_base if baseline else edit_t).append(t_end - t)
+                answers.append(rec.answer)
             edit_only.append(t_edit - t)
             changed += rec.answer != before
             follows += is_correct(rec.answer, e.new)
-            mem.undo()
+            same += answers[0] == answers[1]
         rows.append(("edit only (re-encode + index update)", ms(edit_only)))
+        rows.append(("edit -> prediction, one token per step, plain products (baseline)", ms(edit_base)))
         rows.append((f"edit -> prediction (dpm, k={a.k}, no explanation)", ms(edit_t)))
     lines = [
         f"### bench_predict.py — {time.strftime('%Y-%m-%d %H:%M')} (torch {torch.__version__}, {a.threads} threads, "
         f"{platform.machine()}; SmolLM2-135M-Instruct + shipped branch; geography pack)",
         "",
         f"{len(probes)} held-out-relation prompts; {len(edits)} edits: the answer changed after {changed}, "
-        f"and starts with the new object after {follows}. Latency in ms, median / p90.",
+        f"and starts with the new object after {follows}; the baseline gave the same answer for {same}. "
+        f"Ratio edit -> prediction / baseline: {statistics.median(edit_t) / statistics.median(edit_base):.2f}; "
+        f"bare reader (8 tokens) / baseline: {statistics.median(base_full) / statistics.median(base_hf):.2f}. "
+        "Latency in ms, median / p90.",
         "",
         "| what | ms (median / p90) |",
         "|---|---|",
