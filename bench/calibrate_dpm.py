@@ -1,17 +1,18 @@
-"""Calibrate the DPM branch's ``output_scale`` on a validation split (not the bench's test samples).
+"""Calibrate the DPM branch's ``output_scale`` and ``score_scale`` on a validation split (not the bench's test samples).
 
-    .venv/bin/python bench/calibrate_dpm.py [--scales 1,1.5,2,3] [--branch DIR] [--threads 2]
+    .venv/bin/python bench/calibrate_dpm.py [--scales 1,1.5,2,3] [--score-scales 1] [--branch DIR] [--threads 2]
 
-For each scale and each demo domain (geography, chemistry), dpm mode, k = 5:
+For each pair of scales and each demo domain (geography, chemistry), dpm mode, k = 5:
 * held-out-relation probes OUTSIDE the seeded sample bench_dpm_eval.py tests on (60 of them);
 * edits 51-100 of ``edits.jsonl`` (bench_dpm_eval.py tests on edits 1-50): efficacy,
   paraphrase generalisation, locality on 50 held-out-entity probes outside its locality sample.
 Also the share of correct held-out-relation answers that run on into another word
 ("Tokyoarxiv": the answer is scored correct, the user sees junk). Prints one line per
-scale and a table; the shipped branch's config.json carries the chosen scale: the best
-mean of efficacy and paraphrase among scales with locality >= 99 %, relation accuracy not
-below scale 1 and no more run-on answers than scale 1. The baseline is scale 1.0, the
-branch as trained.
+pair and a table; the shipped branch's config.json carries the chosen pair: the best
+mean of efficacy and paraphrase among pairs with locality >= 99 %, relation accuracy not
+below the branch as trained and no more run-on answers. The baseline is (1.0, 1.0), the
+branch as trained. ``output_scale`` multiplies what the branch adds; ``score_scale``
+multiplies the retrieval score's weight in its attention.
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def split(domain: str) -> tuple[list, list, list]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--scales", default="1,1.5,2,3")
+    ap.add_argument("--scales", default="1,1.5,2,3", help="output_scale values")
+    ap.add_argument("--score-scales", default="1", help="score_scale values (each tried with every output_scale)")
     ap.add_argument("--branch", help="branch folder (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--append", action="store_true", help="append the table to bench/RESULTS.md")
@@ -84,9 +86,12 @@ def main() -> None:
     data = {d: split(d) for d in ("geography", "chemistry")}
     packs = {d: next(p for p in ws["packs"] if Path(p).stem == d) for d in data}
     rows = []
-    for s in [float(x) for x in a.scales.split(",")]:
+    pairs = [(float(x), float(y)) for y in a.score_scales.split(",") for x in a.scales.split(",")]
+    for s, ss in pairs:
         for blk in branch.blocks.values():
-            blk.output_scale = s
+            blk.output_scale, blk.score_scale = s, ss
+        if branch.match is not None:
+            branch.match.score_scale = ss
         pred = Predictor(reader, branch)
         res = {}
         for domain, (rel, loc, edits) in data.items():
@@ -95,8 +100,8 @@ def main() -> None:
                 ed = evaluate_edits(pred, [mem], edits, loc, "dpm", k=5, locality_limit=50)
                 runon = sum(run_on(pred.predict(p.prompt, [mem], k=5, explain=False).answer, p.answer) for p in rel)
             res[domain] = (pr["accuracy"], ed["efficacy"], ed["generalization"], ed["locality"], runon / len(rel))
-        rows.append((s, res))
-        print(s, {d: [round(100 * x, 1) for x in v] for d, v in res.items()}, flush=True)
+        rows.append(((s, ss), res))
+        print(s, ss, {d: [round(100 * x, 1) for x in v] for d, v in res.items()}, flush=True)
 
     def pct(x):
         return "–" if x is None else f"{100 * x:.1f} %"
@@ -105,13 +110,13 @@ def main() -> None:
         f"### calibrate_dpm.py — {time.strftime('%Y-%m-%d %H:%M')} ({platform.machine()}, torch {torch.__version__}; "
         f"branch {folder.name}; validation split; {time.perf_counter() - t0:.0f} s)",
         "",
-        "| output_scale | domain | held-out relations acc | edit efficacy | paraphrase | locality | answers running on |",
-        "|---|---|---|---|---|---|---|",
+        "| output_scale | score_scale | domain | held-out relations acc | edit efficacy | paraphrase | locality | answers running on |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for s, res in rows:
+    for (s, ss), res in rows:
         for d, (acc, eff, para, loc, ro) in res.items():
-            lines.append(f"| {s:g}{' (as trained)' if s == 1.0 else ''} | {d} | {pct(acc)} | {pct(eff)} | {pct(para)} | "
-                         f"{pct(loc)} | {pct(ro)} |")
+            lines.append(f"| {s:g} | {ss:g}{' (as trained)' if (s, ss) == (1.0, 1.0) else ''} | {d} | {pct(acc)} | "
+                         f"{pct(eff)} | {pct(para)} | {pct(loc)} | {pct(ro)} |")
     table = "\n".join(lines) + "\n"
     print()
     publish(table, a.append)

@@ -80,6 +80,11 @@ class DPMConfig:
     # trained branch is calibrated afterwards on a validation split: a larger value makes
     # the reader follow an edited entry more often, until paraphrases and locality suffer.
     output_scale: float = 1.0
+    # Inference-time multiplier of the retrieval score's learned weight (beta) in the
+    # branch's attention logits (1.0 while training), calibrated with output_scale: a
+    # larger value puts more of the attention on the best-retrieved entries and less on
+    # the "attend to nothing" slot.
+    score_scale: float = 1.0
 
     def validate(self) -> None:
         for name in ("layers", "heads", "head_dim", "max_value_tokens", "k"):
@@ -94,9 +99,10 @@ class DPMConfig:
             raise DPMError(f"DPM config: match must be one of {MATCH_MODES}, got {self.match!r}")
         if not isinstance(self.gate, bool):
             raise DPMError(f"DPM config: gate must be true or false, got {self.gate!r}")
-        if (not isinstance(self.output_scale, (int, float)) or isinstance(self.output_scale, bool)
-                or not (0.0 < float(self.output_scale) <= 100.0)):
-            raise DPMError(f"DPM config: output_scale must be a number in (0, 100], got {self.output_scale!r}")
+        for name in ("output_scale", "score_scale"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0.0 < float(v) <= 100.0):
+                raise DPMError(f"DPM config: {name} must be a number in (0, 100], got {v!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DPMConfig":
@@ -170,11 +176,12 @@ class _CosineMatch(nn.Module):
     position that was about to say the object is found exactly; paraphrases land close.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, score_scale: float = 1.0) -> None:
         super().__init__()
         self.log_tau = nn.Parameter(torch.tensor(math.log(20.0)))
         self.beta = nn.Parameter(torch.tensor(1.0))
         self.null_logit = nn.Parameter(torch.zeros(1))
+        self.score_scale = float(score_scale)
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """x [b, T, d]; keys [b, k, L, d]; mask [b, k, L]; scores [b, k] -> probs [b, 1, T, kL]."""
@@ -182,7 +189,7 @@ class _CosineMatch(nn.Module):
         xn = nn.functional.normalize(x, dim=-1)  # [b, T, d]
         kn = nn.functional.normalize(keys.reshape(b, k * length, d), dim=-1)  # [b, kL, d]
         logits = (xn @ kn.transpose(-1, -2)).unsqueeze(1) * self.log_tau.exp()  # [b, 1, T, kL]
-        bias = (self.beta * scores).unsqueeze(-1).expand(b, k, length).reshape(b, k * length)
+        bias = (self.beta * self.score_scale * scores).unsqueeze(-1).expand(b, k, length).reshape(b, k * length)
         return _attend(logits, self.null_logit, mask.reshape(b, k * length), bias)
 
 
@@ -221,6 +228,7 @@ class _MemoryAttention(nn.Module):
         self.copy = nn.Parameter(torch.zeros(()))
         self.gate = nn.Linear(hidden, 1) if cfg.gate else None
         self.output_scale = float(cfg.output_scale)
+        self.score_scale = float(cfg.score_scale)
 
     def attend(self, x: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """(learned) x [b, T, d]; keys [b, k, L, d]; mask [b, k, L]; scores [b, k] -> probs [b, H, T, kL]."""
@@ -230,7 +238,7 @@ class _MemoryAttention(nn.Module):
         q = self.q(_rms(x)).view(b, t, h, hd).transpose(1, 2)  # [b, H, T, hd]
         key = self.k(_rms(keys).reshape(b, k * length, d)).view(b, k * length, h, hd).transpose(1, 2)  # [b, H, kL, hd]
         logits = q @ key.transpose(-1, -2) / math.sqrt(hd)  # [b, H, T, kL]
-        bias = (self.beta * scores).unsqueeze(-1).expand(b, k, length).reshape(b, k * length)
+        bias = (self.beta * self.score_scale * scores).unsqueeze(-1).expand(b, k, length).reshape(b, k * length)
         return _attend(logits, self.null_logit, mask.reshape(b, k * length), bias)
 
     def forward(self, x: torch.Tensor, values: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -276,7 +284,7 @@ class MemoryBranch(nn.Module):
         self.reader_fingerprint = dict(reader_fingerprint or {})
         self.layer_ids = list(range(num_layers - config.layers, num_layers))
         self.blocks = nn.ModuleDict({str(i): _MemoryAttention(self.hidden_size, config) for i in self.layer_ids})
-        self.match = _CosineMatch() if config.match == "cosine" else None
+        self.match = _CosineMatch(config.score_scale) if config.match == "cosine" else None
         self._probs: torch.Tensor | None = None  # the shared attention of the current forward (cosine)
         self._mem: tuple[MemoryValues, torch.Tensor] | None = None
         self._record_at: int = -1

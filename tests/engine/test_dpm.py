@@ -211,7 +211,8 @@ def test_bad_branch_folders_are_reported_and_left_alone(tiny, tmp_path):
 @pytest.mark.parametrize(
     "bad, match",
     [({"layers": 0}, "layers"), ({"value_mode": "mean"}, "value_mode"), ({"heads": "4"}, "heads"), ({"colour": 1}, "unknown"),
-     ({"match": "exact"}, "match"), ({"output_scale": 0}, "output_scale"), ({"output_scale": "2"}, "output_scale")],
+     ({"match": "exact"}, "match"), ({"output_scale": 0}, "output_scale"), ({"output_scale": "2"}, "output_scale"),
+     ({"score_scale": -1}, "score_scale"), ({"score_scale": True}, "score_scale")],
 )
 def test_bad_configs_are_named(bad, match):
     with pytest.raises(DPMError, match=match):
@@ -242,9 +243,35 @@ def test_output_scale_multiplies_what_the_branch_adds_and_is_saved(tiny, tmp_pat
         assert torch.equal(logits(tiny, PROMPT), base)  # nothing plugged: still exactly the reader
 
 
+@pytest.mark.parametrize("match", ["cosine", "learned"])
+def test_score_scale_sharpens_the_attention_on_the_best_scored_entry_and_is_saved(tiny, tmp_path, match):
+    b = random_branch(tiny, match=match)
+    mem = b.encode_values(tiny, [[ROME, PARIS]])
+    sc = torch.tensor([[0.9, 0.3]])
+
+    def weights(branch):
+        with dpm.attach(tiny, branch), branch.memory(mem, sc):
+            logits(tiny, PROMPT)
+            return branch.last_weights[0]
+
+    one = weights(b)
+    dpm.save(b, tmp_path / "br")
+    meta = json.loads((tmp_path / "br" / "config.json").read_text())
+    meta["config"]["score_scale"] = 3.0  # what a calibration writes
+    (tmp_path / "br" / "config.json").write_text(json.dumps(meta))
+    sharp = dpm.load(tmp_path / "br", tiny)
+    assert sharp.config.score_scale == 3.0
+    three = weights(sharp)
+    assert three[0] / three[1] > one[0] / one[1]  # more of the attention on the better-scored entry
+    base = logits(tiny, PROMPT)
+    with dpm.attach(tiny, sharp), sharp.memory(mem.with_mask(torch.zeros_like(mem.mask)), sc):
+        assert torch.equal(logits(tiny, PROMPT), base)  # nothing plugged: still exactly the reader
+
+
 def test_the_shipped_branch_carries_its_calibration():
     meta = json.loads((dpm.default_branch_path() / "config.json").read_text())
     assert meta["config"]["output_scale"] == meta["calibration"]["output_scale"] > 0
+    assert meta["config"]["score_scale"] == meta["calibration"]["score_scale"] > 0
 
 
 def test_more_layers_than_the_reader_has_is_refused(tiny):
