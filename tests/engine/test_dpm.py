@@ -46,6 +46,15 @@ def random_branch(reader, seed: int = 0, **cfg) -> MemoryBranch:
     return b
 
 
+def calibrated(branch: MemoryBranch, reader, folder, **config) -> MemoryBranch:
+    """``branch`` saved, its config.json changed as a calibration writes it, and loaded again."""
+    dpm.save(branch, folder)
+    meta = json.loads((folder / "config.json").read_text())
+    meta["config"].update(config)
+    (folder / "config.json").write_text(json.dumps(meta))
+    return dpm.load(folder, reader)
+
+
 def logits(reader, prompt: str) -> torch.Tensor:
     with torch.inference_mode():
         return reader.model(**reader.encode_batch([prompt])).logits
@@ -230,11 +239,7 @@ def test_output_scale_multiplies_what_the_branch_adds_and_is_saved(tiny, tmp_pat
             return logits(tiny, PROMPT) - base
 
     one = added(b)
-    dpm.save(b, tmp_path / "br")
-    meta = json.loads((tmp_path / "br" / "config.json").read_text())
-    meta["config"]["output_scale"] = 2.0  # what a calibration writes
-    (tmp_path / "br" / "config.json").write_text(json.dumps(meta))
-    scaled = dpm.load(tmp_path / "br", tiny)
+    scaled = calibrated(b, tiny, tmp_path / "br", output_scale=2.0)
     assert scaled.config.output_scale == 2.0
     two = added(scaled)
     assert one.abs().max() > 1e-3
@@ -255,11 +260,7 @@ def test_score_scale_sharpens_the_attention_on_the_best_scored_entry_and_is_save
             return branch.last_weights[0]
 
     one = weights(b)
-    dpm.save(b, tmp_path / "br")
-    meta = json.loads((tmp_path / "br" / "config.json").read_text())
-    meta["config"]["score_scale"] = 3.0  # what a calibration writes
-    (tmp_path / "br" / "config.json").write_text(json.dumps(meta))
-    sharp = dpm.load(tmp_path / "br", tiny)
+    sharp = calibrated(b, tiny, tmp_path / "br", score_scale=3.0)
     assert sharp.config.score_scale == 3.0
     three = weights(sharp)
     assert three[0] / three[1] > one[0] / one[1]  # more of the attention on the better-scored entry
