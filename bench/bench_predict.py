@@ -97,7 +97,6 @@ def main() -> None:
                                           min_new_tokens=8, do_sample=False, pad_token_id=reader.tokenizer.pad_token_id)
                 base_hf.append(time.perf_counter() - t)
             t = time.perf_counter()
-            b = reader.encode_batch([p.prompt])
             greedy_generate(reader, input_ids=b["input_ids"], attention_mask=b["attention_mask"], max_new_tokens=8,
                             stop_at_answer_end=False)
             base_full.append(time.perf_counter() - t)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
 from engine.explain.record import Explanation, RetrievedEntry
+from engine.models.lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Predictor:
         self.branch = branch
         # The reader is frozen, so its answer without memory never changes: asking again
         # (after an edit, with other packs...) reuses it instead of generating it again.
-        self._plain: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._plain = LRU(256)  # (prompt, max_new_tokens) -> answer
         self._context = ContextFusion(reader, style=context_style)
         self._dpm = None
         if branch is not None:
@@ -198,13 +198,13 @@ class Predictor:
         scores = [float(h.score) for _, h in hits]
         if not hits:
             plain = known if known is not None else reader.generate(prompt, max_new_tokens=max_new_tokens)
-            self._remember(key, plain)
+            self._plain.put(key, plain)
             if injector is None:
                 return Explanation(prompt, plain, plain, mode, packs, [], None, time.perf_counter() - t0, k)
             memory_answer = plain
         else:
             memory_answer, plain = fusion.generate(prompt, texts, scores, max_new_tokens, plain=known)
-            self._remember(key, plain)
+            self._plain.put(key, plain)
         retrieved = [
             RetrievedEntry(p, int(h.entry.id), h.entry.title, h.entry.text, h.entry.source, float(h.score))
             for p, h in hits
@@ -248,12 +248,6 @@ class Predictor:
             injected = pf.injected(prompt, used, fusion, texts)
         return Explanation(prompt, answer, plain, mode, packs, retrieved, logp_all, time.perf_counter() - t0, k,
                            plugins=[p.name for p in plugins], injected=injected, answer_without_plugins=memory_answer)
-
-    def _remember(self, key: tuple[str, int], plain: str) -> None:
-        self._plain[key] = plain
-        self._plain.move_to_end(key)
-        while len(self._plain) > 256:
-            self._plain.popitem(last=False)
 
 
 def predict(

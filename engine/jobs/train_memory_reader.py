@@ -42,7 +42,7 @@ import torch
 
 from engine.jobs.progress import JobCancelled, accepts_metrics
 from engine.models import dpm as dpm_io
-from engine.models.dpm import DPMConfig, MemoryBranch, attach, lower_states as _lower_states, pad_left, upper_hidden as _upper_hidden
+from engine.models.dpm import DPMConfig, MemoryBranch, attach, lower_states as _lower_states, pad_left
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +406,7 @@ def train_memory_reader(
                 cols_i.append(start + j)
                 labels.append(tok_id)
         with branch.memory(mem, sc.to(dev)):
-            last = _upper_hidden(reader, first, hidden.to(dev), att.to(dev), pos.to(dev))  # [b, T, d]
+            last = reader.run_from(first, hidden.to(dev), att.to(dev), pos.to(dev))  # [b, T, d]
         picked = last[torch.tensor(rows_i, device=dev), torch.tensor(cols_i, device=dev)]  # [n_answer_tokens, d]
         logits = reader.model.lm_head(picked).float()  # [n_answer_tokens, V]
         return torch.nn.functional.cross_entropy(logits, torch.tensor(labels, device=dev))

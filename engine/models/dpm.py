@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import tempfile
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -45,6 +44,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from engine.models.lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -714,22 +715,6 @@ def answer_logprob_rows(
     return sums.float().cpu(), out
 
 
-def upper_hidden(reader, first: int, hidden: torch.Tensor, att: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Run only layers ``first..`` (+ the final norm) from the hidden states entering layer ``first``.
-
-    hidden [b, T, d], att / pos [b, T] -> the last hidden states [b, T, d] (what the LM
-    head reads). The branch's hooks fire as usual on the layers run.
-    """
-    base = reader.model.model
-    full = base.layers
-    try:
-        base.layers = torch.nn.ModuleList(list(full)[first:])
-        out = base(inputs_embeds=hidden, attention_mask=att, position_ids=pos, use_cache=False)
-    finally:
-        base.layers = full
-    return out.last_hidden_state
-
-
 @torch.no_grad()
 def lower_states(reader, first: int, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """Hidden states entering layer ``first`` for each token row (unpadded, [T_i, d] each, float32, CPU).
@@ -778,31 +763,12 @@ def greedy(reader, batch: dict[str, torch.Tensor], max_new_tokens: int,
                            max_new_tokens=max_new_tokens, lookup=lookup, prompt_states=prompt_states)
 
 
-class EntryCache:
-    """Per-text cache of an entry's reader states (LRU). Keyed by the text, so an edited
-    entry is simply a new key: no invalidation, no index rebuild."""
+class EntryCache(LRU):
+    """Per-text cache of an entry's reader states ``({layer: states}, embeddings)``. Keyed by
+    the text, so an edited entry is simply a new key: no invalidation, no index rebuild."""
 
     def __init__(self, size: int = 512) -> None:  # ~0.2 MB per entry for SmolLM2 with 4 branch layers
-        self.size = size
-        self._d: OrderedDict[str, tuple[dict[int, torch.Tensor], torch.Tensor]] = OrderedDict()
-
-    def get(self, text: str):
-        hit = self._d.get(text)
-        if hit is not None:
-            self._d.move_to_end(text)
-        return hit
-
-    def put(self, text: str, value) -> None:
-        self._d[text] = value
-        self._d.move_to_end(text)
-        while len(self._d) > self.size:
-            self._d.popitem(last=False)
-
-    def discard(self, text: str) -> None:
-        self._d.pop(text, None)
-
-    def __len__(self) -> int:
-        return len(self._d)
+        super().__init__(size)
 
 
 class DPMFusion:
@@ -900,7 +866,7 @@ class DPMFusion:
             att = torch.ones((k + 1, t), dtype=torch.long, device=dev)
             pos = torch.arange(t, device=dev).unsqueeze(0).expand(k + 1, t)
             with br.memory(mem.with_mask(rows), sc, record_at=-(la + 1)):
-                last = upper_hidden(r, first, hidden, att, pos)  # [k+1, T, d]
+                last = r.run_from(first, hidden, att, pos)  # [k+1, T, d]
                 weights = br.last_weights[0].float().cpu().tolist()  # [k]
             logits = r.model.lm_head(last[:, t - la - 1: t - 1]).float()  # [k+1, la, V]
             logp = torch.log_softmax(logits, dim=-1)

@@ -23,10 +23,11 @@ Two things make an answer cheaper without changing it:
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from typing import Sequence
 
 import torch
+
+from engine.models.lru import LRU
 
 #: Words after which a full stop does not end the sentence ("St. John's", "Mt. Everest").
 ABBREVIATIONS = frozenset({
@@ -102,7 +103,7 @@ def lookup_sources(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer([" " + t.strip() for t in texts], add_special_tokens=False)["input_ids"]]
 
 
-class PromptStates:
+class PromptStates(LRU):
     """The reader's states of recent prompts below layer ``first`` (LRU, keyed by token ids).
 
     Under the layers a memory branch hooks, a prompt's states do not depend on the
@@ -115,23 +116,15 @@ class PromptStates:
     def __init__(self, first: int, size: int = 32) -> None:
         if first < 1:
             raise ValueError(f"PromptStates: first must be >= 1, got {first}")
-        self.first, self.size = first, size
-        self._d: OrderedDict[tuple[int, ...], tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = OrderedDict()
+        super().__init__(size)
+        self.first = first
 
-    def get(self, ids: Sequence[int]):
-        hit = self._d.get(tuple(ids))
-        if hit is not None:
-            self._d.move_to_end(tuple(ids))
-        return hit
+    def get(self, ids: Sequence[int]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        """(hidden states entering ``first`` [T, d], [(keys, values) per lower layer]) of a prompt."""
+        return super().get(tuple(ids))
 
-    def put(self, ids: Sequence[int], hidden: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self._d[tuple(ids)] = (hidden, kv)
-        self._d.move_to_end(tuple(ids))
-        while len(self._d) > self.size:
-            self._d.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._d)
+    def put(self, ids: Sequence[int], value: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        super().put(tuple(ids), value)
 
 
 def _right_align(rows: Sequence[torch.Tensor], width: int, dim: int) -> torch.Tensor:
@@ -161,14 +154,7 @@ def _prefill(reader, cache, mask: torch.Tensor, pos: torch.Tensor, input_ids, in
     known = [states.get(h) for h in history]
     if all(k is not None for k in known):
         hidden = _right_align([k[0] for k in known], width, 0)  # [b, W, d]
-        base = model.model
-        layers = base.layers
-        try:
-            base.layers = torch.nn.ModuleList(list(layers)[first:])
-            last = base(inputs_embeds=hidden, attention_mask=mask, position_ids=pos, cache=cache,
-                        use_cache=True).last_hidden_state
-        finally:
-            base.layers = layers
+        last = reader.run_from(first, hidden, mask, pos, cache=cache)
         for i in range(first):
             cache.update(_right_align([k[1][i][0] for k in known], width, 1),
                          _right_align([k[1][i][1] for k in known], width, 1), i)
@@ -190,7 +176,7 @@ def _prefill(reader, cache, mask: torch.Tensor, pos: torch.Tensor, input_ids, in
         t = len(h)
         kv = [(cache.layers[i].keys[r, :, width - t:].clone(), cache.layers[i].values[r, :, width - t:].clone())
               for i in range(first)]
-        states.put(h, grabbed[0][r, width - t:].clone(), kv)
+        states.put(h, (grabbed[0][r, width - t:].clone(), kv))
     return out.logits[:, -1]
 
 

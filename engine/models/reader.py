@@ -151,6 +151,23 @@ class Reader:
                 f"{mine['name']!r}: " + "; ".join(diffs)
             )
 
+    def run_from(self, first: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor, cache=None) -> torch.Tensor:
+        """Run only layers ``first..`` (+ the final norm) from the hidden states entering layer
+        ``first``: hidden [b, T, d], mask / positions [b, T] -> the last hidden states
+        [b, T, d] (what the LM head reads). Hooks on those layers fire as usual; with
+        ``cache`` (a transformers Cache) the layers run fill it.
+        """
+        base = self.model.model
+        full = base.layers
+        try:
+            base.layers = torch.nn.ModuleList(list(full)[first:])
+            out = base(inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids,
+                       cache=cache, use_cache=cache is not None)
+        finally:
+            base.layers = full
+        return out.last_hidden_state
+
     # ------------------------------------------------------------------ tokenising
 
     def _prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
