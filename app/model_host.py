@@ -44,12 +44,25 @@ class LoadedModel:
             from engine.explain import PredictError, Predictor
 
             try:
-                self._predictor = Predictor(self.reader, self.branch)
+                self._predictor = Predictor(self.reader, self.branch, entry_store=self._entry_store())
             except PredictError as exc:  # a branch the reader cannot take: keep 'context' working
                 self.note = f"The memory branch cannot be used ({exc}); mode 'dpm' is off."
                 self.branch = None
                 self._predictor = Predictor(self.reader, None)
         return self._predictor
+
+    def _entry_store(self):
+        """The on-disk store of entries' reader states for this reader and branch (None when
+        it cannot be opened: the states are then computed each session)."""
+        if self.branch is None:
+            return None
+        from engine.models.entry_store import EntryStateStore
+
+        try:
+            return EntryStateStore.for_branch(self.reader, self.branch)
+        except (OSError, ValueError) as exc:
+            log.warning("no entry-state store (%s); entries are read afresh each session", exc)
+            return None
 
     def describe(self) -> str:
         name = getattr(self.reader, "name", "reader")

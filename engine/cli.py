@@ -483,7 +483,12 @@ def _load_predictor(a, out: Output, modes: Sequence[str]):
         pass
     reader = load_reader(a.reader)
     branch = dpm.load(branch_dir, reader) if branch_dir is not None else None
-    return Predictor(reader, branch)
+    store = None
+    if branch is not None:
+        from engine.models.entry_store import EntryStateStore
+
+        store = EntryStateStore.for_branch(reader, branch)  # entries read before are not read again
+    return Predictor(reader, branch, entry_store=store)
 
 
 def _open_memories(paths: Sequence[str] | None, out: Output) -> list:
@@ -749,6 +754,40 @@ def cmd_eval_edits(a, out: Output) -> int:
     return 0 if all(r["restored"] for r in results.values()) else 1
 
 
+def cmd_prepare(a, out: Output) -> int:
+    from engine.jobs.prepare_states import prepare_states
+    from engine.models import dpm
+    from engine.models.reader import is_default_name
+
+    if not a.branch and not is_default_name(a.reader):
+        raise CliError(f"prepare needs the memory branch trained for the reader {a.reader}: pass --branch DIR")
+    if a.branch:
+        dpm.read_config(a.branch)  # a bad folder fails before the reader is loaded
+    if a.batch < 1:
+        raise CliError(f"--batch must be at least 1, got {a.batch}")
+    missing = [p for p in a.memory if not Path(p).is_file()]
+    if missing:
+        raise CliError(f"{missing[0]}: no such memory pack")
+    config = {"packs": list(a.memory), "reader": a.reader, "branch": a.branch, "batch": a.batch}
+    stop = _StopFlag()
+    bar = ProgressBar("prepare", enabled=not a.json and not a.quiet)
+    try:
+        with stop:
+            res = prepare_states(config, progress=bar, should_stop=stop)
+    except _job_cancelled() as exc:
+        bar.close()
+        out.info(f"plugmem: interrupted: {exc}")
+        return EXIT_INTERRUPTED
+    except _model_errors() as exc:
+        bar.close()
+        raise CliError(str(exc)) from None
+    bar.close()
+    out.emit(res, lambda: (f"{res['entries']:,} entries: {res['read']:,} read in {res['seconds']:.0f} s, "
+                           f"{res['already']:,} already stored; store {res['store']} "
+                           f"({res['store_entries']:,} entries, {res['store_bytes'] / 1e6:.1f} MB)"))
+    return 0
+
+
 def _job_cancelled() -> type[BaseException]:
     from engine.jobs.progress import JobCancelled
 
@@ -896,6 +935,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-explain", action="store_true", help="skip the leave-one-out pass")
     model_args(sp)
     plugin_arg(sp)
+
+    sp = add("prepare", cmd_prepare, "read every entry of packs through the reader once and keep its states on "
+                                     "disk: the first dpm answer that retrieves them is faster (resumable)")
+    sp.add_argument("memory", nargs="+", metavar="PACK")
+    sp.add_argument("--batch", type=int, default=32, help="entries read together")
+    model_args(sp)
 
     sp = add("eval", cmd_eval, "fact-probe accuracy with and without memory, per relation, retrieval hit@k")
     sp.add_argument("probes", metavar="PROBES.jsonl")

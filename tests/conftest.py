@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("QT_API", "pyside6")
+# Entry states computed by tests go to a throw-away folder, not the user's cache.
+_STATES = None
+if not os.environ.get("PLUGMEM_ENTRY_STATES"):
+    _STATES = os.environ["PLUGMEM_ENTRY_STATES"] = tempfile.mkdtemp(prefix="plugmem-test-states-")
 # Keep tests on two cores from oversubscribing.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -21,3 +27,8 @@ def pytest_collection_modifyitems(session, config, items):
             return 1
         return 2
     items.sort(key=rank)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _STATES:
+        shutil.rmtree(_STATES, ignore_errors=True)

@@ -77,6 +77,7 @@ class JobsPanel(QWidget):
         menu = QMenu(self)
         menu.addAction("Train the memory reader on the demo facts…", lambda: self.train_memory_reader_dialog(demo=True))
         menu.addAction("Train the memory reader on files…", lambda: self.train_memory_reader_dialog(demo=False))
+        menu.addAction("Prepare the plugged packs for fast answers", self.prepare_plugged)
         self.new_btn.setMenu(menu)
         btns = QHBoxLayout()
         btns.addWidget(self.new_btn)
@@ -289,6 +290,12 @@ class JobsPanel(QWidget):
         except Exception as exc:
             ctx.notifier.error("Starting the memory reader training", exc)
             return None
+
+    def prepare_plugged(self) -> str | None:
+        """Read every active entry of the plugged packs once; keep the states on disk."""
+        from app.views.workspace_panel import start_prepare_states
+
+        return start_prepare_states(self.ctx, list(self.ctx.workspace.plugged()))
 
     def train_memory_reader_dialog(self, demo: bool) -> None:
         if demo:

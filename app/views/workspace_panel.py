@@ -268,6 +268,7 @@ class WorkspacePanel(QWidget):
         busy = self.ctx.is_busy(path)
         m.addAction("Entities and triples", lambda: self.entities_requested.emit(path))
         m.addAction("Map-tune plugin…", lambda: self.map_tune_requested.emit(path))
+        m.addAction("Prepare for fast answers", lambda: self.prepare_states(path))
         m.addSeparator()
         for key in ("import", "export", "check", "detach"):
             b = self.buttons[key]
@@ -355,6 +356,11 @@ class WorkspacePanel(QWidget):
         else:
             start()
 
+    def prepare_states(self, path: str | None = None) -> str | None:
+        """Job: read every active entry of the pack once and keep the states on disk."""
+        path = path or self.selected_path()
+        return start_prepare_states(self.ctx, [path]) if path else None
+
     def export_pack(self, dest: str | None = None, path: str | None = None):
         path = path or self.selected_path()
         if not path:
@@ -423,6 +429,23 @@ class WorkspacePanel(QWidget):
         path = self.selected_path()
         if path:
             self.ctx.detach(path)
+
+
+def start_prepare_states(ctx: AppContext, paths: list[str]) -> str | None:
+    """Start the job that reads every active entry of ``paths`` once through the workspace's
+    reader and keeps the states on disk (``engine.jobs.prepare_states``), so the first
+    'memory branch' answer that retrieves an entry does not wait for it. Returns the job id."""
+    if not paths:
+        ctx.notifier.error("Preparing for fast answers", "no pack: plug or select one first")
+        return None
+    config = {"packs": list(paths), "reader": ctx.workspace.reader, "branch": ctx.workspace.dpm_branch}
+    names = ", ".join(Path(p).stem for p in paths)
+    try:
+        return ctx.jobs.start("prepare_states", "engine.jobs.prepare_states:prepare_states", config,
+                              title=f"Prepare {names} for fast answers")
+    except Exception as exc:
+        ctx.notifier.error(f"Preparing {names}", exc)
+        return None
 
 
 def main() -> int:

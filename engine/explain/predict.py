@@ -90,10 +90,13 @@ class Predictor:
 
     ``branch``: a ``MemoryBranch`` for mode 'dpm' (``engine.models.dpm.load_default_branch``
     gives the shipped one). Keep the object alive between questions: it caches the
-    entries' reader states by text.
+    entries' reader states by text. ``entry_store``: an
+    ``engine.models.entry_store.EntryStateStore`` (or None) that keeps them on disk
+    too, so entries read in an earlier session, or prepared by
+    ``engine.jobs.prepare_states``, are not read again.
     """
 
-    def __init__(self, reader, branch=None, *, context_style: str = "facts") -> None:
+    def __init__(self, reader, branch=None, *, context_style: str = "facts", entry_store=None) -> None:
         from engine.models.context import ContextFusion
 
         self.reader = reader
@@ -107,7 +110,7 @@ class Predictor:
             from engine.models.dpm import DPMError, DPMFusion
 
             try:
-                self._dpm = DPMFusion(reader, branch)
+                self._dpm = DPMFusion(reader, branch, store=entry_store)
             except DPMError as exc:
                 raise PredictError(str(exc)) from exc
 
@@ -128,13 +131,12 @@ class Predictor:
         so the next DPM prediction that retrieves them does not wait for it."""
         texts = [t for t in texts if t]
         if self._dpm is not None and texts:
-            self._dpm.memory_for([texts])
+            self._dpm.read_entries(texts)
 
     def forget_entries(self, texts: Sequence[str]) -> None:
-        """Drop entries' cached reader states (the next prediction reads them afresh)."""
+        """Drop entries' reader states, cached and stored (the next prediction reads them afresh)."""
         if self._dpm is not None:
-            for t in texts:
-                self._dpm.cache.discard(t)
+            self._dpm.forget_entries(texts)
 
     def plugin_injector(self, plugins: Sequence):
         """A ``PluginInjector`` of ``plugins`` (``KnowledgePlugin`` objects) for this reader (checked for it)."""

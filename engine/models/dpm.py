@@ -349,6 +349,12 @@ class MemoryBranch(nn.Module):
         embeds = [emb[n, width - len(r):] for n, r in enumerate(rows)]
         return states, embeds
 
+    def entry_embeddings(self, reader, token_rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Input embeddings [T_n, d] (float32) of entries' tokens, as :meth:`entry_states` gives them."""
+        emb = reader.model.get_input_embeddings()
+        with torch.no_grad():
+            return [emb(torch.tensor(list(row), device=reader.device)).float() for row in token_rows]
+
     def assemble(
         self,
         rows: Sequence[Sequence[int]],
@@ -776,32 +782,63 @@ class DPMFusion:
 
     mode = "dpm"
 
-    def __init__(self, reader, branch: MemoryBranch, cache: EntryCache | None = None) -> None:
+    def __init__(self, reader, branch: MemoryBranch, cache: EntryCache | None = None, store=None) -> None:
         from engine.models.generation import PromptStates
 
         check_compatible(branch.reader_fingerprint, reader)
         self.reader, self.branch = reader, branch
         self.cache = cache if cache is not None else EntryCache()
+        # Entry states kept on disk (engine.models.entry_store.EntryStateStore), or None.
+        self.store = store
         # The layers below the branch never see the memory: a prompt asked again (after an
         # edit, with other packs) runs only the branch layers in its prefill.
         first = branch.layer_ids[0]
         self.prompts = PromptStates(first) if first >= 1 else None
 
+    def read_entries(self, texts: Sequence[str]) -> dict[str, tuple[dict[int, torch.Tensor], torch.Tensor]]:
+        """``{text: ({layer: states}, embeddings)}`` for ``texts``: from the cache, else from the
+        store, else read by the reader (and then stored). All of them end up in the cache."""
+        from engine.models.entry_store import round_states
+
+        br, r = self.branch, self.reader
+        out = {t: self.cache.get(t) for t in dict.fromkeys(texts)}
+        todo = [t for t, v in out.items() if v is None]
+        if not todo:
+            return out
+        tok_rows = br.tokenize_entries(r, todo)
+        stored = self.store.get_many(todo) if self.store is not None else {}
+        fresh = [n for n, t in enumerate(todo)
+                 if t not in stored or any(s.shape[0] != len(tok_rows[n]) for s in stored[t].values())]
+        if fresh:
+            states, embeds = br.entry_states(r, [tok_rows[n] for n in fresh])
+            # Rounded as the store keeps them: an answer never depends on where states came from.
+            for j, n in enumerate(fresh):
+                out[todo[n]] = ({i: round_states(states[i][j]) for i in br.key_layers}, embeds[j])
+            if self.store is not None:
+                self.store.put_many({todo[n]: out[todo[n]][0] for n in fresh})
+        kept = [n for n in range(len(todo)) if out[todo[n]] is None]
+        for n, e in zip(kept, br.entry_embeddings(r, [tok_rows[n] for n in kept])):
+            out[todo[n]] = ({i: s.to(r.device) for i, s in stored[todo[n]].items()}, e)
+        for t in todo:
+            self.cache.put(t, out[t])
+        return out
+
+    def forget_entries(self, texts: Sequence[str]) -> None:
+        """Drop entries' states from the cache and the store (the next read computes them)."""
+        for t in texts:
+            self.cache.discard(t)
+        if self.store is not None:
+            self.store.discard_many(texts)
+
     def memory_for(self, texts_per_row: Sequence[Sequence[str]]) -> MemoryValues:
         """The branch memory for several rows of entry texts, reading each distinct text once."""
-        br, r = self.branch, self.reader
-        unique = list(dict.fromkeys(t for row in texts_per_row for t in row))
-        todo = [t for t in unique if self.cache.get(t) is None]
-        if todo:
-            tok_rows = br.tokenize_entries(r, todo)
-            states, embeds = br.entry_states(r, tok_rows)
-            for n, t in enumerate(todo):
-                self.cache.put(t, ({i: states[i][n] for i in br.key_layers}, embeds[n]))
+        br = self.branch
+        got = self.read_entries([t for row in texts_per_row for t in row])
+        unique = list(got)
         pos = {t: n for n, t in enumerate(unique)}
-        got = [self.cache.get(t) for t in unique]
-        states = {i: [g[0][i] for g in got] for i in br.key_layers}
-        embeds = [g[1] for g in got]
-        return br.assemble([[pos[t] for t in row] for row in texts_per_row], states, embeds, device=r.device)
+        states = {i: [got[t][0][i] for t in unique] for i in br.key_layers}
+        embeds = [got[t][1] for t in unique]
+        return br.assemble([[pos[t] for t in row] for row in texts_per_row], states, embeds, device=self.reader.device)
 
     def generate_many(
         self, prompts: Sequence[str], texts: Sequence[Sequence[str]], scores: Sequence[Sequence[float]], max_new_tokens: int

@@ -150,3 +150,37 @@ def test_export_and_check_from_the_panel(qtbot, make_ctx, small_pack, tmp_path):
     with qtbot.waitSignal(panel.check_done, timeout=60_000) as sig:
         panel.check(path)
     assert sig.args[1]["ok"], sig.args[1]
+
+
+def test_prepare_for_fast_answers_runs_as_a_job_and_fills_the_state_store(qtbot, make_ctx, small_pack, tmp_path):
+    """Pack menu → "Prepare for fast answers": a job reads every entry through the workspace's
+    reader once; the states are then on disk for the next session's memory-branch answers."""
+    from app.views.workspace_panel import WorkspacePanel
+    from engine.models import dpm, load_reader
+    from engine.models.entry_store import EntryStateStore
+    from engine.models.tiny import make_tiny_reader
+    from engine.store import Pack
+
+    from tests.engine.test_dpm import copy_branch
+
+    folder = make_tiny_reader(seed=0).save(tmp_path / "tiny-reader")
+    reader = load_reader(folder)
+    branch_dir = dpm.save(copy_branch(reader), tmp_path / "branch")
+    path = str(small_pack.resolve())
+    ctx = make_ctx([path])
+    ctx.workspace.reader, ctx.workspace.dpm_branch = str(folder), str(branch_dir)
+    panel = WorkspacePanel(ctx)
+    qtbot.addWidget(panel)
+    action = next(a for a in panel.context_menu(path).actions() if a.text() == "Prepare for fast answers")
+    with qtbot.waitSignal(ctx.jobs.finished, timeout=120_000) as sig:
+        action.trigger()
+    assert sig.args[1]["read"] == 10 and sig.args[1]["entries"] == 10
+    with Pack.open(path, readonly=True) as pack:
+        texts = [e.text for e in pack.page(0, 100)]
+    with EntryStateStore.for_branch(reader, dpm.load(branch_dir, reader)) as store:
+        assert len(texts) == 10 and store.missing(texts) == []
+
+    from app.views.workspace_panel import start_prepare_states
+
+    assert start_prepare_states(ctx, []) is None
+    assert "no pack: plug or select one first" in ctx.notifier.history[-1][1]
