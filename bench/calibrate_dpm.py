@@ -12,7 +12,8 @@ pair and a table; the shipped branch's config.json carries the chosen pair: the 
 mean of efficacy and paraphrase among pairs with locality >= 99 %, relation accuracy not
 below the branch as trained and no more run-on answers. The baseline is (1.0, 1.0), the
 branch as trained. ``output_scale`` multiplies what the branch adds; ``score_scale``
-multiplies the retrieval score's weight in its attention.
+multiplies the retrieval score's weight in its attention. ``--lexical`` also sweeps the
+weight of the lexical term of hybrid retrieval (``engine.explain.predict.LEXICAL_WEIGHT``).
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ import torch  # noqa: E402
 from engine.demo import ensure_demo_workspace  # noqa: E402
 from engine.evaluate import evaluate_edits, evaluate_probes, read_edits, read_probes  # noqa: E402
 from engine.explain import Predictor  # noqa: E402
+import importlib  # noqa: E402
+
+predict_mod = importlib.import_module("engine.explain.predict")  # the module (engine.explain.predict is also a function)
 from engine.memory import Memory  # noqa: E402
 from engine.models import dpm, load_reader  # noqa: E402
 from bench._results import publish  # noqa: E402
@@ -73,6 +77,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scales", default="1,1.5,2,3", help="output_scale values")
     ap.add_argument("--score-scales", default="1", help="score_scale values (each tried with every output_scale)")
+    ap.add_argument("--lexical", default=None,
+                    help="lexical weights of hybrid retrieval (engine.explain.predict.LEXICAL_WEIGHT; default: as shipped)")
+    ap.add_argument("--candidates", default=None,
+                    help="hybrid retrieval depth(s), x k (engine.explain.predict.CANDIDATES; default: as shipped)")
     ap.add_argument("--branch", help="branch folder (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--append", action="store_true", help="append the table to bench/RESULTS.md")
@@ -86,8 +94,12 @@ def main() -> None:
     data = {d: split(d) for d in ("geography", "chemistry")}
     packs = {d: next(p for p in ws["packs"] if Path(p).stem == d) for d in data}
     rows = []
-    pairs = [(float(x), float(y)) for y in a.score_scales.split(",") for x in a.scales.split(",")]
-    for s, ss in pairs:
+    lexical = [float(v) for v in a.lexical.split(",")] if a.lexical else [predict_mod.LEXICAL_WEIGHT]
+    depths = [int(v) for v in a.candidates.split(",")] if a.candidates else [predict_mod.CANDIDATES]
+    pairs = [(float(x), float(y), lx, c) for c in depths for lx in lexical
+             for y in a.score_scales.split(",") for x in a.scales.split(",")]
+    for s, ss, lx, cand in pairs:
+        predict_mod.LEXICAL_WEIGHT, predict_mod.CANDIDATES = lx, cand
         for blk in branch.blocks.values():
             blk.output_scale, blk.score_scale = s, ss
         if branch.match is not None:
@@ -100,8 +112,8 @@ def main() -> None:
                 ed = evaluate_edits(pred, [mem], edits, loc, "dpm", k=5, locality_limit=50)
                 runon = sum(run_on(pred.predict(p.prompt, [mem], k=5, explain=False).answer, p.answer) for p in rel)
             res[domain] = (pr["accuracy"], ed["efficacy"], ed["generalization"], ed["locality"], runon / len(rel))
-        rows.append(((s, ss), res))
-        print(s, ss, {d: [round(100 * x, 1) for x in v] for d, v in res.items()}, flush=True)
+        rows.append(((s, ss, lx, cand), res))
+        print(s, ss, lx, cand, {d: [round(100 * x, 1) for x in v] for d, v in res.items()}, flush=True)
 
     def pct(x):
         return "–" if x is None else f"{100 * x:.1f} %"
@@ -110,12 +122,13 @@ def main() -> None:
         f"### calibrate_dpm.py — {time.strftime('%Y-%m-%d %H:%M')} ({platform.machine()}, torch {torch.__version__}; "
         f"branch {folder.name}; validation split; {time.perf_counter() - t0:.0f} s)",
         "",
-        "| output_scale | score_scale | domain | held-out relations acc | edit efficacy | paraphrase | locality | answers running on |",
-        "|---|---|---|---|---|---|---|---|",
+        "| output_scale | score_scale | lexical × candidates | domain | held-out relations acc | edit efficacy | "
+        "paraphrase | locality | answers running on |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (s, ss), res in rows:
+    for (s, ss, lx, cand), res in rows:
         for d, (acc, eff, para, loc, ro) in res.items():
-            lines.append(f"| {s:g} | {ss:g}{' (as trained)' if (s, ss) == (1.0, 1.0) else ''} | {d} | {pct(acc)} | "
+            lines.append(f"| {s:g} | {ss:g}{' (as trained)' if (s, ss) == (1.0, 1.0) else ''} | {lx:g} × {cand} | {d} | {pct(acc)} | "
                          f"{pct(eff)} | {pct(para)} | {pct(loc)} | {pct(ro)} |")
     table = "\n".join(lines) + "\n"
     print()

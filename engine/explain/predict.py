@@ -19,6 +19,8 @@ the record then also holds the answer with the memory alone
 from __future__ import annotations
 
 import logging
+import math
+import re
 import time
 from pathlib import Path
 from typing import Sequence
@@ -44,34 +46,83 @@ def pack_name(memory) -> str:
     return str(name) if name else Path(pack.path).stem
 
 
-def retrieve_many(prompts: Sequence[str], memories: Sequence, k: int) -> list[list[tuple[str, object]]]:
+# Hybrid retrieval: the dense top-k entries are re-scored as inner product +
+# LEXICAL_WEIGHT x lexical coverage (see lexical_coverage), word weights taken over the
+# dense top (CANDIDATES x k) of every memory; the set stays the dense top-k. Calibrated
+# with the shipped branch on the validation split (bench/calibrate_dpm.py --lexical
+# --candidates; bench/RESULTS.md, "Hybrid retrieval"): 0.2 x 1 and 0.3 x 1 tie for the
+# best mean of efficacy and paraphrase, 0.5 costs chemistry relations, a pool of 4 x k
+# is worse; the smaller weight is kept.
+LEXICAL_WEIGHT = 0.2
+CANDIDATES = 1
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def lexical_coverage(prompt: str, texts: Sequence[str]) -> list[float]:
+    """For each text, the share in [0, 1] of the prompt's distinctive words it contains.
+
+    A word weighs its inverse document frequency among ``texts`` (the candidates of one
+    question): a word every candidate has ("the", the subject of them all) weighs almost
+    nothing, one that only some have ("subregion" among region / subregion / intermediate
+    region entries, "yttrium" beside "ytterbium") weighs most. Words are compared in lower
+    case, whole; words of the prompt no candidate has do not count.
+    """
+    docs = [set(w.lower() for w in _WORD.findall(t)) for t in texts]
+    n = len(docs)
+    idf: dict[str, float] = {}
+    for w in set(w.lower() for w in _WORD.findall(prompt)):
+        df = sum(w in d for d in docs)
+        if df:
+            idf[w] = math.log((n + 1) / df)
+    total = sum(idf.values())
+    if total <= 0:
+        return [0.0] * n
+    return [sum(v for w, v in idf.items() if w in d) / total for d in docs]
+
+
+def retrieve_many(prompts: Sequence[str], memories: Sequence, k: int,
+                  lexical: float | None = None) -> list[list[tuple[str, object]]]:
     """Per prompt, the top-k ``(pack name, Hit)`` over all memories, best score first.
 
     Prompts are encoded once per distinct key encoder (packs made by different
     encoders each get their own query vectors; scores are inner products of
-    normalised vectors either way). Ties keep the order of ``memories``.
+    normalised vectors either way). With ``lexical`` (default :data:`LEXICAL_WEIGHT`)
+    above 0, the top-k are re-scored as inner product + lexical ×
+    :func:`lexical_coverage`, the words weighed over the dense top ``CANDIDATES * k``
+    of every memory: the sentence encoder alone ranks near-duplicate entries ("the
+    region of" / "the subregion of", "ytterbium" / "yttrium") by wording more than by
+    the word that tells them apart. The entries are the same (the dense top-k), their
+    order and scores change. Ties keep the order of ``memories``.
     """
+    lexical = LEXICAL_WEIGHT if lexical is None else float(lexical)
     prompts = list(prompts)
     merged: list[list[tuple[str, object]]] = [[] for _ in prompts]
     if not prompts:
         return merged
+    depth = k * CANDIDATES if lexical > 0 else k
     queries: dict[int, object] = {}
     for m in memories:
         enc = m.encoder
         if id(enc) not in queries:
             queries[id(enc)] = enc.encode(prompts)
         name = pack_name(m)
-        for row, hits in zip(merged, m.search_vectors(queries[id(enc)], k)):
+        for row, hits in zip(merged, m.search_vectors(queries[id(enc)], depth)):
             row.extend((name, h) for h in hits)
-    for row in merged:
+    for prompt, row in zip(prompts, merged):
         row.sort(key=lambda ph: -float(ph[1].score))
+        if lexical > 0 and row:
+            from engine.memory import Hit
+
+            cov = lexical_coverage(prompt, [h.entry.text for _, h in row])[:k]
+            row[:] = [(name, Hit(h.entry, float(h.score) + lexical * c)) for (name, h), c in zip(row[:k], cov)]
+            row.sort(key=lambda ph: -float(ph[1].score))
         del row[k:]
     return merged
 
 
-def retrieve(prompt: str, memories: Sequence, k: int) -> list[tuple[str, object]]:
+def retrieve(prompt: str, memories: Sequence, k: int, lexical: float | None = None) -> list[tuple[str, object]]:
     """Top-k ``(pack name, Hit)`` over all memories for one prompt, best score first."""
-    return retrieve_many([prompt], memories, k)[0]
+    return retrieve_many([prompt], memories, k, lexical)[0]
 
 
 def check_request(prompt: str, mode: str, k: int, max_new_tokens: int) -> None:
