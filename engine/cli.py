@@ -769,19 +769,9 @@ def cmd_prepare(a, out: Output) -> int:
     if missing:
         raise CliError(f"{missing[0]}: no such memory pack")
     config = {"packs": list(a.memory), "reader": a.reader, "branch": a.branch, "batch": a.batch}
-    stop = _StopFlag()
-    bar = ProgressBar("prepare", enabled=not a.json and not a.quiet)
-    try:
-        with stop:
-            res = prepare_states(config, progress=bar, should_stop=stop)
-    except _job_cancelled() as exc:
-        bar.close()
-        out.info(f"plugmem: interrupted: {exc}")
+    res = _run_job("prepare", prepare_states, config, a, out)
+    if res is None:
         return EXIT_INTERRUPTED
-    except _model_errors() as exc:
-        bar.close()
-        raise CliError(str(exc)) from None
-    bar.close()
     out.emit(res, lambda: (f"{res['entries']:,} entries: {res['read']:,} read in {res['seconds']:.0f} s, "
                            f"{res['already']:,} already stored; store {res['store']} "
                            f"({res['store_entries']:,} entries, {res['store_bytes'] / 1e6:.1f} MB)"))
@@ -792,6 +782,25 @@ def _job_cancelled() -> type[BaseException]:
     from engine.jobs.progress import JobCancelled
 
     return JobCancelled
+
+
+def _run_job(label: str, job, config, a, out: Output):
+    """Run an engine job here with a progress bar; Ctrl+C stops it at its last checkpoint.
+    Returns its result, or None when it was interrupted (the message is printed)."""
+    stop = _StopFlag()
+    bar = ProgressBar(label, enabled=not a.json and not a.quiet)
+    try:
+        with stop:
+            res = job(config, progress=bar, should_stop=stop)
+    except _job_cancelled() as exc:
+        bar.close()
+        out.info(f"plugmem: interrupted: {exc}")
+        return None
+    except _model_errors() as exc:
+        bar.close()
+        raise CliError(str(exc)) from None
+    bar.close()
+    return res
 
 
 def cmd_train_memory_reader(a, out: Output) -> int:
@@ -807,19 +816,9 @@ def cmd_train_memory_reader(a, out: Output) -> int:
         config = TrainMemoryReaderConfig.from_dict(cfg)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    stop = _StopFlag()
-    bar = ProgressBar("train", enabled=not a.json and not a.quiet)
-    try:
-        with stop:
-            res = train_memory_reader(config, progress=bar, should_stop=stop)
-    except _job_cancelled() as exc:
-        bar.close()
-        out.info(f"plugmem: interrupted: {exc}")
+    res = _run_job("train", train_memory_reader, config, a, out)
+    if res is None:
         return EXIT_INTERRUPTED
-    except _model_errors() as exc:
-        bar.close()
-        raise CliError(str(exc)) from None
-    bar.close()
     out.emit(res, lambda: (f"trained {res['steps_done']:,} steps in {res['seconds']:.0f} s; loss "
                            f"{res['initial_loss']:.3f} -> {res['final_loss']:.3f}; branch in {res['out']}"))
     return 0
