@@ -339,7 +339,6 @@ def train_memory_reader(
     own_answer: dict[int, list[int]] = pre["own_answer"]
     lower, lower_off, lower_key = pre["lower"], pre["lower_off"], pre["lower_key"]
     fkeys, fkeys_off = pre["fact_keys"], pre["fact_keys_off"]
-    emb = reader.model.get_input_embeddings()
     d = reader.hidden_size
 
     # Within the pool, leave the fact out often enough to make p_absent overall (at most half the time).
@@ -385,8 +384,7 @@ def train_memory_reader(
         # The batch's distinct facts: reader states (keys) from the cache, embeddings from the table.
         uniq = list(dict.fromkeys(f for m in mem_rows for f in m))
         where = {f: n for n, f in enumerate(uniq)}
-        with torch.no_grad():
-            embeds = [emb(torch.tensor(fact_ids[f], device=dev)).float() for f in uniq]  # [T_f, d] each
+        embeds = branch.entry_embeddings(reader, [fact_ids[f] for f in uniq])  # [T_f, d] each
         states = {
             layer: [fkeys[fkeys_off[f]:fkeys_off[f + 1], li].float().to(dev) for f in uniq]
             for li, layer in enumerate(branch.layer_ids)
