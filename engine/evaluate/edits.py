@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from filelock import FileLock, Timeout
 
 from engine.evaluate.data import Edit, EvalDataError, Probe, is_correct
 from engine.evaluate.probes import _rate, answer_batch, max_tokens_for
@@ -50,22 +54,63 @@ def _mentions(text: str, subjects: set[str]) -> bool:
     return any(s in low for s in subjects)
 
 
+def evaluation_lock(memory) -> FileLock:
+    """The lock an edit evaluation holds on a pack while its edits are applied: a file beside
+    the pack (``<pack>.evaluating.lock``), locked with ``flock`` / ``LockFileEx``, so another
+    process or thread cannot evaluate the same pack at the same time, and a dead holder
+    releases it. Re-entrant within one thread."""
+    path = Path(memory.pack.path)
+    return FileLock(str(path.with_name(path.name + ".evaluating.lock")), is_singleton=True)
+
+
+@contextmanager
+def _evaluating(memories: Sequence) -> Iterator[None]:
+    """Hold the evaluation lock of every memory (in path order), or fail at once naming the pack."""
+    held: list[FileLock] = []
+    try:
+        for m in sorted({id(m): m for m in memories}.values(), key=lambda m: str(m.pack.path)):
+            lock = evaluation_lock(m)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                raise EvalDataError(
+                    f"{Path(m.pack.path).name}: another edit evaluation is running on this pack (it undoes its "
+                    "edits when it ends); run this one after it"
+                ) from None
+            held.append(lock)
+        yield
+    finally:
+        for lock in reversed(held):
+            lock.release()
+
+
 def undo_interrupted_evaluation(memory) -> int:
     """Undo the edits an edit evaluation left behind when it was killed before undoing them.
 
     They are the changes by :data:`AUTHOR` on top of the undo stack (an evaluation applies
     its edits last and undoes them in a ``finally``, which a SIGKILL or power cut skips).
     Returns how many were undone; a user's own later change stops the search, so nothing
-    of the user's is touched.
+    of the user's is touched. While an evaluation is running (it holds
+    :func:`evaluation_lock`) its edits are not left behind: nothing is undone.
     """
-    n = 0
-    while memory.pack.top_undo_author() == AUTHOR:
-        memory.undo()
-        n += 1
-    if n:
-        memory.end_redo()
-        log.warning("%s: undid %d edit(s) left by an interrupted edit evaluation", getattr(memory.pack, "name", "pack"), n)
-    return n
+    lock = evaluation_lock(memory)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("%s: an edit evaluation is running; its edits are left to it", Path(memory.pack.path).name)
+        return 0
+    try:
+        n = 0
+        while memory.pack.top_undo_author() == AUTHOR:
+            memory.undo()
+            n += 1
+        if n:
+            memory.end_redo()
+            log.warning("%s: undid %d edit(s) left by an interrupted edit evaluation",
+                        getattr(memory.pack, "name", "pack"), n)
+        return n
+    finally:
+        lock.release()
 
 
 def evaluate_edits(
@@ -103,61 +148,63 @@ def evaluate_edits(
     plugins = list(plugins or ())
     if plugins:
         predictor.plugin_injector(plugins)  # a plugin unusable with this reader fails before any edit
-    # Find each edit's entry (exact text) before touching anything.
-    indexes = [_text_index(m) for m in memories]
-    targets: list[tuple[Any, int]] = []
-    seen: set[tuple[int, int]] = set()
-    for e in edits:
-        for m, idx in zip(memories, indexes):
-            if e.old_text in idx:
-                key = (id(m), idx[e.old_text])
-                if key in seen:
-                    raise EvalDataError(f"{e.where or 'edit'}: edits the same entry as an earlier edit")
-                seen.add(key)
-                targets.append((m, idx[e.old_text]))
-                break
-        else:
-            raise EvalDataError(
-                f"{e.where or 'edit'}: old_text {e.old_text[:80]!r} is not the text of any active entry of the plugged pack(s)"
-            )
+    # One evaluation per pack at a time: its edits and undos must not interleave with another's.
+    with _evaluating(memories):
+        # Find each edit's entry (exact text) before touching anything.
+        indexes = [_text_index(m) for m in memories]
+        targets: list[tuple[Any, int]] = []
+        seen: set[tuple[int, int]] = set()
+        for e in edits:
+            for m, idx in zip(memories, indexes):
+                if e.old_text in idx:
+                    key = (id(m), idx[e.old_text])
+                    if key in seen:
+                        raise EvalDataError(f"{e.where or 'edit'}: edits the same entry as an earlier edit")
+                    seen.add(key)
+                    targets.append((m, idx[e.old_text]))
+                    break
+            else:
+                raise EvalDataError(
+                    f"{e.where or 'edit'}: old_text {e.old_text[:80]!r} is not the text of any active entry of the plugged pack(s)"
+                )
 
-    subjects = {e.subject.strip().lower() for e in edits if e.subject.strip()}
-    loc = [p for p in locality if not (p.subject and p.subject.strip().lower() in subjects)
-           and not _mentions(p.prompt, subjects)]
-    if locality_limit is not None:
-        loc = loc[:locality_limit]
-    prompts = [e.prompt for e in edits]
-    paras = [(n, e.paraphrase) for n, e in enumerate(edits) if e.paraphrase.strip()]
-    all_prompts = prompts + [q for _, q in paras] + [p.prompt for p in loc]
-    # Enough tokens to spell the new (or old) answer; locality compares the first tokens of each answer.
-    edit_budget = [max(a, b) for a, b in zip(max_tokens_for(predictor.reader, [e.new for e in edits]),
-                                               max_tokens_for(predictor.reader, [e.old or e.new for e in edits]))]
-    mnt = (edit_budget + [edit_budget[i] for i, _ in paras] + max_tokens_for(predictor.reader, [p.answer for p in loc]))
+        subjects = {e.subject.strip().lower() for e in edits if e.subject.strip()}
+        loc = [p for p in locality if not (p.subject and p.subject.strip().lower() in subjects)
+               and not _mentions(p.prompt, subjects)]
+        if locality_limit is not None:
+            loc = loc[:locality_limit]
+        prompts = [e.prompt for e in edits]
+        paras = [(n, e.paraphrase) for n, e in enumerate(edits) if e.paraphrase.strip()]
+        all_prompts = prompts + [q for _, q in paras] + [p.prompt for p in loc]
+        # Enough tokens to spell the new (or old) answer; locality compares the first tokens of each answer.
+        edit_budget = [max(a, b) for a, b in zip(max_tokens_for(predictor.reader, [e.new for e in edits]),
+                                                   max_tokens_for(predictor.reader, [e.old or e.new for e in edits]))]
+        mnt = (edit_budget + [edit_budget[i] for i, _ in paras] + max_tokens_for(predictor.reader, [p.answer for p in loc]))
 
-    def answers(lo: float, hi: float) -> tuple[list[str], list]:
-        return answer_batch(predictor, all_prompts, memories, mode, k=k, max_new_tokens=mnt, batch_size=batch_size,
-                            progress=wrap_progress(progress, lo, hi), should_stop=should_stop, plugins=plugins)
+        def answers(lo: float, hi: float) -> tuple[list[str], list]:
+            return answer_batch(predictor, all_prompts, memories, mode, k=k, max_new_tokens=mnt, batch_size=batch_size,
+                                progress=wrap_progress(progress, lo, hi), should_stop=should_stop, plugins=plugins)
 
-    for m in {id(m): m for m in memories}.values():
-        undo_interrupted_evaluation(m)
-    before, _ = answers(0.0, 0.45)
-    applied: list[Any] = []
-    original = {(id(m), i): m.pack.get(i).text for m, i in targets}
-    restored = False
-    try:
-        for e, (m, entry_id) in zip(edits, targets):
-            change = m.edit(entry_id, text=e.new_text, author=AUTHOR)
-            if change.ids:  # a no-op edit (same text) records nothing to undo
-                applied.append(m)
-        after, hits_after = answers(0.5, 0.95)
-    finally:
-        for m in reversed(applied):
-            m.undo()
-        for m in {id(m): m for m in applied}.values():
-            m.end_redo()  # the measured edits must not come back with Edit > Redo
-        restored = all(m.pack.get(i).text == original[(id(m), i)] for m, i in targets)
-        if not restored:
-            log.error("eval-edits: some entries were not restored by undo")
+        for m in {id(m): m for m in memories}.values():
+            undo_interrupted_evaluation(m)
+        before, _ = answers(0.0, 0.45)
+        applied: list[Any] = []
+        original = {(id(m), i): m.pack.get(i).text for m, i in targets}
+        restored = False
+        try:
+            for e, (m, entry_id) in zip(edits, targets):
+                change = m.edit(entry_id, text=e.new_text, author=AUTHOR)
+                if change.ids:  # a no-op edit (same text) records nothing to undo
+                    applied.append(m)
+            after, hits_after = answers(0.5, 0.95)
+        finally:
+            for m in reversed(applied):
+                m.undo()
+            for m in {id(m): m for m in applied}.values():
+                m.end_redo()  # the measured edits must not come back with Edit > Redo
+            restored = all(m.pack.get(i).text == original[(id(m), i)] for m, i in targets)
+            if not restored:
+                log.error("eval-edits: some entries were not restored by undo")
     if progress:
         progress(1.0, f"{len(edits)} edits measured and undone")
 
