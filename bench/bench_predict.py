@@ -127,14 +127,7 @@ def main() -> None:
                      ms(times[("dpm", "stored")])))
         rows.append((f"predict + explain, context, k={a.k}", ms(times[("context", "cold")])))
 
-        by_text = {}
-        after = 0
-        while True:
-            page = mem.pack.page(after, 2000, status="active")
-            if not page:
-                break
-            by_text.update({e.text: e.id for e in page})
-            after = page[-1].id
+        by_text = {e.text: e.id for e in mem.pack.iter_entries(status="active")}
         edit_t, edit_base, edit_only, changed, follows, same = [], [], [], 0, 0, 0
         for e in edits:
             before = predictor.predict(e.prompt, [mem], k=a.k, explain=False).answer

@@ -456,25 +456,30 @@ def _model_errors() -> tuple[type[BaseException], ...]:
     return (PredictError, DPMError, EvalDataError, TrainDataError)
 
 
-def _load_predictor(a, out: Output, modes: Sequence[str]):
-    """The reader (--reader) and, when a mode needs it, the DPM branch (--branch, else the shipped one)."""
-    from engine.explain import Predictor
-    from engine.models import load_reader
+def _branch_dir(a, needs: str, hint: str = ""):
+    """The DPM branch folder for ``--reader``/``--branch``: the given one, else the shipped one
+    for the default reader; its config is read here, so a bad folder fails before the reader loads."""
     from engine.models import dpm
     from engine.models.reader import is_default_name
 
+    if a.branch:
+        folder = a.branch
+    elif is_default_name(a.reader):
+        folder = dpm.default_branch_path()
+    else:
+        raise CliError(f"{needs} a memory branch trained for the reader {a.reader}: pass --branch DIR{hint}")
+    dpm.read_config(folder)
+    return folder
+
+
+def _load_predictor(a, out: Output, modes: Sequence[str]):
+    """The reader (--reader) and, when a mode needs it, the DPM branch (--branch, else the shipped one)."""
+    from engine.explain import Predictor
+    from engine.models import dpm, load_reader
+
     branch_dir = None
     if "dpm" in modes:
-        if a.branch:
-            branch_dir = a.branch
-        elif is_default_name(a.reader):
-            branch_dir = dpm.default_branch_path()
-        else:
-            raise CliError(
-                f"mode dpm needs a memory branch trained for the reader {a.reader}: pass --branch DIR "
-                "(train one with `plugmem train-memory-reader`), or use --mode context"
-            )
-        dpm.read_config(branch_dir)  # a bad folder fails before the reader is loaded
+        branch_dir = _branch_dir(a, "mode dpm needs", " (train one with `plugmem train-memory-reader`), or use --mode context")
     try:
         from transformers.utils import logging as hf_logging
 
@@ -756,13 +761,8 @@ def cmd_eval_edits(a, out: Output) -> int:
 
 def cmd_prepare(a, out: Output) -> int:
     from engine.jobs.prepare_states import prepare_states
-    from engine.models import dpm
-    from engine.models.reader import is_default_name
 
-    if not a.branch and not is_default_name(a.reader):
-        raise CliError(f"prepare needs the memory branch trained for the reader {a.reader}: pass --branch DIR")
-    if a.branch:
-        dpm.read_config(a.branch)  # a bad folder fails before the reader is loaded
+    _branch_dir(a, "prepare needs")
     if a.batch < 1:
         raise CliError(f"--batch must be at least 1, got {a.batch}")
     missing = [p for p in a.memory if not Path(p).is_file()]

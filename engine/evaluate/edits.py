@@ -30,6 +30,7 @@ from filelock import FileLock, Timeout
 from engine.evaluate.data import Edit, EvalDataError, Probe, is_correct
 from engine.evaluate.probes import _rate, answer_batch, max_tokens_for
 from engine.explain.predict import PredictError, Predictor
+from engine.store.pack import iter_entries
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,11 @@ AUTHOR = "plugmem eval-edits"
 
 
 def _text_index(memory) -> dict[str, int]:
-    """Active entries' text -> id (keyset paging over the pack)."""
+    """Active entries' text -> id."""
     out: dict[str, int] = {}
-    after = 0
-    while True:
-        page = memory.pack.page(after, 2000, status="active")
-        if not page:
-            return out
-        for e in page:
-            out.setdefault(e.text, e.id)
-        after = page[-1].id
+    for e in iter_entries(memory.pack, status="active"):  # memory.pack may be the app's writer view
+        out.setdefault(e.text, e.id)
+    return out
 
 
 def _mentions(text: str, subjects: set[str]) -> bool:

@@ -108,11 +108,11 @@ def retrieve_many(prompts: Sequence[str], memories: Sequence, k: int,
         name = pack_name(m)
         for row, hits in zip(merged, m.search_vectors(queries[id(enc)], depth)):
             row.extend((name, h) for h in hits)
+    from engine.memory import Hit
+
     for prompt, row in zip(prompts, merged):
         row.sort(key=lambda ph: -float(ph[1].score))
         if lexical > 0 and row:
-            from engine.memory import Hit
-
             cov = lexical_coverage(prompt, [h.entry.text for _, h in row])[:k]
             row[:] = [(name, Hit(h.entry, float(h.score) + lexical * c)) for (name, h), c in zip(row[:k], cov)]
             row.sort(key=lambda ph: -float(ph[1].score))

@@ -18,25 +18,14 @@ from typing import Any, Callable
 
 from engine.jobs.progress import JobCancelled
 
-PAGE = 2048
-
-
 def _texts(path: str) -> list[str]:
     from engine.store import Pack
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such memory pack")
-    out: list[str] = []
     with Pack.open(p, readonly=True) as pack:
-        after = 0
-        while True:
-            page = pack.page(after=after, limit=PAGE, status="active")
-            if not page:
-                break
-            out.extend(e.text for e in page if e.text)
-            after = page[-1].id
-    return out
+        return [e.text for e in pack.iter_entries(status="active") if e.text]
 
 
 def prepare_states(config: dict[str, Any], progress: Callable[..., None] | None = None,

@@ -19,9 +19,10 @@ States are kept as float16 (half the size: ~13 KB for a 12-token entry at d = 57
 on whether they came from the store or from the reader.
 
 Size is bounded (``max_bytes``, 1 GiB by default; checked each time another 1/16 of
-it was written): beyond it the least recently used rows go. A store problem never fails a prediction: a file SQLite cannot read is
-renamed aside (``.corrupt``) and started afresh, a row of the wrong size is dropped
-and recomputed, and any other error is logged and the states are computed instead.
+it was written): beyond it the least recently used rows go. A store problem never
+fails a prediction: a file SQLite cannot read is renamed aside (``.corrupt``) and
+started afresh, a row of the wrong size is dropped and recomputed, and any other error
+is logged and the states are computed instead.
 """
 from __future__ import annotations
 
@@ -114,7 +115,6 @@ class EntryStateStore:
         self._con: sqlite3.Connection | None = None
         self._written = 0  # bytes written since the last size check
         self._clock = 0  # last 'used' stamp given: strictly increasing within a process
-        self._broken = False  # set after an error we could not recover from: stop using the store
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
 
@@ -165,7 +165,6 @@ class EntryStateStore:
             self._con = self._connect()
         except (OSError, sqlite3.Error) as exc2:
             log.error("entry-state store %s cannot be used (%s); states will be computed each time", self.path, exc2)
-            self._broken = True
 
     def close(self) -> None:
         with self._lock:
@@ -194,7 +193,7 @@ class EntryStateStore:
     def get_many(self, texts: Iterable[str]) -> dict[str, dict[int, torch.Tensor]]:
         """``{text: {layer: float32 [tokens, hidden]}}`` for the texts stored (others are absent)."""
         keys = {text_key(t): t for t in dict.fromkeys(texts)}
-        if not keys or self._broken:
+        if not keys:
             return {}
         found: dict[str, dict[int, torch.Tensor]] = {}
         bad: list[bytes] = []
@@ -234,7 +233,7 @@ class EntryStateStore:
 
     def put_many(self, items: Mapping[str, Mapping[int, torch.Tensor]]) -> None:
         """Keep ``{text: {layer: [tokens, hidden]}}`` (every key layer; float16 on disk)."""
-        if not items or self._broken:
+        if not items or self._con is None:  # closed, or unusable: computed each time
             return
         now = self._stamp()
         rows = []
@@ -265,7 +264,7 @@ class EntryStateStore:
     def discard_many(self, texts: Iterable[str]) -> None:
         """Forget the states of ``texts`` (the next read computes them again)."""
         keys = [(text_key(t),) for t in dict.fromkeys(texts)]
-        if not keys or self._broken or self._con is None:
+        if not keys or self._con is None:
             return
         try:
             with self._lock, _tx(self._con):
@@ -276,7 +275,7 @@ class EntryStateStore:
     def missing(self, texts: Sequence[str]) -> list[str]:
         """The texts (in order, once each) that have no stored states."""
         texts = list(dict.fromkeys(texts))
-        if self._broken or self._con is None:
+        if self._con is None:
             return texts
         have: set[bytes] = set()
         keys = [text_key(t) for t in texts]

@@ -31,18 +31,12 @@ def export_pack(pack: "Pack", dest: Path, batch: int = 5000) -> int:
         writer = csv.writer(f) if fmt == ".csv" else None
         if writer:
             writer.writerow(EXPORT_COLUMNS)
-        after = 0
-        while True:
-            rows = pack.page(after, batch)
-            if not rows:
-                break
-            for e in rows:
-                d = e.to_dict()
-                if writer:
-                    writer.writerow([",".join(d["tags"]) if c == "tags" else d[c] for c in EXPORT_COLUMNS])
-                else:
-                    f.write(json.dumps({c: d[c] for c in EXPORT_COLUMNS}, ensure_ascii=False) + "\n")
-            n += len(rows)
-            after = rows[-1].id
+        for e in pack.iter_entries(batch=batch):
+            d = e.to_dict()
+            if writer:
+                writer.writerow([",".join(d["tags"]) if c == "tags" else d[c] for c in EXPORT_COLUMNS])
+            else:
+                f.write(json.dumps({c: d[c] for c in EXPORT_COLUMNS}, ensure_ascii=False) + "\n")
+            n += 1
     os.replace(tmp, dest)
     return n

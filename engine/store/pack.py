@@ -177,6 +177,18 @@ def validate_fields(fields: dict[str, Any], *, require_text: bool, record: int |
 
 
 # ---------------------------------------------------------------------------- the pack
+
+def iter_entries(pack, status: str | None = None, tag: str | None = None, batch: int = 2000) -> Iterator[Entry]:
+    """Every live entry of ``pack`` (anything with :meth:`Pack.page`, such as the app's view
+    of a pack its writer thread owns) in id order, by keyset paging ``batch`` at a time."""
+    after = 0
+    while True:
+        rows = pack.page(after, batch, status=status, tag=tag)
+        if not rows:
+            return
+        yield from rows
+        after = rows[-1].id
+
 class Pack:
     """One pack file. Use :meth:`create` or :meth:`open`; close it (or use ``with``)."""
 
@@ -389,6 +401,10 @@ class Pack:
         where, args = self._where(status, tag)
         q = f"SELECT {_COLS} FROM entries WHERE {where} AND id > ? ORDER BY id LIMIT ?"
         return [_entry(r) for r in self.conn.execute(q, [*args, int(after or 0), int(limit)])]
+
+    def iter_entries(self, status: str | None = None, tag: str | None = None, batch: int = 2000) -> Iterator[Entry]:
+        """Every live entry (filtered by status and tag) in id order, read ``batch`` at a time."""
+        return iter_entries(self, status, tag, batch)
 
     def tags(self) -> list[tuple[str, int]]:
         """(tag, number of live entries) by descending count."""
