@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from engine.evaluate.data import Edit, EvalDataError, Probe, is_correct
 from engine.evaluate.probes import _rate, answer_batch, max_tokens_for
 from engine.explain.predict import PredictError, Predictor
+from engine.store import locks
 from engine.store.pack import iter_entries
 
 log = logging.getLogger(__name__)
@@ -51,33 +52,25 @@ def _mentions(text: str, subjects: set[str]) -> bool:
 
 
 def evaluation_lock(memory) -> FileLock:
-    """The lock an edit evaluation holds on a pack while its edits are applied: a file beside
-    the pack (``<pack>.evaluating.lock``), locked with ``flock`` / ``LockFileEx``, so another
-    process or thread cannot evaluate the same pack at the same time, and a dead holder
-    releases it. Re-entrant within one thread."""
-    path = Path(memory.pack.path)
-    return FileLock(str(path.with_name(path.name + ".evaluating.lock")), is_singleton=True)
+    """The lock an edit evaluation holds on a pack while its edits are applied (see
+    :mod:`engine.store.locks`): another evaluation of the pack refuses, and so does any
+    change to it from another process. Re-entrant within one thread."""
+    return locks.evaluation_lock(memory.pack.path)
 
 
 @contextmanager
 def _evaluating(memories: Sequence) -> Iterator[None]:
     """Hold the evaluation lock of every memory (in path order), or fail at once naming the pack."""
-    held: list[FileLock] = []
-    try:
+    with ExitStack() as stack:
         for m in sorted({id(m): m for m in memories}.values(), key=lambda m: str(m.pack.path)):
-            lock = evaluation_lock(m)
+            name = Path(m.pack.path).name
             try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                raise EvalDataError(
-                    f"{Path(m.pack.path).name}: another edit evaluation is running on this pack (it undoes its "
-                    "edits when it ends); run this one after it"
-                ) from None
-            held.append(lock)
+                stack.enter_context(locks.holding(
+                    m.pack.path, f"{name}: another edit evaluation is running on this pack (it undoes its "
+                                 "edits when it ends); run this one after it"))
+            except locks.PackBusyError as exc:
+                raise EvalDataError(str(exc)) from None
         yield
-    finally:
-        for lock in reversed(held):
-            lock.release()
 
 
 def undo_interrupted_evaluation(memory) -> int:
@@ -89,13 +82,13 @@ def undo_interrupted_evaluation(memory) -> int:
     of the user's is touched. While an evaluation is running (it holds
     :func:`evaluation_lock`) its edits are not left behind: nothing is undone.
     """
-    lock = evaluation_lock(memory)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("%s: an edit evaluation is running; its edits are left to it", Path(memory.pack.path).name)
-        return 0
-    try:
+    name = Path(memory.pack.path).name
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(locks.holding(memory.pack.path, f"{name}: an edit evaluation is running"))
+        except locks.PackBusyError:
+            log.info("%s: an edit evaluation is running; its edits are left to it", name)
+            return 0
         n = 0
         while memory.pack.top_undo_author() == AUTHOR:
             memory.undo()
@@ -105,8 +98,6 @@ def undo_interrupted_evaluation(memory) -> int:
             log.warning("%s: undid %d edit(s) left by an interrupted edit evaluation",
                         getattr(memory.pack, "name", "pack"), n)
         return n
-    finally:
-        lock.release()
 
 
 def evaluate_edits(

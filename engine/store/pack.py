@@ -26,6 +26,7 @@ import sqlite_utils
 
 from engine.fingerprint import EncoderFingerprint
 from engine.store.errors import EncoderMismatchError, EntryNotFound, PackError, ValidationError
+from engine.store.locks import refuse_if_held_elsewhere
 from engine.store.schema import SCHEMA_VERSION, migrate, read_schema_version
 
 log = logging.getLogger(__name__)
@@ -520,8 +521,10 @@ class Pack:
 
     # ------------------------------------------------------------------ mutations
     def _begin(self) -> int:
-        """Start a write transaction; return the next content version."""
+        """Start a write transaction; return the next content version. Refused while another
+        process runs an edit evaluation on the pack (its undos would pop this change)."""
         self._writable()
+        refuse_if_held_elsewhere(self.path)
         self.conn.execute("BEGIN IMMEDIATE")
         return self.content_version + 1
 

@@ -272,16 +272,18 @@ def test_an_edit_evaluation_running_elsewhere_keeps_its_edits_and_blocks_a_secon
 
     from engine.evaluate import undo_interrupted_evaluation
     from engine.evaluate.edits import AUTHOR, evaluation_lock
+    from engine.store.locks import PackBusyError
 
     by_text = {e.text: e.id for e in zoo.pack.page(0, 10)}
     lock_path = evaluation_lock(zoo).lock_file
-    holder = subprocess.Popen(  # another process, in the middle of its evaluation
+    # The other process's evaluation applied its edit, and holds the lock until it undoes it.
+    zoo.edit(by_text["Zebra facts: Rome Rome Rome Rome Rome"], text="Zebra facts: Oslo Oslo Oslo Oslo Oslo", author=AUTHOR)
+    holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
          "print('held', flush=True); sys.stdin.read()", lock_path],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        zoo.edit(by_text["Zebra facts: Rome Rome Rome Rome Rome"], text="Zebra facts: Oslo Oslo Oslo Oslo Oslo", author=AUTHOR)
         cv = zoo.pack.content_version
         edits = read_edits_rows([
             {"old_text": "Lion facts: Paris Paris Paris Paris Paris", "new_text": "Lion facts: Oslo Oslo Oslo Oslo Oslo",
@@ -290,9 +292,15 @@ def test_an_edit_evaluation_running_elsewhere_keeps_its_edits_and_blocks_a_secon
         with pytest.raises(EvalDataError, match=r"zoo\.plugmem: another edit evaluation is running on this pack"):
             evaluate_edits(predictor, [zoo], edits, (), mode="dpm", k=1)
         assert undo_interrupted_evaluation(zoo) == 0  # the running evaluation's edit is its own to undo
+        # A user's own change now would be popped by that evaluation's undo: it is refused, named.
+        with pytest.raises(PackBusyError, match=r"zoo\.plugmem: an edit evaluation is running on this pack in another"):
+            zoo.edit(by_text["Lion facts: Paris Paris Paris Paris Paris"], text="Lion facts: Lima Lima Lima Lima Lima")
+        with pytest.raises(PackBusyError):
+            zoo.add("Bear facts: Kyiv Kyiv Kyiv Kyiv Kyiv")
         assert zoo.pack.content_version == cv
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
     assert undo_interrupted_evaluation(zoo) == 1  # its holder gone without undoing: now it is left behind
     assert "Zebra facts: Rome Rome Rome Rome Rome" in {e.text for e in zoo.pack.page(0, 10)}
+    zoo.edit(by_text["Lion facts: Paris Paris Paris Paris Paris"], text="Lion facts: Lima Lima Lima Lima Lima")  # free again
