@@ -808,7 +808,7 @@ def cmd_train_memory_reader(a, out: Output) -> int:
 
     cfg: dict[str, Any] = {"out": a.out, "data": a.data, "reader": a.reader}
     for name in ("steps", "batch", "lr", "layers", "heads", "head_dim", "k", "seed", "threads", "value_mode",
-                 "match", "p_absent", "checkpoint_every", "device"):
+                 "value_space", "match", "p_absent", "checkpoint_every", "device"):
         v = getattr(a, name)
         if v is not None:
             cfg[name] = v
@@ -972,6 +972,8 @@ def build_parser() -> argparse.ArgumentParser:
                       ("checkpoint-every", int)):
         sp.add_argument(f"--{name}", type=typ)
     sp.add_argument("--value-mode", choices=["tokens", "pooled"])
+    sp.add_argument("--value-space", choices=["embedding", "unembedding", "both"],
+                    help="value tokens as input embeddings, or as the directions that raise exactly their logits")
     sp.add_argument("--match", choices=["cosine", "learned"], help="how prompt states find entry tokens (default cosine)")
     sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     from engine.plugins.cli import register as register_plugins

@@ -65,6 +65,7 @@ class TrainMemoryReaderConfig:
     heads: int = 4
     head_dim: int = 32
     value_mode: str = "tokens"
+    value_space: str = "embedding"
     match: str = "cosine"
     max_value_tokens: int = 64
     k: int = 5
@@ -113,7 +114,7 @@ class TrainMemoryReaderConfig:
     def dpm(self) -> DPMConfig:
         c = DPMConfig(
             layers=self.layers, heads=self.heads, head_dim=self.head_dim, value_mode=self.value_mode,
-            max_value_tokens=self.max_value_tokens, k=self.k, match=self.match,
+            value_space=self.value_space, max_value_tokens=self.max_value_tokens, k=self.k, match=self.match,
         )
         try:
             c.validate()

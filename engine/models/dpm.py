@@ -8,11 +8,14 @@ without touching transformers internals (detaching removes the hooks).
 What the branch attends to (``value_mode='tokens'``, the default): each retrieved
 entry is run once through the frozen reader itself (no memory). For every entry
 token j, the KEY is the reader's FFN input at the same layer at position j-1 (the
-state that was about to predict token j) and the VALUE is token j's input
-embedding (which, with tied embeddings, is also its output direction). A prompt
+state that was about to predict token j) and the VALUE is a vector for token j
+(``value_space``): its input embedding ('embedding', the first branches), or the
+least-squares direction that raises token j's output logit above every other
+('unembedding'; with tied embeddings the input embedding raises the token itself
+only when it is frequent: for " Tokyo" the raised tokens were junk). A prompt
 position whose state resembles "about to say the object of this fact" therefore
 finds the entry position that was about to say it, and the branch adds that
-token's embedding to the residual stream: a learned, relation-agnostic copy from
+token's vector to the residual stream: a learned, relation-agnostic copy from
 memory (an induction head over retrieved text). Attention logits get
 ``beta * retrieval_score`` per entry; a learned "null" slot (value 0) lets a
 position attend to nothing. ``value_mode='pooled'`` keeps one slot per entry (mean
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 FORMAT = "plugmem-dpm"
 FORMAT_VERSION = 2
 VALUE_MODES = ("tokens", "pooled")
+VALUE_SPACES = ("embedding", "unembedding", "both")
 MATCH_MODES = ("cosine", "learned")
 #: Where the shipped branch lives (resources/branches/<name>/config.json + model.safetensors).
 DEFAULT_BRANCH = "smollm2-135m-dpm"
@@ -73,6 +77,10 @@ class DPMConfig:
     heads: int = 4
     head_dim: int = 32
     value_mode: str = "tokens"  # 'tokens' (one key/value per entry token) | 'pooled' (one per entry)
+    # What a value token is (see MemoryBranch.value_vectors): its input embedding
+    # ('embedding', branches trained before 2026-11-28), the direction that raises
+    # that token's output logit above all others ('unembedding'), or both, each at unit RMS.
+    value_space: str = "embedding"
     max_value_tokens: int = 64  # entry texts are truncated to this many tokens
     k: int = 5  # entries retrieved per prompt (the branch works with any k; this is the trained one)
     gate: bool = False  # an input-dependent sigmoid gate on the branch output
@@ -96,6 +104,8 @@ class DPMConfig:
             raise DPMError("DPM config: max_value_tokens must be at least 2")
         if self.value_mode not in VALUE_MODES:
             raise DPMError(f"DPM config: value_mode must be one of {VALUE_MODES}, got {self.value_mode!r}")
+        if self.value_space not in VALUE_SPACES:
+            raise DPMError(f"DPM config: value_space must be one of {VALUE_SPACES}, got {self.value_space!r}")
         if self.match not in MATCH_MODES:
             raise DPMError(f"DPM config: match must be one of {MATCH_MODES}, got {self.match!r}")
         if not isinstance(self.gate, bool):
@@ -149,6 +159,33 @@ class MemoryValues:
 
 
 # --------------------------------------------------------------------------- modules
+
+
+def final_norm_weight(reader) -> torch.Tensor | None:
+    """The weight of the norm before the LM head (Llama's ``model.norm``), or None."""
+    base = getattr(reader.model, "model", None) or getattr(reader.model, "base_model", None)
+    for name in ("norm", "final_layernorm", "ln_f"):
+        w = getattr(getattr(base, name, None), "weight", None)
+        if isinstance(w, torch.Tensor) and w.dim() == 1:
+            return w
+    return None
+
+
+@torch.no_grad()
+def unembedding_map(reader, eps: float = 1e-3) -> torch.Tensor:
+    """``P`` [d, d] float32 such that ``w_t @ P`` is token t's 'unembedding' value vector
+    (see :meth:`MemoryBranch.value_vectors`): ``(W_U^T W_U + eps * mean(diag) * I)^-1``
+    then divided by the final norm's weight (whose tiny entries are clamped)."""
+    w = reader.model.get_output_embeddings().weight.float()  # [V, d]
+    gram = w.T @ w
+    gram += torch.eye(gram.shape[0], device=gram.device) * (eps * gram.diagonal().mean())
+    p = torch.linalg.inv(gram)
+    g = final_norm_weight(reader)
+    if g is not None:
+        g = g.float()
+        g = torch.where(g.abs() < 1e-3, torch.full_like(g, 1e-3) * torch.sign(g + 1e-12), g)
+        p = p / g.unsqueeze(0)
+    return p.contiguous()
 
 
 def _rms(t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -286,6 +323,7 @@ class MemoryBranch(nn.Module):
         self.layer_ids = list(range(num_layers - config.layers, num_layers))
         self.blocks = nn.ModuleDict({str(i): _MemoryAttention(self.hidden_size, config) for i in self.layer_ids})
         self.match = _CosineMatch(config.score_scale) if config.match == "cosine" else None
+        self._value_map: tuple[tuple, torch.Tensor] | None = None  # (reader key, [d, d]) for 'unembedding'
         self._probs: torch.Tensor | None = None  # the shared attention of the current forward (cosine)
         self._mem: tuple[MemoryValues, torch.Tensor] | None = None
         self._record_at: int = -1
@@ -339,21 +377,44 @@ class MemoryBranch(nn.Module):
                 reader.model(**batch, use_cache=False, logits_to_keep=1)
             except _Enough:
                 pass
-            emb = reader.model.get_input_embeddings()(batch["input_ids"]).float()  # [n, W, d]
         finally:
             self._mem = saved
             for h in handles:
                 h.remove()
         width = batch["input_ids"].shape[1]
         states = {i: [captured[i][n, width - len(r):].float() for n, r in enumerate(rows)] for i in layers}
-        embeds = [emb[n, width - len(r):] for n, r in enumerate(rows)]
-        return states, embeds
+        return states, self.entry_embeddings(reader, rows)
 
     def entry_embeddings(self, reader, token_rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        """Input embeddings [T_n, d] (float32) of entries' tokens, as :meth:`entry_states` gives them."""
-        emb = reader.model.get_input_embeddings()
-        with torch.no_grad():
-            return [emb(torch.tensor(list(row), device=reader.device)).float() for row in token_rows]
+        """The value vectors [T_n, d] (float32) of entries' tokens (:meth:`value_vectors`), as
+        :meth:`entry_states` gives them."""
+        return [self.value_vectors(reader, torch.tensor(list(row), device=reader.device)) for row in token_rows]
+
+    @torch.no_grad()
+    def value_vectors(self, reader, ids: torch.Tensor) -> torch.Tensor:
+        """The vectors the branch adds to the residual stream for tokens ``ids`` (float32 [..., d]).
+
+        ``value_space='embedding'``: the tokens' input embeddings. With tied embeddings that
+        is also their output direction, but adding it raises the token's own logit above
+        the others only for frequent tokens: for " Tokyo" or " BSD" the raised tokens are
+        junk ("<filename>", " strugg"; the token itself ranks ~100th), which is where copy
+        slips and run-on answers came from. ``'unembedding'``: the least-squares direction
+        v that makes the LM head's logit change ``W_U (g * v)`` closest to "this token
+        only" (W_U the output embeddings [V, d], g the final norm's weight):
+        ``v = (W_U^T W_U + eps I)^-1 w_t / g``, one d x d map computed once per reader.
+        ``'both'``: the sum of the two, each scaled to unit root-mean-square.
+        """
+        space = self.config.value_space
+        if space == "embedding":
+            return reader.model.get_input_embeddings()(ids).float()
+        key = (id(reader.model), str(reader.device))
+        if self._value_map is None or self._value_map[0] != key:
+            self._value_map = (key, unembedding_map(reader))
+        w = reader.model.get_output_embeddings().weight[ids].float()  # [..., d]
+        un = w @ self._value_map[1]
+        if space == "unembedding":
+            return un
+        return _rms(reader.model.get_input_embeddings()(ids).float()) + _rms(un)
 
     def assemble(
         self,

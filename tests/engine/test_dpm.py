@@ -21,12 +21,12 @@ def tiny():
     return make_tiny_reader(seed=0)
 
 
-def copy_branch(reader, scale: float = 50.0, layers: int = 2) -> MemoryBranch:
+def copy_branch(reader, scale: float = 50.0, layers: int = 2, value_space: str = "embedding") -> MemoryBranch:
     """A real branch with hand-set weights: uniform attention within the best-scored entry
     (temperature ~0, retrieval-score weight large), no null slot, output = scale * mean of
     the value embeddings. With tied embeddings the reader then says the entry's most
     frequent token: a branch that visibly follows its memory, for testing the plumbing."""
-    b = MemoryBranch(DPMConfig(layers=layers), reader)
+    b = MemoryBranch(DPMConfig(layers=layers, value_space=value_space), reader)
     with torch.no_grad():
         b.match.log_tau.fill_(-20.0)
         b.match.beta.fill_(50.0)
@@ -85,8 +85,9 @@ def test_unplugged_or_fully_masked_memory_gives_exactly_the_base_reader(tiny, ma
     assert getattr(tiny, "_dpm_attachment", None) is None
 
 
-def test_the_answer_follows_the_memory(tiny):
-    f = DPMFusion(tiny, copy_branch(tiny))
+@pytest.mark.parametrize("value_space", ["embedding", "unembedding"])
+def test_the_answer_follows_the_memory(tiny, value_space):
+    f = DPMFusion(tiny, copy_branch(tiny, value_space=value_space))
     with_rome, without = f.generate(PROMPT, [ROME], [0.9], 3)
     assert with_rome.startswith(" Rome") and without == tiny.generate(PROMPT, 3)
     assert f.generate(PROMPT, [OSLO], [0.9], 3)[0].startswith(" Oslo")
@@ -156,8 +157,24 @@ def test_pooled_values_have_one_slot_per_entry(tiny):
         assert tuple(b.last_weights.shape) == (1, 3)
 
 
-def test_save_and_load_give_the_same_branch(tiny, tmp_path):
-    b = random_branch(tiny)
+def test_unembedding_values_raise_their_own_token_above_every_other(tiny):
+    b = MemoryBranch(DPMConfig(layers=2, value_space="unembedding"), tiny)
+    ids = tiny.tokenizer([" Rome Oslo BSD Tokyo noble gases atmophile"], add_special_tokens=False)["input_ids"][0]
+    vals = b.entry_embeddings(tiny, [ids])[0]  # [n, d]
+    assert vals.shape == (len(ids), tiny.hidden_size)
+    g = dpm.final_norm_weight(tiny).float()
+    head = tiny.model.get_output_embeddings().weight.float()  # [V, d]
+    for t, v in zip(ids, vals):
+        change = head @ (g * v)  # what adding v before the final norm does to every logit
+        assert int(change.argmax()) == t
+    # The same vectors whichever way the entry is read (with its states, or alone).
+    _, again = b.entry_states(tiny, [ids])
+    assert torch.allclose(again[0], vals)
+
+
+@pytest.mark.parametrize("value_space", ["embedding", "unembedding"])
+def test_save_and_load_give_the_same_branch(tiny, tmp_path, value_space):
+    b = random_branch(tiny, value_space=value_space)
     dpm.save(b, tmp_path / "br", extra={"steps": 3})
     meta = json.loads((tmp_path / "br" / "config.json").read_text())
     assert meta["format"] == "plugmem-dpm" and meta["reader"]["weights_sha256"] == tiny.fingerprint["weights_sha256"]
@@ -166,6 +183,19 @@ def test_save_and_load_give_the_same_branch(tiny, tmp_path):
     f1, f2 = DPMFusion(tiny, b), DPMFusion(tiny, again)
     ans = tiny.tokenizer(" Rome", add_special_tokens=False)["input_ids"]
     assert f1.leave_one_out(PROMPT, [ROME, PARIS], [0.9, 0.2], ans) == f2.leave_one_out(PROMPT, [ROME, PARIS], [0.9, 0.2], ans)
+    assert again.config.value_space == value_space
+
+
+def test_a_branch_saved_before_value_spaces_existed_reads_input_embeddings(tiny, tmp_path):
+    b = random_branch(tiny)
+    dpm.save(b, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["config"]["value_space"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    old = dpm.load(tmp_path / "old", tiny)
+    assert old.config.value_space == "embedding"
+    ids = torch.tensor(tiny.tokenizer([ROME], add_special_tokens=False)["input_ids"][0])
+    assert torch.equal(old.value_vectors(tiny, ids), tiny.model.get_input_embeddings()(ids).float())
 
 
 def test_a_branch_for_another_reader_is_refused(tiny, tmp_path):
@@ -219,7 +249,7 @@ def test_bad_branch_folders_are_reported_and_left_alone(tiny, tmp_path):
 
 @pytest.mark.parametrize(
     "bad, match",
-    [({"layers": 0}, "layers"), ({"value_mode": "mean"}, "value_mode"), ({"heads": "4"}, "heads"), ({"colour": 1}, "unknown"),
+    [({"layers": 0}, "layers"), ({"value_mode": "mean"}, "value_mode"), ({"value_space": "logits"}, "value_space"), ({"heads": "4"}, "heads"), ({"colour": 1}, "unknown"),
      ({"match": "exact"}, "match"), ({"output_scale": 0}, "output_scale"), ({"output_scale": "2"}, "output_scale"),
      ({"score_scale": -1}, "score_scale"), ({"score_scale": True}, "score_scale")],
 )

@@ -124,6 +124,7 @@ def test_missing_data_and_bad_configs(tmp_path):
         ({"out": "x", "data": "d", "steps": 0}, "steps must be a positive"),
         ({"out": "x", "data": "d", "lr": -1}, "lr must be > 0"),
         ({"out": "x", "data": "d", "value_mode": "avg"}, "value_mode"),
+        ({"out": "x", "data": "d", "value_space": "logits"}, "value_space"),
         ({"out": "x", "data": "d", "speed": 3}, "unknown field"),
     ]:
         with pytest.raises(ValueError, match=match):
@@ -136,10 +137,11 @@ def test_cli_train_memory_reader(tiny, data, tmp_path, capsys):
     folder = tiny.save(tmp_path / "tiny-reader")
     out = tmp_path / "branch"
     code = main(["train-memory-reader", "--data", str(data), "--out", str(out), "--reader", str(folder), "--steps", "2",
-                 "--layers", "2", "--heads", "2", "--head-dim", "16", "--batch", "4", "--json"])
+                 "--layers", "2", "--heads", "2", "--head-dim", "16", "--batch", "4", "--value-space", "unembedding", "--json"])
     cap = capsys.readouterr()
     assert code == 0, cap.err
     assert json.loads(cap.out)["steps_done"] == 2 and (out / "model.safetensors").is_file()
+    assert json.loads((out / "config.json").read_text())["config"]["value_space"] == "unembedding"
     code = main(["train-memory-reader", "--data", str(tmp_path / "nope.jsonl"), "--out", str(out), "--reader", str(folder)])
     cap = capsys.readouterr()
     assert code == 2 and "nope.jsonl: no such file" in cap.err
