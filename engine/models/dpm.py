@@ -397,8 +397,9 @@ class MemoryBranch(nn.Module):
         ``value_space='embedding'``: the tokens' input embeddings. With tied embeddings that
         is also their output direction, but adding it raises the token's own logit above
         the others only for frequent tokens: for " Tokyo" or " BSD" the raised tokens are
-        junk ("<filename>", " strugg"; the token itself ranks ~100th), which is where copy
-        slips and run-on answers came from. ``'unembedding'``: the least-squares direction
+        junk ("<filename>", " strugg"; the token itself ranks ~100th) until the branch's
+        own projection learns around it (measured: a trained branch copes; bench/RESULTS.md,
+        "What a value token is"). ``'unembedding'``: the least-squares direction
         v that makes the LM head's logit change ``W_U (g * v)`` closest to "this token
         only" (W_U the output embeddings [V, d], g the final norm's weight):
         ``v = (W_U^T W_U + eps I)^-1 w_t / g``, one d x d map computed once per reader.
