@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -57,6 +58,53 @@ LEXICAL_WEIGHT = 0.2
 CANDIDATES = 1
 _WORD = re.compile(r"\w+", re.UNICODE)
 
+# Statement keys: an entry states its fact with the object last ("... belongs to the
+# subregion of Southern Europe."), a prompt stops before the object, and an edited object
+# the encoder finds odd ("Ghana ... subregion of Australia and New Zealand") drags the
+# entry's key away from the prompts about it. The dense top (PREFIX_POOL x k) of every
+# memory are re-scored as the mean of the inner products with the entry's key and with the
+# key of its text without its last PREFIX_CUT of words (statement_prefix); the top k of that
+# go on to the lexical step. 0 turns it off. Measured on the validation split
+# (bench/RESULTS.md, "Statement keys"): a pool of 2 x k ranks the edited entry first as
+# often as 4 x k and costs half (the prefixes of entries not asked about before are
+# encoded at query time: ~50 ms for 10 on two cores).
+PREFIX_CUT = 0.3
+PREFIX_POOL = 2
+_prefix_keys = LRU(8192)  # (id(encoder), prefix) -> (encoder, key); the encoder is kept so its id stays its own
+_prefix_lock = threading.Lock()
+
+
+def statement_prefix(text: str, cut: float | None = None) -> str:
+    """``text`` without its last ``cut`` share of words (at least one word goes, one stays):
+    "Ghana belongs to the subregion of Western Africa." -> "Ghana belongs to the subregion"."""
+    cut = PREFIX_CUT if cut is None else cut
+    words = text.strip().rstrip(".!?").split()
+    drop = max(1, int(round(cut * len(words))))
+    return " ".join(words[:-drop]) if len(words) > drop else text.strip()
+
+
+def _prefix_key_rows(encoder, texts: Sequence[str]):
+    """Keys of the statement prefixes of ``texts`` (float32 [n, dim]), encoded once per prefix."""
+    import numpy as np
+
+    prefixes = [statement_prefix(t) for t in texts]
+    keys: dict[str, object] = {}
+    todo = []
+    with _prefix_lock:
+        for pre in dict.fromkeys(prefixes):
+            hit = _prefix_keys.get((id(encoder), pre))
+            if hit is not None and hit[0] is encoder:
+                keys[pre] = hit[1]
+            else:
+                todo.append(pre)
+    if todo:
+        fresh = encoder.encode(todo)
+        with _prefix_lock:
+            for pre, vec in zip(todo, fresh):
+                keys[pre] = vec
+                _prefix_keys.put((id(encoder), pre), (encoder, vec))
+    return np.stack([keys[p] for p in prefixes]) if prefixes else np.zeros((0, 0), dtype=np.float32)
+
 
 def lexical_coverage(prompt: str, texts: Sequence[str]) -> list[float]:
     """For each text, the share in [0, 1] of the prompt's distinctive words it contains.
@@ -86,33 +134,47 @@ def retrieve_many(prompts: Sequence[str], memories: Sequence, k: int,
 
     Prompts are encoded once per distinct key encoder (packs made by different
     encoders each get their own query vectors; scores are inner products of
-    normalised vectors either way). With ``lexical`` (default :data:`LEXICAL_WEIGHT`)
-    above 0, the top-k are re-scored as inner product + lexical ×
-    :func:`lexical_coverage`, the words weighed over the dense top ``CANDIDATES * k``
-    of every memory: the sentence encoder alone ranks near-duplicate entries ("the
-    region of" / "the subregion of", "ytterbium" / "yttrium") by wording more than by
-    the word that tells them apart. The entries are the same (the dense top-k), their
-    order and scores change. Ties keep the order of ``memories``.
+    normalised vectors either way). With :data:`PREFIX_POOL` set, the dense top
+    ``PREFIX_POOL * k`` of every memory are re-scored by statement keys (the mean of the
+    inner products with the entry's key and its :func:`statement_prefix`'s key) and the
+    top k of all memories kept. With ``lexical`` (default :data:`LEXICAL_WEIGHT`) above
+    0, those are re-scored as score + lexical × :func:`lexical_coverage`, the words
+    weighed over the top ``CANDIDATES * k``: the sentence encoder alone ranks
+    near-duplicate entries ("the region of" / "the subregion of", "ytterbium" /
+    "yttrium") by wording more than by the word that tells them apart. Ties keep the
+    order of ``memories``.
     """
     lexical = LEXICAL_WEIGHT if lexical is None else float(lexical)
     prompts = list(prompts)
     merged: list[list[tuple[str, object]]] = [[] for _ in prompts]
     if not prompts:
         return merged
-    depth = k * CANDIDATES if lexical > 0 else k
+    depth = k * max(CANDIDATES if lexical > 0 else 1, PREFIX_POOL or 1)
     queries: dict[int, object] = {}
+    from engine.memory import Hit
+
     for m in memories:
         enc = m.encoder
         if id(enc) not in queries:
             queries[id(enc)] = enc.encode(prompts)
         name = pack_name(m)
-        for row, hits in zip(merged, m.search_vectors(queries[id(enc)], depth)):
+        found = m.search_vectors(queries[id(enc)], depth)
+        if PREFIX_POOL:  # statement keys: the mean with the prefix key's inner product
+            flat = [h for hits in found for h in hits]
+            pre = _prefix_key_rows(enc, [h.entry.text for h in flat])
+            at = 0
+            for i, hits in enumerate(found):
+                q = queries[id(enc)][i]
+                found[i] = [Hit(h.entry, (float(h.score) + float(pre[at + j] @ q)) / 2) for j, h in enumerate(hits)]
+                at += len(hits)
+        for row, hits in zip(merged, found):
             row.extend((name, h) for h in hits)
-    from engine.memory import Hit
 
+    pool = k * CANDIDATES
     for prompt, row in zip(prompts, merged):
         row.sort(key=lambda ph: -float(ph[1].score))
         if lexical > 0 and row:
+            del row[pool:]
             cov = lexical_coverage(prompt, [h.entry.text for _, h in row])[:k]
             row[:] = [(name, Hit(h.entry, float(h.score) + lexical * c)) for (name, h), c in zip(row[:k], cov)]
             row.sort(key=lambda ph: -float(ph[1].score))

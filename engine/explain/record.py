@@ -11,8 +11,8 @@ from typing import Any
 class RetrievedEntry:
     """One retrieved entry and its part in the answer.
 
-    ``score``: retrieval score (inner product of the keys, plus the lexical term of
-    hybrid retrieval: ``engine.explain.predict.retrieve_many``). ``weight``: fusion weight (attention mass the
+    ``score``: retrieval score (the mean of the inner products with the entry's key and
+    its statement prefix's key, plus the lexical term: ``engine.explain.predict.retrieve_many``). ``weight``: fusion weight (attention mass the
     last prompt position gave the entry, averaged over heads and layers; None when
     the mode cannot tell). ``loo_delta``: log p(answer | all entries) minus
     log p(answer | all but this one); positive = the entry supported the answer.

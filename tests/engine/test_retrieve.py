@@ -1,10 +1,11 @@
-"""Hybrid retrieval: the dense top candidates re-scored with the prompt's distinctive words."""
+"""Retrieval: the dense top candidates re-scored by statement keys (the entry without its
+object) and with the prompt's distinctive words."""
 from __future__ import annotations
 
 import pytest
 
 from engine.explain import retrieve
-from engine.explain.predict import lexical_coverage
+from engine.explain.predict import lexical_coverage, statement_prefix
 from engine.memory import Memory
 
 PROMPT = "According to the UN geoscheme, Ghana belongs to the subregion of"
@@ -37,15 +38,40 @@ def test_coverage_ignores_words_no_candidate_has_and_degenerate_input():
     assert same[0] == same[1] > 0
 
 
-def test_hybrid_retrieval_puts_the_entry_with_the_distinctive_word_first(tmp_path, encoder):
+def test_statement_prefix_drops_the_object_end_of_an_entry():
+    # 15 words, 30 % of them (4) go: what is left is the statement up to its object.
+    assert statement_prefix(SUB) == "According to the UN geoscheme, Ghana belongs to the subregion of"
+    assert statement_prefix("The capital of Ghana is Accra.") == "The capital of Ghana"
+    assert statement_prefix("Iron is radioactive.") == "Iron is"  # at least one word goes
+    assert statement_prefix("Radioactive.") == "Radioactive."  # one word stays as it is
+    assert statement_prefix("a b c d e f g h i j", cut=0.5) == "a b c d e"
+
+
+def test_statement_keys_and_lexical_weight_put_the_edited_subregion_entry_first(tmp_path, encoder, monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("engine.explain.predict")
     with Memory.open(tmp_path / "geo.plugmem", encoder, create=True, name="geo") as mem:
         mem.add_many([{"text": t} for t in [REGION, SUB, INTER, *OTHERS]])
-        dense = retrieve(PROMPT, [mem], 3, lexical=0.0)
-        hybrid = retrieve(PROMPT, [mem], 3, lexical=0.3)
-        assert dense[0][1].entry.text == REGION  # the sentence encoder's choice
-        assert hybrid[0][1].entry.text == SUB
-        assert [h.score for _, h in hybrid] == sorted((h.score for _, h in hybrid), reverse=True)
-        assert {h.entry.id for _, h in hybrid} == {h.entry.id for _, h in dense}  # re-ordered, not replaced
-        d = {h.entry.text: h.score for _, h in retrieve(PROMPT, [mem], 7, lexical=0.0)}
-        assert hybrid[0][1].score == pytest.approx(d[SUB] + 0.3)  # inner product + weight x coverage 1.0
-        assert retrieve(PROMPT, [mem], 3)[0][1].entry.text == SUB  # the shipped weight does it too
+        with monkeypatch.context() as mp:
+            mp.setattr(mod, "PREFIX_POOL", 0)
+            dense = retrieve(PROMPT, [mem], 3, lexical=0.0)
+            assert dense[0][1].entry.text == REGION  # the sentence encoder's own choice
+            hybrid = retrieve(PROMPT, [mem], 3, lexical=0.3)
+            assert hybrid[0][1].entry.text == SUB  # the lexical step alone fixes it
+            assert {h.entry.id for _, h in hybrid} == {h.entry.id for _, h in dense}  # re-ordered, not replaced
+            d = {h.entry.text: h.score for _, h in retrieve(PROMPT, [mem], 7, lexical=0.0)}
+            assert hybrid[0][1].score == pytest.approx(d[SUB] + 0.3)  # inner product + weight x coverage 1.0
+        # Statement keys alone: the edited entry without its odd object matches the prompt best.
+        keyed = retrieve(PROMPT, [mem], 3, lexical=0.0)
+        assert keyed[0][1].entry.text == SUB
+        q = encoder.encode([PROMPT])[0]
+        full, pre = encoder.encode([SUB, statement_prefix(SUB)])
+        assert keyed[0][1].score == pytest.approx((float(q @ full) + float(q @ pre)) / 2, abs=1e-5)
+        assert [h.score for _, h in keyed] == sorted((h.score for _, h in keyed), reverse=True)
+        # As shipped (both steps).
+        assert retrieve(PROMPT, [mem], 3)[0][1].entry.text == SUB
+        # An edit is keyed afresh: the prefix of the new text is what counts.
+        sub_id = next(h.entry.id for _, h in keyed if h.entry.text == SUB)
+        mem.edit(sub_id, text="The flag of Ghana has a black star.")
+        assert all(h.entry.text != SUB for _, h in retrieve(PROMPT, [mem], 3))
