@@ -5,6 +5,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -32,3 +34,29 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_sessionfinish(session, exitstatus):
     if _STATES:
         shutil.rmtree(_STATES, ignore_errors=True)
+
+
+@pytest.fixture
+def evaluating_elsewhere():
+    """``with evaluating_elsewhere(pack_path): ...`` -- another process holds the pack's edit
+    evaluation lock (as a running ``plugmem eval-edits`` does) for the block."""
+    import subprocess
+    import sys
+    from contextlib import contextmanager
+
+    from engine.store.locks import lock_path
+
+    @contextmanager
+    def hold(pack_path):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
+             "print('held', flush=True); sys.stdin.read()", str(lock_path(pack_path))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            yield
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+
+    return hold

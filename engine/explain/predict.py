@@ -67,7 +67,7 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 # go on to the lexical step. 0 turns it off. Measured on the validation split
 # (bench/RESULTS.md, "Statement keys"): a pool of 2 x k ranks the edited entry first as
 # often as 4 x k and costs half (the prefixes of entries not asked about before are
-# encoded at query time: ~50 ms for 10 on two cores).
+# encoded at query time: ~90 ms per question on two cores, one encoder call).
 PREFIX_CUT = 0.3
 PREFIX_POOL = 2
 _prefix_keys = LRU(8192)  # (id(encoder), prefix) -> (encoder, key); the encoder is kept so its id stays its own

@@ -97,21 +97,14 @@ def test_add_and_delete_entries(qtbot, setup):
     assert b.model.rowCount() == len(FACTS) and b.model.row_of(new_id) == -1
 
 
-def test_a_save_during_another_programs_edit_evaluation_is_refused_and_the_typed_text_kept(qtbot, setup):
+def test_a_save_during_another_programs_edit_evaluation_is_refused_and_the_typed_text_kept(qtbot, setup,
+                                                                                          evaluating_elsewhere):
     """Another program's edit evaluation would undo this change with its own temporary
     edits: the save is refused with a message naming the pack, and nothing typed is lost."""
-    import subprocess
-    import sys
-
     win, path = setup
     ed = win.editor
     e = pick(win, "Helium")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
-         "print('held', flush=True); sys.stdin.read()", path + ".evaluating.lock"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with evaluating_elsewhere(path):
         ed.text.setPlainText("Helium is a noble gas.")
         with qtbot.waitSignal(win.ctx.notifier.message, timeout=20_000) as sig:
             assert ed.save()
@@ -119,9 +112,6 @@ def test_a_save_during_another_programs_edit_evaluation_is_refused_and_the_typed
         assert level == "error" and "an edit evaluation is running on this pack in another program" in text
         assert ed.is_dirty() and ed.text.toPlainText() == "Helium is a noble gas."
         assert win.ctx.reader(path).get(e.id).text == e.text
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
     with qtbot.waitSignal(win.ctx.hub.changed, timeout=20_000):
         assert ed.save()  # the evaluation is over: the same text saves
     assert win.ctx.reader(path).get(e.id).text == "Helium is a noble gas."

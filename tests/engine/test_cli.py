@@ -61,24 +61,16 @@ def test_edit_undo_redo_history(capsys, pack):
     assert len(hist) >= 3
 
 
-def test_a_change_during_another_programs_edit_evaluation_is_refused_and_nothing_is_lost(capsys, pack):
+def test_a_change_during_another_programs_edit_evaluation_is_refused_and_nothing_is_lost(capsys, pack, evaluating_elsewhere):
     """An edit evaluation undoes its temporary edits by popping the undo stack: a change made
     meanwhile from another program would be popped (lost) with them, so it is refused."""
     eid = js(capsys, "search", pack, "capital of Japan", "-k", "1")["results"][0]["id"]
     lock = f"{pack}.evaluating.lock"
     assert not os.path.exists(lock)  # changes to a pack never evaluated leave no lock file beside it
-    holder = subprocess.Popen(  # the evaluating program
-        [sys.executable, "-c", "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
-         "print('held', flush=True); sys.stdin.read()", lock],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with evaluating_elsewhere(pack):  # the evaluating program
         code, _, err = run(capsys, "edit", pack, eid, "--text", "Kyoto is the capital of Japan.")
         assert code == 2 and "geo.plugmem: an edit evaluation is running on this pack in another program" in err
         assert js(capsys, "show", pack, eid)["text"] == "Tokyo is the capital of Japan."  # reading still works
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
     assert run(capsys, "edit", pack, eid, "--text", "Kyoto is the capital of Japan.")[0] == 0
 
 

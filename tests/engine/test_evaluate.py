@@ -263,27 +263,18 @@ def test_edits_left_by_a_killed_edit_evaluation_are_undone_next_time(predictor, 
     assert "Tiger facts: Lima Lima Lima Lima Oslo" in {e.text for e in zoo.pack.page(0, 10)}
 
 
-def test_an_edit_evaluation_running_elsewhere_keeps_its_edits_and_blocks_a_second_one(predictor, zoo):
+def test_an_edit_evaluation_running_elsewhere_keeps_its_edits_and_blocks_a_second_one(predictor, zoo, evaluating_elsewhere):
     """Two evaluations of one pack (say the app's job and `plugmem eval-edits`) would undo each
     other's edits: while one holds the pack's evaluation lock, a second refuses at once, and
     the clean-up of 'interrupted' evaluations leaves the running one's edits alone."""
-    import subprocess
-    import sys
-
     from engine.evaluate import undo_interrupted_evaluation
-    from engine.evaluate.edits import AUTHOR, evaluation_lock
+    from engine.evaluate.edits import AUTHOR
     from engine.store.locks import PackBusyError
 
     by_text = {e.text: e.id for e in zoo.pack.page(0, 10)}
-    lock_path = evaluation_lock(zoo).lock_file
     # The other process's evaluation applied its edit, and holds the lock until it undoes it.
     zoo.edit(by_text["Zebra facts: Rome Rome Rome Rome Rome"], text="Zebra facts: Oslo Oslo Oslo Oslo Oslo", author=AUTHOR)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
-         "print('held', flush=True); sys.stdin.read()", lock_path],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with evaluating_elsewhere(zoo.pack.path):
         cv = zoo.pack.content_version
         edits = read_edits_rows([
             {"old_text": "Lion facts: Paris Paris Paris Paris Paris", "new_text": "Lion facts: Oslo Oslo Oslo Oslo Oslo",
@@ -298,9 +289,6 @@ def test_an_edit_evaluation_running_elsewhere_keeps_its_edits_and_blocks_a_secon
         with pytest.raises(PackBusyError):
             zoo.add("Bear facts: Kyiv Kyiv Kyiv Kyiv Kyiv")
         assert zoo.pack.content_version == cv
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
     assert undo_interrupted_evaluation(zoo) == 1  # its holder gone without undoing: now it is left behind
     assert "Zebra facts: Rome Rome Rome Rome Rome" in {e.text for e in zoo.pack.page(0, 10)}
     zoo.edit(by_text["Lion facts: Paris Paris Paris Paris Paris"], text="Lion facts: Lima Lima Lima Lima Lima")  # free again
