@@ -10,9 +10,11 @@ On the demo geography pack (k = 5), the real reader and the shipped branch:
 * ``Predictor.predict`` with explanation (answer with and without memory in one batched
   generate + leave-one-out of all 5 entries in one batched forward), DPM and context modes;
   "cold" = the prompt's entries have never been read, "warm" = asked again, "stored" =
-  a new Predictor (a new session) whose entry-state store holds the entries (read by the
-  "cold" run, or by ``plugmem prepare``): nothing cached in the process, not even the
-  bare reader's answer;
+  a new Predictor (a new session) whose entry-state store and key store hold the
+  entries' states and statement keys (kept by the "cold" run, or by ``plugmem prepare``):
+  nothing cached in the process, not even the bare reader's answer or a statement key;
+  "stored, keys encoded" = the same with an empty key store (statement keys encoded at
+  question time, as before they were kept on disk): the new-session baseline;
 * edit -> changed prediction: ``Memory.edit`` (re-encode one entry, update the index in
   place) then ``predict`` without explanation; the edit is undone afterwards. Each edit
   is timed twice, its new text's reader states dropped before each: decoding one token
@@ -42,6 +44,7 @@ import torch  # noqa: E402
 from engine.demo import ensure_demo_workspace  # noqa: E402
 from engine.evaluate import is_correct, read_edits, read_probes  # noqa: E402
 from engine.explain import Predictor  # noqa: E402
+from engine.explain.predict import reset_statement_keys  # noqa: E402
 from engine.memory import Memory  # noqa: E402
 from engine.models import dpm, load_reader  # noqa: E402
 from engine.models import generation, narrow  # noqa: E402
@@ -87,6 +90,8 @@ def main() -> None:
     # The bench's own store (a temporary folder): what the user's cache holds does not matter.
     tmp = tempfile.TemporaryDirectory(prefix="bench-states-")
     store = EntryStateStore.for_branch(reader, branch, tmp.name)
+    os.environ["PLUGMEM_ENTRY_STATES"] = tmp.name  # where retrieval keeps statement keys
+    reset_statement_keys()
     predictor = Predictor(reader, branch, entry_store=store)
     probes = [p for p in read_probes(demo_dir() / "geography" / "probes_heldout.jsonl")
               if p.split == "heldout_relation"][: a.n]
@@ -96,7 +101,8 @@ def main() -> None:
         predictor.predict("Warm-up: the capital of France is", [mem], k=a.k)  # first-call overheads
         reader.generate("Warm-up", max_new_tokens=2)
         base, base_full, base_hf = [], [], []
-        times = {("dpm", "cold"): [], ("dpm", "warm"): [], ("dpm", "stored"): [], ("context", "cold"): []}
+        kinds = (("dpm", "cold"), ("dpm", "warm"), ("dpm", "stored"), ("dpm", "stored, keys encoded"), ("context", "cold"))
+        times = {kind: [] for kind in kinds}
         for p in probes:
             b = reader.encode_batch([p.prompt])
             with plain_decoding():
@@ -112,18 +118,26 @@ def main() -> None:
             t = time.perf_counter()
             reader.generate(p.prompt, max_new_tokens=8)
             base.append(time.perf_counter() - t)
-            for mode, temp in (("dpm", "cold"), ("dpm", "warm"), ("dpm", "stored"), ("context", "cold")):
-                who = Predictor(reader, branch, entry_store=store) if temp == "stored" else predictor
+            for mode, temp in kinds:
+                if temp.startswith("stored"):  # a new session: no statement key in memory
+                    os.environ["PLUGMEM_ENTRY_STATES"] = tempfile.mkdtemp(dir=tmp.name) if "encoded" in temp else tmp.name
+                    reset_statement_keys()
+                who = Predictor(reader, branch, entry_store=store) if temp.startswith("stored") else predictor
                 t = time.perf_counter()
                 rec = who.predict(p.prompt, [mem], mode=mode, k=a.k, max_new_tokens=8)
                 times[(mode, temp)].append(time.perf_counter() - t)
+                if "encoded" in temp:  # back to the bench's key store
+                    os.environ["PLUGMEM_ENTRY_STATES"] = tmp.name
+                    reset_statement_keys()
                 assert len(rec.retrieved) == a.k and all(r.loo_delta is not None for r in rec.retrieved)
         rows.append(("bare reader, all 8 new tokens, transformers generate, plain products (baseline)", ms(base_hf)))
         rows.append(("bare reader, all 8 new tokens (greedy_generate)", ms(base_full)))
         rows.append(("bare reader, stopping at the answer's end (at most 8 tokens)", ms(base)))
         rows.append((f"predict + explain, dpm, k={a.k}, cold entries", ms(times[("dpm", "cold")])))
         rows.append((f"predict + explain, dpm, k={a.k}, warm entries", ms(times[("dpm", "warm")])))
-        rows.append((f"predict + explain, dpm, k={a.k}, new session, entries in the store",
+        rows.append((f"predict + explain, dpm, k={a.k}, new session, entries in the store, statement keys encoded "
+                     "(baseline)", ms(times[("dpm", "stored, keys encoded")])))
+        rows.append((f"predict + explain, dpm, k={a.k}, new session, entries and statement keys in the stores",
                      ms(times[("dpm", "stored")])))
         rows.append((f"predict + explain, context, k={a.k}", ms(times[("context", "cold")])))
 
@@ -159,7 +173,9 @@ def main() -> None:
         f"Ratio edit -> prediction / baseline: {statistics.median(edit_t) / statistics.median(edit_base):.2f}; "
         f"bare reader (8 tokens) / baseline: {statistics.median(base_full) / statistics.median(base_hf):.2f}; "
         f"explained, new session with the store / cold: "
-        f"{statistics.median(times[('dpm', 'stored')]) / statistics.median(times[('dpm', 'cold')]):.2f}. "
+        f"{statistics.median(times[('dpm', 'stored')]) / statistics.median(times[('dpm', 'cold')]):.2f}; "
+        f"new session, statement keys stored / encoded: "
+        f"{statistics.median(times[('dpm', 'stored')]) / statistics.median(times[('dpm', 'stored, keys encoded')]):.2f}. "
         "Latency in ms, median / p90.",
         "",
         "| what | ms (median / p90) |",

@@ -774,7 +774,10 @@ def cmd_prepare(a, out: Output) -> int:
         return EXIT_INTERRUPTED
     out.emit(res, lambda: (f"{res['entries']:,} entries: {res['read']:,} read in {res['seconds']:.0f} s, "
                            f"{res['already']:,} already stored; store {res['store']} "
-                           f"({res['store_entries']:,} entries, {res['store_bytes'] / 1e6:.1f} MB)"))
+                           f"({res['store_entries']:,} entries, {res['store_bytes'] / 1e6:.1f} MB); "
+                           f"{res['keys_encoded']:,} of {res['keys']:,} statement keys encoded"
+                           + "".join(f"\n{p}: made by another key encoder, no statement keys kept"
+                                     for p in res["keys_skipped_packs"])))
     return 0
 
 

@@ -66,12 +66,14 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 # key of its text without its last PREFIX_CUT of words (statement_prefix); the top k of that
 # go on to the lexical step. 0 turns it off. Measured on the validation split
 # (bench/RESULTS.md, "Statement keys"): a pool of 2 x k ranks the edited entry first as
-# often as 4 x k and costs half (the prefixes of entries not asked about before are
-# encoded at query time: ~90 ms per question on two cores, one encoder call).
+# often as 4 x k and costs half. A prefix's key is encoded the first time it is met (~90 ms
+# per question on two cores, one encoder call), then kept in memory (LRU) and on disk
+# (engine.encode.key_store, one file per encoder; the prepare job fills it for whole packs).
 PREFIX_CUT = 0.3
 PREFIX_POOL = 2
 _prefix_keys = LRU(8192)  # (id(encoder), prefix) -> (encoder, key); the encoder is kept so its id stays its own
 _prefix_lock = threading.Lock()
+_key_stores: dict[int, tuple[object, object]] = {}  # id(encoder) -> (encoder, KeyStore or None)
 
 
 def statement_prefix(text: str, cut: float | None = None) -> str:
@@ -83,8 +85,42 @@ def statement_prefix(text: str, cut: float | None = None) -> str:
     return " ".join(words[:-drop]) if len(words) > drop else text.strip()
 
 
+def key_store_of(encoder):
+    """The on-disk key store of ``encoder`` (opened once per encoder), or None for an encoder
+    without a fingerprint or a store that cannot be opened (keys are then encoded each session)."""
+    with _prefix_lock:
+        held = _key_stores.get(id(encoder))
+        if held is not None and held[0] is encoder:
+            return held[1]
+        store = None
+        fp = getattr(encoder, "fingerprint", None)
+        if fp is not None and hasattr(fp, "to_dict"):
+            from engine.encode.key_store import KeyStore
+
+            try:
+                store = KeyStore.for_encoder(fp)
+            except (OSError, ValueError) as exc:  # a folder that cannot be made: no store
+                log.warning("statement keys will not be kept on disk: %s", exc)
+        _key_stores[id(encoder)] = (encoder, store)
+        return store
+
+
+def reset_statement_keys() -> None:
+    """Forget the statement keys held in memory and close the key stores (the next retrieval
+    opens them again, under the folder the environment names then): what a new session
+    starts from."""
+    with _prefix_lock:
+        _prefix_keys.clear()
+        held = list(_key_stores.values())
+        _key_stores.clear()
+    for _, store in held:
+        if store is not None:
+            store.close()
+
+
 def _prefix_key_rows(encoder, texts: Sequence[str]):
-    """Keys of the statement prefixes of ``texts`` (float32 [n, dim]), encoded once per prefix."""
+    """Keys of the statement prefixes of ``texts`` (float32 [n, dim]): from memory, else from
+    the encoder's key store, else encoded (and kept in both)."""
     import numpy as np
 
     prefixes = [statement_prefix(t) for t in texts]
@@ -98,9 +134,15 @@ def _prefix_key_rows(encoder, texts: Sequence[str]):
             else:
                 todo.append(pre)
     if todo:
-        fresh = encoder.encode(todo)
+        store = key_store_of(encoder)
+        stored = store.get_many(todo) if store is not None else {}
+        fresh = [p for p in todo if p not in stored]
+        if fresh:
+            stored.update(zip(fresh, encoder.encode(fresh)))
+            if store is not None:
+                store.put_many({p: stored[p] for p in fresh})
         with _prefix_lock:
-            for pre, vec in zip(todo, fresh):
+            for pre, vec in stored.items():
                 keys[pre] = vec
                 _prefix_keys.put((id(encoder), pre), (encoder, vec))
     return np.stack([keys[p] for p in prefixes]) if prefixes else np.zeros((0, 0), dtype=np.float32)

@@ -1,14 +1,20 @@
-"""Job: read every active entry of some packs through the reader once and keep the
-states in the entry-state store (``engine.models.entry_store``), so that the first DPM
-answer that retrieves them does not wait for the reader (~45 ms an entry read one
-question at a time on two cores; ~21 ms in this job's batches: the 5,724 demo entries
-take 2 minutes and 93 MB).
+"""Job: prepare some packs for fast answers.
+
+1. Encode the statement prefix of every active entry (``engine.explain.predict.statement_prefix``)
+   into the key encoder's key store (``engine.encode.key_store``), so that retrieval
+   never encodes them at question time (the 5,724 demo entries: a few seconds).
+2. Read every active entry through the reader once and keep the states in the
+   entry-state store (``engine.models.entry_store``), so that the first DPM answer that
+   retrieves them does not wait for the reader (~45 ms an entry read one question at a
+   time on two cores; ~21 ms in this job's batches: the demo entries take 2 minutes and
+   93 MB).
 
 Config: ``{"packs": [path, ...], "reader": null | folder, "branch": null | folder,
-"cache_dir": null | folder, "batch": 32, "threads": null, "device": null}`` (null:
-the defaults the app and the CLI use). Entries already in the store are skipped, so
-the job resumes where a cancelled or killed run stopped: each batch is committed
-before the next starts. The packs are only read.
+"encoder": null | folder, "cache_dir": null | folder, "batch": 32, "threads": null,
+"device": null}`` (null: the defaults the app and the CLI use). A pack made by another
+key encoder gets no statement keys (it is named in the result). Keys and entries already
+stored are skipped, so the job resumes where a cancelled or killed run stopped: each
+batch is committed before the next starts. The packs are only read.
 """
 from __future__ import annotations
 
@@ -18,20 +24,52 @@ from typing import Any, Callable
 
 from engine.jobs.progress import JobCancelled
 
-def _texts(path: str) -> list[str]:
+KEY_BATCH = 256  # statement prefixes encoded (and committed) at a time
+
+
+def _texts(path: str):
+    """The pack's active texts and the fingerprint of the encoder that made it (or None)."""
     from engine.store import Pack
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such memory pack")
     with Pack.open(p, readonly=True) as pack:
-        return [e.text for e in pack.iter_entries(status="active") if e.text]
+        return [e.text for e in pack.iter_entries(status="active") if e.text], pack.encoder
+
+
+def _prepare_keys(packs: list[tuple[str, list[str], Any]], config: dict[str, Any], say, stop) -> dict[str, Any]:
+    """Step 1: the statement keys of the packs made by the key encoder."""
+    from engine.encode import KeyEncoder, get_default_encoder
+    from engine.encode.key_store import KeyStore
+    from engine.explain.predict import statement_prefix
+
+    encoder = KeyEncoder(config["encoder"], config.get("device")) if config.get("encoder") \
+        else get_default_encoder(config.get("device"))
+    mine = encoder.fingerprint
+    other = [Path(p).name for p, _, fp in packs if fp is not None and fp != mine]
+    prefixes = list(dict.fromkeys(statement_prefix(t) for p, texts, fp in packs if fp is None or fp == mine
+                                  for t in texts))
+    with KeyStore.for_encoder(mine, config.get("cache_dir")) as store:
+        todo = store.missing(prefixes)
+        for s in range(0, len(todo), KEY_BATCH):
+            if stop():
+                raise JobCancelled(f"stopped after {len(prefixes) - len(todo) + s:,} of {len(prefixes):,} "
+                                   "statement keys; what was encoded is kept, run it again to go on")
+            part = todo[s:s + KEY_BATCH]
+            store.put_many(dict(zip(part, encoder.encode(part))))
+            say(0.05 * (s + len(part)) / len(todo), f"statement keys {len(prefixes) - len(todo) + s + len(part):,}"
+                f"/{len(prefixes):,}")
+        st = store.stats()
+    return {"keys": len(prefixes), "keys_encoded": len(todo), "key_store": st["path"],
+            "keys_skipped_packs": other}
 
 
 def prepare_states(config: dict[str, Any], progress: Callable[..., None] | None = None,
                    should_stop: Callable[[], bool] | None = None, *, reader=None, branch=None) -> dict[str, Any]:
-    """Fill the store for ``config["packs"]``; returns ``{entries, read, already, store, store_entries,
-    store_bytes, seconds}``. ``reader``/``branch`` let a caller pass loaded ones (tests)."""
+    """Fill the stores for ``config["packs"]``; returns ``{entries, read, already, store, store_entries,
+    store_bytes, keys, keys_encoded, key_store, keys_skipped_packs, seconds}``. ``reader``/``branch``
+    let a caller pass loaded ones (tests)."""
     import torch
 
     from engine.models import dpm
@@ -49,8 +87,10 @@ def prepare_states(config: dict[str, Any], progress: Callable[..., None] | None 
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     t0 = time.perf_counter()
-    texts = list(dict.fromkeys(t for p in packs for t in _texts(p)))
+    read = [(p, *_texts(p)) for p in packs]
+    texts = list(dict.fromkeys(t for _, ts, _ in read for t in ts))
     say(0.0, f"{len(texts):,} entries in {len(packs)} pack(s)")
+    keys = _prepare_keys(read, config, say, stop)
     if reader is None:
         reader = load_reader(config.get("reader"), config.get("device"))
     if branch is None:
@@ -73,11 +113,13 @@ def prepare_states(config: dict[str, Any], progress: Callable[..., None] | None 
                 part = todo[s:s + batch]
                 fusion.read_entries(part)
                 done += len(part)
-                say((already + done) / max(len(texts), 1), f"read {already + done:,}/{len(texts):,} entries",
+                say(0.05 + 0.95 * (already + done) / max(len(texts), 1), f"read {already + done:,}/{len(texts):,} entries",
                     entries=already + done)
         st = store.stats()
     finally:
         store.close()
-    say(1.0, f"{len(todo):,} entries read, {already:,} were already stored")
+    say(1.0, f"{len(todo):,} entries read, {already:,} were already stored; "
+             f"{keys['keys_encoded']:,} statement keys encoded")
     return {"entries": len(texts), "read": len(todo), "already": already, "store": st["path"],
-            "store_entries": st["entries"], "store_bytes": st["bytes"], "seconds": round(time.perf_counter() - t0, 1)}
+            "store_entries": st["entries"], "store_bytes": st["bytes"], **keys,
+            "seconds": round(time.perf_counter() - t0, 1)}

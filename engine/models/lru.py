@@ -8,7 +8,7 @@ from typing import Any
 
 
 class LRU:
-    """``get`` / ``put`` / ``discard`` by key; beyond ``size`` keys the least recently used goes."""
+    """``get`` / ``put`` / ``discard`` / ``clear`` by key; beyond ``size`` keys the least recently used goes."""
 
     def __init__(self, size: int) -> None:
         if size < 1:
@@ -30,6 +30,9 @@ class LRU:
 
     def discard(self, key: Hashable) -> None:
         self._d.pop(key, None)
+
+    def clear(self) -> None:
+        self._d.clear()
 
     def __len__(self) -> int:
         return len(self._d)

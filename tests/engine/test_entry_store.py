@@ -151,13 +151,14 @@ def test_prepare_job_reads_every_active_entry_once_and_resumes(tiny, branch, tmp
         m.add_many([{"text": f"Animal {n} facts: {w} {w} {w}"} for n, w in enumerate("Rome Oslo Lima Cairo Quito".split())])
         m.set_status([m.pack.ids()[0]], "disabled")  # not retrieved, so not prepared
     cfg = {"packs": [str(pack)], "cache_dir": str(tmp_path / "states"), "batch": 2}
-    stops = iter([False, True])
+    stops = iter([False, False, True])  # the statement keys' batch, the first entries' batch, stop
     with pytest.raises(JobCancelled, match="what was read is kept"):
         prepare_states(cfg, should_stop=lambda: next(stops), reader=tiny, branch=branch)
     seen = []
     res = prepare_states(cfg, progress=lambda f, msg="", **k: seen.append(f), reader=tiny, branch=branch)
     assert (res["entries"], res["already"], res["read"]) == (4, 2, 2)
-    assert res["store_entries"] == 4 and seen[-1] == 1.0
+    assert res["store_entries"] == 4 and seen[-1] == 1.0 and seen == sorted(seen)
+    assert (res["keys"], res["keys_encoded"], res["keys_skipped_packs"]) == (4, 0, [])  # kept from the first run
     with EntryStateStore.for_branch(tiny, branch, tmp_path / "states") as store:
         with Memory.open(pack, encoder) as m:
             texts = [e.text for e in m.pack.page(0, 10)]
@@ -191,9 +192,38 @@ def test_cli_prepare_then_predict_reads_nothing(tmp_path, encoder, capsys, monke
     assert '"read": 3' in out
     assert main(["prepare", str(pack), "--reader", str(folder), "--branch", str(branch_dir)]) == 0
     human = capsys.readouterr().out
-    assert "3 entries: 0 read" in human and "3 already stored" in human
+    assert "3 entries: 0 read" in human and "3 already stored" in human and "0 of 3 statement keys encoded" in human
     monkeypatch.setattr(dpm.MemoryBranch, "entry_states", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
     assert main(["predict", PROMPT, "--memory", str(pack), "-k", "3", "--max-new-tokens", "2",
                  "--reader", str(folder), "--branch", str(branch_dir), "--json"]) == 0
     assert main(["prepare", str(tmp_path / "nope.plugmem"), "--reader", str(folder), "--branch", str(branch_dir)]) == 2
     assert "no such memory pack" in capsys.readouterr().err
+
+
+def test_prepare_job_keeps_statement_keys_so_a_new_session_encodes_only_the_prompt(tiny, branch, tmp_path, encoder,
+                                                                                  monkeypatch):
+    import importlib
+    from dataclasses import replace
+
+    from engine.explain import retrieve
+    from engine.store import Pack
+
+    mod = importlib.import_module("engine.explain.predict")
+    pack = tmp_path / "zoo.plugmem"
+    with Memory.open(pack, encoder, create=True, name="zoo") as m:
+        m.add_many([{"text": t} for t in TEXTS])
+    foreign = tmp_path / "foreign.plugmem"
+    with Pack.create(foreign, name="foreign", encoder=replace(encoder.fingerprint, weights_sha256="0" * 64)) as p:
+        p.add("Penguins cannot fly.")
+    monkeypatch.setenv("PLUGMEM_ENTRY_STATES", str(tmp_path / "states"))
+    res = prepare_states({"packs": [str(pack), str(foreign)]}, reader=tiny, branch=branch)
+    assert (res["keys"], res["keys_encoded"], res["keys_skipped_packs"]) == (3, 3, ["foreign.plugmem"])
+    assert res["entries"] == 4  # the reader still reads the foreign pack's entries
+    mod.reset_statement_keys()
+    seen = []
+    real = type(encoder).encode
+    monkeypatch.setattr(type(encoder), "encode", lambda self, texts, *a, **k: (seen.extend(texts), real(self, texts))[1])
+    with Memory.open(pack, encoder) as m:
+        assert len(retrieve(PROMPT, [m], 3)) == 3
+    assert seen == [PROMPT]
+    mod.reset_statement_keys()

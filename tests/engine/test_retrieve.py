@@ -75,3 +75,59 @@ def test_statement_keys_and_lexical_weight_put_the_edited_subregion_entry_first(
         sub_id = next(h.entry.id for _, h in keyed if h.entry.text == SUB)
         mem.edit(sub_id, text="The flag of Ghana has a black star.")
         assert all(h.entry.text != SUB for _, h in retrieve(PROMPT, [mem], 3))
+
+
+def _encoded_texts(monkeypatch, encoder) -> list[str]:
+    """Record every text ``encoder`` encodes from now on."""
+    seen: list[str] = []
+    real = type(encoder).encode
+
+    def counting(self, texts, *a, **k):
+        seen.extend(texts)
+        return real(self, texts, *a, **k)
+
+    monkeypatch.setattr(type(encoder), "encode", counting)
+    return seen
+
+
+def test_a_new_session_reads_statement_keys_from_disk_and_scores_the_same(tmp_path, encoder, monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("engine.explain.predict")
+    monkeypatch.setenv("PLUGMEM_ENTRY_STATES", str(tmp_path / "stores"))
+    mod.reset_statement_keys()  # the next retrieval opens the store under tmp_path
+    with Memory.open(tmp_path / "geo.plugmem", encoder, create=True, name="geo") as mem:
+        mem.add_many([{"text": t} for t in [REGION, SUB, INTER, *OTHERS]])
+        seen = _encoded_texts(monkeypatch, encoder)
+        first = retrieve(PROMPT, [mem], 3)
+        assert statement_prefix(SUB) in seen  # encoded the first time
+        # A new session: nothing in memory, the keys are read from disk, the encoder only sees the prompt.
+        mod.reset_statement_keys()
+        seen.clear()
+        again = retrieve(PROMPT, [mem], 3)
+        assert seen == [PROMPT]
+        assert [(h.entry.id, h.score) for _, h in again] == [(h.entry.id, h.score) for _, h in first]
+    store = list((tmp_path / "stores").glob("keys-*.sqlite"))
+    assert len(store) == 1
+    mod.reset_statement_keys()
+
+
+def test_a_damaged_key_store_is_set_aside_and_retrieval_is_unchanged(tmp_path, encoder, monkeypatch, caplog):
+    import importlib
+
+    mod = importlib.import_module("engine.explain.predict")
+    monkeypatch.setenv("PLUGMEM_ENTRY_STATES", str(tmp_path / "stores"))
+    mod.reset_statement_keys()
+    with Memory.open(tmp_path / "geo.plugmem", encoder, create=True, name="geo") as mem:
+        mem.add_many([{"text": t} for t in [REGION, SUB, INTER, *OTHERS]])
+        first = retrieve(PROMPT, [mem], 3)
+        mod.reset_statement_keys()
+        path = next((tmp_path / "stores").glob("keys-*.sqlite"))
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        path.write_bytes(b"not a database" * 200)
+        again = retrieve(PROMPT, [mem], 3)
+        assert "key store" in caplog.text and "unusable" in caplog.text
+        assert [(h.entry.id, h.score) for _, h in again] == [(h.entry.id, h.score) for _, h in first]
+        assert list(path.parent.glob(path.name + ".*.corrupt"))
+    mod.reset_statement_keys()
