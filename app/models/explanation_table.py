@@ -14,7 +14,7 @@ COLUMNS = ["#", "pack", "entry", "score", "weight", "leave-one-out"]
 TIPS = {
     "score": ("Retrieval score: the mean of the prompt's inner products with the entry's key and with the key of "
               "the entry without its last words (its object), plus a bonus for the share of the prompt's "
-              "distinctive words the entry contains (higher = closer)."),
+              "distinctive words the entry's title, text or tags contain (higher = closer)."),
     "weight": "Fusion weight: the share of attention the answer gave this entry (– when the mode cannot tell).",
     "leave-one-out": "Change of the answer's log-probability when this entry is left out: "
                      "positive = the entry supported the answer, negative = it worked against it.",

@@ -58,7 +58,7 @@ th {{ background: #f2f2f2; }}
 <body>
 <h1>Explanation</h1>
 {body}
-<p style="color:#777">Exported from PlugMem Studio. Score: retrieval score (mean inner product with the entry's key and with its key without the object, plus a bonus for the share of the prompt's distinctive words the entry has); weight: fusion weight;
+<p style="color:#777">Exported from PlugMem Studio. Score: retrieval score (mean inner product with the entry's key and with its key without the object, plus a bonus for the share of the prompt's distinctive words the entry has in its title, text or tags); weight: fusion weight;
 leave-one-out: change of log p(answer) when the entry is left out.</p>
 </body></html>
 """

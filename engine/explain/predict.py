@@ -48,8 +48,9 @@ def pack_name(memory) -> str:
 
 
 # Hybrid retrieval: the dense top-k entries are re-scored as inner product +
-# LEXICAL_WEIGHT x lexical coverage (see lexical_coverage), word weights taken over the
-# dense top (CANDIDATES x k) of every memory; the set stays the dense top-k. Calibrated
+# LEXICAL_WEIGHT x lexical coverage (see lexical_coverage) of the entry's words (its title,
+# text and tags: entry_words), word weights taken over the dense top (CANDIDATES x k) of
+# every memory; the set stays the dense top-k. Calibrated
 # with the shipped branch on the validation split (bench/calibrate_dpm.py --lexical
 # --candidates; bench/RESULTS.md, "Hybrid retrieval"): 0.2 x 1 and 0.3 x 1 tie for the
 # best mean of efficacy and paraphrase, 0.5 costs chemistry relations, a pool of 4 x k
@@ -148,6 +149,16 @@ def _prefix_key_rows(encoder, texts: Sequence[str]):
     return np.stack([keys[p] for p in prefixes]) if prefixes else np.zeros((0, 0), dtype=np.float32)
 
 
+def entry_words(entry) -> str:
+    """What the lexical step reads of an entry: its title, text and tags (a tag's ``_`` and
+    ``-`` separate words, so the tag ``discovery_year`` matches "the year"). Tags name what
+    an entry is about in the curator's words, which a question often shares when the
+    entry's own sentence does not ("The chemical series of X is the" / "X belongs to the
+    actinides.", tagged ``series``)."""
+    tags = " ".join(str(t).replace("_", " ").replace("-", " ") for t in (getattr(entry, "tags", None) or ()))
+    return " ".join(part for part in (getattr(entry, "title", ""), entry.text, tags) if part)
+
+
 def lexical_coverage(prompt: str, texts: Sequence[str]) -> list[float]:
     """For each text, the share in [0, 1] of the prompt's distinctive words it contains.
 
@@ -180,8 +191,9 @@ def retrieve_many(prompts: Sequence[str], memories: Sequence, k: int,
     ``PREFIX_POOL * k`` of every memory are re-scored by statement keys (the mean of the
     inner products with the entry's key and its :func:`statement_prefix`'s key) and the
     top k of all memories kept. With ``lexical`` (default :data:`LEXICAL_WEIGHT`) above
-    0, those are re-scored as score + lexical × :func:`lexical_coverage`, the words
-    weighed over the top ``CANDIDATES * k``: the sentence encoder alone ranks
+    0, those are re-scored as score + lexical × :func:`lexical_coverage` of their
+    :func:`entry_words` (title, text and tags), the words weighed over the top
+    ``CANDIDATES * k``: the sentence encoder alone ranks
     near-duplicate entries ("the region of" / "the subregion of", "ytterbium" /
     "yttrium") by wording more than by the word that tells them apart. Ties keep the
     order of ``memories``.
@@ -217,7 +229,7 @@ def retrieve_many(prompts: Sequence[str], memories: Sequence, k: int,
         row.sort(key=lambda ph: -float(ph[1].score))
         if lexical > 0 and row:
             del row[pool:]
-            cov = lexical_coverage(prompt, [h.entry.text for _, h in row])[:k]
+            cov = lexical_coverage(prompt, [entry_words(h.entry) for _, h in row])[:k]
             row[:] = [(name, Hit(h.entry, float(h.score) + lexical * c)) for (name, h), c in zip(row[:k], cov)]
             row.sort(key=lambda ph: -float(ph[1].score))
         del row[k:]

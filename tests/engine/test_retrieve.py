@@ -131,3 +131,41 @@ def test_a_damaged_key_store_is_set_aside_and_retrieval_is_unchanged(tmp_path, e
         assert [(h.entry.id, h.score) for _, h in again] == [(h.entry.id, h.score) for _, h in first]
         assert list(path.parent.glob(path.name + ".*.corrupt"))
     mod.reset_statement_keys()
+
+
+CF = [("Californium was discovered in 1950.", "discovery_year"),
+      ("Californium was discovered in the United States.", "discovery_location"),
+      ("Californium was discovered by G.T.Seaborg, S.G.Tompson, A.Ghiorso, K.Street Jr.", "discoverers"),
+      ("Californium belongs to the actinides.", "series"),
+      ("The chemical symbol of californium is Cf.", "symbol"),
+      ("Californium is in the f-block of the periodic table.", "block")]
+YEAR_PROMPTS = ["Californium was discovered in the year", "The year in which californium was discovered is",
+                "Californium was first identified in the year"]
+
+
+def test_entry_words_are_title_text_and_tags():
+    from engine.explain.predict import entry_words
+    from engine.store.pack import Entry
+
+    e = Entry(id=1, title="Hydrogen", text="Hydrogen was discovered in 1766.", source="", tags=["discovery_year", "x-ray"],
+              status="active", created=0.0, updated=0.0, version=1)
+    assert entry_words(e) == "Hydrogen Hydrogen was discovered in 1766. discovery year x ray"
+    other = "Hydrogen was discovered in London."
+    q = "Hydrogen was discovered in the year"
+    assert lexical_coverage(q, [e.text, other]) == [1.0, 1.0]  # "year": no candidate has it, it does not count
+    tagged = lexical_coverage(q, [entry_words(e), other])
+    assert tagged[0] == pytest.approx(1.0) and tagged[1] < 0.7  # the tag has "year": it tells the two apart
+
+
+def test_a_tag_that_names_the_relation_finds_the_entry_its_sentence_does_not(tmp_path, encoder):
+    """ "discovered in the year" is closer to "discovered in the United States." than to
+    "discovered in 1950." for the sentence encoder; the year entry's tag says what it is."""
+    with Memory.open(tmp_path / "bare.plugmem", encoder, create=True, name="bare") as bare:
+        bare.add_many([{"text": t, "title": "Californium"} for t, _ in CF])
+        for prompt in YEAR_PROMPTS:
+            assert retrieve(prompt, [bare], 5)[0][1].entry.text == CF[1][0]  # without tags: the location
+    with Memory.open(tmp_path / "chem.plugmem", encoder, create=True, name="chem") as mem:
+        mem.add_many([{"text": t, "title": "Californium", "tags": [tag, "chemistry"]} for t, tag in CF])
+        for prompt in YEAR_PROMPTS:
+            assert retrieve(prompt, [mem], 5)[0][1].entry.text == CF[0][0]
+            assert retrieve(prompt, [mem], 5, lexical=0.0)[0][1].entry.text == CF[1][0]  # the lexical step did it
