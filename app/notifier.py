@@ -69,7 +69,7 @@ class Notifier(QObject):
         """Report a failure of ``context`` (e.g. "Saving entry 12"). Returns the shown text."""
         if isinstance(exc, BaseException):
             if is_user_error(exc):
-                text = f"{context}: {exc}"
+                text = f"{context}: {_without_repeat(context, str(exc))}"
                 log.warning("%s", text)
             else:
                 where = f" Details are in {_LOG_FILE}." if _LOG_FILE else ""
@@ -90,6 +90,14 @@ class Notifier(QObject):
         log.info("%s", text)
         self.history.append(("info", text))
         self.message.emit("info", text)
+
+
+def _without_repeat(context: str, message: str) -> str:
+    """``message`` without a leading "NAME: " that ``context`` already ends with: the engine
+    names the pack for the command line ("geography.plugmem: an edit evaluation is
+    running..."), and the app's context names it too ("Saving entry 2 of geography.plugmem")."""
+    head, sep, rest = message.partition(": ")
+    return rest if sep and head.strip() and rest and context.endswith(head) else message
 
 
 def _delete_on_close():

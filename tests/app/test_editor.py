@@ -2,6 +2,8 @@
 is an edit back to an old version; add and delete entries."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .conftest import FACTS, open_window
@@ -110,8 +112,21 @@ def test_a_save_during_another_programs_edit_evaluation_is_refused_and_the_typed
             assert ed.save()
         level, text = sig.args
         assert level == "error" and "an edit evaluation is running on this pack in another program" in text
+        assert text.startswith(f"Saving entry {e.id} of {Path(path).name}: an edit evaluation")  # the pack named once
         assert ed.is_dirty() and ed.text.toPlainText() == "Helium is a noble gas."
         assert win.ctx.reader(path).get(e.id).text == e.text
     with qtbot.waitSignal(win.ctx.hub.changed, timeout=20_000):
         assert ed.save()  # the evaluation is over: the same text saves
     assert win.ctx.reader(path).get(e.id).text == "Helium is a noble gas."
+
+
+def test_an_error_names_the_pack_once_and_keeps_other_messages_whole():
+    from app.notifier import Notifier
+
+    n = Notifier(dialogs=False)
+    n.error("Saving entry 2 of geo.plugmem", ValueError("geo.plugmem: entry 2 was deleted"))
+    n.error("Saving entry 2 of geo.plugmem", ValueError("chem.plugmem: entry 2 was deleted"))
+    n.error("Saving entry 2 of geo.plugmem", ValueError("line 3: text: must not be empty"))
+    assert [t for _, t in n.history] == ["Saving entry 2 of geo.plugmem: entry 2 was deleted",
+                                        "Saving entry 2 of geo.plugmem: chem.plugmem: entry 2 was deleted",
+                                        "Saving entry 2 of geo.plugmem: line 3: text: must not be empty"]
