@@ -113,8 +113,8 @@ def prepare_states(config: dict[str, Any], progress: Callable[..., None] | None 
                 part = todo[s:s + batch]
                 fusion.read_entries(part)
                 done += len(part)
-                say(0.05 + 0.95 * (already + done) / max(len(texts), 1), f"read {already + done:,}/{len(texts):,} entries",
-                    entries=already + done)
+                say(0.05 + 0.95 * (already + done) / max(len(texts), 1),
+                    f"read {already + done:,}/{len(texts):,} entries", entries=already + done)
         st = store.stats()
     finally:
         store.close()
