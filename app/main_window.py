@@ -23,6 +23,18 @@ from app.views.workspace_panel import WorkspacePanel
 log = logging.getLogger(__name__)
 
 
+def default_size():
+    """1440 x 860, or the screen's available area when that is smaller (a 1280 x 800 laptop)."""
+    from PySide6.QtCore import QSize
+    from PySide6.QtGui import QGuiApplication
+
+    size = QSize(1440, 860)
+    screen = QGuiApplication.primaryScreen()
+    if screen is not None:
+        size = size.boundedTo(screen.availableGeometry().size())
+    return size
+
+
 class MainWindow(QMainWindow):
     def __init__(self, ctx: AppContext, restore: bool = True) -> None:
         super().__init__()
@@ -30,7 +42,7 @@ class MainWindow(QMainWindow):
         self.ctx = ctx
         ctx.notifier.parent_widget = self
         self.setWindowTitle("PlugMem Studio")
-        self.resize(1440, 860)
+        self.resize(default_size())
 
         self.browser = MemoryBrowser(ctx)
         self.explain = ExplainPanel(ctx)

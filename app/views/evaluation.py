@@ -127,19 +127,24 @@ class EvaluationView(QWidget):
         self.status.setObjectName("EvalStatus")
         self.status.setWordWrap(True)
 
-        form = QHBoxLayout()
-        form.addWidget(QLabel("File"))
-        form.addWidget(self.file, 2)
-        form.addWidget(self.kind_label)
-        form.addSpacing(8)
-        form.addWidget(QLabel("Mode"))
-        form.addWidget(self.mode)
-        form.addWidget(QLabel("k"))
-        form.addWidget(self.k)
-        form.addWidget(QLabel("Limit"))
-        form.addWidget(self.limit)
-        form.addWidget(self.run_btn)
-        form.addWidget(self.cancel_btn)
+        # Two rows: in one, the controls alone made the window wider than a 1280-pixel screen.
+        file_row = QHBoxLayout()
+        file_row.addWidget(QLabel("File"))
+        file_row.addWidget(self.file, 1)
+        file_row.addWidget(self.kind_label)
+        run_row = QHBoxLayout()
+        run_row.addWidget(QLabel("Mode"))
+        run_row.addWidget(self.mode)
+        run_row.addWidget(QLabel("k"))
+        run_row.addWidget(self.k)
+        run_row.addWidget(QLabel("Limit"))
+        run_row.addWidget(self.limit)
+        run_row.addStretch(1)
+        run_row.addWidget(self.run_btn)
+        run_row.addWidget(self.cancel_btn)
+        form = QVBoxLayout()
+        form.addLayout(file_row)
+        form.addLayout(run_row)
 
         self.table = QTableWidget(0, 9)
         self.table.setObjectName("EvalRuns")
@@ -151,7 +156,7 @@ class EvaluationView(QWidget):
         self.table.setWordWrap(False)
         th = self.table.horizontalHeader()
         th.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        th.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        th.setStretchLastSection(True)  # a narrow window scrolls rather than hide the run's name
         self.table.setToolTip("Past runs of this workspace. Select several to compare them in the chart.")
 
         self.detail = QTableWidget(0, 5)
@@ -160,7 +165,6 @@ class EvaluationView(QWidget):
         self.detail.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         dh = self.detail.horizontalHeader()
         dh.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        dh.setStretchLastSection(False)
 
         import pyqtgraph as pg
 
@@ -191,6 +195,7 @@ class EvaluationView(QWidget):
         fh.setStretchLastSection(True)
         self.failures_label = QLabel("Wrong answers")
         self.failures_label.setObjectName("FailuresLabel")
+        self.failures_label.setWordWrap(True)
         failures = QWidget()
         fl = QVBoxLayout(failures)
         fl.setContentsMargins(0, 0, 0, 0)
@@ -200,9 +205,9 @@ class EvaluationView(QWidget):
         lower = QSplitter(Qt.Orientation.Horizontal)
         lower.addWidget(self.detail)
         lower.addWidget(chart)
-        lower.setStretchFactor(0, 2)
-        lower.setStretchFactor(1, 3)
-        lower.setSizes([440, 560])
+        lower.setStretchFactor(0, 1)
+        lower.setStretchFactor(1, 1)
+        lower.setSizes([460, 400])
         split = QSplitter(Qt.Orientation.Vertical)
         split.setObjectName("EvalSplitter")
         below = QSplitter(Qt.Orientation.Vertical)  # nested: the saved state of ``splitter`` keeps two panes
@@ -474,8 +479,10 @@ class EvaluationView(QWidget):
                 rows.append([name, str(v.get("n", "")), _pct(v.get("accuracy")), _pct(v.get("accuracy_without_memory")), _pct(v.get("hit_at_k"))])
         t.setColumnCount(len(heads))
         t.setHorizontalHeaderLabels(heads)
+        # Every column as wide as its contents (the names first: a stretched first column
+        # shrank to "…" in a narrow window); the last one takes what is left.
         t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        t.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        t.horizontalHeader().setStretchLastSection(True)
         t.setRowCount(len(rows))
         for i, row in enumerate(rows):
             for j, text in enumerate(row):

@@ -25,3 +25,18 @@ def test_screenshot_of_a_workspace(tmp_path, small_pack):
     ws = (small_pack.parent / "workspace.json").read_text()
     assert "facts.plugmem" in ws
     assert "Traceback" not in r.stderr
+
+
+def test_the_window_fits_a_1280_by_800_screen(qtbot, make_ctx, small_pack):
+    """Every tab, dock and control shown at once still fits a common laptop screen (the
+    evaluation controls in one row made the window 1,542 pixels wide at least)."""
+    from .conftest import open_window
+
+    path = str(small_pack.resolve())
+    win = open_window(qtbot, make_ctx([path]), path)
+    hint = win.minimumSizeHint()
+    assert hint.width() <= 1280 and hint.height() <= 800, hint
+    win.resize(1280, 800)
+    assert win.width() == 1280
+    for i in range(win.tabs.count()):  # no tab asks for more than the window leaves it
+        assert win.tabs.widget(i).minimumSizeHint().width() <= win.tabs.width(), win.tabs.tabText(i)
