@@ -93,6 +93,7 @@ class WorkspacePanel(QWidget):
         self.tree.itemChanged.connect(self._item_changed)
         self.tree.currentItemChanged.connect(self._current_changed)
         ctx.workspace_changed.connect(self.refresh)
+        ctx.current_changed.connect(self._follow_current)  # e.g. an explanation's entry opened in another pack
         # Counting is a query per pack: coalesce bursts of changes into one refresh.
         self._stale_counts: set[str] = set()
         self._counts_timer = QTimer(self)
@@ -280,6 +281,16 @@ class WorkspacePanel(QWidget):
         if self._filling or column != 0:
             return
         self.ctx.set_plugged(it.data(0, PATH_ROLE), it.checkState(0) == Qt.CheckState.Checked)
+
+    def _follow_current(self, path: str) -> None:
+        """Select the pack the rest of the window now shows (changed elsewhere than in this list)."""
+        it = self.item_for(path) if path else None
+        if it is None or it is self.tree.currentItem():
+            return
+        self._filling = True
+        self.tree.setCurrentItem(it)
+        self._filling = False
+        self._update_buttons()
 
     def _current_changed(self, cur: QTreeWidgetItem | None, _prev) -> None:
         if self._filling:

@@ -31,6 +31,27 @@ def test_plug_unplug_checkbox_updates_the_workspace_file(qtbot, make_ctx, small_
     assert Workspace.load(ctx.workspace.folder).plugged() == [path]
 
 
+def test_the_list_follows_the_pack_shown_when_another_view_changes_it(qtbot, make_ctx, small_pack, tmp_path):
+    """Opening an explanation's entry from another pack shows that pack in the browser; the
+    workspace list selects it too (it kept the old pack highlighted)."""
+    import shutil
+
+    from app.views.workspace_panel import WorkspacePanel
+
+    a = str(small_pack.resolve())
+    b = str(tmp_path / "other.plugmem")
+    shutil.copy(a, b)
+    ctx = make_ctx([a, b])
+    ctx.set_current(a)
+    panel = WorkspacePanel(ctx)
+    qtbot.addWidget(panel)
+    assert panel.selected_path() == a
+    ctx.set_current(b)  # what MainWindow.open_entry does
+    assert panel.selected_path() == b and ctx.current == b
+    panel.tree.setCurrentItem(panel.item_for(a))  # and a click in the list still changes it
+    assert ctx.current == a
+
+
 def test_new_pack_then_detach(qtbot, make_ctx, tmp_path):
     from app.views.workspace_panel import WorkspacePanel
 
