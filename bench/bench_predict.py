@@ -14,7 +14,9 @@ On the demo geography pack (k = 5), the real reader and the shipped branch:
   entries' states and statement keys (kept by the "cold" run, or by ``plugmem prepare``):
   nothing cached in the process, not even the bare reader's answer or a statement key;
   "stored, keys encoded" = the same with an empty key store (statement keys encoded at
-  question time, as before they were kept on disk): the new-session baseline;
+  question time, as before they were kept on disk): the new-session baseline (the two
+  new sessions alternate their order from prompt to prompt); "retrieval alone" times
+  ``retrieve`` in the same two kinds of new session, the direct measure of the key store;
 * edit -> changed prediction: ``Memory.edit`` (re-encode one entry, update the index in
   place) then ``predict`` without explanation; the edit is undone afterwards. Each edit
   is timed twice, its new text's reader states dropped before each: decoding one token
@@ -43,7 +45,7 @@ import torch  # noqa: E402
 
 from engine.demo import ensure_demo_workspace  # noqa: E402
 from engine.evaluate import is_correct, read_edits, read_probes  # noqa: E402
-from engine.explain import Predictor  # noqa: E402
+from engine.explain import Predictor, retrieve  # noqa: E402
 from engine.explain.predict import reset_statement_keys  # noqa: E402
 from engine.memory import Memory  # noqa: E402
 from engine.models import dpm, load_reader  # noqa: E402
@@ -103,7 +105,8 @@ def main() -> None:
         base, base_full, base_hf = [], [], []
         kinds = (("dpm", "cold"), ("dpm", "warm"), ("dpm", "stored"), ("dpm", "stored, keys encoded"), ("context", "cold"))
         times = {kind: [] for kind in kinds}
-        for p in probes:
+        retrieval: dict[bool, list[float]] = {True: [], False: []}  # keys encoded? -> seconds
+        for i, p in enumerate(probes):
             b = reader.encode_batch([p.prompt])
             with plain_decoding():
                 t = time.perf_counter()
@@ -118,7 +121,8 @@ def main() -> None:
             t = time.perf_counter()
             reader.generate(p.prompt, max_new_tokens=8)
             base.append(time.perf_counter() - t)
-            for mode, temp in kinds:
+            order = kinds if i % 2 else kinds[:2] + (kinds[3], kinds[2]) + kinds[4:]  # alternate the two new sessions
+            for mode, temp in order:
                 if temp.startswith("stored"):  # a new session: no statement key in memory
                     os.environ["PLUGMEM_ENTRY_STATES"] = tempfile.mkdtemp(dir=tmp.name) if "encoded" in temp else tmp.name
                     reset_statement_keys()
@@ -130,6 +134,14 @@ def main() -> None:
                     os.environ["PLUGMEM_ENTRY_STATES"] = tmp.name
                     reset_statement_keys()
                 assert len(rec.retrieved) == a.k and all(r.loo_delta is not None for r in rec.retrieved)
+            for fresh in ((False, True) if i % 2 else (True, False)):  # retrieval alone, new session
+                os.environ["PLUGMEM_ENTRY_STATES"] = tempfile.mkdtemp(dir=tmp.name) if fresh else tmp.name
+                reset_statement_keys()
+                t = time.perf_counter()
+                retrieve(p.prompt, [mem], a.k)
+                retrieval[fresh].append(time.perf_counter() - t)
+            os.environ["PLUGMEM_ENTRY_STATES"] = tmp.name
+            reset_statement_keys()
         rows.append(("bare reader, all 8 new tokens, transformers generate, plain products (baseline)", ms(base_hf)))
         rows.append(("bare reader, all 8 new tokens (greedy_generate)", ms(base_full)))
         rows.append(("bare reader, stopping at the answer's end (at most 8 tokens)", ms(base)))
@@ -140,6 +152,8 @@ def main() -> None:
         rows.append((f"predict + explain, dpm, k={a.k}, new session, entries and statement keys in the stores",
                      ms(times[("dpm", "stored")])))
         rows.append((f"predict + explain, context, k={a.k}", ms(times[("context", "cold")])))
+        rows.append((f"retrieval alone, new session, statement keys encoded (baseline), k={a.k}", ms(retrieval[True])))
+        rows.append((f"retrieval alone, new session, statement keys in the store, k={a.k}", ms(retrieval[False])))
 
         by_text = {e.text: e.id for e in mem.pack.iter_entries(status="active")}
         edit_t, edit_base, edit_only, changed, follows, same = [], [], [], 0, 0, 0
@@ -175,7 +189,8 @@ def main() -> None:
         f"explained, new session with the store / cold: "
         f"{statistics.median(times[('dpm', 'stored')]) / statistics.median(times[('dpm', 'cold')]):.2f}; "
         f"new session, statement keys stored / encoded: "
-        f"{statistics.median(times[('dpm', 'stored')]) / statistics.median(times[('dpm', 'stored, keys encoded')]):.2f}. "
+        f"{statistics.median(times[('dpm', 'stored')]) / statistics.median(times[('dpm', 'stored, keys encoded')]):.2f} "
+        f"(retrieval alone {statistics.median(retrieval[False]) / statistics.median(retrieval[True]):.2f}). "
         "Latency in ms, median / p90.",
         "",
         "| what | ms (median / p90) |",
