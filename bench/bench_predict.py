@@ -92,8 +92,14 @@ def main() -> None:
     # The bench's own store (a temporary folder): what the user's cache holds does not matter.
     tmp = tempfile.TemporaryDirectory(prefix="bench-states-")
     store = EntryStateStore.for_branch(reader, branch, tmp.name)
-    os.environ["PLUGMEM_ENTRY_STATES"] = tmp.name  # where retrieval keeps statement keys
-    reset_statement_keys()
+
+    def new_session(empty_key_store: bool = False) -> None:
+        """No statement key in memory, as in a new process; keys from the bench's key store,
+        or from an empty one (encoded at question time)."""
+        os.environ["PLUGMEM_ENTRY_STATES"] = tempfile.mkdtemp(dir=tmp.name) if empty_key_store else tmp.name
+        reset_statement_keys()
+
+    new_session()  # retrieval keeps statement keys in the bench's folder too
     predictor = Predictor(reader, branch, entry_store=store)
     probes = [p for p in read_probes(demo_dir() / "geography" / "probes_heldout.jsonl")
               if p.split == "heldout_relation"][: a.n]
@@ -123,25 +129,21 @@ def main() -> None:
             base.append(time.perf_counter() - t)
             order = kinds if i % 2 else kinds[:2] + (kinds[3], kinds[2]) + kinds[4:]  # alternate the two new sessions
             for mode, temp in order:
-                if temp.startswith("stored"):  # a new session: no statement key in memory
-                    os.environ["PLUGMEM_ENTRY_STATES"] = tempfile.mkdtemp(dir=tmp.name) if "encoded" in temp else tmp.name
-                    reset_statement_keys()
+                if temp.startswith("stored"):
+                    new_session("encoded" in temp)
                 who = Predictor(reader, branch, entry_store=store) if temp.startswith("stored") else predictor
                 t = time.perf_counter()
                 rec = who.predict(p.prompt, [mem], mode=mode, k=a.k, max_new_tokens=8)
                 times[(mode, temp)].append(time.perf_counter() - t)
                 if "encoded" in temp:  # back to the bench's key store
-                    os.environ["PLUGMEM_ENTRY_STATES"] = tmp.name
-                    reset_statement_keys()
+                    new_session()
                 assert len(rec.retrieved) == a.k and all(r.loo_delta is not None for r in rec.retrieved)
             for fresh in ((False, True) if i % 2 else (True, False)):  # retrieval alone, new session
-                os.environ["PLUGMEM_ENTRY_STATES"] = tempfile.mkdtemp(dir=tmp.name) if fresh else tmp.name
-                reset_statement_keys()
+                new_session(fresh)
                 t = time.perf_counter()
                 retrieve(p.prompt, [mem], a.k)
                 retrieval[fresh].append(time.perf_counter() - t)
-            os.environ["PLUGMEM_ENTRY_STATES"] = tmp.name
-            reset_statement_keys()
+            new_session()
         rows.append(("bare reader, all 8 new tokens, transformers generate, plain products (baseline)", ms(base_hf)))
         rows.append(("bare reader, all 8 new tokens (greedy_generate)", ms(base_full)))
         rows.append(("bare reader, stopping at the answer's end (at most 8 tokens)", ms(base)))
