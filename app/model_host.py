@@ -73,17 +73,20 @@ class LoadedModel:
         """The knowledge plugins of ``pack_paths`` (in that order), loading the missing ones
         (model thread only), and one note per pack whose plugin cannot be used.
 
-        A plugin is reloaded when its files change (map-tuned again); plugins of packs no
-        longer asked for are dropped, so unplugging frees them.
+        A plugin is reloaded when its files change (map-tuned again) or the pack's entities
+        do (a triples import added aliases it should link); plugins of packs no longer asked
+        for are dropped, so unplugging frees them.
         """
         from engine.plugins.mapping import default_plugin_dir, load_plugin
-        from engine.store import Pack
+        from engine.store import Pack, PackError
 
         plugins, notes = [], []
         for path in pack_paths:
             name = Path(path).stem
             folder = default_plugin_dir(path)
             stamp = _stamp(folder)
+            if stamp is not None:
+                stamp += (_entities_version(path),)
             have = self.plugins.get(path)
             if have is not None and have[0] == stamp:
                 plugins.append(have[1])
@@ -98,7 +101,7 @@ class LoadedModel:
             try:
                 with Pack.open(path, readonly=True) as pack:  # the plugin links with the pack's aliases
                     plugin = load_plugin(folder, self.reader, pack)
-            except ValueError as exc:  # PluginError, PackError: another reader's plugin, damaged files...
+            except (ValueError, PackError) as exc:  # PluginError, PackError: another reader's plugin, damaged files...
                 notes.append(f"{name}: {exc}")
                 continue
             self.plugins[path] = (stamp, plugin)
@@ -114,6 +117,17 @@ def _stamp(folder: Path) -> tuple | None:
         return tuple((f, (folder / f).stat().st_mtime_ns, (folder / f).stat().st_size)
                      for f in ("config.json", "model.safetensors", "entities.json"))
     except OSError:
+        return None
+
+
+def _entities_version(path: str) -> int | None:
+    """The pack's ``entities_version`` (None when it cannot be read: the plugin's load says why)."""
+    from engine.store import Pack, PackError
+
+    try:
+        with Pack.open(path, readonly=True) as pack:
+            return pack.entities_version
+    except (OSError, ValueError, PackError):
         return None
 
 

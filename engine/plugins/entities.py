@@ -305,6 +305,9 @@ def import_triples(pack, paths: Sequence[str | Path], *, create_entities: bool =
                 result.entity_tails += 1
         con.executemany("INSERT INTO triples(head, relation, tail, tail_id, source) VALUES (?,?,?,?,?)", rows)
         result.triples_added = len(rows)
+        if result.entities_added or result.entities_updated:  # what a loaded plugin links with changed
+            con.execute("INSERT INTO meta(key, value) VALUES ('entities_version', '1') "
+                        "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
         con.execute("COMMIT")
     except BaseException:
         if con.in_transaction:

@@ -326,6 +326,12 @@ class Pack:
         return int(self._meta("content_version", "0") or 0)
 
     @property
+    def entities_version(self) -> int:
+        """Grows with every change to the pack's entities or their aliases (a triples import
+        that adds or updates any): a knowledge plugin linked with older aliases is stale."""
+        return int(self._meta("entities_version", "0") or 0)
+
+    @property
     def vector_dtype(self) -> str:
         return self._meta("vector_dtype", "float32") or "float32"
 

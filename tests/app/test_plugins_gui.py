@@ -260,3 +260,30 @@ def test_map_tune_jobs_run_to_the_end_and_enable_the_plugin_checkbox(qtbot, jobs
         trainer.start(path, dlg.options())
     assert kinds == ["train_transe", "map_tune", "map_tune"]
     assert "1 training step," in box.toolTip() or box.toolTip().endswith("1 training step")
+
+
+def test_an_alias_imported_after_the_plugin_loaded_is_linked_at_the_next_question(qtbot, plugin_window, tmp_path):
+    """The plugin links mentions with the pack's aliases; a triples import that adds one
+    (here through the Entities tab, while the plugin is plugged) reaches the next answer
+    without reloading anything by hand."""
+    from engine.store import Pack
+
+    win, path = plugin_window
+    p = win.explain
+    p.mode.setCurrentIndex(p.mode.findData("context"))
+    box = win.workspace_panel.plugin_box(path)
+    with qtbot.waitSignal(win.ctx.model.plugins_loaded, timeout=30_000):
+        box.click()
+    e = ask(qtbot, p, "The currency of Yamato is")
+    assert e.plugins == ["facts"] and e.injected == []  # not an alias of anything yet
+    with Pack.open(path, readonly=True) as pk:
+        before = pk.entities_version
+    extra = write_jsonl(tmp_path / "alias.jsonl", [{"head": "Japan", "relation": "capital", "tail": "Tokyo",
+                                                    "head_aliases": ["Yamato"]}])
+    view = win.entities
+    with qtbot.waitSignal(view.import_done, timeout=20_000):
+        assert view.import_triples([str(extra)])
+    with Pack.open(path, readonly=True) as pk:
+        assert pk.entities_version == before + 1
+    e = ask(qtbot, p, "The currency of Yamato is")
+    assert [(i.mention, i.entity) for i in e.injected] == [("Yamato", "Japan")]

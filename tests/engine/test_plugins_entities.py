@@ -33,9 +33,14 @@ def test_import_creates_entities_links_entity_tails_and_skips_duplicates(pack, t
     assert ("borders", "Spain", True) in rels  # entity tail
     assert {t["head_name"] for t in france["mentioned_by"]} == {"Spain", "Germany"}
     assert pack.triples()[0]["source"].endswith("t.jsonl:1")
+    assert pack.entities_version == 1
     again = import_triples(pack, [f])
     assert again.triples_added == 0 and again.duplicates_skipped == len(triples())
     assert _counts(pack) == (10, len(triples()))
+    assert pack.entities_version == 1  # nothing a plugin links with changed
+    alias = write_jsonl(tmp_path / "a.jsonl", [{"head": "Japan", "relation": "capital", "tail": "Tokyo",
+                                                "head_aliases": ["Yamato"]}])
+    assert import_triples(pack, [alias]).entities_updated == 1 and pack.entities_version == 2
 
 
 def test_tail_given_by_alias_resolves_to_the_entity(pack, tmp_path):
