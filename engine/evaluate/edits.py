@@ -25,8 +25,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from filelock import FileLock
-
 from engine.evaluate.data import Edit, EvalDataError, Probe, is_correct
 from engine.evaluate.probes import _rate, answer_batch, max_tokens_for
 from engine.explain.predict import PredictError, Predictor
@@ -51,13 +49,6 @@ def _mentions(text: str, subjects: set[str]) -> bool:
     return any(s in low for s in subjects)
 
 
-def evaluation_lock(memory) -> FileLock:
-    """The lock an edit evaluation holds on a pack while its edits are applied (see
-    :mod:`engine.store.locks`): another evaluation of the pack refuses, and so does any
-    change to it from another process. Re-entrant within one thread."""
-    return locks.evaluation_lock(memory.pack.path)
-
-
 @contextmanager
 def _evaluating(memories: Sequence) -> Iterator[None]:
     """Hold the evaluation lock of every memory (in path order), or fail at once naming the pack."""
@@ -80,7 +71,7 @@ def undo_interrupted_evaluation(memory) -> int:
     its edits last and undoes them in a ``finally``, which a SIGKILL or power cut skips).
     Returns how many were undone; a user's own later change stops the search, so nothing
     of the user's is touched. While an evaluation is running (it holds
-    :func:`evaluation_lock`) its edits are not left behind: nothing is undone.
+    :func:`engine.store.locks.holding`) its edits are not left behind: nothing is undone.
     """
     name = Path(memory.pack.path).name
     with ExitStack() as stack:

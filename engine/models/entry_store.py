@@ -32,7 +32,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from engine.text_store import ENV_DIR, TextStore, store_file, stores_root  # noqa: F401  (ENV_DIR: documented here)
+from engine.text_store import TextStore, store_file, stores_root
 
 FORMAT = 1
 DEFAULT_MAX_BYTES = 1 << 30

@@ -15,6 +15,7 @@ from engine.models.entry_store import EntryStateStore, identity_of, round_states
 from engine.models.tiny import make_tiny_reader
 
 from .test_dpm import OSLO, PARIS, PROMPT, ROME, random_branch
+from .test_retrieve import encoded_texts
 
 TEXTS = [ROME, OSLO, PARIS]
 
@@ -220,9 +221,7 @@ def test_prepare_job_keeps_statement_keys_so_a_new_session_encodes_only_the_prom
     assert (res["keys"], res["keys_encoded"], res["keys_skipped_packs"]) == (3, 3, ["foreign.plugmem"])
     assert res["entries"] == 4  # the reader still reads the foreign pack's entries
     mod.reset_statement_keys()
-    seen = []
-    real = type(encoder).encode
-    monkeypatch.setattr(type(encoder), "encode", lambda self, texts, *a, **k: (seen.extend(texts), real(self, texts))[1])
+    seen = encoded_texts(monkeypatch, encoder)
     with Memory.open(pack, encoder) as m:
         assert len(retrieve(PROMPT, [m], 3)) == 3
     assert seen == [PROMPT]

@@ -77,7 +77,7 @@ def test_statement_keys_and_lexical_weight_put_the_edited_subregion_entry_first(
         assert all(h.entry.text != SUB for _, h in retrieve(PROMPT, [mem], 3))
 
 
-def _encoded_texts(monkeypatch, encoder) -> list[str]:
+def encoded_texts(monkeypatch, encoder) -> list[str]:
     """Record every text ``encoder`` encodes from now on."""
     seen: list[str] = []
     real = type(encoder).encode
@@ -98,7 +98,7 @@ def test_a_new_session_reads_statement_keys_from_disk_and_scores_the_same(tmp_pa
     mod.reset_statement_keys()  # the next retrieval opens the store under tmp_path
     with Memory.open(tmp_path / "geo.plugmem", encoder, create=True, name="geo") as mem:
         mem.add_many([{"text": t} for t in [REGION, SUB, INTER, *OTHERS]])
-        seen = _encoded_texts(monkeypatch, encoder)
+        seen = encoded_texts(monkeypatch, encoder)
         first = retrieve(PROMPT, [mem], 3)
         assert statement_prefix(SUB) in seen  # encoded the first time
         # A new session: nothing in memory, the keys are read from disk, the encoder only sees the prompt.
