@@ -13,6 +13,7 @@ from app.context import AppContext
 from app.settings import load_state, save_settings, save_state
 from app.views.browser import MemoryBrowser
 from app.views.editor import EntryEditor
+from app.views.elided import ElidedLabel
 from app.views.entities import EntitiesView
 from app.views.evaluation import EvaluationView
 from app.views.explain import ExplainPanel
@@ -167,14 +168,15 @@ class MainWindow(QMainWindow):
     def _build_status_bar(self) -> None:
         sb = self.statusBar()
         self.device_label = QLabel("Device: loading encoder…")
-        self.plugged_label = QLabel()
+        # pack and model names can be long: cut to the room left, whole in the tooltip
+        self.plugged_label = ElidedLabel()
         self.jobs_label = QLabel("No jobs running")
-        self.reader_label = QLabel("Reader: not loaded")
+        self.reader_label = ElidedLabel("Reader: not loaded")
         self.demo_bar = QProgressBar()
         self.demo_bar.setMaximumWidth(200)
         self.demo_bar.setVisible(False)
         for w in (self.plugged_label, self.jobs_label, self.demo_bar, self.reader_label, self.device_label):
-            sb.addPermanentWidget(w)
+            sb.addPermanentWidget(w, 1 if isinstance(w, ElidedLabel) else 0)
 
     # ------------------------------------------------------------------ undo / redo
     def _reader(self):

@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 from app.context import AppContext
 from app.models.explanation_table import BAR_ROLE, COLUMNS, ExplanationTableModel
 from app.views.bars import BarDelegate
+from app.views.elided import ElidedGroupBox
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +142,20 @@ class ExplainPanel(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setWordWrap(False)
+        # An entry is what explains the answer: its text wraps onto as many lines as it needs
+        # rather than being cut to the column (the numbers beside it need little room).
+        self.table.setWordWrap(True)
         self.table.setMouseTracking(True)
         self.table.verticalHeader().setVisible(False)
-        self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 12)
+        self.table.verticalHeader().setMinimumSectionSize(self.fontMetrics().height() + 12)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.bar_delegate = BarDelegate(self.table)
         hh = self.table.horizontalHeader()
         for i, name in enumerate(COLUMNS):
             if name in ("score", "weight", "leave-one-out"):
                 self.table.setItemDelegateForColumn(i, self.bar_delegate)
-                self.table.setColumnWidth(i, 112)
+                fm = self.fontMetrics()
+                self.table.setColumnWidth(i, max(fm.horizontalAdvance(name), fm.horizontalAdvance("+0.000")) + 28)
         self.table.setColumnWidth(COLUMNS.index("#"), 34)
         self.table.setColumnWidth(COLUMNS.index("pack"), 90)
         hh.setMinimumSectionSize(30)
@@ -213,7 +218,7 @@ class ExplainPanel(QWidget):
 
     # ------------------------------------------------------------------ layout helpers
     def _answer_box(self, title: str) -> tuple[QGroupBox, QLabel]:
-        box = QGroupBox(title)
+        box = ElidedGroupBox(title)  # the title names the plugged packs: cut, not widening the window
         text = QLabel()
         text.setObjectName("AnswerText")
         text.setWordWrap(True)
@@ -296,7 +301,8 @@ class ExplainPanel(QWidget):
         self.stale.setVisible(False)
         mode_label = next((label for label, key, _ in MODES if key == expl.mode), expl.mode)
         packs = ", ".join(expl.packs) if expl.packs else "no pack plugged"
-        self.with_box.setTitle(f"With memory — {mode_label}; {packs}")
+        self.with_box.setTitle(f"With memory ({expl.mode}) — {packs}")  # the mode's full name is in the tooltip
+        self.with_box.setToolTip(f"With memory — {mode_label}; {packs}")
         for label, answer in ((self.with_text, expl.answer), (self.without_text, expl.answer_without_memory)):
             label.setText(_shown(answer))  # the first line; the whole continuation in the tooltip
             label.setToolTip(answer)

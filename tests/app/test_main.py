@@ -40,3 +40,50 @@ def test_the_window_fits_a_1280_by_800_screen(qtbot, make_ctx, small_pack):
     assert win.width() == 1280
     for i in range(win.tabs.count()):  # no tab asks for more than the window leaves it
         assert win.tabs.widget(i).minimumSizeHint().width() <= win.tabs.width(), win.tabs.tabText(i)
+
+
+def test_many_long_pack_names_do_not_widen_the_window(qtbot, make_ctx, tmp_path, encoder, tiny_loader):
+    """Pack names are shown in the status bar and above the answer; with many plugged packs
+    they are cut to the room there is (the full list in the tooltip), not allowed to make
+    the window wider than the screen."""
+    import dataclasses
+
+    from .conftest import ask, make_pack, open_window
+
+    names = [f"european-union-member-state-statistics-{i}" for i in range(6)]
+    paths = [str(make_pack(tmp_path / "ws" / f"{n}.plugmem", encoder).resolve()) for n in names]
+    ctx = make_ctx(paths)
+    ctx.model_loader = tiny_loader
+    win = open_window(qtbot, ctx, paths[0])
+    win.tabs.setCurrentWidget(win.explain)
+    win.resize(1280, 800)
+    p = win.explain
+    p.mode.setCurrentIndex(p.mode.findData("context"))
+    e = ask(qtbot, p, "The capital of France is")
+    assert e.packs == names
+    text = "Paris is the capital of France, and its largest city, on the Seine, with the Louvre and Notre-Dame."
+    long = dataclasses.replace(e, answer=" Paris.", answer_without_memory=" a city in the north of the country.",
+                               retrieved=[dataclasses.replace(r, text=text) for r in e.retrieved])
+    with qtbot.waitSignal(p.answered):
+        p._done(p._gen, long, {n: q for n, q in zip(names, paths)}, "")
+    qtbot.wait(50)  # the layout is redone on the next turn of the event loop
+    assert win.minimumSizeHint().width() <= 1280, win.minimumSizeHint()  # 2,523 when the names were whole
+    assert win.width() == 1280
+    assert p.minimumSizeHint().width() <= win.tabs.width()
+    assert abs(p.with_box.width() - p.without_box.width()) <= 2, (p.with_box.width(), p.without_box.width())
+    assert p.with_box.shown_title().endswith("…") and win.plugged_label.shown().endswith("…")
+    for n in names:  # nothing is lost: every name is in the titles and the tooltips
+        assert n in p.with_box.title() and n in p.with_box.toolTip()
+        assert n in win.plugged_label.text() and n in win.plugged_label.toolTip()
+    # the entries that explain the answer are read whole: they wrap instead of being cut
+    from PySide6.QtCore import QRect, Qt
+
+    from app.models.explanation_table import COLUMNS
+
+    col = COLUMNS.index("entry")
+    width = p.table.columnWidth(col)
+    for row in range(p.model.rowCount()):
+        shown = p.model.index(row, col).data()
+        need = p.table.fontMetrics().boundingRect(QRect(0, 0, width - 8, 10_000), Qt.TextFlag.TextWordWrap, shown)
+        assert need.height() > p.table.fontMetrics().height()  # more than one line at this width
+        assert p.table.rowHeight(row) >= need.height(), (row, p.table.rowHeight(row), need.height())
