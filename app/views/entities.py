@@ -159,8 +159,9 @@ class EntitiesView(QWidget):
         self.table.setWordWrap(False)
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        self.table.setColumnWidth(0, 220)
-        self.table.setColumnWidth(2, 80)
+        fm = self.fontMetrics()  # sized to fit the tab at 1280 px, aliases taking the rest
+        self.table.setColumnWidth(0, fm.averageCharWidth() * 22)
+        self.table.setColumnWidth(2, fm.horizontalAdvance("triples") + 28)
 
         self.entity_label = QLabel("Select an entity to see its triples.")
         self.entity_label.setObjectName("SectionLabel")
@@ -175,8 +176,8 @@ class EntitiesView(QWidget):
         self.triples.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         th = self.triples.horizontalHeader()
         th.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        self.triples.setColumnWidth(0, 140)
-        self.triples.setColumnWidth(2, 140)
+        self.triples.setColumnWidth(0, fm.averageCharWidth() * 15)
+        self.triples.setColumnWidth(2, fm.averageCharWidth() * 12)
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -187,8 +188,8 @@ class EntitiesView(QWidget):
         self.splitter.setObjectName("EntitiesSplitter")
         self.splitter.addWidget(self.table)
         self.splitter.addWidget(right)
-        self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setStretchFactor(0, 1)  # the triples' tails are what a curator checks: half the room
+        self.splitter.setStretchFactor(1, 1)
 
         self.status = QLabel()
         self.status.setObjectName("ExplainStatus")  # same look: error property turns it red

@@ -125,7 +125,11 @@ def _flag(value: Any, where: str) -> bool | None:
     raise TriplesError(f"{where}: tail_is_entity must be true or false, got {value!r}")
 
 
-def _record(obj: dict[str, Any], where: str, out_e: list[EntityRecord], out_t: list[TripleRecord]) -> None:
+def _record(obj: dict[str, Any], where: str, out_e: list[EntityRecord], out_t: list[TripleRecord],
+            origin: str = "") -> None:
+    """Validate one record into ``out_e`` / ``out_t``. ``where`` (file path:line) names it in
+    errors; ``origin`` (file name:line, as entries name theirs) is a triple's source when the
+    record gives none."""
     if "head" not in obj and "name" in obj:
         unknown = set(obj) - _ENTITY_KEYS
         if unknown:
@@ -147,7 +151,7 @@ def _record(obj: dict[str, Any], where: str, out_e: list[EntityRecord], out_t: l
         head_aliases=_aliases(obj.get("head_aliases"), "head_aliases", where),
         tail_aliases=_aliases(obj.get("tail_aliases"), "tail_aliases", where),
         tail_is_entity=_flag(obj.get("tail_is_entity"), where),
-        source=_text(obj.get("source"), "source", where, MAX_TAIL_CHARS, required=False),
+        source=_text(obj.get("source"), "source", where, MAX_TAIL_CHARS, required=False) or origin,
         where=where,
         head_description=_text(obj.get("head_description"), "head_description", where, MAX_TAIL_CHARS, required=False),
     ))
@@ -179,7 +183,7 @@ def read_triples(paths: Sequence[str | Path]) -> tuple[list[EntityRecord], list[
                     raise TriplesError(f"{where}: not valid JSON ({exc})") from None
                 if not isinstance(obj, dict):
                     raise TriplesError(f"{where}: expected a JSON object with head, relation, tail")
-                _record(obj, where, entities, triples)
+                _record(obj, where, entities, triples, f"{p.name}:{n}")
         elif suffix in (".csv", ".tsv"):
             reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
             header = reader.fieldnames or []
@@ -192,7 +196,7 @@ def read_triples(paths: Sequence[str | Path]) -> tuple[list[EntityRecord], list[
                         raise TriplesError(f"{p}:{n}: more fields than header columns")
                     obj = {k: v for k, v in row.items() if v is not None and v != ""}
                     if obj:
-                        _record(obj, f"{p}:{n}", entities, triples)
+                        _record(obj, f"{p}:{n}", entities, triples, f"{p.name}:{n}")
             except csv.Error as exc:
                 raise TriplesError(f"{p}:{reader.line_num}: broken CSV ({exc})") from None
         else:

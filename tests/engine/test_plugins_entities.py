@@ -32,7 +32,7 @@ def test_import_creates_entities_links_entity_tails_and_skips_duplicates(pack, t
     assert ("capital", "Paris", False) in rels  # literal tail
     assert ("borders", "Spain", True) in rels  # entity tail
     assert {t["head_name"] for t in france["mentioned_by"]} == {"Spain", "Germany"}
-    assert pack.triples()[0]["source"].endswith("t.jsonl:1")
+    assert pack.triples()[0]["source"] == "t.jsonl:1"  # the file's name and line, as entries give theirs
     assert pack.entities_version == 1
     again = import_triples(pack, [f])
     assert again.triples_added == 0 and again.duplicates_skipped == len(triples())
@@ -156,3 +156,22 @@ def test_linker_scales_to_many_aliases():
     found = linker.link(text)
     assert len(found) == 2 * len(range(0, 5000, 97))
     assert all(m.entity_id == int(m.text.split()[0][-5:] if m.text.startswith("Entity") else m.text[-5:]) for m in found)
+
+
+def test_demo_packs_get_their_domains_entities_once(tmp_path):
+    """The demo workspace's packs come with the entities of their domain (bundled triples),
+    so the Entities tab and map-tuning work on the demo; a pack that has entities is left as it is."""
+    from engine.demo import _import_demo_triples
+    from engine.plugins.entities import find_entity
+
+    path = tmp_path / "geography.plugmem"
+    Pack.create(path).close()
+    assert _import_demo_triples("geography", path) == 3411
+    with Pack.open(path, readonly=True) as p:
+        japan = find_entity(p, "Nihon")  # by alias
+        assert japan["name"] == "Japan" and len(p.entities()) == 249
+        version = p.entities_version
+    assert _import_demo_triples("geography", path) == 0  # the next start imports nothing
+    with Pack.open(path, readonly=True) as p:
+        assert p.entities_version == version
+    assert _import_demo_triples("no-such-domain", path) == 0
