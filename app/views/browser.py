@@ -317,7 +317,7 @@ class MemoryBrowser(QWidget):
 
     def fit_columns(self) -> None:
         """Share the table's width between the columns: fixed ones by their content, the
-        rest to text (2/3) and source (1/3), so that no column starts cut off."""
+        rest to text (2/3, at least 45 % of the view) and source (1/3)."""
         cols = self.model.columns()
         fm = self.view.fontMetrics()
         pad = 18
@@ -334,8 +334,11 @@ class MemoryBrowser(QWidget):
         rest = max(240, avail - used)
         for n, w in fixed.items():
             self.view.setColumnWidth(cols.index(n), w)
-        self.view.setColumnWidth(cols.index("text"), int(rest * 0.66))
-        self.view.setColumnWidth(cols.index("source"), rest - int(rest * 0.66))
+        # In a narrow table (a 1280 px screen with both docks open) the text still gets 45 % of
+        # the view: the columns after it (source, status, updated) scroll instead.
+        text = max(int(rest * 0.66), int(avail * 0.45))
+        self.view.setColumnWidth(cols.index("text"), text)
+        self.view.setColumnWidth(cols.index("source"), max(rest - text, fm.horizontalAdvance("M" * 7) + pad))
         self._fitting = False
 
     def _show_table(self) -> None:

@@ -40,6 +40,12 @@ def test_the_window_fits_a_1280_by_800_screen(qtbot, make_ctx, small_pack):
     assert win.width() == 1280
     for i in range(win.tabs.count()):  # no tab asks for more than the window leaves it
         assert win.tabs.widget(i).minimumSizeHint().width() <= win.tabs.width(), win.tabs.tabText(i)
+    # the entries' text keeps a readable share of the browser (it was 158 of 587 px)
+    qtbot.wait(50)
+    view = win.browser.view
+    win.browser.fit_columns()
+    text = view.columnWidth(win.browser.model.columns().index("text"))
+    assert text >= 0.44 * view.viewport().width(), (text, view.viewport().width())
 
 
 def test_many_long_pack_names_do_not_widen_the_window(qtbot, make_ctx, tmp_path, encoder, tiny_loader):
