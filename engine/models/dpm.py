@@ -48,6 +48,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from engine.artefacts import read_format_config
 from engine.models.lru import LRU
 
 log = logging.getLogger(__name__)
@@ -659,19 +660,8 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise DPMError(f"DPM branch folder not found: {folder}")
     path = folder / "config.json"
-    if not path.is_file():
-        raise DPMError(f"{folder} is not a DPM branch folder: no config.json")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DPMError(f"{path} is unreadable: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else None
-        raise DPMError(f"{path} does not describe a DPM branch (format {got!r}, expected {FORMAT!r})")
-    try:
-        version = int(meta.get("format_version", 0))
-    except (TypeError, ValueError):
-        raise DPMError(f"{path}: format_version {meta.get('format_version')!r} is not a number") from None
+    meta, version = read_format_config(path, FORMAT, "a DPM branch", DPMError,
+                                       f"{folder} is not a DPM branch folder: no config.json")
     if version != FORMAT_VERSION:
         raise DPMError(
             f"{path}: branch format version {version} is not the one this program reads ({FORMAT_VERSION}); "

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from engine.artefacts import read_format_config
 from engine.plugins.errors import EmbeddingError
 
 log = logging.getLogger(__name__)
@@ -123,17 +124,11 @@ class EntityEmbeddings:
 
         folder = Path(folder)
         cfg_path = folder / CONFIG
-        if not cfg_path.is_file():
-            raise EmbeddingError(f"{folder}: no entity embeddings here (no {CONFIG}); train them with "
-                                 "`plugmem train-transe` or import them")
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise EmbeddingError(f"{cfg_path} is unreadable: {exc}") from None
-        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-            raise EmbeddingError(f"{cfg_path} does not describe entity embeddings")
-        if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
-            raise EmbeddingError(f"{cfg_path}: format version {cfg.get('format_version')} is newer than this program")
+        cfg, version = read_format_config(
+            cfg_path, FORMAT, "entity embeddings", EmbeddingError,
+            f"{folder}: no entity embeddings here (no {CONFIG}); train them with `plugmem train-transe` or import them")
+        if version > FORMAT_VERSION:
+            raise EmbeddingError(f"{cfg_path}: format version {version} is newer than this program")
         try:
             t = load_file(str(folder / WEIGHTS))
         except (SafetensorError, OSError, ValueError) as exc:

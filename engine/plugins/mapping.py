@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.artefacts import read_format_config
 from engine.plugins.embeddings import EntityEmbeddings, atomic_write, check_entity_set, entity_set_fingerprint
 from engine.plugins.entities import EntityLinker
 from engine.plugins.errors import PluginError
@@ -259,16 +260,11 @@ class KnowledgePlugin:
 def read_plugin_config(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / "config.json"
-    if not path.is_file():
-        raise PluginError(f"{folder} is not a knowledge plugin folder: no config.json (train one with `plugmem map-tune`)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PluginError(f"{path} is unreadable: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise PluginError(f"{path} does not describe a knowledge plugin")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise PluginError(f"{path}: format version {meta.get('format_version')} is newer than this program supports")
+    meta, version = read_format_config(
+        path, FORMAT, "a knowledge plugin", PluginError,
+        f"{folder} is not a knowledge plugin folder: no config.json (train one with `plugmem map-tune`)")
+    if version > FORMAT_VERSION:
+        raise PluginError(f"{path}: format version {version} is newer than this program supports")
     return meta
 
 

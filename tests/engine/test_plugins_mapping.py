@@ -171,6 +171,14 @@ def test_save_load_roundtrip_and_refusals(reader, tmp_path, pack_path):
         import_triples(other, [write_jsonl(tmp_path / "x.jsonl", [{"head": "Mars", "relation": "r", "tail": "x"}])])
         with pytest.raises(PluginError, match="made for another entity set"):
             load_plugin(folder, reader, other)
+    import json
+
+    good = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    for version, message in (("two", "format_version 'two' is not a number"), (None, "format_version None is not a number"),
+                             (99, "format version 99 is newer than this program")):
+        (folder / "config.json").write_text(json.dumps({**good, "format_version": version}), encoding="utf-8")
+        with pytest.raises(PluginError, match=message):  # a PluginError with the file, not a ValueError
+            load_plugin(folder, reader)
     (folder / "config.json").write_text("{}", encoding="utf-8")
     with pytest.raises(PluginError, match="does not describe a knowledge plugin"):
         load_plugin(folder, reader)
