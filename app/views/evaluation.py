@@ -82,6 +82,42 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+def _side_by_side(runs: list[EvalRun]) -> tuple[list[str], list[list[str]], dict[tuple[int, int], str]]:
+    """Runs of one kind compared: headers ("", "#id mode" per run), rows of figures, and
+    each cell's tooltip (its count). Probe runs: accuracy overall, without memory, on
+    paraphrases, hit@k, then per relation (every relation any run has, "–" where a run has
+    none); edit runs: efficacy, generalisation, locality, retrieval, before."""
+    runs = sorted(runs, key=lambda r: r.id)  # oldest first, left to right
+    heads = [""] + [f"#{r.id} {r.mode}" for r in runs]
+    rows: list[list[str]] = []
+    tips: dict[tuple[int, int], str] = {}
+
+    def add(name: str, cells: list[tuple[float | None, object]]) -> None:
+        rows.append([name] + [_pct(v) for v, _ in cells])
+        for j, (_, n) in enumerate(cells, 1):
+            if n not in (None, ""):
+                tips[(len(rows) - 1, j)] = f"n = {n}"
+
+    res = [r.result for r in runs]
+    if runs[0].kind == "edits":
+        add("efficacy", [(r.get("efficacy"), r.get("n")) for r in res])
+        add("generalisation (paraphrases)", [(r.get("generalization"), r.get("n_paraphrases")) for r in res])
+        add("locality", [(r.get("locality"), r.get("n_locality")) for r in res])
+        add("edited entry retrieved", [(r.get("edit_retrieved"), r.get("n")) for r in res])
+        add("efficacy before the edits", [(r.get("efficacy_before"), r.get("n")) for r in res])
+        return heads, rows, tips
+    add("all", [(r.get("accuracy"), r.get("n")) for r in res])
+    add("all, without memory", [(r.get("accuracy_without_memory"), r.get("n")) for r in res])
+    if any(r.get("n_paraphrases") for r in res):
+        add("paraphrases", [(r.get("paraphrase_accuracy"), r.get("n_paraphrases")) for r in res])
+    add("hit@k", [(r.get("hit_at_k"), r.get("n")) for r in res])
+    names = list(dict.fromkeys(name for r in res for name in (r.get("by_relation") or {})))
+    for name in names:
+        cells = [((r.get("by_relation") or {}).get(name) or {}) for r in res]
+        add(name, [(c.get("accuracy"), c.get("n")) for c in cells])
+    return heads, rows, tips
+
+
 class EvaluationView(QWidget):
     run_finished = Signal(object)  # EvalRun
     run_failed = Signal(str)
@@ -178,6 +214,7 @@ class EvaluationView(QWidget):
         self.plot.setLabel("bottom", "share correct")
         self.legend = QLabel()
         self.legend.setObjectName("ChartLegend")
+        self.legend.setWordWrap(True)  # on one line it made the chart at least 380 px wide, squeezing the table
         chart = QWidget()
         cl = QVBoxLayout(chart)
         cl.setContentsMargins(0, 0, 0, 0)
@@ -455,7 +492,14 @@ class EvaluationView(QWidget):
 
     def _fill_detail(self, run: EvalRun | None, runs: list[EvalRun]) -> None:
         t = self.detail
-        if run is None and runs:  # comparison: one row per run
+        tips: dict[tuple[int, int], str] = {}
+        head_tips: list[str] = []
+        if run is None and len(runs) > 1 and len({r.kind for r in runs}) == 1:
+            # runs of one kind (e.g. the same probes in two modes): their figures side by side,
+            # one column per run, one row per measure or relation
+            heads, rows, tips = _side_by_side(runs)
+            head_tips = [""] + [r.label for r in sorted(runs, key=lambda r: r.id)]
+        elif run is None and runs:  # runs of both kinds: one row per run, their headline figures
             heads = ["run"] + list(runs[0].headline())
             rows = [[r.label] + [_pct(v) for v in r.headline().values()] for r in runs]
         elif run is None:
@@ -483,18 +527,23 @@ class EvaluationView(QWidget):
         # shrank to "…" in a narrow window); the last one takes what is left.
         t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         t.horizontalHeader().setStretchLastSection(True)
+        for j, tip in enumerate(head_tips):
+            if tip:
+                t.horizontalHeaderItem(j).setToolTip(tip)
         t.setRowCount(len(rows))
         for i, row in enumerate(rows):
             for j, text in enumerate(row):
                 item = QTableWidgetItem(text)
                 if j > 0:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if (i, j) in tips:
+                    item.setToolTip(tips[(i, j)])
                 t.setItem(i, j, item)
 
     def chart_data(self, runs: list[EvalRun]) -> tuple[list[str], list[float | None], list[float | None], tuple[str, str]]:
         """Categories and the two bar series the chart shows for the selected runs."""
         if len(runs) > 1:
-            cats = [r.label for r in runs]
+            cats = [f"#{r.id} {r.mode}" for r in runs]  # short: a long label widens the axis, narrowing the table
             a = [list(r.headline().values())[0] for r in runs]
             b = [r.result.get("efficacy_before") if r.kind == "edits" else r.result.get("accuracy_without_memory") for r in runs]
             return cats, a, b, ("with memory / after edits", "without memory / before edits")

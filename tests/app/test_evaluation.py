@@ -73,7 +73,21 @@ def test_probe_evaluation_table_chart_and_history(qtbot, view, tmp_path):
     assert v.selected_runs() == [sig2.args[0]]  # the new run is the one shown
     assert v.detail.item(0, 4).text() == "–"  # no retrieval without memory
     v.table.selectAll()
-    assert len(v.selected_runs()) == 2 and v.detail.rowCount() == 2
+    assert len(v.selected_runs()) == 2
+    # the two modes side by side: a column per run, a row per figure and per relation
+    r2 = sig2.args[0].result
+    heads = [v.detail.horizontalHeaderItem(j).text() for j in range(v.detail.columnCount())]
+    assert heads == ["", "#1 context", "#2 none"]
+    assert "probes" in v.detail.horizontalHeaderItem(1).toolTip()  # the whole run label
+    side = {v.detail.item(i, 0).text(): [v.detail.item(i, j).text() for j in (1, 2)] for i in range(v.detail.rowCount())}
+    assert list(side) == ["all", "all, without memory", "paraphrases", "hit@k", "chemistry", "economy", "geography"]
+    pct = "{:.1f}%".format
+    assert side["all"] == [pct(100 * r["accuracy"]), pct(100 * r2["accuracy"])]
+    assert side["hit@k"] == ["100.0%", "–"]
+    assert side["geography"] == [pct(100 * r["by_relation"]["geography"]["accuracy"]),
+                                 pct(100 * r2["by_relation"]["geography"]["accuracy"])]
+    row = list(side).index("geography")
+    assert v.detail.item(row, 1).toolTip() == "n = 2"
     # past runs survive a restart of the view (kept in the workspace)
     from app.views.evaluation import EvaluationView
 
@@ -106,6 +120,16 @@ def test_edit_evaluation_edits_then_restores_the_pack(qtbot, view, tmp_path):
     assert changes  # the views were told (edit, then its undo)
     assert not reader.can_redo()  # Edit > Redo cannot bring the counterfactual edit back
     assert [row for row in range(v.detail.rowCount()) if v.detail.item(row, 0).text().startswith("efficacy")]
+    # the same edits without memory, then both runs side by side
+    v.mode.setCurrentIndex(v.mode.findData("none"))
+    with qtbot.waitSignal(v.run_finished, timeout=120_000) as sig2:
+        assert v.run(str(f))
+    v.table.selectAll()
+    assert [v.detail.horizontalHeaderItem(j).text() for j in range(3)] == ["", "#1 context", "#2 none"]
+    side = {v.detail.item(i, 0).text(): [v.detail.item(i, j).text() for j in (1, 2)] for i in range(v.detail.rowCount())}
+    assert list(side)[:3] == ["efficacy", "generalisation (paraphrases)", "locality"]
+    assert side["edited entry retrieved"] == ["100.0%", "–"]  # nothing is retrieved without memory
+    assert side["efficacy"][1] == "{:.1f}%".format(100 * sig2.args[0].result["efficacy"])
 
 
 def test_cancel_keeps_nothing(qtbot, view, tmp_path):
