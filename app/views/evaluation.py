@@ -257,6 +257,10 @@ class EvaluationView(QWidget):
         split.addWidget(below)
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 2)
+        # the runs table shows the header and about three runs (one, at 1280 x 800, before):
+        # runs are picked there to be compared
+        rows = self.fontMetrics().height() + 14
+        split.setSizes([rows * 4 + 8, 500])
         self.splitter = split
 
         lay = QVBoxLayout(self)
