@@ -82,13 +82,14 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-def _side_by_side(runs: list[EvalRun]) -> tuple[list[str], list[list[str]], dict[tuple[int, int], str]]:
-    """Runs of one kind compared: headers ("", "#id mode" per run), rows of figures, and
-    each cell's tooltip (its count). Probe runs: accuracy overall, without memory, on
+def _side_by_side(runs: list[EvalRun]) -> tuple[list[str], list[str], list[list[str]], dict[tuple[int, int], str]]:
+    """Runs of one kind compared: headers ("", "#id mode" per run), their tooltips (the
+    runs' labels), rows of figures, and each cell's tooltip (its count). Probe runs: accuracy overall, without memory, on
     paraphrases, hit@k, then per relation (every relation any run has, "–" where a run has
     none); edit runs: efficacy, generalisation, locality, retrieval, before."""
     runs = sorted(runs, key=lambda r: r.id)  # oldest first, left to right
     heads = [""] + [f"#{r.id} {r.mode}" for r in runs]
+    head_tips = [""] + [r.label for r in runs]
     rows: list[list[str]] = []
     tips: dict[tuple[int, int], str] = {}
 
@@ -105,7 +106,7 @@ def _side_by_side(runs: list[EvalRun]) -> tuple[list[str], list[list[str]], dict
         add("locality", [(r.get("locality"), r.get("n_locality")) for r in res])
         add("edited entry retrieved", [(r.get("edit_retrieved"), r.get("n")) for r in res])
         add("efficacy before the edits", [(r.get("efficacy_before"), r.get("n")) for r in res])
-        return heads, rows, tips
+        return heads, head_tips, rows, tips
     add("all", [(r.get("accuracy"), r.get("n")) for r in res])
     add("all, without memory", [(r.get("accuracy_without_memory"), r.get("n")) for r in res])
     if any(r.get("n_paraphrases") for r in res):
@@ -115,7 +116,7 @@ def _side_by_side(runs: list[EvalRun]) -> tuple[list[str], list[list[str]], dict
     for name in names:
         cells = [((r.get("by_relation") or {}).get(name) or {}) for r in res]
         add(name, [(c.get("accuracy"), c.get("n")) for c in cells])
-    return heads, rows, tips
+    return heads, head_tips, rows, tips
 
 
 class EvaluationView(QWidget):
@@ -501,8 +502,7 @@ class EvaluationView(QWidget):
         if run is None and len(runs) > 1 and len({r.kind for r in runs}) == 1:
             # runs of one kind (e.g. the same probes in two modes): their figures side by side,
             # one column per run, one row per measure or relation
-            heads, rows, tips = _side_by_side(runs)
-            head_tips = [""] + [r.label for r in sorted(runs, key=lambda r: r.id)]
+            heads, head_tips, rows, tips = _side_by_side(runs)
         elif run is None and runs:  # runs of both kinds: one row per run, their headline figures
             heads = ["run"] + list(runs[0].headline())
             rows = [[r.label] + [_pct(v) for v in r.headline().values()] for r in runs]

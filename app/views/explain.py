@@ -151,10 +151,10 @@ class ExplainPanel(QWidget):
         self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.bar_delegate = BarDelegate(self.table)
         hh = self.table.horizontalHeader()
+        fm = self.fontMetrics()
         for i, name in enumerate(COLUMNS):
-            if name in ("score", "weight", "leave-one-out"):
+            if name in ("score", "weight", "leave-one-out"):  # as wide as the header or "+0.000", and the bar's margins
                 self.table.setItemDelegateForColumn(i, self.bar_delegate)
-                fm = self.fontMetrics()
                 self.table.setColumnWidth(i, max(fm.horizontalAdvance(name), fm.horizontalAdvance("+0.000")) + 28)
         self.table.setColumnWidth(COLUMNS.index("#"), 34)
         self.table.setColumnWidth(COLUMNS.index("pack"), 90)

@@ -175,3 +175,17 @@ def test_demo_packs_get_their_domains_entities_once(tmp_path):
     with Pack.open(path, readonly=True) as p:
         assert p.entities_version == version
     assert _import_demo_triples("no-such-domain", path) == 0
+
+
+def test_a_damaged_demo_triples_file_leaves_the_demo_pack_usable(tmp_path, monkeypatch, caplog):
+    import engine.demo as demo
+
+    (tmp_path / "demo" / "geography").mkdir(parents=True)
+    (tmp_path / "demo" / "geography" / "triples.jsonl").write_text('{"head": "Japan"}\n', encoding="utf-8")
+    monkeypatch.setattr(demo, "demo_dir", lambda: tmp_path / "demo")
+    path = tmp_path / "geography.plugmem"
+    Pack.create(path).close()
+    assert demo._import_demo_triples("geography", path) == 0
+    assert "its entities were not imported" in caplog.text and "triples.jsonl:1" in caplog.text
+    with Pack.open(path, readonly=True) as p:
+        assert p.entities() == []
