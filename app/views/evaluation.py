@@ -119,6 +119,27 @@ def _side_by_side(runs: list[EvalRun]) -> tuple[list[str], list[str], list[list[
     return heads, head_tips, rows, tips
 
 
+def _file_items(path: str, kind: str) -> list[tuple[str, str]] | None:
+    """(prompt, expected answer) of each probe or edit of ``path`` in its order, as the
+    evaluation read them; None when the file cannot be read any more."""
+    from engine.evaluate import read_edits, read_probes
+
+    try:
+        if kind == "edits":
+            return [(e.prompt, e.new) for e in read_edits(path)]
+        return [(p.prompt, p.answer) for p in read_probes(path)]
+    except (OSError, ValueError) as exc:
+        log.info("comparing runs of %s item by item without their prompts: %s", path, exc)
+        return None
+
+
+def _changed_since(path: str, when: float) -> bool:
+    try:
+        return Path(path).stat().st_mtime > when
+    except OSError:
+        return False
+
+
 class EvaluationView(QWidget):
     run_finished = Signal(object)  # EvalRun
     run_failed = Signal(str)
@@ -456,8 +477,45 @@ class EvaluationView(QWidget):
     def _show_selected(self) -> None:
         runs = self.selected_runs()
         self._fill_detail(runs[0] if len(runs) == 1 else None, runs)
-        self._fill_failures(runs[0] if len(runs) == 1 else None)
+        if len(runs) < 2 or not self._fill_differences(runs):
+            self._fill_failures(runs[0] if len(runs) == 1 else None)
         self._draw(runs)
+
+    def _fill_differences(self, runs: list[EvalRun]) -> bool:
+        """Compared runs of one file: the probes (or edits) they answer differently, each with
+        right / wrong per run. False (nothing shown) when the runs cannot be compared so:
+        other files or kinds, or runs made before per-item results were kept."""
+        runs = sorted(runs, key=lambda r: r.id)
+        kind = runs[0].kind
+        key = "followed_by_edit" if kind == "edits" else "correct_by_probe"
+        marks = [r.result.get(key) for r in runs]
+        if len({r.kind for r in runs}) > 1 or len({r.file for r in runs}) > 1 or not all(isinstance(m, str) for m in marks):
+            return False
+        n = min(len(m) for m in marks)  # runs with other limits are compared on their common start
+        differ = [i for i in range(n) if len({m[i] for m in marks}) > 1]
+        items = _file_items(runs[0].file, kind)
+        t = self.failures
+        t.setColumnCount(2 + len(runs))
+        t.setHorizontalHeaderLabels(["prompt", "expected"] + [f"#{r.id} {r.mode}" for r in runs])
+        for j, r in enumerate(runs, 2):
+            t.horizontalHeaderItem(j).setToolTip(r.label)
+        t.setRowCount(len(differ))
+        for row, i in enumerate(differ):
+            prompt, expected = items[i] if items is not None and i < len(items) else (f"item {i + 1}", "")
+            for col, text in enumerate([prompt, expected] + ["right" if m[i] == "1" else "wrong" for m in marks]):
+                item = QTableWidgetItem(text)
+                item.setToolTip(text)
+                t.setItem(row, col, item)
+        t.setColumnWidth(0, min(max(t.sizeHintForColumn(0), 160), 420))
+        t.setColumnWidth(1, min(max(t.sizeHintForColumn(1), 90), 240))
+        what = "edits" if kind == "edits" else "probes"
+        note = ""
+        if items is None:
+            note = f" ({Path(runs[0].file).name} cannot be read now: items by number)"
+        elif _changed_since(runs[0].file, min(r.time for r in runs)):
+            note = f" ({Path(runs[0].file).name} has changed since: the prompts shown may not be those run)"
+        self.failures_label.setText(f"Answered differently by the compared runs: {len(differ)} of {n} {what}{note}")
+        return True
 
     def _fill_failures(self, run: EvalRun | None) -> None:
         """The run's wrong answers (the engine keeps the first 10): prompt, expected, the answer's
@@ -465,6 +523,8 @@ class EvaluationView(QWidget):
         from app.views.explain import first_line
 
         t = self.failures
+        t.setColumnCount(3)  # a comparison may have left more
+        t.setHorizontalHeaderLabels(["prompt", "expected", "answer (first line)"])
         fails = [f for f in ((run.result.get("failures") or []) if run is not None else []) if isinstance(f, dict)]
         t.setRowCount(len(fails))
         for row, f in enumerate(fails):

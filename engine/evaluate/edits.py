@@ -223,6 +223,8 @@ def evaluate_edits(
         "locality_accuracy_after": _rate(loc_acc1, len(loc)),
         "restored": restored,
         "failures": failures,
+        # "1"/"0" per edit in order: its prompt gave the new answer (to compare runs edit by edit)
+        "followed_by_edit": "".join("1" if is_correct(after[i], e.new) else "0" for i, e in enumerate(edits)),
         "seconds": round(time.perf_counter() - t0, 2),
     }
 

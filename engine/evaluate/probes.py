@@ -142,7 +142,8 @@ def evaluate_probes(
     accuracy_without_plugins, hit_at_k, paraphrase_accuracy,
     paraphrase_accuracy_without_memory, paraphrase_accuracy_without_plugins,
     n_paraphrases, by_relation: {relation: {n, accuracy, accuracy_without_memory,
-    hit_at_k[, accuracy_without_plugins]}}, by_split, failures (the first 10), seconds}``.
+    hit_at_k[, accuracy_without_plugins]}}, by_split, failures (the first 10), correct_by_probe
+    ("1"/"0" per probe in order: right with memory, to compare runs probe by probe), seconds}``.
     ``plugins`` (``KnowledgePlugin`` objects) are on for ``accuracy``; the
     ``*_without_plugins`` figures (the memory alone) are None, and absent per
     relation, when no plugin is on.
@@ -198,8 +199,10 @@ def evaluate_probes(
     split = defaultdict(lambda: [0, 0, 0, 0, 0])
     correct = correct_wo = hit_n = correct_np = 0
     failures = []
+    marks = []  # per probe, in order: answered right with memory
     for i, p in enumerate(probes):
         c = is_correct(with_mem[i], p.answer)
+        marks.append("1" if c else "0")
         c0 = is_correct(without[i], p.answer)
         cp = is_correct(no_plugins[i], p.answer) if plugins else False
         h = any(is_gold(hh.entry, p) for _, hh in hits[i]) if use_memory else False
@@ -253,5 +256,6 @@ def evaluate_probes(
         "by_relation": table(rel),
         "by_split": table(split),
         "failures": failures,
+        "correct_by_probe": "".join(marks),
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -88,6 +88,18 @@ def test_probe_evaluation_table_chart_and_history(qtbot, view, tmp_path):
                                  pct(100 * r2["by_relation"]["geography"]["accuracy"])]
     row = list(side).index("geography")
     assert v.detail.item(row, 1).toolTip() == "n = 2"
+    # the probes the two runs answer differently, right / wrong per run
+    marks = r["correct_by_probe"], r2["correct_by_probe"]
+    assert len(marks[0]) == len(marks[1]) == 4
+    differ = [i for i in range(4) if marks[0][i] != marks[1][i]]
+    f = v.failures
+    assert [f.horizontalHeaderItem(j).text() for j in range(f.columnCount())] == ["prompt", "expected", "#1 context", "#2 none"]
+    assert [f.item(i, 0).text() for i in range(f.rowCount())] == [PROBES[i]["prompt"] for i in differ]
+    assert [f.item(i, 2).text() for i in range(f.rowCount())] == ["right" if marks[0][i] == "1" else "wrong" for i in differ]
+    assert v.failures_label.text().startswith(f"Answered differently by the compared runs: {len(differ)} of 4 probes")
+    # one run again: its wrong answers, three columns
+    v.table.selectRow(0)
+    assert f.columnCount() == 3 and f.horizontalHeaderItem(2).text() == "answer (first line)"
     # past runs survive a restart of the view (kept in the workspace)
     from app.views.evaluation import EvaluationView
 
@@ -130,6 +142,9 @@ def test_edit_evaluation_edits_then_restores_the_pack(qtbot, view, tmp_path):
     assert list(side)[:3] == ["efficacy", "generalisation (paraphrases)", "locality"]
     assert side["edited entry retrieved"] == ["100.0%", "–"]  # nothing is retrieved without memory
     assert side["efficacy"][1] == "{:.1f}%".format(100 * sig2.args[0].result["efficacy"])
+    marks = sig.args[0].result["followed_by_edit"], sig2.args[0].result["followed_by_edit"]
+    assert v.failures_label.text().startswith(
+        f"Answered differently by the compared runs: {int(marks[0] != marks[1])} of 1 edits")
 
 
 def test_cancel_keeps_nothing(qtbot, view, tmp_path):
@@ -324,3 +339,48 @@ def test_wrong_answers_show_their_first_line(qtbot, make_ctx, tmp_path):
     assert got in tip and "Paris is the capital of France." in tip
     v.table.clearSelection()
     assert v.failures.rowCount() == 0
+
+
+def test_compared_runs_list_the_probes_they_answer_differently(qtbot, make_ctx, tmp_path):
+    """Two past runs of one probe file (dpm and context): the pane lists, in the file's order,
+    the probes one got right and the other wrong; runs of another file are not compared so."""
+    import os
+
+    from PySide6.QtCore import QItemSelectionModel, Qt
+
+    from app.evaluations import EvalRun, EvalStore
+    from app.views.evaluation import EvaluationView
+
+    ctx = make_ctx()
+    f = write_jsonl(tmp_path / "probes.jsonl", PROBES)
+    os.utime(f, (1, 1))  # older than the runs
+    store = EvalStore(ctx.workspace.folder)
+    base = {"n": 4, "hit_at_k": 1.0, "accuracy_without_memory": 0.0, "seconds": 1.0, "failures": []}
+    runs = []
+    for mode, marks in (("dpm", "1101"), ("context", "0111")):
+        run = EvalRun("probes", str(f), mode, 5, ["facts"], "tiny", {**base, "accuracy": marks.count("1") / 4,
+                                                                       "correct_by_probe": marks})
+        runs.append(store.append(run, runs))
+    old = EvalRun("probes", str(tmp_path / "other.jsonl"), "dpm", 5, ["facts"], "tiny", {**base, "accuracy": 0.5})
+    store.append(old, runs)
+    v = EvaluationView(ctx)
+    qtbot.addWidget(v)
+
+    def select_first_two():
+        v.table.clearSelection()
+        for row in range(v.table.rowCount()):
+            if v.table.item(row, 0).data(Qt.ItemDataRole.UserRole) in (1, 2):
+                v.table.selectionModel().select(v.table.model().index(row, 0), QItemSelectionModel.SelectionFlag.Select
+                                                | QItemSelectionModel.SelectionFlag.Rows)
+
+    select_first_two()
+    t = v.failures
+    rows = [[t.item(i, j).text() for j in range(4)] for i in range(t.rowCount())]
+    assert rows == [[PROBES[0]["prompt"], PROBES[0]["answer"], "right", "wrong"],
+                    [PROBES[2]["prompt"], PROBES[2]["answer"], "wrong", "right"]]
+    assert v.failures_label.text() == "Answered differently by the compared runs: 2 of 4 probes"
+    f.write_text(f.read_text(encoding="utf-8"), encoding="utf-8")  # touched after the runs
+    v.table.selectAll()  # with the run of another file: a table of headlines, the usual pane
+    assert t.columnCount() == 3
+    select_first_two()
+    assert "has changed since" in v.failures_label.text()

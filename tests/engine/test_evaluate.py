@@ -76,6 +76,9 @@ def test_a_wrong_memory_entry_is_a_wrong_answer_and_shows_as_a_failure(predictor
     assert res["accuracy"] == 0.8
     assert [f["prompt"] for f in res["failures"]] == ["Zebra facts:"]
     assert res["failures"][0]["got"].lstrip().startswith("Oslo")
+    # probe by probe, in the file's order (runs are compared on it): only the zebra is wrong
+    zebra_at = [p.prompt for p in probes()].index("Zebra facts:")
+    assert res["correct_by_probe"] == "".join("0" if i == zebra_at else "1" for i in range(5))
 
 
 def test_edit_metrics_apply_measure_and_undo(predictor, zoo):
@@ -89,6 +92,7 @@ def test_edit_metrics_apply_measure_and_undo(predictor, zoo):
     ])
     res = evaluate_edits(predictor, [zoo], edits, probes(), mode="dpm", k=1)
     assert res["n"] == 2 and res["efficacy"] == 1.0 and res["efficacy_before"] == 0.0
+    assert res["followed_by_edit"] == "11"
     assert res["old_answer_after"] == 0.0 and res["edit_retrieved"] == 1.0
     assert res["n_paraphrases"] == 1
     assert res["n_locality"] == 3 and res["locality"] == 1.0  # Lion, Camel, Panda: untouched subjects
