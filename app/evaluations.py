@@ -38,6 +38,17 @@ class EvalRun:
     def label(self) -> str:
         return f"#{self.id} {Path(self.file).parent.name}/{Path(self.file).stem} · {self.mode} k={self.k}"
 
+    @property
+    def short_label(self) -> str:
+        """"#id mode": a compared run's column or bar name (``label`` in its tooltip)."""
+        return f"#{self.id} {self.mode}"
+
+    def marks(self) -> str | None:
+        """"1"/"0" per probe (right with memory) or edit (followed) in file order; None for a
+        run made before they were kept."""
+        m = self.result.get("followed_by_edit" if self.kind == "edits" else "correct_by_probe")
+        return m if isinstance(m, str) else None
+
     def headline(self) -> dict[str, float | None]:
         """The figures that sum the run up (shown in the runs table and compared in the chart)."""
         r = self.result

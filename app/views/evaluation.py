@@ -88,7 +88,7 @@ def _side_by_side(runs: list[EvalRun]) -> tuple[list[str], list[str], list[list[
     paraphrases, hit@k, then per relation (every relation any run has, "–" where a run has
     none); edit runs: efficacy, generalisation, locality, retrieval, before."""
     runs = sorted(runs, key=lambda r: r.id)  # oldest first, left to right
-    heads = [""] + [f"#{r.id} {r.mode}" for r in runs]
+    heads = [""] + [r.short_label for r in runs]
     head_tips = [""] + [r.label for r in runs]
     rows: list[list[str]] = []
     tips: dict[tuple[int, int], str] = {}
@@ -487,16 +487,15 @@ class EvaluationView(QWidget):
         other files or kinds, or runs made before per-item results were kept."""
         runs = sorted(runs, key=lambda r: r.id)
         kind = runs[0].kind
-        key = "followed_by_edit" if kind == "edits" else "correct_by_probe"
-        marks = [r.result.get(key) for r in runs]
-        if len({r.kind for r in runs}) > 1 or len({r.file for r in runs}) > 1 or not all(isinstance(m, str) for m in marks):
+        marks = [r.marks() for r in runs]
+        if len({r.kind for r in runs}) > 1 or len({r.file for r in runs}) > 1 or None in marks:
             return False
         n = min(len(m) for m in marks)  # runs with other limits are compared on their common start
         differ = [i for i in range(n) if len({m[i] for m in marks}) > 1]
         items = _file_items(runs[0].file, kind)
         t = self.failures
         t.setColumnCount(2 + len(runs))
-        t.setHorizontalHeaderLabels(["prompt", "expected"] + [f"#{r.id} {r.mode}" for r in runs])
+        t.setHorizontalHeaderLabels(["prompt", "expected"] + [r.short_label for r in runs])
         for j, r in enumerate(runs, 2):
             t.horizontalHeaderItem(j).setToolTip(r.label)
         t.setRowCount(len(differ))
@@ -607,7 +606,7 @@ class EvaluationView(QWidget):
     def chart_data(self, runs: list[EvalRun]) -> tuple[list[str], list[float | None], list[float | None], tuple[str, str]]:
         """Categories and the two bar series the chart shows for the selected runs."""
         if len(runs) > 1:
-            cats = [f"#{r.id} {r.mode}" for r in runs]  # short: a long label widens the axis, narrowing the table
+            cats = [r.short_label for r in runs]  # a long label widens the axis, narrowing the table
             a = [list(r.headline().values())[0] for r in runs]
             b = [r.result.get("efficacy_before") if r.kind == "edits" else r.result.get("accuracy_without_memory") for r in runs]
             return cats, a, b, ("with memory / after edits", "without memory / before edits")

@@ -189,7 +189,8 @@ def evaluate_edits(
     n = len(edits)
     np_ = len(paras)
     off_l = n + np_
-    eff = sum(is_correct(after[i], e.new) for i, e in enumerate(edits))
+    followed = [is_correct(after[i], e.new) for i, e in enumerate(edits)]
+    eff = sum(followed)
     eff0 = sum(is_correct(before[i], e.new) for i, e in enumerate(edits))
     old_after = sum(bool(e.old) and is_correct(after[i], e.old) for i, e in enumerate(edits))
     gen = sum(is_correct(after[n + j], edits[i].new) for j, (i, _) in enumerate(paras))
@@ -201,10 +202,7 @@ def evaluate_edits(
     same = sum(before[off_l + j] == after[off_l + j] for j in range(len(loc)))
     loc_acc0 = sum(is_correct(before[off_l + j], p.answer) for j, p in enumerate(loc))
     loc_acc1 = sum(is_correct(after[off_l + j], p.answer) for j, p in enumerate(loc))
-    failures = [
-        {"prompt": e.prompt, "new": e.new, "got": after[i]}
-        for i, e in enumerate(edits) if not is_correct(after[i], e.new)
-    ][:10]
+    failures = [{"prompt": e.prompt, "new": e.new, "got": after[i]} for i, e in enumerate(edits) if not followed[i]][:10]
     return {
         "mode": mode,
         "k": k,
@@ -224,7 +222,7 @@ def evaluate_edits(
         "restored": restored,
         "failures": failures,
         # "1"/"0" per edit in order: its prompt gave the new answer (to compare runs edit by edit)
-        "followed_by_edit": "".join("1" if is_correct(after[i], e.new) else "0" for i, e in enumerate(edits)),
+        "followed_by_edit": "".join("1" if f else "0" for f in followed),
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
