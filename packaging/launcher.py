@@ -6,6 +6,7 @@ import sys
 os.environ["QT_API"] = "pyside6"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 if __name__ == "__main__":
     multiprocessing.freeze_support()  # job workers are spawned from this same executable

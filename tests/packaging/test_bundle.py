@@ -53,3 +53,32 @@ def test_bundle_reports_a_failing_self_test(bundle, tmp_path):
                          timeout=600, env=env, cwd=tmp_path)
     assert res.returncode != 0
     assert "self-test FAILED" in res.stderr and "geography.plugmem" in res.stderr
+
+
+# Files of bundled packages that only build tools, docs or examples read; anything else a
+# package ships beside its code may be read at run time and must travel with it.
+_BUILD_ONLY_SUFFIXES = {".cmake", ".pc", ".ini", ".build", ".template", ".tmpl", ".exe", ".md", ".rst", ".cfg", ".gz"}
+_HOOK_DECIDES = {"PySide6", "shiboken6", "setuptools"}  # their PyInstaller hooks pick what runs; Qt tools stay out
+_NOT_READ = {"numpy/ma/API_CHANGES.txt", "tokenizers/tools/visualizer-styles.css"}  # docs; a notebook-only viewer
+
+
+def test_bundle_carries_the_data_files_its_packages_read(bundle):
+    """A package that reads a file of its own (kernels' python_depends.json) fails only in
+    the bundle; list every such file left behind, for the spec's collect_data_files."""
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    internal = bundle.parent / "_internal"
+    missing = []
+    for pkg in sorted(p for p in internal.iterdir() if p.is_dir() and (site / p.name).is_dir()):
+        if pkg.name in _HOOK_DECIDES or pkg.name.endswith(".dist-info"):
+            continue
+        for f in (site / pkg.name).rglob("*"):
+            rel = f.relative_to(site)
+            if (not f.is_file() or f.suffix in {".py", ".pyc", ".pyi", ".so", ".typed", ".c", ".cpp", ".h", ".hpp", ".cuh", ".pyx", ".pxd", ".a"}
+                    or f.suffix in _BUILD_ONLY_SUFFIXES or f.name.startswith(("LICENSE", "README"))
+                    or {"__pycache__", "tests", "examples", "_examples", "include"} & set(rel.parts)):
+                continue
+            if not (internal / rel).exists() and rel.as_posix() not in _NOT_READ:
+                missing.append(str(rel))
+    assert not missing, f"add collect_data_files for these to packaging/plugmem-studio.spec: {missing[:20]}"
