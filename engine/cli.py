@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# transformers' and the hub's own bars ("Loading weights: 0%...") would interleave with ours
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 log = logging.getLogger("plugmem")
 
@@ -137,13 +139,19 @@ def _change_dict(ch) -> dict[str, Any]:
     return {"change": {"id": ch.change_id, "kind": ch.kind, "ids": list(ch.ids), "content_version": ch.content_version}}
 
 
-def _describe_change(ch, verb: str) -> str:
-    if ch is None:
-        return f"nothing to {verb}"
+_PAST = {"edit": "Edited", "disable": "Disabled", "enable": "Enabled", "delete": "Deleted", "add": "Added"}
+
+
+def _describe_change(ch, fields: Sequence[str] = ()) -> str:
+    """'Edited entry 1 (text)', 'Deleted 3 entries: 4, 5, 6', or 'No change'."""
     if not ch.ids:
-        return "no change"
-    ids = ", ".join(map(str, ch.ids[:10])) + (f" and {len(ch.ids) - 10} more" if len(ch.ids) > 10 else "")
-    return f"{ch.kind}: {ids}"
+        return "No change (the entry already had these values)"
+    verb, _, rest = (ch.label or f"{ch.kind} entries").partition(" ")
+    said = f"{_PAST.get(verb, verb)} {rest}"
+    if len(ch.ids) > 1:
+        said += ": " + ", ".join(map(str, ch.ids[:10])) + (f" and {len(ch.ids) - 10} more" if len(ch.ids) > 10 else "")
+    shown = [f for f in fields if f != "status"]
+    return f"{said} ({', '.join(shown)})" if ch.kind == "edit" and shown else said
 
 
 def _parse_tags(s: str | None) -> list[str] | None:
@@ -268,7 +276,7 @@ def cmd_edit(a, out: Output) -> int:
             ch = mem.edit(a.id, author=a.author, **fields)
         except EntryNotFound:
             raise CliError(f"{a.pack}: no entry with id {a.id}") from None
-        out.emit(_change_dict(ch), _describe_change(ch, "edit"))
+        out.emit(_change_dict(ch), _describe_change(ch, sorted(fields)))
     return 0
 
 
@@ -280,22 +288,70 @@ def cmd_delete(a, out: Output) -> int:
             ch = mem.delete(a.ids, author=a.author)
         except EntryNotFound as exc:
             raise CliError(f"{a.pack}: {exc}") from None
-        out.emit(_change_dict(ch), _describe_change(ch, "delete"))
+        out.emit(_change_dict(ch), _describe_change(ch))
     return 0
+
+
+def _undo_redo(a, out: Output, *, undo: bool) -> int:
+    with _open_memory(a.pack, out) as mem:
+        ch = mem.undo() if undo else mem.redo()
+        if ch is None:
+            human = "nothing to undo" if undo else "nothing to redo"
+        else:
+            recs = [r for r in mem.pack.history(limit=max(len(ch.ids), 1) + 10) if r.change_id == ch.change_id]
+            human = f"{'Undid' if undo else 'Redid'}: {_undone_what(ch.label, recs)}"
+        out.emit(_change_dict(ch), human)
+    return 0
+
+
+def _undone_what(label: str, recs) -> str:
+    """'edit entry 1' + the records of the undo -> 'edit of entry 1 (text)'."""
+    what = label.split(" ", 1)[1] if label.startswith(("undo ", "redo ")) else label
+    verb, _, rest = what.partition(" ")
+    what = f"{verb} of {rest}" if rest else verb
+    fields = sorted({f for r in recs for f in _changed_fields(r.before, r.after)} - {"status"})
+    return f"{what} ({', '.join(fields)})" if verb == "edit" and fields else what
+
+
+def _changed_fields(before: dict | None, after: dict | None) -> list[str]:
+    b, a = before or {}, after or {}
+    return [k for k in ("title", "text", "source", "tags", "status") if b.get(k) != a.get(k)]
 
 
 def cmd_undo(a, out: Output) -> int:
-    with _open_memory(a.pack, out) as mem:
-        ch = mem.undo()
-        out.emit(_change_dict(ch), ("undid " + _describe_change(ch, "undo")) if ch else "nothing to undo")
-    return 0
+    return _undo_redo(a, out, undo=True)
 
 
 def cmd_redo(a, out: Output) -> int:
-    with _open_memory(a.pack, out) as mem:
-        ch = mem.redo()
-        out.emit(_change_dict(ch), ("redid " + _describe_change(ch, "redo")) if ch else "nothing to redo")
-    return 0
+    return _undo_redo(a, out, undo=False)
+
+
+_STATUS_WORDS = {("active", "deleted"): "deleted", ("disabled", "deleted"): "deleted", ("deleted", "active"): "restored",
+                 ("deleted", "disabled"): "restored (disabled)", ("active", "disabled"): "disabled",
+                 ("disabled", "active"): "enabled"}
+
+
+def _history_what(r) -> str:
+    """One history record in plain words: 'added', 'text: 'a' -> 'b'', 'disabled', 'undo of edit: ...'."""
+    b, a = r.before or {}, r.after or {}
+    parts = []
+    if r.before is None or r.op == "add":
+        parts.append(f"added: {a.get('text', '')[:60]!r}")
+    else:
+        for f in _changed_fields(b, a):
+            if f == "status":
+                parts.append(_STATUS_WORDS.get((b.get(f), a.get(f)), f"status {b.get(f)} -> {a.get(f)}"))
+            elif f == "text":
+                parts.append(f"text {b.get(f, '')[:40]!r} -> {a.get(f, '')[:40]!r}")
+            elif f == "tags":
+                parts.append(f"tags {', '.join(b.get(f) or []) or '(none)'} -> {', '.join(a.get(f) or []) or '(none)'}")
+            else:
+                parts.append(f"{f} {b.get(f, '')[:40]!r} -> {a.get(f, '')[:40]!r}")
+    said = "; ".join(parts) or "no visible change"
+    for word in ("undo", "redo"):
+        if r.op.startswith(word + " "):
+            return f"{word} of {r.op.split(' ', 1)[1]}: {said}"
+    return said
 
 
 def cmd_history(a, out: Output) -> int:
@@ -308,14 +364,7 @@ def cmd_history(a, out: Output) -> int:
             for r in recs:
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
                 who = r.author or "-"
-                before = (r.before or {}).get("text")
-                after = (r.after or {}).get("text")
-                what = r.op
-                if before is not None and after is not None and before != after:
-                    what += f": {before[:40]!r} -> {after[:40]!r}"
-                elif (r.before or {}).get("status") != (r.after or {}).get("status"):
-                    what += f": status {(r.before or {}).get('status')} -> {(r.after or {}).get('status')}"
-                lines.append(f"{when}  change {r.change_id:>5}  entry {r.entry_id:>7}  {who:<10} {what}")
+                lines.append(f"{when}  change {r.change_id:>5}  entry {r.entry_id:>7}  {who:<10} {_history_what(r)}")
             return "\n".join(lines) or "(no history)"
 
         out.emit(data, human)
@@ -378,9 +427,9 @@ def cmd_stats(a, out: Output) -> int:
             "index_cache": str(index_dir_for(pack.path)) if index_dir_for(pack.path).exists() else None,
             "file_bytes": pack.path.stat().st_size,
         }
+        enc = pack.encoder.describe() if pack.encoder else "(none yet)"
 
     def human() -> str:
-        enc = pack.encoder.describe() if pack.encoder else "(none yet)"
         return "\n".join(
             [
                 f"pack:      {data['name']} ({data['pack']})",
