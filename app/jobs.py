@@ -236,6 +236,7 @@ class JobWatcher(QObject):
         self._runner = None
         self.live: dict[str, LiveJob] = {}
         self._reruns: dict[str, Callable[[dict], str | None]] = {}
+        self._end_messages: dict[str, str] = {}
         self.timer = QTimer(self)
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.poll)
@@ -248,6 +249,10 @@ class JobWatcher(QObject):
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self._runner = JobRunner(self.db_path)
         return self._runner
+
+    def end_message(self, job_id: str) -> str:
+        """Why a job of this session ended as it did (its error for a failed one), or ''."""
+        return self._end_messages.get(str(job_id), "")
 
     # ------------------------------------------------------------------ control
     def start(self, kind: str, target: str, config: dict, *, title: str = "", on_end: Callable[..., None] | None = None) -> str:
@@ -408,6 +413,7 @@ class JobWatcher(QObject):
     def _end(self, job: LiveJob, status: str, result: Any, message: str) -> None:
         self.live.pop(job.id, None)
         job.status = status
+        self._end_messages[job.id] = message  # for on_end callbacks: why a job failed
         if status == "done":
             job.fraction = 1.0
             self.finished.emit(job.id, result)

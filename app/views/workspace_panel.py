@@ -347,12 +347,14 @@ class WorkspacePanel(QWidget):
         def start(_=None):
             ctx.set_busy(path, True)
 
-            def ended(*_):
+            def ended(job_id=None, status="", *_):
                 ctx.set_busy(path, False)
                 ctx.writer(path).reopen()
+                if status == "failed":  # refused inputs: nothing of them was imported; say why
+                    ctx.notifier.error(f"Importing into {Path(path).name}", ctx.jobs.end_message(job_id) or status)
 
             try:
-                job_id = ctx.jobs.start("build_memory", "engine.jobs.build_memory:build_memory", config,
+                job_id = ctx.jobs.start("build_memory", "engine.jobs.build_memory:import_job", config,
                                         title=f"Import {len(files)} file(s) into {Path(path).stem}", on_end=ended)
             except Exception as exc:
                 ended()

@@ -133,3 +133,19 @@ def _import_file(mem, path: Path, records: list[dict], cfg: BuildMemoryConfig, p
         progress(done / total, f"{path.name}: {done:,} of {total:,}")
     mem.pack.finish_import(key)
     return added
+
+
+class ImportRefused(ValueError):
+    """An import job whose inputs were refused; the message names the first file and line."""
+
+
+def import_job(config: BuildMemoryConfig | dict[str, Any], progress: Callable[..., None],
+               should_stop: Callable[[], bool]) -> dict[str, Any]:
+    """build_memory as a job of the app: refused inputs end the job as *failed*, with the
+    reason (file:line) as its error, instead of a "done" that added nothing."""
+    result = build_memory(config, progress, should_stop)
+    if result["errors"]:
+        n = len(result["errors"])
+        kept = f"; {result['entries_added']:,} entries of the other files were added" if result["entries_added"] else ""
+        raise ImportRefused(f"{n} input(s) refused, nothing of them imported{kept}: {result['errors'][0]}")
+    return result

@@ -143,3 +143,30 @@ def test_in_app_job_is_listed_like_a_process_job(qtbot, panel):
     assert not p.resume_btn.isEnabled()
     with pytest.raises(ValueError, match="ran inside the app"):
         ctx.jobs.resume(jid)
+
+
+def test_an_import_whose_file_is_refused_ends_failed_and_says_why(qtbot, make_ctx, small_pack, tmp_path, caplog):
+    """A CSV without a `text` column: the job ends *failed* (it read "done — added 0
+    entries"), the user is told the file and line, and the pack is as before."""
+    from .conftest import FACTS, open_window
+
+    src = tmp_path / "drugs.csv"
+    src.write_text("name,dose\naspirin,500 mg\n", encoding="utf-8")
+    path = str(small_pack.resolve())
+    ctx = make_ctx([path])
+    win = open_window(qtbot, ctx, path)
+    with qtbot.waitSignal(ctx.jobs.failed, timeout=120_000) as sig:
+        win.workspace_panel.import_into([str(src)], path)
+    assert sig.args[1].startswith("failed: ") and "drugs.csv" in sig.args[1] and "text" in sig.args[1]
+    qtbot.waitUntil(lambda: not ctx.is_busy(path), timeout=10_000)
+    level, shown = ctx.notifier.history[-1]
+    assert level == "error" and shown.startswith("Importing into facts.plugmem: 1 input(s) refused") and "drugs.csv" in shown
+    assert "CorpusError" not in shown  # the user's error, not a bug report
+    win.jobs_panel.refresh()
+    rows = [(win.jobs_panel.table.item(r, 0).text(), win.jobs_panel.table.item(r, 1).text())
+            for r in range(win.jobs_panel.table.rowCount())]
+    assert [st for title, st in rows if "Import 1 file(s) into facts" in title] == ["failed"], rows
+    qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS), timeout=10_000)
+    assert "did not exit" not in caplog.text  # the worker ends once its result is sent
+    win.close()
+
