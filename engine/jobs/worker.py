@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -138,10 +139,32 @@ def child_main(fn_path: str, config_json: str, queue: Any, stop_event: Any, pare
     except JobCancelled as exc:
         final = ("cancelled", str(exc) or "cancelled")
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        reason = _reason(exc)
         final = ("failed", reason, traceback.format_exc())
     finished.set()
     reporter.flush()
     queue.put(final)
     queue.close()
     queue.join_thread()  # everything is in the pipe before the process exits
+    # The result is delivered and the job's files are closed: skip the interpreter's teardown
+    # (freeing torch and transformers took over the parent's 2 s grace on a busy machine, so
+    # every finished job was logged as hanging and terminated).
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(0)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the message alone for the user's errors (it names file and line), with the
+    exception's type for anything else (a bug)."""
+    from engine.errors import user_errors
+
+    if not str(exc):
+        return type(exc).__name__
+    line = str(exc).splitlines()[0]
+    return line if isinstance(exc, user_errors()) else f"{type(exc).__name__}: {line}"
+
