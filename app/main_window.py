@@ -175,8 +175,21 @@ class MainWindow(QMainWindow):
         self.demo_bar = QProgressBar()
         self.demo_bar.setMaximumWidth(200)
         self.demo_bar.setVisible(False)
+        # One-line notes ("no problems found", "Exported ...") get a label of their own: the
+        # permanent widgets leave showMessage() no room, so its messages were never seen.
+        self.note_label = ElidedLabel()
+        self.note_label.setObjectName("statusNote")
+        self.note_timer = QTimer(self)
+        self.note_timer.setSingleShot(True)
+        self.note_timer.timeout.connect(lambda: self.note_label.setText(""))
+        sb.addPermanentWidget(self.note_label, 3)
         for w in (self.plugged_label, self.jobs_label, self.demo_bar, self.reader_label, self.device_label):
             sb.addPermanentWidget(w, 1 if isinstance(w, ElidedLabel) else 0)
+
+    def show_note(self, text: str, ms: int = 10_000) -> None:
+        """Show a one-line note in the status bar for ``ms`` milliseconds."""
+        self.note_label.setText(text.splitlines()[0] if text else "")
+        self.note_timer.start(ms)
 
     # ------------------------------------------------------------------ undo / redo
     def _reader(self):
@@ -283,7 +296,7 @@ class MainWindow(QMainWindow):
         if notes:
             self.ctx.notifier.error("Knowledge plugins", "; ".join(notes))
         elif loaded:
-            self.statusBar().showMessage("Knowledge plugins plugged in: " + ", ".join(loaded.values()), 8000)
+            self.show_note("Knowledge plugins plugged in: " + ", ".join(loaded.values()))
 
     def _update_jobs_label(self) -> None:
         live = list(self.ctx.jobs.live.values())
@@ -300,7 +313,7 @@ class MainWindow(QMainWindow):
         self.demo_bar.setFormat("Demo %p%")
 
     def _note(self, level: str, text: str) -> None:
-        self.statusBar().showMessage(text.splitlines()[0], 8000)
+        self.show_note(text)
 
     # ------------------------------------------------------------------ state
     def restore_state(self) -> None:

@@ -93,3 +93,24 @@ def test_many_long_pack_names_do_not_widen_the_window(qtbot, make_ctx, tmp_path,
         need = p.table.fontMetrics().boundingRect(QRect(0, 0, width - 8, 10_000), Qt.TextFlag.TextWordWrap, shown)
         assert need.height() > p.table.fontMetrics().height()  # more than one line at this width
         assert p.table.rowHeight(row) >= need.height(), (row, p.table.rowHeight(row), need.height())
+
+
+def test_one_line_notes_are_visible_in_the_status_bar(qtbot, make_ctx, small_pack):
+    """'no problems found' after Check, 'Exported ...': shown where the user looks (every
+    status-bar widget was permanent, so showMessage() had no room and they reached only the log)."""
+    from .conftest import open_window
+
+    path = str(small_pack.resolve())
+    ctx = make_ctx([path])
+    win = open_window(qtbot, ctx, path)
+    win.resize(1280, 800)
+    with qtbot.waitSignal(win.workspace_panel.check_done, timeout=60_000):
+        win.workspace_panel.check(path)
+    qtbot.waitUntil(lambda: "facts: no problems found" in win.note_label.text(), timeout=5_000)
+    qtbot.wait(50)
+    assert win.note_label.isVisible() and win.note_label.shown().startswith("facts: no problems")
+    assert win.note_label.width() >= 200
+    win.show_note("Explanation saved to /tmp/x.json", ms=50)
+    assert win.note_label.shown().startswith("Explanation saved")
+    qtbot.waitUntil(lambda: win.note_label.text() == "", timeout=2_000)
+    win.close()
