@@ -97,7 +97,8 @@ class AppContext(QObject):
         r = self._readers.get(path)
         if r is not None:
             return r
-        if not Path(path).exists():
+        w = self._writers.get(path)
+        if not Path(path).exists() or (w is not None and w.creating):  # not a pack yet: nothing to read
             return None
         from engine.store import Pack
 

@@ -54,6 +54,11 @@ class PackWriter(QObject):
 
     # ------------------------------------------------------------------ public
     @property
+    def creating(self) -> bool:
+        """True while a new pack's file exists but its schema is not written yet."""
+        return self._create and self.state == "opening"
+
+    @property
     def pending(self) -> int:
         return self._pending
 

@@ -3,6 +3,7 @@ unreadable files give a clear message and lose nothing."""
 from __future__ import annotations
 
 import json
+import threading
 
 from PySide6.QtCore import Qt
 
@@ -52,15 +53,24 @@ def test_the_list_follows_the_pack_shown_when_another_view_changes_it(qtbot, mak
     assert ctx.current == a
 
 
-def test_new_pack_then_detach(qtbot, make_ctx, tmp_path):
+def test_new_pack_then_detach(qtbot, make_ctx, tmp_path, caplog):
     from app.views.workspace_panel import WorkspacePanel
 
     ctx = make_ctx()
     panel = WorkspacePanel(ctx)
     qtbot.addWidget(panel)
     target = tmp_path / "ws" / "notes.plugmem"
+    go_on = threading.Event()
+    encoder = ctx.encoder_provider
+    ctx.encoder_provider = lambda: (go_on.wait(30), encoder())[1]  # hold the writer while it creates the pack
     p = panel.new_pack(str(target))
+    target.write_bytes(b"")  # the file SQLite makes before the schema is in it
+    assert ctx.reader(p) is None  # what a view does at once: no pack yet, and that is no error
+    target.unlink()
+    go_on.set()
     wait_ready(qtbot, ctx, p)
+    assert ctx.reader(p) is not None
+    assert "cannot open" not in caplog.text  # creating a pack logged 'not a PlugMem pack' twice
     assert target.exists() and ctx.workspace.paths() == [p] and ctx.current == p
     qtbot.waitUntil(lambda: panel.item_for(p).text(1) == "0", timeout=5_000)
     panel.tree.setCurrentItem(panel.item_for(p))
