@@ -17,6 +17,7 @@ from pathlib import Path
 os.environ.setdefault("QT_API", "pyside6")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 log = logging.getLogger("app")
 
@@ -59,6 +60,12 @@ def open_workspace(folder: Path, notifier) -> tuple["Workspace", bool]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from app.platform_check import window_problem
+
+    problem = window_problem()
+    if problem:
+        print(f"plugmem-studio: {problem}", file=sys.stderr)
+        return 3
     from PySide6.QtCore import QCoreApplication, QTimer
     from PySide6.QtWidgets import QApplication
 
