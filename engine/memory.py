@@ -162,7 +162,7 @@ class Memory:
             ids = stale[start : start + batch]
             entries = self.pack.get_many(ids)
             vecs = self.encoder.encode([e.text for e in entries])
-            self.pack.set_vectors([e.id for e in entries], vecs)
+            self.pack.set_vectors([e.id for e in entries], vecs, [e.version for e in entries])
             if progress:
                 progress(min(1.0, (start + len(ids)) / total), f"encoded {start + len(ids):,} of {total:,}")
         return total
@@ -187,7 +187,7 @@ class Memory:
             missing = [i for i, good in enumerate(ok) if not good]
             if missing:
                 fresh = self.encoder.encode([active[i].text for i in missing])
-                self.pack.set_vectors([active[i].id for i in missing], fresh)
+                self.pack.set_vectors([active[i].id for i in missing], fresh, [active[i].version for i in missing])
                 vecs = np.array(vecs, dtype=np.float32, copy=True)
                 vecs[missing] = fresh
             self.index.upsert(np.asarray([e.id for e in active], dtype=np.int64), np.asarray(vecs, dtype=np.float32))

@@ -1,0 +1,163 @@
+"""Two writers on one pack, in real separate processes: nothing is lost, reverted or served stale.
+
+Each test starts child interpreters (``python -c``) that get ready, wait for one "go"
+line on stdin, then race; every wait is bounded so a deadlock fails instead of hanging.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.memory import Memory
+from engine.store import Pack
+
+from .conftest import FACTS
+
+ROOT = Path(__file__).resolve().parents[2]  # children import this worktree's engine
+WAIT_S = 120
+
+
+def start(code: str, *args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def race(children: list[subprocess.Popen]) -> list[str]:
+    """Wait until every child printed 'ready', release them together, return their stdout."""
+    try:
+        for c in children:
+            line = c.stdout.readline()
+            assert line.strip() == "ready", f"child did not get ready: {line!r} {c.stderr.read()}"
+        for c in children:
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        outs = []
+        for c in children:
+            out, err = c.communicate(timeout=WAIT_S)
+            assert c.returncode == 0, f"child failed (rc {c.returncode}):\n{err}"
+            outs.append(out)
+        return outs
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+                c.wait(timeout=10)
+
+
+def run_cli(*args) -> subprocess.Popen:
+    """``plugmem ARGS`` in a child, released with the others by :func:`race`."""
+    code = """
+        import sys
+        from engine.cli import main
+        print("ready", flush=True); sys.stdin.readline()
+        sys.exit(main(sys.argv[1:]))
+    """
+    return start(code, *args)
+
+
+@pytest.fixture
+def pack_path(tmp_path, encoder) -> Path:
+    path = tmp_path / "m.plugmem"
+    with Memory.open(path, encoder, create=True, name="m") as m:
+        m.add_many([{"text": t, "title": title, "tags": [tag]} for t, title, tag in FACTS])
+    return path
+
+
+def history_chain(path: Path, eid: int) -> list:
+    with Pack.open(path) as p:
+        return sorted(p.history(eid), key=lambda r: r.id)
+
+
+def assert_no_lost_update(path: Path, eid: int) -> None:
+    """Each change to the entry starts from the state the previous one left, and versions never repeat."""
+    recs = [r for r in history_chain(path, eid) if r.op != "add"]
+    versions = [r.after["version"] for r in recs]
+    assert len(set(versions)) == len(versions), f"versions written twice: {len(versions) - len(set(versions))}"
+    for prev, cur in zip(recs, recs[1:]):
+        if prev.after.get("text") is not None and cur.before.get("text") is not None:
+            assert cur.before == prev.after, f"change {cur.change_id} started from a stale state"
+
+
+# ---------------------------------------------------------------------------- item 3: lost update
+EDIT_LOOP = """
+    import sys
+    from engine.store import Pack
+    path, eid, field, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    p = Pack.open(path)
+    print("ready", flush=True); sys.stdin.readline()
+    for i in range(n):
+        if field == "status":
+            p.set_status([eid], "disabled" if i % 2 == 0 else "active")
+        else:
+            p.edit(eid, **{field: f"{field} {i}"})
+    p.close()
+"""
+
+
+def test_two_processes_editing_title_and_text_of_one_entry_keep_both(pack_path):
+    n = 40
+    with Pack.open(pack_path) as p:
+        eid = p.ids()[0]
+    race([start(EDIT_LOOP, pack_path, eid, "title", n), start(EDIT_LOOP, pack_path, eid, "text", n)])
+    with Pack.open(pack_path) as p:
+        e = p.get(eid)
+    assert (e.title, e.text) == (f"title {n - 1}", f"text {n - 1}")
+    assert e.version == 1 + 2 * n
+    assert_no_lost_update(pack_path, eid)
+
+
+def test_disabling_in_one_process_never_reverts_an_edit_made_in_another(pack_path):
+    n = 40
+    with Pack.open(pack_path) as p:
+        eid = p.ids()[0]
+    race([start(EDIT_LOOP, pack_path, eid, "status", n), start(EDIT_LOOP, pack_path, eid, "text", n)])
+    with Pack.open(pack_path) as p:
+        e = p.get(eid)
+    assert e.text == f"text {n - 1}" and e.status == "active"
+    assert e.version == 1 + 2 * n
+    assert_no_lost_update(pack_path, eid)
+
+
+UNDO_LOOP = """
+    import sys
+    from engine.store import Pack
+    p = Pack.open(sys.argv[1])
+    print("ready", flush=True); sys.stdin.readline()
+    done = [p.undo() is not None for _ in range(int(sys.argv[2]))]
+    p.close()
+    print(sum(done))
+"""
+
+
+def test_two_processes_undoing_together_undo_each_change_once(pack_path):
+    with Pack.open(pack_path) as p:
+        ids = p.ids()
+        for eid in ids:
+            p.edit(eid, text=f"changed {eid}")
+    per = len(ids) // 2
+    outs = race([start(UNDO_LOOP, pack_path, per), start(UNDO_LOOP, pack_path, per)])
+    assert sum(int(o) for o in outs) == 2 * per
+    with Pack.open(pack_path) as p:
+        assert [p.get(i).text for i in ids] == [t for t, _, _ in FACTS]
+        targets = [r[0] for r in p.conn.execute("SELECT target FROM changes WHERE kind='undo'")]
+    assert len(targets) == len(set(targets)) == 2 * per
+
+
+def test_a_key_encoded_before_another_process_changed_the_text_is_not_stored_for_the_new_text(pack_path, encoder):
+    """``ensure_vectors`` encodes for seconds; an edit landing meanwhile must keep its own key."""
+    with Pack.open(pack_path) as p, Pack.open(pack_path) as other:
+        e = p.get(p.ids()[0])
+        stale_key = encoder.encode([e.text])  # encoding the text read ...
+        new = "Lyon is the capital of France."
+        other.edit(e.id, text=new, vector=encoder.encode([new])[0])  # ... while another process edits it
+        assert p.set_vectors([e.id], stale_key, [e.version]) == 0
+        key, ok = p.get_vectors([e.id])
+    assert ok[0] and float(key[0] @ encoder.encode([new])[0]) > 0.999
