@@ -167,10 +167,23 @@ class Memory:
                 progress(min(1.0, (start + len(ids)) / total), f"encoded {start + len(ids):,} of {total:,}")
         return total
 
-    def save_index(self) -> None:
-        if self.index is not None:
+    def save_index(self) -> bool:
+        """Write the index cache beside the pack; True when written.
+
+        A failure (a full disk, a folder that cannot be written, a lock held too long) is
+        said and never raised: the cache is derived, and the edit or search that led here
+        has already succeeded. The next open catches up or rebuilds from the pack.
+        """
+        if self.index is None:
+            return False
+        try:
             self.index.save(index_dir_for(self.pack.path), self._stamp())
-            self._index_dirty = False
+        except (OSError, RuntimeError) as exc:  # RuntimeError: faiss's own I/O errors
+            self._say(f"Index cache of {self.pack.path.name} not saved ({exc}); "
+                      "it is caught up or rebuilt from the pack next time.")
+            return False
+        self._index_dirty = False
+        return True
 
     # ------------------------------------------------------------------ sync
     def _index_entries(self, ids: Sequence[int]) -> None:

@@ -5,15 +5,17 @@ line on stdin, then race; every wait is bounded so a deadlock fails instead of h
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from engine.memory import Memory
+from engine.memory import Memory, index_dir_for
 from engine.store import Pack
 
 from .conftest import FACTS
@@ -161,3 +163,67 @@ def test_a_key_encoded_before_another_process_changed_the_text_is_not_stored_for
         assert p.set_vectors([e.id], stale_key, [e.version]) == 0
         key, ok = p.get_vectors([e.id])
     assert ok[0] and float(key[0] @ encoder.encode([new])[0]) > 0.999
+
+
+# ---------------------------------------------------------------------------- item 4: cache writes
+SAVE_LOOP = """
+    import sys
+    import numpy as np
+    from engine.index import VectorIndex
+    folder, me, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    rng = np.random.default_rng(me)
+    keys = rng.standard_normal((3000, 64)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    idx = VectorIndex(64, approx_threshold=10**9)
+    idx.build(np.arange(3000) + me * 10_000, keys)
+    print("ready", flush=True); sys.stdin.readline()
+    for r in range(rounds):
+        idx.upsert([me * 10_000 + r], keys[r:r + 1])  # the small files change on every save
+        if r % 4 == 0:
+            idx.compact()  # and the base every few
+        idx.save(folder, {"writer": "any"})
+"""
+
+
+def test_processes_saving_one_index_cache_together_never_fail_or_mix_files(tmp_path):
+    from engine.index import VectorIndex
+
+    folder = tmp_path / "x.index"
+    race([start(SAVE_LOOP, folder, me, 8) for me in range(3)])
+    idx = VectorIndex.load(folder, {"writer": "any"})  # not corrupt: one writer's files, whole
+    ids = np.sort(idx.ids())
+    writer = int(ids[0]) // 10_000
+    assert np.array_equal(ids, np.arange(3000) + writer * 10_000)
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow  # children load the real encoder
+def test_searches_started_together_on_a_pack_without_a_cache_and_an_edit_all_succeed(pack_path):
+    import shutil
+
+    shutil.rmtree(index_dir_for(pack_path))
+    with Pack.open(pack_path) as p:
+        eid = p.ids()[3]
+    new = "Silver has the chemical symbol Ag."
+    outs = race([run_cli("search", pack_path, "capital of Japan", "--json") for _ in range(3)]
+                + [run_cli("edit", pack_path, eid, "--text", new)])
+    for out in outs[:3]:
+        assert "Tokyo" in json.dumps(json.loads(out))
+    with Pack.open(pack_path) as p:
+        assert p.get(eid).text == new
+
+
+def test_an_unwritable_index_cache_never_fails_an_edit_or_a_search(pack_path, encoder):
+    import shutil
+
+    folder = index_dir_for(pack_path)
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")  # the cache cannot be written at all
+    msgs: list[str] = []
+    with Memory.open(pack_path, encoder, on_message=msgs.append) as m:
+        eid = m.search("capital of Japan", k=1)[0].entry.id
+        m.edit(eid, text="Kyoto is the capital of Japan.")
+        assert m.search("capital of Japan", k=1)[0].entry.text == "Kyoto is the capital of Japan."
+    assert any("index cache" in s.lower() and "not saved" in s for s in msgs), msgs
+    with Pack.open(pack_path) as p:
+        assert p.get(eid).text == "Kyoto is the capital of Japan."
