@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.check import check_pack
 from engine.memory import Memory, index_dir_for
 from engine.store import Pack
 
@@ -163,6 +164,52 @@ def test_a_key_encoded_before_another_process_changed_the_text_is_not_stored_for
         assert p.set_vectors([e.id], stale_key, [e.version]) == 0
         key, ok = p.get_vectors([e.id])
     assert ok[0] and float(key[0] @ encoder.encode([new])[0]) > 0.999
+
+
+# ---------------------------------------------------------------------------- item 2: stale index
+@pytest.mark.slow  # children load the real encoder
+def test_a_process_that_missed_an_outside_edit_never_saves_it_as_current(pack_path, encoder):
+    with Pack.open(pack_path) as p:
+        tokyo = next(e.id for e in p.iter_entries() if e.text.startswith("Tokyo"))
+        gold = next(e.id for e in p.iter_entries() if "gold" in e.text)
+    old, new = "Tokyo is the capital of Japan.", "The Great Barrier Reef lies off Queensland."
+    app = Memory.open(pack_path, encoder)  # holds the pack open, as the app does
+    try:
+        race([run_cli("edit", pack_path, tokyo, "--text", new)])
+        # The app searches and edits another entry: it sees the outside edit at once.
+        assert [h.entry.text for h in app.search(new, k=1)] == [new]
+        app.edit(gold, title="Gold (Au)")
+        assert all(h.entry.id != tokyo for h in app.search(old, k=3) if h.score > 0.9)
+    finally:
+        app.close()  # saves its index cache
+    assert check_pack(pack_path, encoder=encoder)["ok"]
+    with Memory.open(pack_path, encoder) as m:
+        hits = m.search(old, k=3)
+        assert all(h.entry.id != tokyo for h in hits if h.score > 0.9), [(h.entry.text, h.score) for h in hits]
+        assert m.search(new, k=1)[0].entry.id == tokyo
+
+
+def test_check_compares_the_index_cache_keys_with_the_entries(pack_path, encoder):
+    """A cache stamped current but holding an entry's old key (what a lagging writer used
+    to save) is found by check, repaired by --repair and rebuilt on open."""
+    old = "Tokyo is the capital of Japan."
+    with Memory.open(pack_path, encoder) as lagging:
+        with Pack.open(pack_path) as other:
+            tokyo = next(e.id for e in other.iter_entries() if e.text == old)
+            new = "The Great Barrier Reef lies off Queensland."
+            other.edit(tokyo, text=new, vector=encoder.encode([new])[0])
+            cv = other.content_version
+        # The old bug: this process's index, stamped with the pack's version of now.
+        lagging.index.save(index_dir_for(pack_path), {**lagging._stamp(), "content_version": cv})
+        lagging._index_dirty = False
+    report = check_pack(pack_path, encoder=encoder)
+    assert not report["ok"]
+    assert any("vector index" in p and "differ" in p for p in report["problems"]), report["problems"]
+    msgs: list[str] = []
+    with Memory.open(pack_path, encoder, on_message=msgs.append) as m:
+        assert any("rebuild" in s for s in msgs), msgs
+        assert all(h.entry.id != tokyo for h in m.search(old, k=3) if h.score > 0.9)
+    assert check_pack(pack_path, encoder=encoder)["ok"]
 
 
 # ---------------------------------------------------------------------------- item 4: cache writes
