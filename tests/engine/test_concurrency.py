@@ -189,26 +189,35 @@ def test_a_process_that_missed_an_outside_edit_never_saves_it_as_current(pack_pa
         assert m.search(new, k=1)[0].entry.id == tokyo
 
 
-def test_check_compares_the_index_cache_keys_with_the_entries(pack_path, encoder):
-    """A cache stamped current but holding an entry's old key (what a lagging writer used
-    to save) is found by check, repaired by --repair and rebuilt on open."""
-    old = "Tokyo is the capital of Japan."
+def save_as_a_lagging_writer_did(pack_path, encoder, entry_text: str, new: str) -> int:
+    """What a writer that missed an outside edit used to save: its index, holding the
+    entry's old key, stamped with the pack's version of now. Returns the entry's id."""
     with Memory.open(pack_path, encoder) as lagging:
         with Pack.open(pack_path) as other:
-            tokyo = next(e.id for e in other.iter_entries() if e.text == old)
-            new = "The Great Barrier Reef lies off Queensland."
-            other.edit(tokyo, text=new, vector=encoder.encode([new])[0])
+            eid = next(e.id for e in other.iter_entries() if e.text == entry_text)
+            other.edit(eid, text=new, vector=encoder.encode([new])[0])
             cv = other.content_version
-        # The old bug: this process's index, stamped with the pack's version of now.
         lagging.index.save(index_dir_for(pack_path), {**lagging._stamp(), "content_version": cv})
         lagging._index_dirty = False
+    return eid
+
+
+def test_check_compares_the_index_cache_keys_with_the_entries_and_repairs(pack_path, encoder):
+    old = "Tokyo is the capital of Japan."
+    save_as_a_lagging_writer_did(pack_path, encoder, old, "The Great Barrier Reef lies off Queensland.")
     report = check_pack(pack_path, encoder=encoder)
     assert not report["ok"]
     assert any("vector index" in p and "differ" in p for p in report["problems"]), report["problems"]
+    assert check_pack(pack_path, repair=True, encoder=encoder)["ok_after_repair"]
+
+
+def test_opening_a_cache_with_old_keys_for_recent_changes_rebuilds_it(pack_path, encoder):
+    old = "Tokyo is the capital of Japan."
+    eid = save_as_a_lagging_writer_did(pack_path, encoder, old, "The Great Barrier Reef lies off Queensland.")
     msgs: list[str] = []
     with Memory.open(pack_path, encoder, on_message=msgs.append) as m:
-        assert any("rebuild" in s for s in msgs), msgs
-        assert all(h.entry.id != tokyo for h in m.search(old, k=3) if h.score > 0.9)
+        assert any("old keys" in s and "rebuild" in s for s in msgs), msgs
+        assert all(h.entry.id != eid for h in m.search(old, k=3) if h.score > 0.9)
     assert check_pack(pack_path, encoder=encoder)["ok"]
 
 
