@@ -105,28 +105,29 @@ EDIT_LOOP = """
 """
 
 
-def test_two_processes_editing_title_and_text_of_one_entry_keep_both(pack_path):
-    n = 40
+N_EDITS = 40
+
+
+def race_on_one_entry(pack_path, *fields: str):
+    """Two processes change ``fields`` of one entry N_EDITS times each; the entry after."""
     with Pack.open(pack_path) as p:
         eid = p.ids()[0]
-    race([start(EDIT_LOOP, pack_path, eid, "title", n), start(EDIT_LOOP, pack_path, eid, "text", n)])
+    race([start(EDIT_LOOP, pack_path, eid, f, N_EDITS) for f in fields])
     with Pack.open(pack_path) as p:
         e = p.get(eid)
-    assert (e.title, e.text) == (f"title {n - 1}", f"text {n - 1}")
-    assert e.version == 1 + 2 * n
+    assert e.version == 1 + 2 * N_EDITS
     assert_no_lost_update(pack_path, eid)
+    return e
+
+
+def test_two_processes_editing_title_and_text_of_one_entry_keep_both(pack_path):
+    e = race_on_one_entry(pack_path, "title", "text")
+    assert (e.title, e.text) == (f"title {N_EDITS - 1}", f"text {N_EDITS - 1}")
 
 
 def test_disabling_in_one_process_never_reverts_an_edit_made_in_another(pack_path):
-    n = 40
-    with Pack.open(pack_path) as p:
-        eid = p.ids()[0]
-    race([start(EDIT_LOOP, pack_path, eid, "status", n), start(EDIT_LOOP, pack_path, eid, "text", n)])
-    with Pack.open(pack_path) as p:
-        e = p.get(eid)
-    assert e.text == f"text {n - 1}" and e.status == "active"
-    assert e.version == 1 + 2 * n
-    assert_no_lost_update(pack_path, eid)
+    e = race_on_one_entry(pack_path, "status", "text")
+    assert e.text == f"text {N_EDITS - 1}" and e.status == "active"
 
 
 UNDO_LOOP = """
