@@ -22,7 +22,7 @@ from engine.store import Pack
 from .conftest import FACTS
 
 ROOT = Path(__file__).resolve().parents[2]  # children import this worktree's engine
-WAIT_S = 120
+WAIT_S = 240  # generous: the machine may be shared; a deadlock still fails
 
 
 def start(code: str, *args) -> subprocess.Popen:
