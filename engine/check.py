@@ -7,7 +7,7 @@ What is checked, in order (each failure is one line in ``problems``):
 4. the encoder that made the vectors is the running one — fixed only by ``reencode``;
 5. every active entry has an up-to-date vector — repair encodes the missing ones;
 6. the vector index cache beside the pack loads, is current and holds exactly the
-   active entries — repair rebuilds it from SQLite.
+   active entries, with each entry's stored key — repair rebuilds it from SQLite.
 """
 from __future__ import annotations
 
@@ -71,7 +71,29 @@ def _index_problem(pack, encoder) -> str | None:
     active = pack.all_ids_array("active")
     if len(index) != len(active) or not all(int(i) in index for i in active[:: max(1, len(active) // 1000)]):
         return f"vector index: holds {len(index):,} keys but the pack has {len(active):,} active entries"
-    return None
+    return _index_keys_problem(pack, index, active)
+
+
+KEYS_COMPARED = 50_000  # up to this many active entries every key is compared (0.7 s on 2 cores), else a sample
+
+
+def _index_keys_problem(pack, index, active: np.ndarray) -> str | None:
+    """Compare the cache's keys with the entries' stored keys: a cache stamped current
+    but holding an entry's old key serves the entry for its old text at score 1.0."""
+    from engine.memory import index_key_mismatches
+
+    if len(active) <= KEYS_COMPARED:
+        ids = active.tolist()
+    else:  # recently changed entries are where a writer that missed changes leaves old keys
+        half = KEYS_COMPARED // 2
+        spread = active[:: max(1, len(active) // half)].tolist()
+        ids = list(dict.fromkeys(pack.recently_changed_ids(half) + spread))
+    differ = index_key_mismatches(pack, index, ids)
+    if not differ:
+        return None
+    shown = ", ".join(map(str, differ[:5])) + (" ..." if len(differ) > 5 else "")
+    return (f"vector index: {len(differ):,} of {len(ids):,} keys compared differ from the entries' "
+            f"stored keys (entries {shown}); the cache is stale")
 
 
 def check_pack(path: Path, *, repair: bool = False, encoder=None, on_message: Callable[[str], None] | None = None) -> dict[str, Any]:

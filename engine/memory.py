@@ -6,9 +6,14 @@ are re-encoded and updated in the index in place. Disabled and deleted entries l
 the index at once, so search never returns them.
 
 The index is a cache stored beside the pack (``<pack>.index/``) stamped with the
-pack's content version and encoder. On open it is loaded and caught up from the
-pack's change log when it is behind, or rebuilt from SQLite when it is missing,
-unreadable or made by another encoder; each case is reported through ``on_message``.
+encoder and the content version up to which it holds every entry's state. That is not
+always the pack's version: another process (a CLI edit while the app has the pack
+open) changes entries this index has not seen, so a Memory keeps the version it has
+folded in, catches up from the pack whenever the pack has moved past it (before a
+search, on its own next change) and stamps a saved cache with it. On open the cache is
+loaded and caught up when it is behind, or rebuilt from SQLite when it is missing,
+unreadable, made by another encoder or found holding old keys for recently changed
+entries; each case is reported through ``on_message``.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from engine.store import Change, Entry, Pack
 log = logging.getLogger(__name__)
 
 MessageFn = Callable[[str], None]
+RECENT_KEYS_CHECKED = 64  # on open, the most recently changed entries' keys are compared (about 1 ms)
+KEY_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -60,6 +67,7 @@ class Memory:
         self.index = index
         self._say = on_message or (lambda m: log.info(m))
         self._index_dirty = False
+        self._synced_cv = 0  # the index holds every entry's state up to this content version
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -96,7 +104,11 @@ class Memory:
         return mem
 
     def _stamp(self) -> dict[str, Any]:
-        return {"content_version": int(self.pack.content_version), "encoder": self.pack.encoder.to_dict() if self.pack.encoder else None}
+        """What a saved cache holds: the content version folded in (not the pack's) and the encoder."""
+        return {"content_version": int(self._synced_cv), "encoder": self._encoder_dict()}
+
+    def _encoder_dict(self) -> dict[str, Any] | None:
+        return self.pack.encoder.to_dict() if self.pack.encoder else None
 
     def _new_index(self):
         from engine.index import VectorIndex
@@ -107,22 +119,29 @@ class Memory:
         from engine.index import IndexCacheError, VectorIndex
 
         folder = index_dir_for(self.pack.path)
-        want = self._stamp()
+        name = self.pack.path.name
+        pack_cv = int(self.pack.content_version)
         old = _read_stamp(folder)
-        if old is not None and old.get("encoder") == want["encoder"] and old.get("content_version") is not None:
+        if old is not None and old.get("encoder") == self._encoder_dict() and old.get("content_version") is not None:
             try:
                 index = VectorIndex.load(folder, old)
             except IndexCacheError as exc:
-                self._say(f"Index cache of {self.pack.path.name} is unreadable ({exc}); rebuilding it from the pack.")
+                self._say(f"Index cache of {name} is unreadable ({exc}); rebuilding it from the pack.")
                 return self.rebuild_index(progress)
             behind = int(old["content_version"])
-            if behind != want["content_version"]:
-                if behind > want["content_version"]:
-                    self._say(f"Index cache of {self.pack.path.name} is newer than the pack; rebuilding it.")
-                    return self.rebuild_index(progress)
-                self.index = index
-                n = self._catch_up(behind)
-                self._say(f"Index of {self.pack.path.name} caught up with {n} changed entries.")
+            if behind > pack_cv:
+                self._say(f"Index cache of {name} is newer than the pack; rebuilding it.")
+                return self.rebuild_index(progress)
+            self.index, self._synced_cv = index, behind
+            if behind != pack_cv:
+                n = self._catch_up()
+                self._say(f"Index of {name} caught up with {n} changed entries.")
+            differ = index_key_mismatches(self.pack, index, self.pack.recently_changed_ids(RECENT_KEYS_CHECKED))
+            if differ:  # a cache stamped newer than it is (saved by an older PlugMem that had missed changes)
+                self._say(f"Index cache of {name} holds old keys for {len(differ)} recently changed "
+                          f"entries (e.g. entry {differ[0]}); rebuilding it from the pack.")
+                return self.rebuild_index(progress)
+            if behind != pack_cv:
                 self.save_index()
             return index
         if folder.exists():
@@ -131,15 +150,32 @@ class Memory:
             self._say(f"No index cache for {self.pack.path.name}; building it from the pack.")
         return self.rebuild_index(progress)
 
-    def _catch_up(self, since_cv: int) -> int:
-        upsert, remove = self.pack.changes_since(since_cv)
+    def _catch_up(self) -> int:
+        """Fold in every entry changed since ``_synced_cv``, by this process or any other."""
+        # Read the version first: a change committed after it is folded in again next time
+        # (harmless), never counted as folded in without being so.
+        now = int(self.pack.content_version)
+        upsert, remove = self.pack.changes_since(self._synced_cv)
         if len(remove):
             self.index.remove(np.asarray(remove, dtype=np.int64))
         self._index_entries(list(map(int, upsert)))
+        if now != self._synced_cv:
+            self._synced_cv = now
+            self._index_dirty = True
         return len(upsert) + len(remove)
+
+    def refresh(self) -> int:
+        """Catch the index up with changes other processes made to the pack (one cheap
+        metadata read when there are none); returns how many entries were updated."""
+        if int(self.pack.content_version) == self._synced_cv:
+            return 0
+        n = self._catch_up()
+        log.info("index of %s caught up with %d entries changed elsewhere", self.pack.path.name, n)
+        return n
 
     def rebuild_index(self, progress: Callable[[float, str], None] | None = None):
         """Rebuild the index from SQLite (encoding entries whose vectors are missing or stale)."""
+        cv = int(self.pack.content_version)  # read first, as in _catch_up: later changes are caught up later
         self.ensure_vectors(progress)
         index = self._new_index()
         ids_parts, key_parts = [], []
@@ -150,7 +186,7 @@ class Memory:
             index.build(np.concatenate(ids_parts), np.concatenate(key_parts))
         else:
             index.build(np.zeros(0, dtype=np.int64), np.zeros((0, self.encoder.dim), dtype=np.float32))
-        self.index = index
+        self.index, self._synced_cv = index, cv
         self.save_index()
         return index
 
@@ -162,15 +198,28 @@ class Memory:
             ids = stale[start : start + batch]
             entries = self.pack.get_many(ids)
             vecs = self.encoder.encode([e.text for e in entries])
-            self.pack.set_vectors([e.id for e in entries], vecs)
+            self.pack.set_vectors([e.id for e in entries], vecs, [e.version for e in entries])
             if progress:
                 progress(min(1.0, (start + len(ids)) / total), f"encoded {start + len(ids):,} of {total:,}")
         return total
 
-    def save_index(self) -> None:
-        if self.index is not None:
+    def save_index(self) -> bool:
+        """Write the index cache beside the pack; True when written.
+
+        A failure (a full disk, a folder that cannot be written, a lock held too long) is
+        said and never raised: the cache is derived, and the edit or search that led here
+        has already succeeded. The next open catches up or rebuilds from the pack.
+        """
+        if self.index is None:
+            return False
+        try:
             self.index.save(index_dir_for(self.pack.path), self._stamp())
-            self._index_dirty = False
+        except (OSError, RuntimeError) as exc:  # RuntimeError: faiss's own I/O errors
+            self._say(f"Index cache of {self.pack.path.name} not saved ({exc}); "
+                      "it is caught up or rebuilt from the pack next time.")
+            return False
+        self._index_dirty = False
+        return True
 
     # ------------------------------------------------------------------ sync
     def _index_entries(self, ids: Sequence[int]) -> None:
@@ -187,7 +236,7 @@ class Memory:
             missing = [i for i, good in enumerate(ok) if not good]
             if missing:
                 fresh = self.encoder.encode([active[i].text for i in missing])
-                self.pack.set_vectors([active[i].id for i in missing], fresh)
+                self.pack.set_vectors([active[i].id for i in missing], fresh, [active[i].version for i in missing])
                 vecs = np.array(vecs, dtype=np.float32, copy=True)
                 vecs[missing] = fresh
             self.index.upsert(np.asarray([e.id for e in active], dtype=np.int64), np.asarray(vecs, dtype=np.float32))
@@ -195,8 +244,13 @@ class Memory:
 
     def apply(self, change: Change | None) -> Change | None:
         """Update the index for a change made on the pack (also used after undo/redo)."""
-        if change is not None and change.ids:
+        if change is None or not change.ids:
+            return change
+        if change.content_version == self._synced_cv + 1:
             self._index_entries(list(change.ids))
+            self._synced_cv = change.content_version
+        else:  # another process changed the pack since the index last caught up: fold that in too
+            self._catch_up()
         return change
 
     # ------------------------------------------------------------------ mutations
@@ -241,6 +295,7 @@ class Memory:
 
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-k for each query key; only active entries are returned."""
+        self.refresh()
         ids, scores = self.index.search(np.asarray(queries, dtype=np.float32), k)
         out: list[list[Hit]] = []
         wanted = sorted({int(i) for i in np.asarray(ids).ravel() if i >= 0})
@@ -273,6 +328,19 @@ class Memory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def index_key_mismatches(pack: Pack, index, ids: Sequence[int]) -> list[int]:
+    """Ids among ``ids`` (active entries) whose key in ``index`` is not the entry's stored
+    key, or that have a current stored key but are absent from ``index``."""
+    ids = [int(i) for i in ids]
+    if not ids:
+        return []
+    stored, ok = pack.get_vectors(ids)
+    cached, found = index.get_keys(ids)
+    # float16 packs round keys (error < 3e-4 on unit vectors); another text's key differs far more
+    differ = ok & (~found | (np.abs(cached - stored).max(axis=1) > KEY_TOLERANCE))
+    return [i for i, bad in zip(ids, differ) if bad]
 
 
 def _read_stamp(folder: Path) -> dict[str, Any] | None:

@@ -6,11 +6,16 @@ costs milliseconds), ``base_order.npy`` int64 [Nb] (argsort of ids), ``dead.npy`
 [ceil(Nb/8)] (packed tombstones), ``delta_ids.npy`` [Nd], ``delta_keys.npy`` [Nd, dim],
 ``ann.faiss`` (HNSW over the base rows, optional).
 
-Every file is written to a temporary name and moved into place with ``os.replace``;
-``stamp.json`` is removed first and written LAST with each file's size and sha256 (for
-big files: of the first and last MiB), so an interrupted save reads as corrupt or
-missing, never as valid. Base files are rewritten only when the base changed since the
-folder was written (edits touch only the small delta/tombstone files).
+Every file is written to a temporary name of its own (pid + random: two writers never
+share one) and moved into place with ``os.replace``; ``stamp.json`` is removed first and
+written LAST with each file's size and sha256 (for big files: of the first and last
+MiB), so an interrupted save reads as corrupt or missing, never as valid. Base files are
+rewritten only when the base changed since the folder was written (edits touch only the
+small delta/tombstone files).
+
+Several processes may open one pack (the app, a CLI command, an import): a save and a
+load each hold the folder's lock (``.lock``, ``flock``), so a cache is never a mix of
+two writers' files and a load never reads a half-written one.
 """
 from __future__ import annotations
 
@@ -19,10 +24,13 @@ import json
 import logging
 import os
 import threading
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from engine.index.errors import IndexCorruptError, IndexMissingError, IndexStaleError
 
@@ -33,6 +41,8 @@ STAMP = "stamp.json"
 FULL_HASH_LIMIT = 64 << 20
 EDGE = 1 << 20
 BASE_FILES = ("base_ids.npy", "base_keys.npy", "base_keys16.npy", "base_order.npy", "ann.faiss")
+LOCK = ".lock"
+LOCK_TIMEOUT_S = 120.0  # a save of a 1M-entry cache takes seconds; past this the cache is skipped
 
 
 def _checksum(path: Path) -> str:
@@ -53,8 +63,32 @@ def _normal(stamp: dict) -> Any:
     return json.loads(json.dumps(stamp, sort_keys=True, default=str))
 
 
+@contextmanager
+def _locked(folder: Path, *, required: bool) -> Iterator[None]:
+    """Hold the cache folder's lock for the block (``required=False``: go on without it
+    where it cannot be made, as on read-only media, where nobody writes the cache either)."""
+    lock = FileLock(str(folder / LOCK), timeout=LOCK_TIMEOUT_S, thread_local=False, preserve_lock_file=True)
+    held = True
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if required or isinstance(exc, Timeout):
+            raise
+        held = False
+        log.debug("index cache %s: no lock (%s); reading it unlocked", folder, exc)
+    try:
+        yield
+    finally:
+        if held:
+            lock.release()
+
+
+def _tmp(folder: Path, name: str) -> Path:
+    return folder / f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
 def _write_npy(folder: Path, name: str, arr: np.ndarray) -> None:
-    tmp = folder / f".{name}.tmp"
+    tmp = _tmp(folder, name)
     # No fsync: the cache is derived data, and a torn write is caught by stamp.json's
     # sizes and checksums, which costs a rebuild, never a wrong answer.
     with open(tmp, "wb") as f:
@@ -70,11 +104,19 @@ def _read_meta(folder: Path) -> dict | None:
 
 
 def save_index(index, folder: Path, stamp: dict) -> None:
-    import faiss
-
     if not isinstance(stamp, dict):
         raise TypeError(f"save: stamp must be a dict, got {type(stamp).__name__}")
     folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder, required=True):
+        # Under the lock no other save runs: temporary files left here are a killed writer's.
+        for stray in folder.glob(".*.tmp"):
+            stray.unlink(missing_ok=True)
+        _save_locked(index, folder, stamp)
+
+
+def _save_locked(index, folder: Path, stamp: dict) -> None:
+    import faiss
+
     old = _read_meta(folder)
     old_files = (old or {}).get("files", {}) if isinstance(old, dict) else {}
     reuse = (
@@ -105,7 +147,7 @@ def save_index(index, folder: Path, stamp: dict) -> None:
             cpu = index._ann
             if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(cpu).__name__:
                 cpu = faiss.index_gpu_to_cpu(cpu)
-            tmp = folder / ".ann.faiss.tmp"
+            tmp = _tmp(folder, "ann.faiss")
             faiss.write_index(cpu, str(tmp))
             os.replace(tmp, folder / "ann.faiss")
     _write_npy(folder, "dead.npy", np.packbits(index._dead, bitorder="little"))
@@ -126,7 +168,7 @@ def save_index(index, folder: Path, stamp: dict) -> None:
         "hnsw": {"M": index.hnsw_m, "efConstruction": index.ef_construction, "efSearch": index.ef_search},
         "files": files,
     }
-    tmp = folder / f".{STAMP}.tmp"
+    tmp = _tmp(folder, STAMP)
     tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
     os.replace(tmp, folder / STAMP)
 
@@ -145,6 +187,16 @@ def _corrupt(folder: Path, msg: str) -> IndexCorruptError:
 def load_index(cls, folder: Path, stamp: dict, *, device=None, approx_threshold=None):
     if not (folder / STAMP).is_file():
         raise IndexMissingError(f"no index cache at {folder}")
+    try:
+        with _locked(folder, required=False):
+            return _load_locked(cls, folder, stamp, device=device, approx_threshold=approx_threshold)
+    except Timeout:
+        raise _corrupt(folder, f"another process has been writing it for over {LOCK_TIMEOUT_S:.0f} s") from None
+    except OSError as exc:  # a file gone or unreadable mid-load: rebuilt like any damage
+        raise _corrupt(folder, f"unreadable ({exc})") from exc
+
+
+def _load_locked(cls, folder: Path, stamp: dict, *, device=None, approx_threshold=None):
     meta = _read_meta(folder)
     if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
         raise _corrupt(folder, f"{STAMP} is unreadable")
@@ -204,21 +256,25 @@ def load_index(cls, folder: Path, stamp: dict, *, device=None, approx_threshold=
     if len(index._d_pos) != nd or (nd and (index._base_rows(d_ids) >= 0).any()):
         raise _corrupt(folder, "delta ids repeat or are also live in the base")
     if "ann.faiss" in files:
-        _load_ann_async(index, folder / "ann.faiss", nb)
+        # Opened under the lock: a save that replaces the graph afterwards cannot hand this
+        # base another base's graph.
+        _load_ann_async(index, open(folder / "ann.faiss", "rb"), nb)
     elif nb >= index.approx_threshold:
         log.info("index cache %s has no HNSW graph; searching exactly until compact()", folder)
     return index
 
 
-def _load_ann_async(index, path: Path, nb: int) -> None:
-    """Read the HNSW graph in a thread; search is exact until it is ready."""
+def _load_ann_async(index, f, nb: int) -> None:
+    """Read the HNSW graph from the open file ``f`` in a thread; search is exact until it is ready."""
     import faiss
 
     index._ann_ready.clear()
+    path = f.name
 
     def work() -> None:
         try:
-            ann = faiss.read_index(str(path))
+            with f:
+                ann = faiss.read_index(faiss.PyCallbackIOReader(f.read))
             if ann.ntotal != nb:
                 raise ValueError(f"graph holds {ann.ntotal} vectors, base has {nb}")
             from engine.index.ann import maybe_to_gpu

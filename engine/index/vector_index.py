@@ -309,6 +309,21 @@ class VectorIndex:
         with self._lock:
             return np.concatenate([self._ids[~self._dead], self._d_ids])
 
+    def get_keys(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """The key held for each id: ``(keys float32 [n, dim], found bool [n])``, zeros where absent."""
+        ids = _as_ids(ids, "get_keys")
+        keys = np.zeros((len(ids), self.dim), np.float32)  # [n, dim]
+        with self._lock:
+            rows = self._base_rows(ids)
+            found = rows >= 0
+            if found.any():
+                keys[found] = np.asarray(self._keys)[rows[found]]
+            for n, i in enumerate(ids.tolist()):
+                r = self._d_pos.get(i)
+                if r is not None:
+                    keys[n], found[n] = self._d_keys[r], True
+        return keys, found
+
     @property
     def approximate(self) -> bool:
         """Whether single queries go through the HNSW graph (it exists and is loaded)."""

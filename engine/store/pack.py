@@ -630,17 +630,20 @@ class Pack:
              **fields: Any) -> Change:
         """Change some fields of one entry; a no-op edit returns a Change with no ids."""
         clean = validate_fields(fields, require_text=False)
-        (old,) = self._live([entry_id])
-        changed = {k: v for k, v in clean.items() if getattr(old, k) != v}
-        if not changed:
-            return Change(0, "edit", [], self.content_version, "")
-        if set(changed) == {"status"}:
-            op = "disable" if changed["status"] == "disabled" else "enable"
-            label = f"{op} entry {old.id}"
-        else:
-            op, label = "edit", f"edit entry {old.id}"
+        # Read, compare and write in one write transaction: a state read before it could be
+        # another process's older one, and writing it back would revert that process's change.
         cv = self._begin()
         try:
+            (old,) = self._live([entry_id])
+            changed = {k: v for k, v in clean.items() if getattr(old, k) != v}
+            if not changed:
+                self._rollback()
+                return Change(0, "edit", [], cv - 1, "")
+            if set(changed) == {"status"}:
+                op = "disable" if changed["status"] == "disabled" else "enable"
+                label = f"{op} entry {old.id}"
+            else:
+                op, label = "edit", f"edit entry {old.id}"
             change_id = self._new_change(op, label, author, cv)
             new_state = {**old.state(), **changed}
             self._apply_states(change_id, [(old, new_state)], op, author, cv)
@@ -655,24 +658,23 @@ class Pack:
     def set_status(self, ids: Sequence[int], status: str, *, author: str | None = None) -> Change:
         """Disable or enable entries in bulk (one undo step)."""
         validate_fields({"status": status}, require_text=False)
-        entries = [e for e in self._live(list(dict.fromkeys(int(i) for i in ids))) if e.status != status]
         op = "disable" if status == "disabled" else "enable"
-        if not entries:
-            return Change(0, op, [], self.content_version, "")
-        label = f"{op} entry {entries[0].id}" if len(entries) == 1 else f"{op} {len(entries):,} entries"
-        return self._bulk(entries, op, label, author, lambda e: {**e.state(), "status": status})
+        return self._bulk(ids, op, author, lambda e: e.status != status, lambda e: {**e.state(), "status": status})
 
     def delete(self, ids: Sequence[int], *, author: str | None = None) -> Change:
         """Delete entries (kept as status 'deleted' so undo brings them back); one undo step."""
-        entries = self._live(list(dict.fromkeys(int(i) for i in ids)))
-        if not entries:
-            return Change(0, "delete", [], self.content_version, "")
-        label = f"delete entry {entries[0].id}" if len(entries) == 1 else f"delete {len(entries):,} entries"
-        return self._bulk(entries, "delete", label, author, lambda e: {**e.state(), "status": "deleted"})
+        return self._bulk(ids, "delete", author, lambda e: True, lambda e: {**e.state(), "status": "deleted"})
 
-    def _bulk(self, entries: list[Entry], op: str, label: str, author: str | None, new_state) -> Change:
+    def _bulk(self, ids: Sequence[int], op: str, author: str | None, wanted, new_state) -> Change:
+        """Apply ``new_state`` to the ``wanted`` live entries of ``ids``, reading them inside the
+        write transaction (as :meth:`edit` does) so no other process's change is written over."""
         cv = self._begin()
         try:
+            entries = [e for e in self._live(list(dict.fromkeys(int(i) for i in ids))) if wanted(e)]
+            if not entries:
+                self._rollback()
+                return Change(0, op, [], cv - 1, "")
+            label = f"{op} entry {entries[0].id}" if len(entries) == 1 else f"{op} {len(entries):,} entries"
             change_id = self._new_change(op, label, author, cv)
             self._apply_states(change_id, [(e, new_state(e)) for e in entries], op, author, cv)
             self._commit(cv, change_id)
@@ -727,17 +729,19 @@ class Pack:
         return cur.rowcount
 
     def _undo_redo(self, *, undo: bool, author: str | None) -> Change | None:
-        self._writable()
-        row = self._top_undo() if undo else self._top_redo()
-        if row is None:
-            return None
-        target, kind, label = int(row[0]), row[1], row[2]
-        con = self.conn
-        hist = con.execute("SELECT entry_id, op, before, after FROM history WHERE change_id=? ORDER BY id"
-                           + (" DESC" if undo else ""), (target,)).fetchall()
-        word = "undo" if undo else "redo"
         cv = self._begin()
         try:
+            # The top of the stack is read inside the write transaction: two processes undoing
+            # at once would otherwise both undo the same change.
+            row = self._top_undo() if undo else self._top_redo()
+            if row is None:
+                self._rollback()
+                return None
+            target, kind, label = int(row[0]), row[1], row[2]
+            con = self.conn
+            hist = con.execute("SELECT entry_id, op, before, after FROM history WHERE change_id=? ORDER BY id"
+                               + (" DESC" if undo else ""), (target,)).fetchall()
+            word = "undo" if undo else "redo"
             change_id = self._new_change(word, f"{word} {label}", author, cv, stack=0, target=target)
             latest: dict[int, tuple[str, str | None, str | None]] = {}
             for eid, op, before, after in hist:  # first occurrence in apply order wins per entry
@@ -833,18 +837,33 @@ class Pack:
             "INSERT OR REPLACE INTO vectors(entry_id, entry_version, dtype, key) VALUES (?,?,?,?)",
             [(int(i), int(v), dtype, arr[n].tobytes()) for n, (i, v) in enumerate(zip(ids, versions))])
 
-    def set_vectors(self, ids: Sequence[int], vecs: np.ndarray) -> None:
-        """Store keys for entries at their current versions (one transaction)."""
+    def set_vectors(self, ids: Sequence[int], vecs: np.ndarray, versions: Sequence[int] | None = None) -> int:
+        """Store keys for entries (one transaction); returns how many were stored.
+
+        ``versions``: the entry versions whose texts the keys were encoded from. A key is
+        then stored only while its entry still has that version, so a key encoded from a
+        text that another process changed meanwhile is never labelled as the new text's.
+        Without it, keys are stored at the entries' current versions.
+        """
         self._writable()
         ids = [int(i) for i in ids]
-        if len(ids) != len(vecs):
+        if len(ids) != len(vecs) or (versions is not None and len(versions) != len(ids)):
             raise ValueError(f"{len(vecs)} vectors for {len(ids)} ids")
-        versions = {e.id: e.version for e in self.get_many(ids)}
-        missing = [i for i in ids if i not in versions]
-        if missing:
-            raise EntryNotFound(f"{self.path.name}: no entry with id {missing[0]}")
-        with self.conn:
-            self._write_vectors(ids, [versions[i] for i in ids], vecs)
+        con = self.conn
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            now = {e.id: e.version for e in self.get_many(ids)}
+            missing = [i for i in ids if i not in now]
+            if missing:
+                raise EntryNotFound(f"{self.path.name}: no entry with id {missing[0]}")
+            keep = [n for n, i in enumerate(ids) if versions is None or now[i] == int(versions[n])]
+            if keep:
+                self._write_vectors([ids[n] for n in keep], [now[ids[n]] for n in keep], np.asarray(vecs)[keep])
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return len(keep)
 
     def _dim(self) -> int | None:
         enc = self.encoder
@@ -903,6 +922,12 @@ class Pack:
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             yield ids, keys
             after = int(ids[-1])
+
+    def recently_changed_ids(self, limit: int) -> list[int]:
+        """Ids of the ``limit`` active entries changed last (newest first)."""
+        # '+status': walk the cv index from its end rather than sorting every active entry
+        q = "SELECT id FROM entries WHERE +status = 'active' ORDER BY cv DESC LIMIT ?"
+        return [int(r[0]) for r in self.conn.execute(q, (int(limit),))]
 
     def changes_since(self, content_version: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids to upsert, ids to remove) for an index made at ``content_version``."""

@@ -237,3 +237,16 @@ def test_cache_errors(rng, tmp_path):
     (folder / "delta_ids.npy").unlink()
     with pytest.raises(IndexCorruptError, match="missing"):
         VectorIndex.load(folder, {"cv": 1})
+
+
+def test_get_keys_returns_the_key_held_for_each_id(rng):
+    keys = unit(rng, 50)
+    idx = VectorIndex(DIM, approx_threshold=10**9)
+    idx.build(np.arange(50), keys)
+    new = unit(rng, 1)
+    idx.upsert([7], new)  # now in the delta, its base row tombstoned
+    idx.remove([3])
+    got, found = idx.get_keys([0, 7, 3, 99])
+    assert found.tolist() == [True, True, False, False]
+    assert np.array_equal(got[0], keys[0]) and np.array_equal(got[1], new[0])
+    assert not got[2:].any()
