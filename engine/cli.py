@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from engine.terminal import json_safe, terminal_safe
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -35,17 +37,19 @@ class Output:
         self.quiet = quiet
 
     def emit(self, data: Any, human: Callable[[], str] | str) -> None:
+        # Everything printed passes here: pack text cannot drive the terminal (issue 24).
         if self.as_json:
-            json.dump(data, sys.stdout, ensure_ascii=False, indent=None)
+            for chunk in json.JSONEncoder(ensure_ascii=False).iterencode(data):  # streamed, as json.dump does
+                sys.stdout.write(json_safe(chunk))
             sys.stdout.write("\n")
         else:
             text = human() if callable(human) else human
             if text:
-                print(text)
+                print(terminal_safe(text))
 
     def info(self, msg: str) -> None:
         if not self.quiet:
-            print(msg, file=sys.stderr)
+            print(terminal_safe(msg), file=sys.stderr)
 
 
 class ProgressBar:
@@ -80,7 +84,7 @@ class ProgressBar:
             filled = int(round(width * fraction))
             bar = "#" * filled + "-" * (width - filled)
             eta_s = f" ETA {_fmt_secs(eta)}" if eta is not None and fraction < 1 else ""
-            sys.stderr.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}%{eta_s} {message[:60]:<60}")
+            sys.stderr.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}%{eta_s} {terminal_safe(message[:60]):<60}")
             sys.stderr.flush()
         else:
             step = fraction - self.last_line >= 0.1 or fraction >= 1.0
@@ -90,7 +94,7 @@ class ProgressBar:
                 self.last_line = fraction
             self.last_line_at = now
             self.last_message = message
-            print(f"{self.label}: {fraction * 100:.0f}% {message}", file=sys.stderr)
+            print(terminal_safe(f"{self.label}: {fraction * 100:.0f}% {message}"), file=sys.stderr)
 
     def close(self) -> None:
         if self.enabled and self.tty:
@@ -122,13 +126,16 @@ def _open_memory(path: str, out: Output, *, create: bool = False):
     return Memory.open(p, create=create, on_message=out.info)
 
 
+def _one_line(text: str, width: int = 100) -> str:
+    """``text`` on one line of at most ``width`` characters (a listing keeps one row per item)."""
+    text = text.replace("\r", " ").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _entry_line(e) -> str:
     title = f"[{e.title}] " if e.title else ""
     status = "" if e.status == "active" else f" ({e.status})"
-    text = e.text.replace("\n", " ")
-    if len(text) > 100:
-        text = text[:97] + "..."
-    return f"{e.id:>8}  {title}{text}{status}"
+    return f"{e.id:>8}  {title}{_one_line(e.text)}{status}"
 
 
 def _change_dict(ch) -> dict[str, Any]:
@@ -194,7 +201,8 @@ def cmd_import(a, out: Output) -> int:
     out.emit(res, human)
     if res["errors"]:
         if not a.json:
-            print(f"plugmem: {len(res['errors'])} input(s) rejected; nothing of them was imported: {res['errors'][0]}", file=sys.stderr)
+            print(terminal_safe(f"plugmem: {len(res['errors'])} input(s) rejected; nothing of them was imported: "
+                                f"{res['errors'][0]}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 
@@ -341,7 +349,7 @@ def cmd_search(a, out: Output) -> int:
             results = [h.to_dict() for h in mem.search(a.query, k=a.k)]
 
     def human() -> str:
-        return "\n".join(f"{r['score']:8.4f} {r['id']:>8}  {r['text'][:100]}" for r in results) or "(no results)"
+        return "\n".join(f"{r['score']:8.4f} {r['id']:>8}  {_one_line(r['text'])}" for r in results) or "(no results)"
 
     out.emit({"query": a.query, "mode": "text" if a.text else "vector", "results": results}, human)
     return 0
@@ -629,8 +637,7 @@ def cmd_predict(a, out: Output) -> int:
             for r in rec.retrieved:
                 w = "   -  " if r.weight is None else f"{r.weight:6.3f}"
                 d = "    -  " if r.loo_delta is None else f"{r.loo_delta:+7.3f}"
-                text = r.text.replace("\n", " ")
-                lines.append(f"  {r.pack}#{r.id:<7} {r.score:6.3f}  {w}  {d}  {text[:90]}")
+                lines.append(f"  {r.pack}#{r.id:<7} {r.score:6.3f}  {w}  {d}  {_one_line(r.text, 90)}")
         lines.append(f"({rec.seconds:.2f} s)")
         return "\n".join(lines)
 
@@ -1036,10 +1043,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return a.fn(a, out)
     except CliError as exc:
-        print(f"plugmem: error: {exc}", file=sys.stderr)
+        print(terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except user_errors() as exc:
-        print(f"plugmem: error: {exc}", file=sys.stderr)
+        print(terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("plugmem: interrupted", file=sys.stderr)

@@ -273,10 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return a.fn(a, out)
     except cli.CliError as exc:
-        print(f"plugmem: error: {exc}", file=sys.stderr)
+        print(cli.terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
         return cli.EXIT_BAD_INPUT
     except user_errors() as exc:
-        print(f"plugmem: error: {exc}", file=sys.stderr)
+        print(cli.terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
         return cli.EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("plugmem: interrupted", file=sys.stderr)
