@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from engine.cli_args import OneLineParser, after_id, answer_tokens, entry_id, non_negative, positive, retrieved
 from engine.terminal import json_safe, terminal_safe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -333,8 +334,6 @@ def cmd_history(a, out: Output) -> int:
 def cmd_search(a, out: Output) -> int:
     if not a.query.strip():
         raise CliError("empty query")
-    if a.k < 1:
-        raise CliError(f"-k must be at least 1 (got {a.k})")
     if a.text:
         with _open_pack(a.pack) as pack:
             ranked = pack.fts(a.query, limit=a.k)
@@ -607,8 +606,6 @@ def _injected_lines(rec) -> list[str]:
 def cmd_predict(a, out: Output) -> int:
     if not a.prompt.strip():
         raise CliError("the prompt is empty: give the start of a sentence for the model to complete")
-    if a.k < 1:
-        raise CliError(f"-k must be at least 1 (got {a.k})")
     modes = _modes(a.mode)
     if len(modes) != 1:
         raise CliError("predict takes one --mode")
@@ -652,10 +649,6 @@ def _run_per_mode(a, out: Output, modes: Sequence[str], label: str, read_inputs:
 
     Returns ``{mode: result}``, or None when Ctrl+C stopped it (the caller exits 130).
     """
-    if a.k < 1:
-        raise CliError(f"-k must be at least 1 (got {a.k})")
-    if a.limit is not None and a.limit < 1:
-        raise CliError(f"--limit must be at least 1 (got {a.limit})")
     _check_plugin_args(a)
     stop = _StopFlag()
     mems = _open_memories(a.memory, out)
@@ -770,8 +763,6 @@ def cmd_prepare(a, out: Output) -> int:
     from engine.jobs.prepare_states import prepare_states
 
     _branch_dir(a, "prepare needs")
-    if a.batch < 1:
-        raise CliError(f"--batch must be at least 1, got {a.batch}")
     missing = [p for p in a.memory if not Path(p).is_file()]
     if missing:
         raise CliError(f"{missing[0]}: no such memory pack")
@@ -841,7 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress or notices on stderr")
     common.add_argument("--author", default=os.environ.get("PLUGMEM_AUTHOR") or _user(), help="name recorded in history")
 
-    p = argparse.ArgumentParser(prog="plugmem", description="PlugMem Studio: curate a language model's plug-in memory, headless.")
+    p = OneLineParser(prog="plugmem", description="PlugMem Studio: curate a language model's plug-in memory, headless.")
     p.add_argument("--version", action="version", version="plugmem 0.1.0")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -863,12 +854,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("pack")
     sp.add_argument("--status", choices=["active", "disabled", "all"], default="all")
     sp.add_argument("--tag")
-    sp.add_argument("--after", type=int, default=0, help="show entries with id greater than this")
-    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--after", type=after_id, default=0, help="show entries with id greater than this")
+    sp.add_argument("--limit", type=positive, default=50)
 
     sp = add("show", cmd_show, "show one entry")
     sp.add_argument("pack")
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", type=entry_id)
 
     sp = add("add", cmd_add, "add an entry")
     sp.add_argument("pack")
@@ -879,7 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("edit", cmd_edit, "edit an entry (text, title, source, tags, status)")
     sp.add_argument("pack")
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", type=entry_id)
     sp.add_argument("--text", help="new text ('-' reads stdin)")
     sp.add_argument("--title")
     sp.add_argument("--source")
@@ -889,7 +880,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("delete", cmd_delete, "delete entries (undoable)")
     sp.add_argument("pack")
-    sp.add_argument("ids", type=int, nargs="+")
+    sp.add_argument("ids", type=entry_id, nargs="+")
 
     sp = add("undo", cmd_undo, "undo the last change to the pack")
     sp.add_argument("pack")
@@ -898,13 +889,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("history", cmd_history, "history of the pack or of one entry")
     sp.add_argument("pack")
-    sp.add_argument("id", type=int, nargs="?")
-    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("id", type=entry_id, nargs="?")
+    sp.add_argument("--limit", type=positive, default=50)
 
     sp = add("search", cmd_search, "search a pack (semantic by default, --text for full-text)")
     sp.add_argument("pack")
     sp.add_argument("query")
-    sp.add_argument("-k", type=int, default=10)
+    sp.add_argument("-k", type=positive, default=10)
     sp.add_argument("--text", action="store_true", help="full-text search (FTS5, bm25)")
 
     sp = add("export", cmd_export, "export a pack to JSONL or CSV (lossless)")
@@ -939,8 +930,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("prompt")
     sp.add_argument("--memory", action="append", metavar="PACK", help="plug a pack (repeat for several)")
     sp.add_argument("--mode", default="dpm", help="dpm (trained branch), context (entries before the prompt) or none")
-    sp.add_argument("-k", type=int, default=5, help="entries retrieved (merged over the packs)")
-    sp.add_argument("--max-new-tokens", type=int, default=8)
+    sp.add_argument("-k", type=retrieved, default=5, help="entries retrieved (merged over the packs; at most 100)")
+    sp.add_argument("--max-new-tokens", type=answer_tokens, default=8)
     sp.add_argument("--no-explain", action="store_true", help="skip the leave-one-out pass")
     model_args(sp)
     plugin_arg(sp)
@@ -948,15 +939,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("prepare", cmd_prepare, "read every entry of packs through the reader once and keep its states on "
                                      "disk: the first dpm answer that retrieves them is faster (resumable)")
     sp.add_argument("memory", nargs="+", metavar="PACK")
-    sp.add_argument("--batch", type=int, default=32, help="entries read together")
+    sp.add_argument("--batch", type=positive, default=32, help="entries read together")
     model_args(sp)
 
     sp = add("eval", cmd_eval, "fact-probe accuracy with and without memory, per relation, retrieval hit@k")
     sp.add_argument("probes", metavar="PROBES.jsonl")
     sp.add_argument("--memory", action="append", metavar="PACK")
     sp.add_argument("--mode", default="dpm", help="dpm, context, none, or several: dpm,context")
-    sp.add_argument("-k", type=int, default=5)
-    sp.add_argument("--limit", type=int, help="only the first N probes")
+    sp.add_argument("-k", type=retrieved, default=5)
+    sp.add_argument("--limit", type=positive, help="only the first N probes")
     sp.add_argument("--no-paraphrases", action="store_true")
     model_args(sp)
     plugin_arg(sp)
@@ -965,10 +956,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("edits", metavar="EDITS.jsonl")
     sp.add_argument("--memory", action="append", metavar="PACK")
     sp.add_argument("--locality", metavar="PROBES.jsonl", help="probes about other subjects (answers must not change)")
-    sp.add_argument("--locality-limit", type=int, default=200)
+    sp.add_argument("--locality-limit", type=positive, default=200)
     sp.add_argument("--mode", default="dpm", help="dpm, context, or both: dpm,context")
-    sp.add_argument("-k", type=int, default=5)
-    sp.add_argument("--limit", type=int, help="only the first N edits")
+    sp.add_argument("-k", type=retrieved, default=5)
+    sp.add_argument("--limit", type=positive, help="only the first N edits")
     model_args(sp)
     plugin_arg(sp)
 
@@ -977,9 +968,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", action="append", required=True, metavar="JSONL", help="text/prompt/answer facts (repeat)")
     sp.add_argument("--out", required=True, metavar="DIR")
     sp.add_argument("--reader", help="reader model folder (default: the bundled SmolLM2-135M-Instruct)")
-    for name, typ in (("steps", int), ("batch", int), ("lr", float), ("layers", int), ("heads", int),
-                      ("head-dim", int), ("k", int), ("seed", int), ("threads", int), ("p-absent", float),
-                      ("checkpoint-every", int)):
+    for name, typ in (("steps", positive), ("batch", positive), ("lr", float), ("layers", positive),
+                      ("heads", positive), ("head-dim", positive), ("k", positive), ("seed", non_negative),
+                      ("threads", positive), ("p-absent", float), ("checkpoint-every", positive)):
         sp.add_argument(f"--{name}", type=typ)
     sp.add_argument("--value-mode", choices=["tokens", "pooled"])
     sp.add_argument("--value-space", choices=["embedding", "unembedding", "both"],
@@ -1036,7 +1027,10 @@ class _StopFlag:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("PLUGMEM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
-    a = parser.parse_args(argv)
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already explained in one line
+        return int(exc.code or 0)
     out = Output(a.json, a.quiet)
     from engine.errors import user_errors
 

@@ -48,3 +48,55 @@ def test_a_listing_keeps_one_line_per_entry(capsys, pack):
         out = run(capsys, command[0], pack, *command[1:])[1]
         line = [ln for ln in out.splitlines() if "forged" in ln]
         assert len(line) == 1 and "first line" in line[0] and f"{eid}" in line[0]
+
+
+BIG = "1" * 25
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["show", "{pack}", BIG], "argument id: must be at most 9,223,372,036,854,775,807"),
+        (["show", "{pack}", "0"], "argument id: must be at least 1 (got 0)"),
+        (["show", "{pack}", "one"], "argument id: 'one' is not an entry id"),
+        (["list", "{pack}", "--limit", "0"], "argument --limit: must be at least 1 (got 0)"),
+        (["list", "{pack}", "--limit", "-5"], "argument --limit: must be at least 1 (got -5)"),
+        (["list", "{pack}", "--limit", "1" * 20], "argument --limit: must be at most"),
+        (["list", "{pack}", "--after", BIG], "argument --after: must be at most"),
+        (["list", "{pack}", "--after", "-1"], "argument --after: must be at least 0"),
+        (["history", "{pack}", "--limit", "0"], "argument --limit: must be at least 1"),
+        (["history", "{pack}", BIG], "argument id: must be at most"),
+        (["edit", "{pack}", BIG, "--title", "x"], "argument id: must be at most"),
+        (["delete", "{pack}", "1", BIG], "argument ids: must be at most"),
+        (["search", "{pack}", "capital", "-k", "0"], "argument -k: must be at least 1"),
+        (["search", "{pack}", "capital", "-k", "2.5"], "argument -k: '2.5' is not a positive whole number"),
+        (["predict", "The capital of France is", "-k", "0"], "argument -k: must be at least 1"),
+        (["predict", "The capital of France is", "-k", "101"], "argument -k: must be at most 100 (got 101)"),
+        (["predict", "The capital of France is", "--max-new-tokens", "0"], "argument --max-new-tokens: must be at least 1"),
+        (["predict", "The capital of France is", "--max-new-tokens", "5000"], "argument --max-new-tokens: must be at most 1,024"),
+        (["eval", "{tmp}/probes.jsonl", "-k", "1000"], "argument -k: must be at most 100"),
+        (["eval", "{tmp}/probes.jsonl", "--limit", "0"], "argument --limit: must be at least 1"),
+        (["eval-edits", "{tmp}/edits.jsonl", "--locality-limit", "-1"], "argument --locality-limit: must be at least 1"),
+        (["prepare", "{pack}", "--batch", "0"], "argument --batch: must be at least 1"),
+        (["train-memory-reader", "--data", "d.jsonl", "--out", "o", "--steps", "0"], "argument --steps: must be at least 1"),
+        (["triples", "list", "{pack}", "--limit", "0"], "argument --limit: must be at least 1"),
+        (["entities", "{pack}", "--limit", "-2"], "argument --limit: must be at least 1"),
+        (["train-transe", "{pack}", "--dim", "0"], "argument --dim: must be at least 1"),
+        (["map-tune", "{pack}", "--hidden", "-1"], "argument --hidden: must be at least 0"),
+        (["list"], "the following arguments are required: pack"),
+    ],
+)
+def test_out_of_range_arguments_exit_2_with_one_line(capsys, tmp_path, args, needle):
+    # The pack need not exist: arguments are checked before anything is opened or loaded.
+    args = [a.format(pack=tmp_path / "geo.plugmem", tmp=tmp_path) for a in args]
+    code, out, err = run(capsys, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and out == ""
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+
+
+def test_a_huge_k_returns_every_entry_instead_of_allocating_for_it(capsys, pack):
+    for mode in ([], ["--text"]):
+        res = js(capsys, "search", pack, "capital", "-k", str(10**15), *mode)["results"]
+        assert 1 <= len(res) <= 10
+    assert len(js(capsys, "search", pack, "capital", "-k", str(10**15))["results"]) == 10
