@@ -360,8 +360,16 @@ def cmd_export(a, out: Output) -> int:
         raise CliError(f"{a.out}: export format must be .jsonl or .csv")
     if dest.exists() and not a.force:
         raise CliError(f"{a.out}: already exists (use --force to overwrite)")
+    if dest.is_dir():
+        raise CliError(f"{a.out}: is a folder; give a file name ending in .jsonl or .csv")
+    if not dest.parent.is_dir():  # a typo in the folder should not create a tree of folders
+        raise CliError(f"{a.out}: {dest.parent} is not a folder" if dest.parent.exists()
+                       else f"{a.out}: no such folder {dest.parent}")
     with _open_pack(a.pack) as pack:
-        n = pack.export(dest)
+        try:
+            n = pack.export(dest)
+        except OSError as exc:  # unwritable folder, full disk: the pack is only read, nothing to undo
+            raise CliError(f"{a.out}: cannot write the export ({exc.strerror or exc})") from None
         out.emit({"out": str(dest), "entries": n}, f"exported {n:,} entries to {dest}")
     return 0
 

@@ -100,3 +100,24 @@ def test_a_huge_k_returns_every_entry_instead_of_allocating_for_it(capsys, pack)
         res = js(capsys, "search", pack, "capital", "-k", str(10**15), *mode)["results"]
         assert 1 <= len(res) <= 10
     assert len(js(capsys, "search", pack, "capital", "-k", str(10**15))["results"]) == 10
+
+
+@pytest.mark.parametrize(
+    "dest, needle",
+    [
+        ("{tmp}/missing/out.jsonl", "no such folder {tmp}/missing"),
+        ("{tmp}/afile/out.jsonl", "{tmp}/afile is not a folder"),
+        ("{tmp}/adir.jsonl", "is a folder; give a file name"),
+        ("{tmp}/blocked.jsonl", "cannot write the export"),
+    ],
+)
+def test_export_to_a_bad_place_exits_2_and_creates_nothing(capsys, pack, tmp_path, dest, needle):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.jsonl").mkdir()
+    (tmp_path / "blocked.jsonl.part").mkdir()  # the export's temporary file cannot be opened (as root too)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    dest = dest.format(tmp=tmp_path)
+    code, _, err = run(capsys, "export", pack, dest, *(["--force"] if "adir" in dest else []))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and needle.format(tmp=tmp_path) in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
