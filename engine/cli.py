@@ -1058,4 +1058,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m engine.cli` this file runs twice, as __main__ and as engine.cli; the
+    # plugin commands raise engine.cli.CliError, which __main__'s handler would not catch.
+    from engine.cli import main as _imported_main
+
+    sys.exit(_imported_main())

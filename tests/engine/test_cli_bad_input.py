@@ -3,6 +3,7 @@ drive the terminal, and every bad number or path exits 2 with one line, no trace
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,19 @@ def test_export_to_a_bad_place_exits_2_and_creates_nothing(capsys, pack, tmp_pat
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and needle.format(tmp=tmp_path) in lines[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_python_m_engine_cli_reports_plugin_command_errors_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from engine.store import Pack
+
+    Pack.create(tmp_path / "p.plugmem").close()
+    env = dict(os.environ, PLUGMEM_HOME=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "embeddings", "import", str(tmp_path / "p.plugmem"),
+                        str(tmp_path / "none.npy")], capture_output=True, text=True, env=env, timeout=120,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [f"plugmem: error: {tmp_path / 'none.npy'}: no such embeddings file"]
