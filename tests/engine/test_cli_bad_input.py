@@ -138,3 +138,30 @@ def test_python_m_engine_cli_reports_plugin_command_errors_in_one_line(tmp_path)
                        cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines() == [f"plugmem: error: {tmp_path / 'none.npy'}: no such embeddings file"]
+
+
+def test_an_export_that_runs_out_of_space_exits_2_and_leaves_the_old_export(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) stands in for a full disk: a real write fails mid-export."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from engine.store import Pack
+
+    with Pack.create(tmp_path / "big.plugmem") as pack:
+        pack.add_many([{"text": f"Entry {i}: " + "lorem ipsum " * 40} for i in range(200)])  # ~100 KB exported
+    old = tmp_path / "out.jsonl"
+    old.write_text("the previous export\n")
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "export", str(tmp_path / "big.plugmem"), str(old), "--force"],
+                       capture_output=True, text=True, timeout=120, preexec_fn=small_files,
+                       env=dict(os.environ, PLUGMEM_HOME=str(tmp_path)), cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"plugmem: error: {old}: cannot write the export (File too large)"], r.stderr
+    assert old.read_text() == "the previous export\n" and not (tmp_path / "out.jsonl.part").exists()
