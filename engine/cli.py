@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from engine.cli_args import OneLineParser, after_id, answer_tokens, entry_id, non_negative, positive, retrieved
+from engine.terminal import json_safe, terminal_safe
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # transformers' and the hub's own bars ("Loading weights: 0%...") would interleave with ours
@@ -37,17 +40,19 @@ class Output:
         self.quiet = quiet
 
     def emit(self, data: Any, human: Callable[[], str] | str) -> None:
+        # Everything printed passes here: pack text cannot drive the terminal (issue 24).
         if self.as_json:
-            json.dump(data, sys.stdout, ensure_ascii=False, indent=None)
+            for chunk in json.JSONEncoder(ensure_ascii=False).iterencode(data):  # streamed, as json.dump does
+                sys.stdout.write(json_safe(chunk))
             sys.stdout.write("\n")
         else:
             text = human() if callable(human) else human
             if text:
-                print(text)
+                print(terminal_safe(text))
 
     def info(self, msg: str) -> None:
         if not self.quiet:
-            print(msg, file=sys.stderr)
+            print(terminal_safe(msg), file=sys.stderr)
 
 
 class ProgressBar:
@@ -82,7 +87,7 @@ class ProgressBar:
             filled = int(round(width * fraction))
             bar = "#" * filled + "-" * (width - filled)
             eta_s = f" ETA {_fmt_secs(eta)}" if eta is not None and fraction < 1 else ""
-            sys.stderr.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}%{eta_s} {message[:60]:<60}")
+            sys.stderr.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}%{eta_s} {terminal_safe(message[:60]):<60}")
             sys.stderr.flush()
         else:
             step = fraction - self.last_line >= 0.1 or fraction >= 1.0
@@ -92,7 +97,7 @@ class ProgressBar:
                 self.last_line = fraction
             self.last_line_at = now
             self.last_message = message
-            print(f"{self.label}: {fraction * 100:.0f}% {message}", file=sys.stderr)
+            print(terminal_safe(f"{self.label}: {fraction * 100:.0f}% {message}"), file=sys.stderr)
 
     def close(self) -> None:
         if self.enabled and self.tty:
@@ -124,13 +129,16 @@ def _open_memory(path: str, out: Output, *, create: bool = False):
     return Memory.open(p, create=create, on_message=out.info)
 
 
+def _one_line(text: str, width: int = 100) -> str:
+    """``text`` on one line of at most ``width`` characters (a listing keeps one row per item)."""
+    text = text.replace("\r", " ").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _entry_line(e) -> str:
     title = f"[{e.title}] " if e.title else ""
     status = "" if e.status == "active" else f" ({e.status})"
-    text = e.text.replace("\n", " ")
-    if len(text) > 100:
-        text = text[:97] + "..."
-    return f"{e.id:>8}  {title}{text}{status}"
+    return f"{e.id:>8}  {title}{_one_line(e.text)}{status}"
 
 
 def _change_dict(ch) -> dict[str, Any]:
@@ -202,7 +210,8 @@ def cmd_import(a, out: Output) -> int:
     out.emit(res, human)
     if res["errors"]:
         if not a.json:
-            print(f"plugmem: {len(res['errors'])} input(s) rejected; nothing of them was imported: {res['errors'][0]}", file=sys.stderr)
+            print(terminal_safe(f"plugmem: {len(res['errors'])} input(s) rejected; nothing of them was imported: "
+                                f"{res['errors'][0]}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 
@@ -374,8 +383,6 @@ def cmd_history(a, out: Output) -> int:
 def cmd_search(a, out: Output) -> int:
     if not a.query.strip():
         raise CliError("empty query")
-    if a.k < 1:
-        raise CliError(f"-k must be at least 1 (got {a.k})")
     if a.text:
         with _open_pack(a.pack) as pack:
             ranked = pack.fts(a.query, limit=a.k)
@@ -390,7 +397,7 @@ def cmd_search(a, out: Output) -> int:
             results = [h.to_dict() for h in mem.search(a.query, k=a.k)]
 
     def human() -> str:
-        return "\n".join(f"{r['score']:8.4f} {r['id']:>8}  {r['text'][:100]}" for r in results) or "(no results)"
+        return "\n".join(f"{r['score']:8.4f} {r['id']:>8}  {_one_line(r['text'])}" for r in results) or "(no results)"
 
     out.emit({"query": a.query, "mode": "text" if a.text else "vector", "results": results}, human)
     return 0
@@ -402,8 +409,16 @@ def cmd_export(a, out: Output) -> int:
         raise CliError(f"{a.out}: export format must be .jsonl or .csv")
     if dest.exists() and not a.force:
         raise CliError(f"{a.out}: already exists (use --force to overwrite)")
+    if dest.is_dir():
+        raise CliError(f"{a.out}: is a folder; give a file name ending in .jsonl or .csv")
+    if not dest.parent.is_dir():  # a typo in the folder should not create a tree of folders
+        raise CliError(f"{a.out}: {dest.parent} is not a folder" if dest.parent.exists()
+                       else f"{a.out}: no such folder {dest.parent}")
     with _open_pack(a.pack) as pack:
-        n = pack.export(dest)
+        try:
+            n = pack.export(dest)
+        except OSError as exc:  # unwritable folder, full disk: the pack is only read, nothing to undo
+            raise CliError(f"{a.out}: cannot write the export ({exc.strerror or exc})") from None
         out.emit({"out": str(dest), "entries": n}, f"exported {n:,} entries to {dest}")
     return 0
 
@@ -648,8 +663,6 @@ def _injected_lines(rec) -> list[str]:
 def cmd_predict(a, out: Output) -> int:
     if not a.prompt.strip():
         raise CliError("the prompt is empty: give the start of a sentence for the model to complete")
-    if a.k < 1:
-        raise CliError(f"-k must be at least 1 (got {a.k})")
     modes = _modes(a.mode)
     if len(modes) != 1:
         raise CliError("predict takes one --mode")
@@ -678,8 +691,7 @@ def cmd_predict(a, out: Output) -> int:
             for r in rec.retrieved:
                 w = "   -  " if r.weight is None else f"{r.weight:6.3f}"
                 d = "    -  " if r.loo_delta is None else f"{r.loo_delta:+7.3f}"
-                text = r.text.replace("\n", " ")
-                lines.append(f"  {r.pack}#{r.id:<7} {r.score:6.3f}  {w}  {d}  {text[:90]}")
+                lines.append(f"  {r.pack}#{r.id:<7} {r.score:6.3f}  {w}  {d}  {_one_line(r.text, 90)}")
         lines.append(f"({rec.seconds:.2f} s)")
         return "\n".join(lines)
 
@@ -694,10 +706,6 @@ def _run_per_mode(a, out: Output, modes: Sequence[str], label: str, read_inputs:
 
     Returns ``{mode: result}``, or None when Ctrl+C stopped it (the caller exits 130).
     """
-    if a.k < 1:
-        raise CliError(f"-k must be at least 1 (got {a.k})")
-    if a.limit is not None and a.limit < 1:
-        raise CliError(f"--limit must be at least 1 (got {a.limit})")
     _check_plugin_args(a)
     stop = _StopFlag()
     mems = _open_memories(a.memory, out)
@@ -812,8 +820,6 @@ def cmd_prepare(a, out: Output) -> int:
     from engine.jobs.prepare_states import prepare_states
 
     _branch_dir(a, "prepare needs")
-    if a.batch < 1:
-        raise CliError(f"--batch must be at least 1, got {a.batch}")
     missing = [p for p in a.memory if not Path(p).is_file()]
     if missing:
         raise CliError(f"{missing[0]}: no such memory pack")
@@ -883,7 +889,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress or notices on stderr")
     common.add_argument("--author", default=os.environ.get("PLUGMEM_AUTHOR") or _user(), help="name recorded in history")
 
-    p = argparse.ArgumentParser(prog="plugmem", description="PlugMem Studio: curate a language model's plug-in memory, headless.")
+    p = OneLineParser(prog="plugmem", description="PlugMem Studio: curate a language model's plug-in memory, headless.")
     p.add_argument("--version", action="version", version="plugmem 0.1.0")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -905,12 +911,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("pack")
     sp.add_argument("--status", choices=["active", "disabled", "all"], default="all")
     sp.add_argument("--tag")
-    sp.add_argument("--after", type=int, default=0, help="show entries with id greater than this")
-    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--after", type=after_id, default=0, help="show entries with id greater than this")
+    sp.add_argument("--limit", type=positive, default=50)
 
     sp = add("show", cmd_show, "show one entry")
     sp.add_argument("pack")
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", type=entry_id)
 
     sp = add("add", cmd_add, "add an entry")
     sp.add_argument("pack")
@@ -921,7 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("edit", cmd_edit, "edit an entry (text, title, source, tags, status)")
     sp.add_argument("pack")
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", type=entry_id)
     sp.add_argument("--text", help="new text ('-' reads stdin)")
     sp.add_argument("--title")
     sp.add_argument("--source")
@@ -931,7 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("delete", cmd_delete, "delete entries (undoable)")
     sp.add_argument("pack")
-    sp.add_argument("ids", type=int, nargs="+")
+    sp.add_argument("ids", type=entry_id, nargs="+")
 
     sp = add("undo", cmd_undo, "undo the last change to the pack")
     sp.add_argument("pack")
@@ -940,13 +946,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("history", cmd_history, "history of the pack or of one entry")
     sp.add_argument("pack")
-    sp.add_argument("id", type=int, nargs="?")
-    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("id", type=entry_id, nargs="?")
+    sp.add_argument("--limit", type=positive, default=50)
 
     sp = add("search", cmd_search, "search a pack (semantic by default, --text for full-text)")
     sp.add_argument("pack")
     sp.add_argument("query")
-    sp.add_argument("-k", type=int, default=10)
+    sp.add_argument("-k", type=positive, default=10)
     sp.add_argument("--text", action="store_true", help="full-text search (FTS5, bm25)")
 
     sp = add("export", cmd_export, "export a pack to JSONL or CSV (lossless)")
@@ -981,8 +987,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("prompt")
     sp.add_argument("--memory", action="append", metavar="PACK", help="plug a pack (repeat for several)")
     sp.add_argument("--mode", default="dpm", help="dpm (trained branch), context (entries before the prompt) or none")
-    sp.add_argument("-k", type=int, default=5, help="entries retrieved (merged over the packs)")
-    sp.add_argument("--max-new-tokens", type=int, default=8)
+    sp.add_argument("-k", type=retrieved, default=5, help="entries retrieved (merged over the packs; at most 100)")
+    sp.add_argument("--max-new-tokens", type=answer_tokens, default=8)
     sp.add_argument("--no-explain", action="store_true", help="skip the leave-one-out pass")
     model_args(sp)
     plugin_arg(sp)
@@ -990,15 +996,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("prepare", cmd_prepare, "read every entry of packs through the reader once and keep its states on "
                                      "disk: the first dpm answer that retrieves them is faster (resumable)")
     sp.add_argument("memory", nargs="+", metavar="PACK")
-    sp.add_argument("--batch", type=int, default=32, help="entries read together")
+    sp.add_argument("--batch", type=positive, default=32, help="entries read together")
     model_args(sp)
 
     sp = add("eval", cmd_eval, "fact-probe accuracy with and without memory, per relation, retrieval hit@k")
     sp.add_argument("probes", metavar="PROBES.jsonl")
     sp.add_argument("--memory", action="append", metavar="PACK")
     sp.add_argument("--mode", default="dpm", help="dpm, context, none, or several: dpm,context")
-    sp.add_argument("-k", type=int, default=5)
-    sp.add_argument("--limit", type=int, help="only the first N probes")
+    sp.add_argument("-k", type=retrieved, default=5)
+    sp.add_argument("--limit", type=positive, help="only the first N probes")
     sp.add_argument("--no-paraphrases", action="store_true")
     model_args(sp)
     plugin_arg(sp)
@@ -1007,10 +1013,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("edits", metavar="EDITS.jsonl")
     sp.add_argument("--memory", action="append", metavar="PACK")
     sp.add_argument("--locality", metavar="PROBES.jsonl", help="probes about other subjects (answers must not change)")
-    sp.add_argument("--locality-limit", type=int, default=200)
+    sp.add_argument("--locality-limit", type=positive, default=200)
     sp.add_argument("--mode", default="dpm", help="dpm, context, or both: dpm,context")
-    sp.add_argument("-k", type=int, default=5)
-    sp.add_argument("--limit", type=int, help="only the first N edits")
+    sp.add_argument("-k", type=retrieved, default=5)
+    sp.add_argument("--limit", type=positive, help="only the first N edits")
     model_args(sp)
     plugin_arg(sp)
 
@@ -1019,9 +1025,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", action="append", required=True, metavar="JSONL", help="text/prompt/answer facts (repeat)")
     sp.add_argument("--out", required=True, metavar="DIR")
     sp.add_argument("--reader", help="reader model folder (default: the bundled SmolLM2-135M-Instruct)")
-    for name, typ in (("steps", int), ("batch", int), ("lr", float), ("layers", int), ("heads", int),
-                      ("head-dim", int), ("k", int), ("seed", int), ("threads", int), ("p-absent", float),
-                      ("checkpoint-every", int)):
+    for name, typ in (("steps", positive), ("batch", positive), ("lr", float), ("layers", positive),
+                      ("heads", positive), ("head-dim", positive), ("k", positive), ("seed", non_negative),
+                      ("threads", positive), ("p-absent", float), ("checkpoint-every", positive)):
         sp.add_argument(f"--{name}", type=typ)
     sp.add_argument("--value-mode", choices=["tokens", "pooled"])
     sp.add_argument("--value-space", choices=["embedding", "unembedding", "both"],
@@ -1078,17 +1084,20 @@ class _StopFlag:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("PLUGMEM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
-    a = parser.parse_args(argv)
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already explained in one line
+        return int(exc.code or 0)
     out = Output(a.json, a.quiet)
     from engine.errors import user_errors
 
     try:
         return a.fn(a, out)
     except CliError as exc:
-        print(f"plugmem: error: {exc}", file=sys.stderr)
+        print(terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except user_errors() as exc:
-        print(f"plugmem: error: {exc}", file=sys.stderr)
+        print(terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("plugmem: interrupted", file=sys.stderr)
@@ -1098,4 +1107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m engine.cli` this file runs twice, as __main__ and as engine.cli; the
+    # plugin commands raise engine.cli.CliError, which __main__'s handler would not catch.
+    from engine.cli import main as _imported_main
+
+    sys.exit(_imported_main())

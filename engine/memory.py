@@ -296,6 +296,8 @@ class Memory:
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-k for each query key; only active entries are returned."""
         self.refresh()
+        # The index pads its answer to k columns: a k past its size would only allocate padding.
+        k = max(1, min(int(k), len(self.index)))
         ids, scores = self.index.search(np.asarray(queries, dtype=np.float32), k)
         out: list[list[Hit]] = []
         wanted = sorted({int(i) for i in np.asarray(ids).ravel() if i >= 0})

@@ -41,14 +41,15 @@ import math
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from engine.artefacts import read_format_config
+from engine.artefacts import (MAX_SIZE, check_fields, check_shapes, check_size, config_from_dict, module_shapes,
+                              read_format_config, tensor_shapes)
 from engine.models.lru import LRU
 
 log = logging.getLogger(__name__)
@@ -96,40 +97,28 @@ class DPMConfig:
     # the "attend to nothing" slot.
     score_scale: float = 1.0
 
-    def validate(self) -> None:
-        for name in ("layers", "heads", "head_dim", "max_value_tokens", "k"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise DPMError(f"DPM config: {name} must be a positive integer, got {v!r}")
-        if self.max_value_tokens < 2:
-            raise DPMError("DPM config: max_value_tokens must be at least 2")
+    def validate(self, where: str = "DPM config") -> None:
+        for name in ("layers", "heads", "head_dim", "k"):
+            check_size(getattr(self, name), name, DPMError, where)
+        check_size(self.max_value_tokens, "max_value_tokens", DPMError, where, low=2)
+        if self.heads * self.head_dim > MAX_SIZE:  # the width of the learned projections, [hidden, heads * head_dim]
+            raise DPMError(f"{where}: heads x head_dim must be at most {MAX_SIZE:,}, got {self.heads} x {self.head_dim}")
         if self.value_mode not in VALUE_MODES:
-            raise DPMError(f"DPM config: value_mode must be one of {VALUE_MODES}, got {self.value_mode!r}")
+            raise DPMError(f"{where}: value_mode must be one of {VALUE_MODES}, got {self.value_mode!r}")
         if self.value_space not in VALUE_SPACES:
-            raise DPMError(f"DPM config: value_space must be one of {VALUE_SPACES}, got {self.value_space!r}")
+            raise DPMError(f"{where}: value_space must be one of {VALUE_SPACES}, got {self.value_space!r}")
         if self.match not in MATCH_MODES:
-            raise DPMError(f"DPM config: match must be one of {MATCH_MODES}, got {self.match!r}")
+            raise DPMError(f"{where}: match must be one of {MATCH_MODES}, got {self.match!r}")
         if not isinstance(self.gate, bool):
-            raise DPMError(f"DPM config: gate must be true or false, got {self.gate!r}")
+            raise DPMError(f"{where}: gate must be true or false, got {self.gate!r}")
         for name in ("output_scale", "score_scale"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0.0 < float(v) <= 100.0):
-                raise DPMError(f"DPM config: {name} must be a number in (0, 100], got {v!r}")
+                raise DPMError(f"{where}: {name} must be a number in (0, 100], got {v!r}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DPMConfig":
-        if not isinstance(d, dict):
-            raise DPMError(f"DPM config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise DPMError(f"DPM config: unknown field(s) {', '.join(sorted(unknown))}")
-        try:
-            cfg = cls(**d)
-        except TypeError as exc:
-            raise DPMError(f"DPM config: {exc}") from exc
-        cfg.validate()
-        return cfg
+    def from_dict(cls, d: dict[str, Any], where: str = "DPM config") -> "DPMConfig":
+        return config_from_dict(cls, d, DPMError, where)
 
 
 @dataclass
@@ -667,7 +656,10 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             f"{path}: branch format version {version} is not the one this program reads ({FORMAT_VERSION}); "
             "retrain the branch with `plugmem train-memory-reader`"
         )
-    DPMConfig.from_dict(meta.get("config", {}))
+    # 'reader' must be an object: a string once slipped past the compatibility check.
+    check_fields(meta, {"config": "dict", "reader": "dict", "hidden_size": "int?", "num_layers": "int?",
+                        "training": "dict?"}, DPMError, str(path), required=("config", "reader"))
+    DPMConfig.from_dict(meta["config"], f"{path}: config")
     return meta
 
 
@@ -678,25 +670,23 @@ def load(folder: str | Path, reader) -> MemoryBranch:
 
     folder = Path(folder)
     meta = read_config(folder)
-    check_compatible(meta.get("reader") or {}, reader, what=f"The DPM branch in {folder}")
-    cfg = DPMConfig.from_dict(meta["config"])
-    branch = MemoryBranch(cfg, reader)
+    check_compatible(meta["reader"], reader, what=f"The DPM branch in {folder}")
+    cfg = DPMConfig.from_dict(meta["config"])  # checked, naming the file, by read_config
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise DPMError(f"{folder}: no model.safetensors")
+    # Shapes first, from the file header and a meta-device branch: nothing is allocated
+    # for a config that asks for more than the file holds.
+    try:
+        expected = module_shapes(lambda: MemoryBranch(cfg, reader))
+    except DPMError as exc:  # e.g. more layers than the reader has
+        raise DPMError(f"{folder / 'config.json'}: {exc}") from None
+    check_shapes(expected, tensor_shapes(weights, DPMError), weights, DPMError)
+    branch = MemoryBranch(cfg, reader)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise DPMError(f"{weights} is unreadable: {exc}") from exc
-    own = branch.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or extra or bad:
-        raise DPMError(
-            f"{weights} does not match its config.json: missing {missing[:3]}, unexpected {extra[:3]}, "
-            f"wrong shape {bad[:3]}"
-        )
     bad_values = [k for k, v in state.items() if not torch.isfinite(v).all()]
     if bad_values:
         raise DPMError(f"{weights}: non-finite values in {bad_values[:3]}")

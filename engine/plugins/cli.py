@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from engine.cli_args import OneLineParser, non_negative, positive
 from engine.plugins.errors import PluginError
 
 
@@ -198,13 +199,13 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser] | None = Non
     sp = add(tsub, "list", cmd_triples_list, "list a pack's triples (of one entity with --entity)")
     sp.add_argument("pack")
     sp.add_argument("--entity", help="name, alias or id of the head entity")
-    sp.add_argument("--limit", type=int, default=100)
+    sp.add_argument("--limit", type=positive, default=100)
 
     sp = add(subparsers, "entities", cmd_entities, "list a pack's entities, or show one with its triples")
     sp.add_argument("pack")
     sp.add_argument("name", nargs="?", help="entity name, alias or id")
     sp.add_argument("--query", help="only names containing this")
-    sp.add_argument("--limit", type=int, default=None)
+    sp.add_argument("--limit", type=positive, default=None)
 
     ep = subparsers.add_parser("embeddings", help="entity embeddings beside a pack (import)",
                                description="entity embeddings beside a pack")
@@ -214,7 +215,7 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser] | None = Non
     sp.add_argument("file", help=".npy [n, dim] or .safetensors ('embeddings' + optional 'entity_ids')")
     sp.add_argument("--ids", help="id list: one entity name per line, or a JSON list")
     sp.add_argument("--by-id", action="store_true", help="the id list holds pack entity ids, not names")
-    sp.add_argument("--dim", type=int, help="require this dimension")
+    sp.add_argument("--dim", type=positive, help="require this dimension")
     sp.add_argument("--out", help="folder (default: <pack>.embeddings)")
     sp.add_argument("--force", action="store_true", help="replace embeddings already in the folder")
 
@@ -222,14 +223,14 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser] | None = Non
              "train TransE entity embeddings from a pack's triples (resumable; Ctrl+C keeps a checkpoint)")
     sp.add_argument("pack")
     sp.add_argument("--out", help="folder (default: <pack>.embeddings)")
-    sp.add_argument("--dim", type=int, default=64)
-    sp.add_argument("--epochs", type=int, default=300)
-    sp.add_argument("--batch", type=int, default=256)
+    sp.add_argument("--dim", type=positive, default=64)
+    sp.add_argument("--epochs", type=positive, default=300)
+    sp.add_argument("--batch", type=positive, default=256)
     sp.add_argument("--lr", type=float, default=0.01)
     sp.add_argument("--margin", type=float, default=2.0)
     sp.add_argument("--p-norm", type=int, choices=[1, 2], default=1)
-    sp.add_argument("--negatives", type=int, default=4)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--negatives", type=positive, default=4)
+    sp.add_argument("--seed", type=non_negative, default=0)
     sp.add_argument("--device", default="cpu")
     sp.add_argument("--force", action="store_true", help="start over (ignore a checkpoint; replace other embeddings)")
 
@@ -239,21 +240,21 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser] | None = Non
     sp.add_argument("--embeddings", help="entity embeddings folder (default: <pack>.embeddings)")
     sp.add_argument("--out", help="plugin folder (default: <pack>.plugin)")
     sp.add_argument("--reader", help="reader model folder (default: SmolLM2-135M-Instruct)")
-    sp.add_argument("--hidden", type=int, default=0, help="mapping MLP hidden width (0: linear)")
+    sp.add_argument("--hidden", type=non_negative, default=0, help="mapping MLP hidden width (0: linear)")
     sp.add_argument("--lr", type=float, default=3e-3)
-    sp.add_argument("--batch", type=int, default=16)
-    sp.add_argument("--epochs", type=int, default=3)
-    sp.add_argument("--max-steps", type=int, default=0)
+    sp.add_argument("--batch", type=positive, default=16)
+    sp.add_argument("--epochs", type=positive, default=3)
+    sp.add_argument("--max-steps", type=non_negative, default=0)
     sp.add_argument("--dropout", type=float, default=0.0, help="dropout inside the reader (attention and MLP outputs) while training")
     sp.add_argument("--fact-weight", type=float, default=0.0, help="also predict the sentence after the mention")
     sp.add_argument("--holdout-probes", nargs="*", metavar="FILE", help="probes whose held-out subjects are held out")
     sp.add_argument("--holdout-entities", help="comma-separated entity names to hold out")
     sp.add_argument("--val-fraction", type=float, default=0.1)
-    sp.add_argument("--eval-every", type=int, default=50)
-    sp.add_argument("--patience", type=int, default=4)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--eval-every", type=positive, default=50)
+    sp.add_argument("--patience", type=positive, default=4)
+    sp.add_argument("--seed", type=non_negative, default=0)
     sp.add_argument("--device", default=None)
-    sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sp.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
     sp.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long, keeping the best state")
     sp.add_argument("--force", action="store_true", help="start over; replace a plugin already in --out")
 
@@ -263,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cli = _cli()
     logging.basicConfig(level=os.environ.get("PLUGMEM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(prog="python -m engine.plugins.cli", description="PlugMem knowledge plugins")
+    p = OneLineParser(prog="python -m engine.plugins.cli", description="PlugMem knowledge plugins")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     register(sub)
     a = p.parse_args(argv)
@@ -273,10 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return a.fn(a, out)
     except cli.CliError as exc:
-        print(f"plugmem: error: {exc}", file=sys.stderr)
+        print(cli.terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
         return cli.EXIT_BAD_INPUT
     except user_errors() as exc:
-        print(f"plugmem: error: {exc}", file=sys.stderr)
+        print(cli.terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
         return cli.EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("plugmem: interrupted", file=sys.stderr)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine.artefacts import read_format_config
+from engine.artefacts import check_fields, check_size, read_format_config, tensor_shapes
 from engine.plugins.errors import EmbeddingError
 
 log = logging.getLogger(__name__)
@@ -129,23 +129,38 @@ class EntityEmbeddings:
             f"{folder}: no entity embeddings here (no {CONFIG}); train them with `plugmem train-transe` or import them")
         if version > FORMAT_VERSION:
             raise EmbeddingError(f"{cfg_path}: format version {version} is newer than this program")
+        check_fields(cfg, {"names": "list", "dim": "int?", "count": "int?", "source": "str?", "entity_set": "str?",
+                           "meta": "dict?"}, EmbeddingError, str(cfg_path), required=("names",))
+        names = cfg["names"]
+        if not all(isinstance(n, str) for n in names):
+            raise EmbeddingError(f"{cfg_path}: field 'names' must be a list of strings")
+        _check_header(cfg, tensor_shapes(folder / WEIGHTS, EmbeddingError), cfg_path, folder / WEIGHTS)
         try:
             t = load_file(str(folder / WEIGHTS))
         except (SafetensorError, OSError, ValueError) as exc:
             raise EmbeddingError(f"{folder / WEIGHTS} is unreadable: {exc}") from None
-        if "vectors" not in t or "entity_ids" not in t:
-            raise EmbeddingError(f"{folder / WEIGHTS}: expected tensors 'vectors' and 'entity_ids'")
-        names = cfg.get("names")
-        if not isinstance(names, list) or len(names) != t["vectors"].shape[0]:
-            raise EmbeddingError(f"{cfg_path}: the name list does not match {folder / WEIGHTS}")
-        emb = cls(t["entity_ids"], [str(n) for n in names], t["vectors"], str(cfg.get("source", "imported")),
-                  dict(cfg.get("meta") or {}))
+        emb = cls(t["entity_ids"], names, t["vectors"], str(cfg.get("source") or "imported"), dict(cfg.get("meta") or {}))
         if cfg.get("entity_set") and cfg["entity_set"] != emb.fingerprint:
             raise EmbeddingError(f"{folder}: {CONFIG} and {WEIGHTS} disagree on the entity set (damaged folder)")
         return emb
 
     def check_pack(self, pack, what: str = "these entity embeddings") -> list[int]:
         return check_entity_set(self.entity_ids.tolist(), self.names, pack, what)
+
+
+def _check_header(cfg: dict[str, Any], shapes: dict[str, tuple[int, ...]], cfg_path: Path, weights: Path) -> None:
+    """Refuse a folder whose config and tensor shapes (from the file header) disagree, before reading them."""
+    vec, ids = shapes.get("vectors"), shapes.get("entity_ids")
+    if vec is None or ids is None:
+        raise EmbeddingError(f"{weights}: expected tensors 'vectors' and 'entity_ids'")
+    if len(vec) != 2 or ids != vec[:1]:
+        raise EmbeddingError(f"{weights}: vectors {list(vec)} and entity_ids {list(ids)} do not line up")
+    check_size(vec[1], "the vectors' dimension", EmbeddingError, str(weights))
+    for name, found in (("dim", vec[1]), ("count", vec[0])):
+        if cfg.get(name) is not None and cfg[name] != found:
+            raise EmbeddingError(f"{cfg_path}: field {name!r} is {cfg[name]}, but {weights} holds {found}")
+    if len(cfg["names"]) != vec[0]:
+        raise EmbeddingError(f"{cfg_path}: the name list ({len(cfg['names'])}) does not match {weights} ({vec[0]} rows)")
 
 
 # --------------------------------------------------------------------------- import

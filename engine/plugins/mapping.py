@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Sequence
 
@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.artefacts import read_format_config
+from engine.artefacts import (check_fields, check_shapes, check_size, config_from_dict, module_shapes,
+                              read_format_config, tensor_shapes)
 from engine.plugins.embeddings import EntityEmbeddings, atomic_write, check_entity_set, entity_set_fingerprint
 from engine.plugins.entities import EntityLinker
 from engine.plugins.errors import PluginError
@@ -63,26 +64,16 @@ class MappingConfig:
     fix_norm: bool = True  # rescale outputs to target_norm
     target_norm: float = 1.0  # mean norm of the reader's token embeddings (set at creation)
 
-    def validate(self) -> None:
-        for name in ("embed_dim", "hidden_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise PluginError(f"plugin config: {name} must be a positive integer, got {v!r}")
-        if not isinstance(self.hidden, int) or self.hidden < 0:
-            raise PluginError(f"plugin config: hidden must be >= 0, got {self.hidden!r}")
-        if not (self.target_norm > 0):
-            raise PluginError(f"plugin config: target_norm must be > 0, got {self.target_norm!r}")
+    def validate(self, where: str = "plugin config") -> None:
+        check_size(self.embed_dim, "embed_dim", PluginError, where)
+        check_size(self.hidden_size, "hidden_size", PluginError, where)
+        check_size(self.hidden, "hidden", PluginError, where, low=0)
+        if not isinstance(self.target_norm, (int, float)) or not 0 < self.target_norm < float("inf"):
+            raise PluginError(f"{where}: target_norm must be a finite number > 0, got {self.target_norm!r}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MappingConfig":
-        if not isinstance(d, dict):
-            raise PluginError("plugin config must be a JSON object")
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise PluginError(f"plugin config: unknown field(s) {', '.join(sorted(unknown))}")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+    def from_dict(cls, d: dict[str, Any], where: str = "plugin config") -> "MappingConfig":
+        return config_from_dict(cls, d, PluginError, where)
 
 
 class MappingNetwork(nn.Module):
@@ -182,13 +173,7 @@ class KnowledgePlugin:
         return self.mapping(self.entity_table(device)[rows])
 
     def check_reader(self, reader, what: str | None = None) -> None:
-        mine = reader.fingerprint
-        exp = self.reader_fingerprint
-        diffs = [f"{k} {exp.get(k)!r} vs {mine.get(k)!r}" for k in _CHECKED_READER_KEYS if exp.get(k) != mine.get(k)]
-        if diffs:
-            raise PluginError(f"{what or f'The knowledge plugin {self.name!r}'} was trained for the reader "
-                              f"{exp.get('name', '?')!r}, not the loaded {mine.get('name', '?')!r} ({'; '.join(diffs)}); "
-                              "map-tune a plugin for this reader")
+        _check_reader(self.reader_fingerprint, reader, what or f"The knowledge plugin {self.name!r}")
 
     # ---------------------------------------------------------------- save / load
     def save(self, folder: str | Path) -> Path:
@@ -218,36 +203,31 @@ class KnowledgePlugin:
 
         folder = Path(folder)
         meta = read_plugin_config(folder)
-        cfg = MappingConfig.from_dict(meta["config"])
+        _check_reader(meta["reader"], reader, f"The knowledge plugin in {folder}")
+        cfg = MappingConfig.from_dict(meta["config"])  # checked, naming the file, by read_plugin_config
+        weights = folder / "model.safetensors"
+        _check_weights(cfg, tensor_shapes(weights, PluginError), reader, folder)
         try:
-            state = load_file(str(folder / "model.safetensors"))
+            state = load_file(str(weights))
             ents = json.loads((folder / "entities.json").read_text(encoding="utf-8"))
         except (SafetensorError, OSError, ValueError) as exc:
             raise PluginError(f"{folder}: the plugin's files are unreadable ({exc})") from None
-        for key in ("entity_vectors", "entity_ids"):
-            if key not in state:
-                raise PluginError(f"{folder / 'model.safetensors'}: no {key!r} tensor (damaged plugin)")
-        names, aliases = ents.get("names"), ents.get("aliases")
-        if not isinstance(names, list) or not isinstance(aliases, list) or len(names) != len(state["entity_ids"]) \
-                or len(aliases) != len(names):
+        check_fields(ents, {"names": "list", "aliases": "list"}, PluginError, str(folder / "entities.json"),
+                     required=("names", "aliases"))
+        names, aliases = ents["names"], ents["aliases"]
+        if len(names) != len(state["entity_ids"]) or len(aliases) != len(names) \
+                or not all(isinstance(a, list) and all(isinstance(x, str) for x in a) for a in aliases):
             raise PluginError(f"{folder / 'entities.json'} does not match model.safetensors (damaged plugin)")
+        source = meta.get("embeddings") or {}
         emb = EntityEmbeddings(state["entity_ids"].numpy(), [str(n) for n in names], state["entity_vectors"].numpy(),
-                               str(meta.get("embeddings", {}).get("source", "imported")),
-                               dict(meta.get("embeddings", {}).get("meta") or {}))
+                               str(source.get("source") or "imported"), dict(source.get("meta") or {}))
         if meta.get("entity_set") != emb.fingerprint:
             raise PluginError(f"{folder}: config.json and model.safetensors disagree on the entity set (damaged plugin)")
-        mapping = MappingNetwork(cfg)
-        mstate = {k[len("mapping."):]: v for k, v in state.items() if k.startswith("mapping.")}
-        own = mapping.state_dict()
-        if set(own) != set(mstate) or any(tuple(own[k].shape) != tuple(mstate[k].shape) for k in own):
-            raise PluginError(f"{folder / 'model.safetensors'} does not match its config.json (damaged plugin)")
-        mapping.load_state_dict(mstate)
-        plugin = cls(mapping, emb, reader_fingerprint=meta.get("reader") or {},
+        mapping = MappingNetwork(cfg)  # its shapes were checked against the file above
+        mapping.load_state_dict({k[len("mapping."):]: v for k, v in state.items() if k.startswith("mapping.")})
+        plugin = cls(mapping, emb, reader_fingerprint=meta["reader"],
                      aliases={int(e): list(a) for e, a in zip(emb.entity_ids.tolist(), aliases)},
                      name=str(meta.get("name") or folder.name), training=meta.get("training") or {})
-        plugin.check_reader(reader, f"The knowledge plugin in {folder}")
-        if cfg.hidden_size != reader.hidden_size:
-            raise PluginError(f"{folder}: plugin outputs {cfg.hidden_size}-d vectors, the reader reads {reader.hidden_size}-d")
         mapping.to(reader.device).eval()
         if pack is not None:
             missing = plugin.use_pack_aliases(pack)
@@ -265,7 +245,37 @@ def read_plugin_config(folder: str | Path) -> dict[str, Any]:
         f"{folder} is not a knowledge plugin folder: no config.json (train one with `plugmem map-tune`)")
     if version > FORMAT_VERSION:
         raise PluginError(f"{path}: format version {version} is newer than this program supports")
+    check_fields(meta, {"config": "dict", "reader": "dict", "entity_set": "str", "name": "str?",
+                        "embeddings": "dict?", "training": "dict?"}, PluginError, str(path),
+                 required=("config", "reader", "entity_set"))
+    check_fields(meta.get("embeddings") or {}, {"source": "str?", "meta": "dict?"}, PluginError, f"{path}: embeddings")
+    MappingConfig.from_dict(meta["config"], f"{path}: config")
     return meta
+
+
+def _check_reader(exp: dict, reader, what: str) -> None:
+    mine = reader.fingerprint
+    diffs = [f"{k} {exp.get(k)!r} vs {mine.get(k)!r}" for k in _CHECKED_READER_KEYS if exp.get(k) != mine.get(k)]
+    if diffs:
+        raise PluginError(f"{what} was trained for the reader {exp.get('name', '?')!r}, not the loaded "
+                          f"{mine.get('name', '?')!r} ({'; '.join(diffs)}); map-tune a plugin for this reader")
+
+
+def _check_weights(cfg: MappingConfig, shapes: dict[str, tuple[int, ...]], reader, folder: Path) -> None:
+    """Refuse a plugin whose config does not fit ``reader`` or whose tensors (from the
+    file header) are not the shapes its config implies, before anything is allocated."""
+    path, weights = folder / "config.json", folder / "model.safetensors"
+    if cfg.hidden_size != reader.hidden_size:
+        raise PluginError(f"{path}: config.hidden_size is {cfg.hidden_size}, but the reader reads "
+                          f"{reader.hidden_size}-d vectors")
+    vec, ids = shapes.get("entity_vectors"), shapes.get("entity_ids")
+    if vec is None or ids is None:
+        raise PluginError(f"{weights}: no {'entity_vectors' if vec is None else 'entity_ids'!r} tensor (damaged plugin)")
+    if len(vec) != 2 or vec[1] != cfg.embed_dim or ids != vec[:1]:
+        raise PluginError(f"{weights}: entity_vectors {list(vec)} and entity_ids {list(ids)} do not fit "
+                          f"config.embed_dim {cfg.embed_dim} in {path}")
+    expected = {f"mapping.{k}": v for k, v in module_shapes(lambda: MappingNetwork(cfg)).items()}
+    check_shapes(expected, {k: v for k, v in shapes.items() if k.startswith("mapping.")}, weights, PluginError)
 
 
 def load_plugin(folder: str | Path, reader, pack=None) -> KnowledgePlugin:

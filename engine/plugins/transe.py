@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from engine.artefacts import check_size
 from engine.jobs.progress import JobCancelled, wrap_progress
 from engine.plugins.embeddings import CONFIG, EntityEmbeddings, atomic_write, default_embeddings_dir
 from engine.plugins.errors import EmbeddingError, PluginError
@@ -72,6 +73,7 @@ class TransEConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise PluginError(f"train-transe: {name} must be a positive integer, got {v!r}")
+        check_size(self.dim, "dim", PluginError, "train-transe")  # [entities, dim] is allocated at once
         if self.p_norm not in (1, 2):
             raise PluginError(f"train-transe: p_norm must be 1 or 2, got {self.p_norm!r}")
         if not (self.lr > 0 and self.margin > 0):

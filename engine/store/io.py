@@ -27,16 +27,21 @@ def export_pack(pack: "Pack", dest: Path, batch: int = 5000) -> int:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     n = 0
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f) if fmt == ".csv" else None
-        if writer:
-            writer.writerow(EXPORT_COLUMNS)
-        for e in pack.iter_entries(batch=batch):
-            d = e.to_dict()
+    f = open(tmp, "w", encoding="utf-8", newline="")
+    try:
+        with f:
+            writer = csv.writer(f) if fmt == ".csv" else None
             if writer:
-                writer.writerow([",".join(d["tags"]) if c == "tags" else d[c] for c in EXPORT_COLUMNS])
-            else:
-                f.write(json.dumps({c: d[c] for c in EXPORT_COLUMNS}, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, dest)
+                writer.writerow(EXPORT_COLUMNS)
+            for e in pack.iter_entries(batch=batch):
+                d = e.to_dict()
+                if writer:
+                    writer.writerow([",".join(d["tags"]) if c == "tags" else d[c] for c in EXPORT_COLUMNS])
+                else:
+                    f.write(json.dumps({c: d[c] for c in EXPORT_COLUMNS}, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, dest)
+    except BaseException:  # a full disk or Ctrl+C: no half-written file stays beside dest
+        tmp.unlink(missing_ok=True)
+        raise
     return n

@@ -219,7 +219,7 @@ def test_cli_predict_prints_the_record(cli_models, zoo_pack, capsys):
     "args, match",
     [
         (["predict", "  "], "prompt is empty"),
-        (["predict", PROMPT, "-k", "0"], "-k must be at least 1"),
+        (["predict", PROMPT, "-k", "0"], "argument -k: must be at least 1 (got 0)"),
         (["predict", PROMPT, "--mode", "magic"], "choose from dpm, context, none"),
         (["predict", PROMPT, "--memory", "{missing}"], "no such pack"),
         (["predict", PROMPT, "--memory", "{pack}", "--mode", "context", "--reader", "{nowhere}"], "Reader model folder not found"),

@@ -147,4 +147,4 @@ def test_cli_train_memory_reader(tiny, data, tmp_path, capsys):
     assert code == 2 and "nope.jsonl: no such file" in cap.err
     code = main(["train-memory-reader", "--data", str(data), "--out", str(out), "--steps", "0"])
     cap = capsys.readouterr()
-    assert code == 2 and "steps must be a positive" in cap.err
+    assert code == 2 and "argument --steps: must be at least 1 (got 0)" in cap.err
