@@ -146,6 +146,16 @@ def _describe_change(ch, verb: str) -> str:
     return f"{ch.kind}: {ids}"
 
 
+def _read_stdin() -> str:
+    """Standard input as UTF-8 text; other bytes are a one-line error, not a traceback."""
+    buf = getattr(sys.stdin, "buffer", None)
+    data = buf.read() if buf is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"standard input is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start:,})") from None
+
+
 def _parse_tags(s: str | None) -> list[str] | None:
     if s is None:
         return None
@@ -236,7 +246,7 @@ def cmd_show(a, out: Output) -> int:
 
 
 def cmd_add(a, out: Output) -> int:
-    text = sys.stdin.read() if a.text == "-" else a.text
+    text = _read_stdin() if a.text == "-" else a.text
     with _open_memory(a.pack, out) as mem:
         ch = mem.add(text, title=a.title or "", source=a.source or "", tags=_parse_tags(a.tags) or [], author=a.author)
         out.emit({**_change_dict(ch), "id": ch.ids[0]}, f"added entry {ch.ids[0]}")

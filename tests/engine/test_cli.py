@@ -150,6 +150,19 @@ def test_import_of_malformed_file_exits_nonzero_naming_line(capsys, tmp_path, en
     assert js(capsys, "stats", p)["entries"] == 0
 
 
+def test_text_that_is_not_valid_unicode_is_refused_in_one_line(capsys, pack, monkeypatch):
+    import io
+
+    for args in (["add", pack, "--text", "caf\udce9"], ["add", pack, "--text", "ok", "--title", "\ud800"],
+                 ["edit", pack, "1", "--text", "caf\udce9"], ["search", pack, "caf\udce9"]):
+        code, _, err = run(capsys, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "not valid Unicode" in err, err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait")))
+    code, _, err = run(capsys, "add", pack, "--text", "-")
+    assert code == 2 and err.strip() == "plugmem: error: standard input is not valid UTF-8 (byte 0xe9 at offset 3)"
+    assert js(capsys, "stats", pack)["entries"] == 10
+
+
 def test_console_script_runs(tmp_path):
     exe = Path(sys.executable).with_name("plugmem")
     if not exe.exists():
