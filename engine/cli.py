@@ -190,10 +190,10 @@ def cmd_import(a, out: Output) -> int:
                 should_stop=stop,
             )
     except JobCancelled as exc:
-        bar.close()
         out.info(f"plugmem: interrupted: {exc}")
         return EXIT_INTERRUPTED
-    bar.close()
+    finally:  # the reason for a failure starts on a line of its own
+        bar.close()
 
     def human() -> str:
         lines = [f"added {res['entries_added']:,} entries in {res['seconds']:.1f} s ({res['entries_per_second']:.0f}/s)"]
@@ -204,7 +204,7 @@ def cmd_import(a, out: Output) -> int:
     out.emit(res, human)
     if res["errors"]:
         if not a.json:
-            print(f"plugmem: {len(res['errors'])} input(s) rejected; nothing of them was imported: {res['errors'][0]}", file=sys.stderr)
+            print(f"plugmem: {len(res['errors'])} input(s) rejected; nothing was imported: {res['errors'][0]}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

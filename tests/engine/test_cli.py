@@ -146,8 +146,18 @@ def test_import_of_malformed_file_exits_nonzero_naming_line(capsys, tmp_path, en
     bad = tmp_path / "bad.csv"
     bad.write_text('text,title\n"ok",A\n"unterminated,B\n', encoding="utf-8")
     code, _, err = run(capsys, "import", p, bad)
-    assert code == 2 and "bad.csv" in err
-    assert js(capsys, "stats", p)["entries"] == 0
+    assert code == 2 and "bad.csv:3" in err and "nothing was imported" in err
+    assert not p.exists()  # refused before anything was written
+
+
+def test_import_refused_for_a_record_over_the_limits_leaves_the_pack_as_it_was(capsys, pack, tmp_path):
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(json.dumps({"text": f"Fact {i}."}) + "\n" for i in range(40))
+                   + json.dumps({"text": "x" * 4001}) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "import", pack, big, "--json")
+    assert code == 2 and json.loads(out)["entries_added"] == 0
+    assert "big.jsonl:41" in json.loads(out)["errors"][0]
+    assert js(capsys, "stats", pack)["entries"] == 10
 
 
 def test_text_that_is_not_valid_unicode_is_refused_in_one_line(capsys, pack, monkeypatch):
