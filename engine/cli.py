@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -1042,6 +1043,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser.parse_args(argv)
     out = Output(a.json, a.quiet)
     from engine.errors import user_errors
+    from engine.store.errors import is_disk_full
 
     try:
         return a.fn(a, out)
@@ -1056,6 +1058,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except (sqlite3.OperationalError, OSError) as exc:
+        if not is_disk_full(exc):
+            raise
+        # a write refused mid-change is rolled back whole: the same command can simply run again
+        print("plugmem: error: disk full while writing: free space and run the same command again", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@ limits too: one malformed record anywhere is reported with file and line and not
 at all is imported (no entry, no import record), so fixing the file and running the
 same command again imports everything once. Then the files are imported in chunks.
 Every chunk is encoded and committed in ONE SQLite transaction together with the
-import's ``rows_done`` checkpoint, so a build interrupted by cancel, crash or ``kill -9``
-resumes at the next chunk when started again: no entry lost, none
+import's ``rows_done`` checkpoint, so a build interrupted by cancel, crash, ``kill -9``
+or a full disk resumes at the next chunk when started again: no entry lost, none
 duplicated. A file already imported completely (same name and content hash) is skipped.
 """
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 from engine.jobs.corpus import CorpusError, corpus_files, load_file
 from engine.jobs.progress import JobCancelled, wrap_progress
+from engine.store.errors import DiskFullError, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,8 @@ def build_memory(
     """Import ``config.inputs`` into ``config.pack``; returns a BuildMemoryResult dict.
 
     With any input refused (``errors`` not empty) nothing is imported and the pack is
-    not created. ``memory`` lets a caller that already holds the pack
+    not created. A full disk raises :class:`DiskFullError` (a one-line reason; the pack
+    keeps its last checkpoint). ``memory`` lets a caller that already holds the pack
     open (the one writer) pass it in; otherwise the job opens it and closes it at the end.
     """
     cfg = config if isinstance(config, BuildMemoryConfig) else BuildMemoryConfig.from_dict(config)
@@ -79,7 +82,13 @@ def build_memory(
     if result.errors:
         progress(1.0, f"nothing imported: {len(result.errors)} input(s) rejected")
         return result.to_dict()
-    _import_files(cfg, files, result, wrap_progress(progress, VALIDATE_SHARE, 1.0), should_stop, memory)
+    try:
+        _import_files(cfg, files, result, wrap_progress(progress, VALIDATE_SHARE, 1.0), should_stop, memory)
+    except (sqlite3.OperationalError, OSError) as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(f"disk full while importing into {cfg.pack}: free space and run the same command "
+                            "again to resume") from exc
     result.seconds = round(time.perf_counter() - t0, 3)
     result.entries_per_second = round(result.entries_added / result.seconds, 1) if result.seconds else 0.0
     progress(1.0, f"added {result.entries_added:,} entries from {len(result.files_imported)} file(s)")

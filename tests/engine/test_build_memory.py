@@ -1,6 +1,7 @@
 """Building a domain memory: import, rejection of malformed files, resume after interruption."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from engine.jobs.build_memory import VALIDATE_SHARE, build_memory
 from engine.jobs.progress import JobCancelled
 from engine.memory import Memory
 from engine.store import Pack, ValidationError
+from engine.store.errors import DiskFullError
 
 
 def _texts(path) -> list[str]:
@@ -139,6 +141,46 @@ def test_validation_reports_progress_while_parsing_a_long_paragraph(tmp_path, en
     assert len(res["errors"]) == 1 and "long.md:5" in res["errors"][0] and "'title' has 359 characters" in res["errors"][0]
     parsing = [f for f, m in events if m == "reading long.md"]
     assert len(parsing) >= 50 and parsing == sorted(parsing) and 0.0 < parsing[-1] <= VALIDATE_SHARE
+
+
+def test_a_disk_filling_up_during_an_import_gives_a_reason_and_the_import_resumes(tmp_path, encoder, monkeypatch,
+                                                                                   fill_disk_after):
+    src = _corpus(tmp_path, 60)
+    pack = tmp_path / "d.plugmem"
+    cfg = {"pack": str(pack), "inputs": [str(src)], "chunk_size": 8}
+    Pack.create(pack).close()
+    fill_disk_after(20)
+    with pytest.raises(DiskFullError) as info:
+        build_memory(cfg, lambda *a: None, lambda: False)
+    assert str(info.value) == (f"disk full while importing into {pack}: free space and run the same command "
+                               "again to resume")
+    monkeypatch.undo()
+    partial = len(_texts(pack))
+    assert 0 < partial < 60 and partial % 8 == 0  # whole chunks only
+    res = build_memory(cfg, lambda *a: None, lambda: False)  # space freed: the same command resumes
+    assert res["entries_added"] == 60 - partial
+    texts = _texts(pack)
+    assert len(texts) == 60 and len(set(texts)) == 60
+
+
+def test_no_space_left_for_the_index_cache_is_the_same_one_line_reason(tmp_path, encoder, monkeypatch):
+    from engine.index.vector_index import VectorIndex
+
+    real = VectorIndex.save
+
+    def no_space(self, *a, **k):  # the cache written when the import ends (an empty one at open is fine)
+        if len(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(VectorIndex, "save", no_space)
+    pack = tmp_path / "d.plugmem"
+    with pytest.raises(DiskFullError, match="disk full while importing into"):
+        build_memory({"pack": str(pack), "inputs": [str(_corpus(tmp_path, 20))]}, lambda *a: None, lambda: False)
+    monkeypatch.undo()
+    assert len(_texts(pack)) == 20  # the entries were committed; only the derived cache is missing
+    with Memory.open(pack, encoder) as m:
+        assert len(m.index) == 20
 
 
 def test_cancelled_build_resumes_without_loss_or_duplicates(tmp_path, encoder):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +172,34 @@ def test_text_that_is_not_valid_unicode_is_refused_in_one_line(capsys, pack, mon
     code, _, err = run(capsys, "add", pack, "--text", "-")
     assert code == 2 and err.strip() == "plugmem: error: standard input is not valid UTF-8 (byte 0xe9 at offset 3)"
     assert js(capsys, "stats", pack)["entries"] == 10
+
+
+def test_a_full_disk_is_a_one_line_reason_and_the_same_command_resumes(capsys, tmp_path, encoder, fill_disk_after,
+                                                                       monkeypatch):
+    src = tmp_path / "many.jsonl"
+    src.write_text("".join(json.dumps({"text": f"Fact number {i} of the corpus."}) + "\n" for i in range(1100)),
+                   encoding="utf-8")
+    p = tmp_path / "x.plugmem"
+    assert run(capsys, "init", p)[0] == 0
+    fill_disk_after(400)  # room for the first chunk of 512, not the second
+    code, _, err = run(capsys, "import", p, src, "--quiet")  # no progress lines: only the reason
+    assert code == 2 and err.strip().splitlines() == [
+        f"plugmem: error: disk full while importing into {p}: free space and run the same command again to resume"]
+    monkeypatch.undo()
+    partial = js(capsys, "stats", p)["entries"]
+    assert partial == 512  # the chunks committed before the disk filled up
+    from engine.store import Pack
+
+    def full(self, *a):  # COMMIT is where a full disk shows in WAL mode
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Pack, "_commit", full)
+    code, _, err = run(capsys, "add", p, "--text", "One more fact.")
+    assert code == 2 and err.strip() == "plugmem: error: disk full while writing: free space and run the same command again"
+    monkeypatch.undo()
+    assert js(capsys, "stats", p)["entries"] == partial
+    assert run(capsys, "import", p, src)[0] == 0
+    assert js(capsys, "stats", p)["entries"] == 1100
 
 
 def test_console_script_runs(tmp_path):
