@@ -197,7 +197,10 @@ def cmd_import(a, out: Output) -> int:
         bar.close()
 
     def human() -> str:
-        lines = [f"added {res['entries_added']:,} entries in {res['seconds']:.1f} s ({res['entries_per_second']:.0f}/s)"]
+        if res["errors"]:
+            lines = ["nothing imported"]
+        else:
+            lines = [f"added {res['entries_added']:,} entries in {res['seconds']:.1f} s ({res['entries_per_second']:.0f}/s)"]
         lines += [f"already imported, skipped: {f}" for f in res["files_skipped"]]
         lines += [f"error: {e}" for e in res["errors"]]
         return "\n".join(lines)

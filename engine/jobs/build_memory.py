@@ -116,7 +116,7 @@ def _validated_inputs(cfg: BuildMemoryConfig, result: BuildMemoryResult, progres
             parsed = load_file(path, progress=wrap_progress(progress, n / len(files), (n + 1) / len(files)))
         except CorpusError as exc:
             result.errors.append(str(exc))
-            log.warning("refused %s: %s", path, exc)
+            log.info("refused %s: %s", path, exc)  # the caller reports result.errors
             continue
         checked.append((path, parsed.key))
     return checked

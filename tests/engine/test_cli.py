@@ -146,8 +146,9 @@ def test_import_of_malformed_file_exits_nonzero_naming_line(capsys, tmp_path, en
     p = tmp_path / "x.plugmem"
     bad = tmp_path / "bad.csv"
     bad.write_text('text,title\n"ok",A\n"unterminated,B\n', encoding="utf-8")
-    code, _, err = run(capsys, "import", p, bad)
+    code, out, err = run(capsys, "import", p, bad)
     assert code == 2 and "bad.csv:3" in err and "nothing was imported" in err
+    assert out.splitlines()[0] == "nothing imported"
     assert not p.exists()  # refused before anything was written
 
 
