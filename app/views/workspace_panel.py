@@ -347,9 +347,13 @@ class WorkspacePanel(QWidget):
         def start(_=None):
             ctx.set_busy(path, True)
 
-            def ended(*_):
+            def ended(_job_id=None, status=None, result=None):
                 ctx.set_busy(path, False)
                 ctx.writer(path).reopen()
+                errors = result.get("errors") if status == "done" and isinstance(result, dict) else None
+                if errors:  # a refused input stops the whole import: say so, the job itself ended 'done'
+                    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+                    ctx.notifier.error(f"Importing into {Path(path).stem}", f"nothing imported: {errors[0]}{more}")
 
             try:
                 job_id = ctx.jobs.start("build_memory", "engine.jobs.build_memory:build_memory", config,
