@@ -154,7 +154,8 @@ def _read_stdin() -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise CliError(f"standard input is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start:,})") from None
+        raise CliError(f"standard input is not valid UTF-8 (byte 0x{data[exc.start]:02x} "
+                       f"at offset {exc.start:,})") from None
 
 
 def _parse_tags(s: str | None) -> list[str] | None:

@@ -95,7 +95,8 @@ def build_memory(
     return result.to_dict()
 
 
-def _validated_inputs(cfg: BuildMemoryConfig, result: BuildMemoryResult, progress, should_stop) -> list[tuple[Path, str]]:
+def _validated_inputs(cfg: BuildMemoryConfig, result: BuildMemoryResult, progress,
+                      should_stop) -> list[tuple[Path, str]]:
     """(file, import key) of every input, each file parsed and validated whole; a refused
     input goes to ``result.errors``. Records are not kept: holding every file's records at
     once would cost the memory of the whole corpus, and parsing again is cheap."""
