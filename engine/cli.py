@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -162,6 +163,17 @@ def _describe_change(ch, fields: Sequence[str] = ()) -> str:
     return f"{said} ({', '.join(shown)})" if ch.kind == "edit" and shown else said
 
 
+def _read_stdin() -> str:
+    """Standard input as UTF-8 text; other bytes are a one-line error, not a traceback."""
+    buf = getattr(sys.stdin, "buffer", None)
+    data = buf.read() if buf is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"standard input is not valid UTF-8 (byte 0x{data[exc.start]:02x} "
+                       f"at offset {exc.start:,})") from None
+
+
 def _parse_tags(s: str | None) -> list[str] | None:
     if s is None:
         return None
@@ -196,13 +208,16 @@ def cmd_import(a, out: Output) -> int:
                 should_stop=stop,
             )
     except JobCancelled as exc:
-        bar.close()
         out.info(f"plugmem: interrupted: {exc}")
         return EXIT_INTERRUPTED
-    bar.close()
+    finally:  # the reason for a failure starts on a line of its own
+        bar.close()
 
     def human() -> str:
-        lines = [f"added {res['entries_added']:,} entries in {res['seconds']:.1f} s ({res['entries_per_second']:.0f}/s)"]
+        if res["errors"]:
+            lines = ["nothing imported"]
+        else:
+            lines = [f"added {res['entries_added']:,} entries in {res['seconds']:.1f} s ({res['entries_per_second']:.0f}/s)"]
         lines += [f"already imported, skipped: {f}" for f in res["files_skipped"]]
         lines += [f"error: {e}" for e in res["errors"]]
         return "\n".join(lines)
@@ -210,7 +225,7 @@ def cmd_import(a, out: Output) -> int:
     out.emit(res, human)
     if res["errors"]:
         if not a.json:
-            print(terminal_safe(f"plugmem: {len(res['errors'])} input(s) rejected; nothing of them was imported: "
+            print(terminal_safe(f"plugmem: {len(res['errors'])} input(s) rejected; nothing was imported: "
                                 f"{res['errors'][0]}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
@@ -253,7 +268,7 @@ def cmd_show(a, out: Output) -> int:
 
 
 def cmd_add(a, out: Output) -> int:
-    text = sys.stdin.read() if a.text == "-" else a.text
+    text = _read_stdin() if a.text == "-" else a.text
     with _open_memory(a.pack, out) as mem:
         ch = mem.add(text, title=a.title or "", source=a.source or "", tags=_parse_tags(a.tags) or [], author=a.author)
         out.emit({**_change_dict(ch), "id": ch.ids[0]}, f"added entry {ch.ids[0]}")
@@ -1090,6 +1105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     out = Output(a.json, a.quiet)
     from engine.errors import user_errors
+    from engine.store.errors import is_disk_full
 
     try:
         return a.fn(a, out)
@@ -1104,6 +1120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except (sqlite3.OperationalError, OSError) as exc:
+        if not is_disk_full(exc):
+            raise
+        # a write refused mid-change is rolled back whole: the same command can simply run again
+        print("plugmem: error: disk full while writing: free space and run the same command again", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

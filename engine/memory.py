@@ -27,6 +27,7 @@ import numpy as np
 
 from engine.fingerprint import EncoderFingerprint
 from engine.store import Change, Entry, Pack
+from engine.store.pack import check_unicode, clean_records, validate_fields
 
 log = logging.getLogger(__name__)
 
@@ -254,21 +255,25 @@ class Memory:
         return change
 
     # ------------------------------------------------------------------ mutations
+    # Fields are validated before encoding: the encoder would spend a minute and gigabytes on a
+    # 50 MB text (or fail on a lone surrogate) before the pack refused it. Keys are made from
+    # the text as stored (normalised), not as given.
     def add(self, text: str, **fields: Any) -> Change:
-        vec = self.encoder.encode([text])[0]
+        clean = validate_fields({"text": text}, require_text=True)["text"]
+        vec = self.encoder.encode([clean])[0]
         return self.apply(self.pack.add(text, vector=vec, **fields))
 
     def add_many(self, records: Iterable[dict], **kw: Any) -> Change:
-        records = list(records)
-        vecs = self.encoder.encode([r["text"] for r in records]) if records else None
-        return self.apply(self.pack.add_many(records, vectors=vecs, **kw))
+        clean = clean_records(records)
+        vecs = self.encoder.encode([r["text"] for r in clean]) if clean else None
+        return self.apply(self.pack.add_many(clean, vectors=vecs, **kw))
 
     def edit(self, entry_id: int, **fields: Any) -> Change:
         text = fields.get("text")
         if text is not None and "vector" not in fields:
-            before = self.pack.get(entry_id)
-            if text != before.text and text.strip():
-                fields["vector"] = self.encoder.encode([text])[0]
+            clean = validate_fields({"text": text}, require_text=True)["text"]
+            if clean != self.pack.get(entry_id).text:
+                fields["vector"] = self.encoder.encode([clean])[0]
         return self.apply(self.pack.edit(entry_id, **fields))
 
     def set_status(self, ids: Sequence[int], status: str, **kw: Any) -> Change:
@@ -290,6 +295,7 @@ class Memory:
     # ------------------------------------------------------------------ search
     def search(self, query: str, k: int = 10) -> list[Hit]:
         """Semantic search: top-k active entries by inner product with the query's key."""
+        check_unicode(query, "the query")
         q = self.encoder.encode([query])
         return self.search_vectors(q, k)[0]
 

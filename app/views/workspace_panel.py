@@ -350,7 +350,7 @@ class WorkspacePanel(QWidget):
             def ended(job_id=None, status="", *_):
                 ctx.set_busy(path, False)
                 ctx.writer(path).reopen()
-                if status == "failed":  # refused inputs: nothing of them was imported; say why
+                if status == "failed":  # refused inputs: nothing was imported; say why (file:line)
                     ctx.notifier.error(f"Importing into {Path(path).name}", ctx.jobs.end_message(job_id) or status)
 
             try:

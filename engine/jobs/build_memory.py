@@ -1,22 +1,26 @@
 """Job: build (or extend) a domain memory from a corpus.
 
-Each input file is parsed and validated whole first (a malformed file is reported
-with file and line and nothing of it is imported), then imported in chunks. Every
-chunk is encoded and committed in ONE SQLite transaction together with the import's
-``rows_done`` checkpoint, so a build interrupted by cancel, crash or ``kill -9``
-resumes at the next chunk when started again: no entry lost, none duplicated. A file
-already imported completely (same path and same content hash) is skipped.
+Every record of every input file is parsed and validated first, against the pack's
+limits too: one malformed record anywhere is reported with file and line and nothing
+at all is imported (no entry, no import record), so fixing the file and running the
+same command again imports everything once. Then the files are imported in chunks.
+Every chunk is encoded and committed in ONE SQLite transaction together with the
+import's ``rows_done`` checkpoint, so a build interrupted by cancel, crash, ``kill -9``
+or a full disk resumes at the next chunk when started again: no entry lost, none
+duplicated. A file already imported completely (same name and content hash) is skipped.
 """
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.jobs.corpus import CorpusError, corpus_files, file_key, parse_file
+from engine.jobs.corpus import CorpusError, corpus_files, load_file
 from engine.jobs.progress import JobCancelled, wrap_progress
+from engine.store.errors import DiskFullError, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,10 @@ class BuildMemoryResult:
         return asdict(self)
 
 
+# Share of the progress bar for validating the inputs: parsing is ~1000x faster than encoding.
+VALIDATE_SHARE = 0.05
+
+
 def build_memory(
     config: BuildMemoryConfig | dict[str, Any],
     progress: Callable[..., None],
@@ -62,14 +70,36 @@ def build_memory(
 ) -> dict[str, Any]:
     """Import ``config.inputs`` into ``config.pack``; returns a BuildMemoryResult dict.
 
-    ``memory`` lets a caller that already holds the pack open (the one writer) pass it
-    in; otherwise the job opens it and closes it at the end.
+    With any input refused (``errors`` not empty) nothing is imported and the pack is
+    not created. A full disk raises :class:`DiskFullError` (a one-line reason; the pack
+    keeps its last checkpoint). ``memory`` lets a caller that already holds the pack
+    open (the one writer) pass it in; otherwise the job opens it and closes it at the end.
     """
-    from engine.memory import Memory
-
     cfg = config if isinstance(config, BuildMemoryConfig) else BuildMemoryConfig.from_dict(config)
     t0 = time.perf_counter()
     result = BuildMemoryResult(pack=cfg.pack)
+    files = _validated_inputs(cfg, result, wrap_progress(progress, 0.0, VALIDATE_SHARE), should_stop)
+    if result.errors:
+        progress(1.0, f"nothing imported: {len(result.errors)} input(s) rejected")
+        return result.to_dict()
+    try:
+        _import_files(cfg, files, result, wrap_progress(progress, VALIDATE_SHARE, 1.0), should_stop, memory)
+    except (sqlite3.OperationalError, OSError) as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(f"disk full while importing into {cfg.pack}: free space and run the same command "
+                            "again to resume") from exc
+    result.seconds = round(time.perf_counter() - t0, 3)
+    result.entries_per_second = round(result.entries_added / result.seconds, 1) if result.seconds else 0.0
+    progress(1.0, f"added {result.entries_added:,} entries from {len(result.files_imported)} file(s)")
+    return result.to_dict()
+
+
+def _validated_inputs(cfg: BuildMemoryConfig, result: BuildMemoryResult, progress,
+                      should_stop) -> list[tuple[Path, str]]:
+    """(file, import key) of every input, each file parsed and validated whole; a refused
+    input goes to ``result.errors``. Records are not kept: holding every file's records at
+    once would cost the memory of the whole corpus, and parsing again is cheap."""
     files: list[Path] = []
     for raw in cfg.inputs:
         p = Path(raw)
@@ -79,21 +109,39 @@ def build_memory(
         files.extend(corpus_files(p))
     if not files and not result.errors:
         result.errors.append("no .jsonl, .csv, .txt or .md files found in the inputs")
+    checked: list[tuple[Path, str]] = []
+    for n, path in enumerate(files):
+        if should_stop():
+            raise JobCancelled(f"cancelled while checking {path.name}; nothing was imported")
+        try:
+            parsed = load_file(path, progress=wrap_progress(progress, n / len(files), (n + 1) / len(files)))
+        except CorpusError as exc:
+            result.errors.append(str(exc))
+            log.info("refused %s: %s", path, exc)  # the caller reports result.errors
+            continue
+        checked.append((path, parsed.key))
+    return checked
+
+
+def _import_files(cfg: BuildMemoryConfig, files: list[tuple[Path, str]], result: BuildMemoryResult, progress,
+                  should_stop, memory) -> None:
+    from engine.memory import Memory
 
     progress(0.0, "opening memory")
     own = memory is None
     mem = memory or Memory.open(cfg.pack, create=True, name=cfg.name)
     try:
-        total_files = max(1, len(files))
-        for n, path in enumerate(files):
-            sub = wrap_progress(progress, n / total_files, (n + 1) / total_files)
-            try:
-                records = parse_file(path)
-            except CorpusError as exc:
-                result.errors.append(str(exc))
-                log.warning("skipped %s: %s", path, exc)
+        for n, (path, key) in enumerate(files):
+            sub = wrap_progress(progress, n / len(files), (n + 1) / len(files))
+            state = mem.pack.import_state(key)
+            if state is not None and state.state == "done":
+                result.files_skipped.append(str(path))
+                sub(1.0, f"{path.name}: already imported")
                 continue
-            added = _import_file(mem, path, records, cfg, sub, should_stop)
+            parsed = load_file(path, progress=wrap_progress(sub, 0.0, 0.0))  # its message, not its fraction
+            if parsed.key != key:  # the records checked are not the ones that would be imported
+                raise CorpusError(path, None, "changed while being imported; run the import again")
+            added = _import_file(mem, path, key, parsed.records, cfg, sub, should_stop)
             if added is None:
                 result.files_skipped.append(str(path))
             else:
@@ -103,15 +151,11 @@ def build_memory(
     finally:
         if own:
             mem.close()
-    result.seconds = round(time.perf_counter() - t0, 3)
-    result.entries_per_second = round(result.entries_added / result.seconds, 1) if result.seconds else 0.0
-    progress(1.0, f"added {result.entries_added:,} entries from {len(result.files_imported)} file(s)")
-    return result.to_dict()
 
 
-def _import_file(mem, path: Path, records: list[dict], cfg: BuildMemoryConfig, progress, should_stop) -> int | None:
+def _import_file(mem, path: Path, key: str, records: list[dict], cfg: BuildMemoryConfig, progress,
+                 should_stop) -> int | None:
     """Import one validated file in checkpointed chunks. None when it was already complete."""
-    key = file_key(path)
     state = mem.pack.begin_import(key, str(path), total=len(records))
     if state.state == "done" or state.rows_done >= len(records):
         if state.state != "done":
@@ -144,8 +188,7 @@ def import_job(config: BuildMemoryConfig | dict[str, Any], progress: Callable[..
     """build_memory as a job of the app: refused inputs end the job as *failed*, with the
     reason (file:line) as its error, instead of a "done" that added nothing."""
     result = build_memory(config, progress, should_stop)
-    if result["errors"]:
+    if result["errors"]:  # one refused record stops the whole import: nothing was committed
         n = len(result["errors"])
-        kept = f"; {result['entries_added']:,} entries of the other files were added" if result["entries_added"] else ""
-        raise ImportRefused(f"{n} input(s) refused, nothing of them imported{kept}: {result['errors'][0]}")
+        raise ImportRefused(f"{n} input(s) refused, nothing imported: {result['errors'][0]}")
     return result

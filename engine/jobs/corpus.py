@@ -5,9 +5,12 @@ names the file and line or row the entry came from ('facts.jsonl:12',
 'table.csv:row 7', 'chem.md:34-41'); a source given in the data is kept and the
 location appended ('wiki/Paris (facts.jsonl:12)').
 
-``parse_file`` validates the WHOLE file before returning anything and raises
+``parse_file`` validates the WHOLE file before returning anything, against the pack's
+limits too (text, title, source and tag lengths, valid Unicode), and raises
 :class:`CorpusError` ('FILE:LINE: reason') on the first problem, so a caller can import
-a file entirely or not at all.
+a file entirely or not at all. Limits are checked before big objects are built (a
+50 MB JSONL line is refused before it is decoded as JSON), and the parsers are linear
+in the size of the file, reporting progress as they go.
 
 Why ``MAX_PASSAGE_CHARS = 1000``: the key encoder (all-MiniLM-L6-v2) reads at most 256
 word pieces and truncates the rest silently; 256 word pieces are about 1000–1200
@@ -22,8 +25,11 @@ import io
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from engine.store.pack import MAX_TEXT_CHARS, ValidationError, validate_fields
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,12 @@ KNOWN_FIELDS = FIELDS + EXPORT_FIELDS
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "text", ".md": "markdown",
             ".markdown": "markdown"}
 
+# A record is at most ~7,500 characters of fields, each at most 12 characters as a JSON
+# escape: a longer line cannot hold a valid record, so it is refused before json.loads.
+MAX_JSONL_LINE_CHARS = 1 << 20
+
 Record = dict[str, Any]
+Tick = Callable[[int], None]  # a parser reports the character offset it has reached
 
 
 class CorpusError(ValueError):
@@ -81,7 +92,11 @@ def file_key(path: str | Path) -> str:
     with open(p, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return f"{p.name}#sha256:{h.hexdigest()}"
+    return _key(p, h.hexdigest())
+
+
+def _key(path: Path, digest: str) -> str:
+    return f"{path.resolve().name}#sha256:{digest}"
 
 
 def _kind(path: Path) -> str:
@@ -95,14 +110,21 @@ def _kind(path: Path) -> str:
 def read_text(path: str | Path) -> str:
     """The file as text: UTF-8 (a BOM is dropped); bad bytes → CorpusError with the line."""
     p = Path(path)
+    return _decode(p, _read_bytes(p))
+
+
+def _read_bytes(p: Path) -> bytes:
     try:
-        data = p.read_bytes()
+        return p.read_bytes()
     except FileNotFoundError:
         raise CorpusError(p, None, "no such file") from None
     except IsADirectoryError:
         raise CorpusError(p, None, "is a folder, not a file") from None
     except OSError as exc:
         raise CorpusError(p, None, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _decode(p: Path, data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -112,21 +134,62 @@ def read_text(path: str | Path) -> str:
                                    "save the file as UTF-8") from None
 
 
-def parse_file(path: str | Path, name: str | None = None) -> list[Record]:
-    """All records of one file, validated whole (CorpusError on the first problem).
+@dataclass
+class ParsedFile:
+    """One corpus file read once: its import key (name + sha256 of the bytes parsed) and records."""
+
+    path: Path
+    key: str
+    records: list[Record]
+
+
+def load_file(path: str | Path, name: str | None = None,
+              progress: Callable[..., None] | None = None) -> ParsedFile:
+    """All records of one file, validated whole (CorpusError on the first problem), and
+    the file's key computed from the same bytes (a file changed since cannot pass as parsed).
 
     ``name`` is how sources refer to the file (default: its file name); a folder import
-    may pass the path relative to the folder ('notes/chem.md').
+    may pass the path relative to the folder ('notes/chem.md'). ``progress(fraction,
+    message)`` is told how far parsing has got.
     """
     p = Path(path)
     kind = _kind(p)
-    text = read_text(p)
+    data = _read_bytes(p)
+    key = _key(p, hashlib.sha256(data).hexdigest())
+    text = _decode(p, data)
+    del data
     name = name or p.name
+    tick = _ticker(progress, len(text), f"reading {p.name}")
     if kind == "jsonl":
-        return list(_parse_jsonl(p, name, text))
-    if kind == "csv":
-        return list(_parse_csv(p, name, text))
-    return list(_parse_text(name, text, markdown=kind == "markdown"))
+        records = list(_parse_jsonl(p, name, text, tick))
+    elif kind == "csv":
+        records = list(_parse_csv(p, name, text, tick))
+    else:
+        records = list(_parse_text(p, name, text, markdown=kind == "markdown", tick=tick))
+    if progress is not None:
+        progress(1.0, f"read {p.name}: {len(records):,} records")
+    return ParsedFile(p, key, records)
+
+
+def parse_file(path: str | Path, name: str | None = None,
+               progress: Callable[..., None] | None = None) -> list[Record]:
+    """All records of one file, validated whole (see :func:`load_file`)."""
+    return load_file(path, name, progress).records
+
+
+def _ticker(progress: Callable[..., None] | None, total: int, message: str) -> Tick:
+    """A Tick reporting offset/total to ``progress`` at most every 1 % (cheap per call)."""
+    if progress is None or total <= 0:
+        return lambda pos: None
+    step = max(1, total // 100)
+    nxt = [step]
+
+    def tick(pos: int) -> None:
+        if pos >= nxt[0]:
+            nxt[0] = pos + step
+            progress(min(1.0, pos / total), message)
+
+    return tick
 
 
 def count_records(path: str | Path) -> int:
@@ -150,6 +213,15 @@ def _tags(value: Any, path: Path, line: int) -> list[str]:
     if isinstance(value, list) and all(isinstance(t, str) for t in value):
         return [t.strip() for t in value if t.strip()]
     raise CorpusError(path, line, "'tags' must be a list of strings or a comma-separated string")
+
+
+def _checked(rec: Record, path: Path, line: int) -> Record:
+    """``rec`` when the pack would store it; else CorpusError at ``line`` (limits, Unicode)."""
+    try:
+        validate_fields(rec, require_text=True)
+    except ValidationError as exc:
+        raise CorpusError(path, line, str(exc)) from None
+    return rec
 
 
 def _record(fields: dict[str, Any], path: Path, line: int, where: str) -> Record:
@@ -177,7 +249,7 @@ def _record(fields: dict[str, Any], path: Path, line: int, where: str) -> Record
             raise CorpusError(path, line, f"'status' must be active or disabled, not {status!r}")
         out["status"] = status
     out["tags"] = _tags(fields.get("tags"), path, line)
-    return out
+    return _checked(out, path, line)
 
 
 def _unknown(keys: Any) -> str:
@@ -185,16 +257,24 @@ def _unknown(keys: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- JSONL
-def _parse_jsonl(path: Path, name: str, text: str) -> Iterator[Record]:
+def _parse_jsonl(path: Path, name: str, text: str, tick: Tick) -> Iterator[Record]:
     # split on '\n' only: str.splitlines() would also split at U+2028 inside JSON strings
+    pos = 0
     for n, raw in enumerate(text.split("\n"), start=1):
+        pos += len(raw) + 1
+        tick(pos)
         line = raw.rstrip("\r")
         if not line.strip():
             continue
+        if len(line) > MAX_JSONL_LINE_CHARS:
+            raise CorpusError(path, n, f"line has {len(line):,} characters; a record holds at most "
+                                       f"{MAX_TEXT_CHARS:,} characters of text (split it into several records)")
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise CorpusError(path, n, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        except RecursionError:
+            raise CorpusError(path, n, "invalid record: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise CorpusError(path, n, f"expected a JSON object with 'text', got {type(obj).__name__}")
         extra = set(obj) - set(KNOWN_FIELDS)
@@ -204,8 +284,9 @@ def _parse_jsonl(path: Path, name: str, text: str) -> Iterator[Record]:
 
 
 # ---------------------------------------------------------------------------- CSV
-def _parse_csv(path: Path, name: str, text: str) -> Iterator[Record]:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+def _parse_csv(path: Path, name: str, text: str, tick: Tick) -> Iterator[Record]:
+    buf = io.StringIO(text, newline="")
+    reader = csv.reader(buf, strict=True)
     row_start = 1
     header: list[str] | None = None
     row_no = 0  # as a spreadsheet numbers rows: the header is row 1
@@ -215,8 +296,12 @@ def _parse_csv(path: Path, name: str, text: str) -> Iterator[Record]:
         except StopIteration:
             break
         except csv.Error as exc:
+            if "field larger than field limit" in str(exc):  # the csv module's own bound, far above ours
+                raise CorpusError(path, row_start, f"a field longer than {csv.field_size_limit():,} characters; "
+                                                   f"a text holds at most {MAX_TEXT_CHARS:,}") from None
             raise CorpusError(path, row_start, f"broken CSV quoting: {exc}") from None
         line, row_start = row_start, reader.line_num + 1
+        tick(buf.tell())
         row_no += 1
         if header is None:
             header = [h.strip().lower() for h in row]
@@ -253,12 +338,13 @@ _RULE = re.compile(r"^ {0,3}([-*_])([ \t]*\1){2,}[ \t]*$")
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])[\"'”’)\]]*\s+")
 
 
-def _parse_text(name: str, text: str, markdown: bool) -> Iterator[Record]:
+def _parse_text(path: Path, name: str, text: str, markdown: bool, tick: Tick) -> Iterator[Record]:
     """Paragraphs (runs of non-blank lines) → passages; Markdown headings become titles."""
     lines = text.split("\n")
     lines = [ln.rstrip("\r") for ln in lines]
     title: str | None = None
     para: list[tuple[int, str]] = []  # (line number, text)
+    para_pos = 0  # character offset of the paragraph's first line in ``text``
     in_fence = False
     start = 0
     if markdown and lines and lines[0].strip() == "---":  # YAML front matter
@@ -270,11 +356,15 @@ def _parse_text(name: str, text: str, markdown: bool) -> Iterator[Record]:
         if para:
             body = "\n".join(t.rstrip() for _, t in para).strip("\n")
             if body.strip():
-                yield from _passages(name, para[0][0], body, title)
+                yield from _passages(path, name, para[0][0], body, title, lambda off: tick(para_pos + off))
             para.clear()
 
+    pos = sum(len(lines[i]) + 1 for i in range(start))  # '\r's dropped: an offset for progress only
     for i in range(start, len(lines)):
         n, line = i + 1, lines[i]
+        line_pos, pos = pos, pos + len(line) + 1
+        if not para:
+            para_pos = line_pos
         if markdown and _FENCE.match(line):
             in_fence = not in_fence
             para.append((n, line))
@@ -299,51 +389,70 @@ def _parse_text(name: str, text: str, markdown: bool) -> Iterator[Record]:
                 yield from flush()
                 continue
         para.append((n, line))
+        tick(line_pos)  # the start: a long line's own progress comes from its passages
     yield from flush()
 
 
-def _passages(name: str, first_line: int, body: str, title: str | None) -> Iterator[Record]:
-    for offset, piece in split_passage(body):
-        start = first_line + body.count("\n", 0, offset)
-        end = start + piece.count("\n")
-        where = f"{name}:{start}" if start == end else f"{name}:{start}-{end}"
-        yield {"text": piece, "title": title, "source": where, "tags": []}
+def _passages(path: Path, name: str, first_line: int, body: str, title: str | None, tick: Tick) -> Iterator[Record]:
+    line, seen = first_line, 0  # newlines counted up to offset ``seen``: once over the body, not per piece
+    for offset, piece in iter_pieces(body):
+        line += body.count("\n", seen, offset)
+        seen = offset
+        end = line + piece.count("\n")
+        where = f"{name}:{line}" if line == end else f"{name}:{line}-{end}"
+        tick(offset)
+        yield _checked({"text": piece, "title": title, "source": where, "tags": []}, path, line)
 
 
 def split_passage(text: str, limit: int = MAX_PASSAGE_CHARS) -> list[tuple[int, str]]:
     """``text`` cut into pieces of at most ``limit`` characters: at sentence ends where
     possible, else at whitespace, else hard. Returns (offset in text, piece); pieces are
     stripped and, joined with whitespace, hold every word of ``text`` in order."""
+    return list(iter_pieces(text, limit))
+
+
+def iter_pieces(text: str, limit: int = MAX_PASSAGE_CHARS) -> Iterator[tuple[int, str]]:
+    """:func:`split_passage` one piece at a time, in offset order.
+
+    Linear in ``len(text)``: each sentence is sliced once and a piece grows by offsets
+    (a long paragraph used to be rescanned from its start for every piece)."""
     if len(text) <= limit:
-        return [(0, text)]
-    # sentence spans: [start, end) covering the text, boundaries after sentence-ending punctuation
-    bounds = [0] + [m.end() for m in _SENTENCE_END.finditer(text)] + [len(text)]
-    sentences = [(bounds[k], bounds[k + 1]) for k in range(len(bounds) - 1) if bounds[k] < bounds[k + 1]]
-    pieces: list[tuple[int, str]] = []
-    cur_start: int | None = None
-    cur_end = 0
-
-    def emit(a: int, b: int) -> None:
-        chunk = text[a:b]
-        stripped = chunk.strip()
-        if stripped:
-            pieces.append((a + (len(chunk) - len(chunk.lstrip())), stripped))
-
-    for a, b in sentences:
-        if cur_start is not None and len(text[cur_start:b].strip()) <= limit:
-            cur_end = b
+        yield 0, text
+        return
+    cur: tuple[int, int] | None = None  # [lo, hi) of the piece being grown, stripped at both ends
+    for a, b in _sentences(text):
+        seg = text[a:b]
+        lo, hi = a + len(seg) - len(seg.lstrip()), a + len(seg.rstrip())
+        if lo >= hi:
+            continue  # only whitespace
+        if cur is not None and hi - cur[0] <= limit:
+            cur = (cur[0], hi)
             continue
-        if cur_start is not None:
-            emit(cur_start, cur_end)
-        if len(text[a:b].strip()) <= limit:
-            cur_start, cur_end = a, b
+        if cur is not None:
+            yield cur[0], text[cur[0]:cur[1]]
+        if hi - lo <= limit:
+            cur = (lo, hi)
             continue
-        cur_start = None
-        for lo, hi in _hard_split(text, a, b, limit):  # one sentence longer than the limit
-            emit(lo, hi)
-    if cur_start is not None:
-        emit(cur_start, cur_end)
-    return pieces
+        cur = None
+        for x, y in _hard_split(text, lo, hi, limit):  # one sentence longer than the limit
+            chunk = text[x:y]
+            yield x + len(chunk) - len(chunk.lstrip()), chunk.strip()
+    if cur is not None:
+        yield cur[0], text[cur[0]:cur[1]]
+
+
+def _sentences(text: str) -> Iterator[tuple[int, int]]:
+    """[start, end) spans covering ``text``, cut after sentence-ending punctuation."""
+    a = 0
+    for m in _SENTENCE_END.finditer(text):
+        if m.end() > a:
+            yield a, m.end()
+            a = m.end()
+    if a < len(text):
+        yield a, len(text)
+
+
+_SPACE = re.compile(r"\s")
 
 
 def _hard_split(text: str, a: int, b: int, limit: int) -> Iterator[tuple[int, int]]:
@@ -356,8 +465,8 @@ def _hard_split(text: str, a: int, b: int, limit: int) -> Iterator[tuple[int, in
                 yield a, b
             return
         cut = a + limit
-        ws = max((m.start() for m in re.finditer(r"\s", text[a + 1 : cut + 1])), default=None)
+        ws = max((m.start() for m in _SPACE.finditer(text, a + 1, cut + 1)), default=None)
         if ws is not None:
-            cut = a + 1 + ws
+            cut = ws
         yield a, cut
         a = cut

@@ -1,6 +1,9 @@
 """Errors of the pack store; each message is meant for the user and names what and where."""
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class PackError(Exception):
     """The file is not a readable pack (not SQLite, not a pack, damaged, too new, closed)."""
@@ -34,3 +37,14 @@ class EntryNotFound(PackError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "entry not found"
+
+
+class DiskFullError(PackError):
+    """The disk (or the user's quota) filled up while writing; what was committed is intact."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full: SQLite's SQLITE_FULL or an OSError ENOSPC/EDQUOT."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))

@@ -115,6 +115,19 @@ def _chunks(seq: Sequence[Any], n: int = _SQL_CHUNK) -> Iterator[Sequence[Any]]:
 
 
 # ---------------------------------------------------------------------------- validation
+# a lone surrogate is no character: SQLite and the tokenizer cannot encode it (JSON '\ud800',
+# a command-line argument that was not UTF-8)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(value: str, what: str, field: str | None = None, record: int | None = None) -> None:
+    """Raise ValidationError when ``value`` holds a lone surrogate (text that is not valid Unicode)."""
+    m = _SURROGATE.search(value)
+    if m:
+        raise ValidationError(f"{what} is not valid Unicode: a lone surrogate U+{ord(m.group()):04X} at character "
+                              f"{m.start() + 1:,} (an invalid escape or bytes that are not UTF-8)", field, record)
+
+
 def validate_fields(fields: dict[str, Any], *, require_text: bool, record: int | None = None) -> dict[str, Any]:
     """Check and normalise entry fields; raise ValidationError naming the field."""
     unknown = set(fields) - set(FIELDS)
@@ -135,6 +148,7 @@ def validate_fields(fields: dict[str, Any], *, require_text: bool, record: int |
             raise ValidationError(
                 f"'text' has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,} "
                 "(split it into several entries)", "text", record)
+        check_unicode(text, "'text'", "text", record)
         out["text"] = text
     for key, limit in (("title", MAX_TITLE_CHARS), ("source", MAX_SOURCE_CHARS)):
         if key in fields:
@@ -146,6 +160,7 @@ def validate_fields(fields: dict[str, Any], *, require_text: bool, record: int |
             v = v.strip()
             if len(v) > limit:
                 raise ValidationError(f"'{key}' has {len(v):,} characters; the limit is {limit:,}", key, record)
+            check_unicode(v, f"'{key}'", key, record)
             out[key] = v
     if "tags" in fields:
         tags = fields["tags"]
@@ -163,6 +178,7 @@ def validate_fields(fields: dict[str, Any], *, require_text: bool, record: int |
             if "," in t or len(t) > MAX_TAG_CHARS:
                 raise ValidationError(f"tag {t[:80]!r} is invalid (no commas, at most {MAX_TAG_CHARS} characters)",
                                       "tags", record)
+            check_unicode(t, f"tag {t[:80]!r}", "tags", record)
             if t not in clean:
                 clean.append(t)
         if len(clean) > MAX_TAGS:
@@ -175,6 +191,18 @@ def validate_fields(fields: dict[str, Any], *, require_text: bool, record: int |
                                   "delete entries with delete", "status", record)
         out["status"] = s
     return out
+
+
+def clean_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records to add, validated and normalised (ValidationError naming the record): what
+    :meth:`Pack.add_many` stores, checked before anything is encoded or written."""
+    clean = []
+    for n, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise ValidationError(f"must be a mapping with a 'text' field, not {type(r).__name__}", record=n)
+        clean.append(validate_fields({k: v for k, v in r.items() if k in FIELDS or k not in _IGNORED_ON_ADD},
+                                     require_text=True, record=n))
+    return clean
 
 
 # ---------------------------------------------------------------------------- the pack
@@ -564,13 +592,7 @@ class Pack:
     def add_many(self, records: Iterable[dict[str, Any]], *, vectors: np.ndarray | None = None,
                  import_key: str | None = None, author: str | None = None) -> Change:
         """Add entries in one transaction (one undo step; with ``import_key``, part of that import's step)."""
-        clean = []
-        for n, r in enumerate(records):
-            if not isinstance(r, dict):
-                raise ValidationError(f"must be a mapping with a 'text' field, not {type(r).__name__}", record=n)
-            c = validate_fields({k: v for k, v in r.items() if k in FIELDS or k not in _IGNORED_ON_ADD},
-                                require_text=True, record=n)
-            clean.append(c)
+        clean = clean_records(records)
         if vectors is not None and len(vectors) != len(clean):
             raise ValueError(f"{len(vectors)} vectors for {len(clean)} records")
         now = time.time()

@@ -75,6 +75,26 @@ def test_import_into_pack_runs_as_a_job_and_the_browser_shows_the_rows(qtbot, ma
     win.close()
 
 
+def test_an_import_refused_for_one_bad_line_says_so_and_imports_nothing(qtbot, make_ctx, small_pack, tmp_path):
+    import json
+
+    from .conftest import FACTS, open_window
+
+    src = tmp_path / "more.jsonl"
+    src.write_text("".join(json.dumps({"text": f"Moon {i} of Zorg is cheese."}) + "\n" for i in range(30))
+                   + json.dumps({"text": "x" * 4001}) + "\n", encoding="utf-8")
+    path = str(small_pack.resolve())
+    ctx = make_ctx([path])
+    win = open_window(qtbot, ctx, path)
+    with qtbot.waitSignal(ctx.notifier.message, timeout=120_000,
+                          check_params_cb=lambda level, text: "nothing imported" in text) as sig:
+        win.workspace_panel.import_into([str(src)], path)
+    assert "more.jsonl:31" in sig.args[1] and "4,001 characters" in sig.args[1]
+    qtbot.waitUntil(lambda: not ctx.is_busy(path), timeout=10_000)
+    assert win.browser.model.rowCount() == len(FACTS)
+    win.close()
+
+
 def test_train_memory_reader_job_then_dpm_mode_uses_the_new_branch(qtbot, make_ctx, small_pack, tiny_reader, tmp_path):
     """New job → train the memory branch (child process, a few steps on a tiny reader):
     progress and a loss curve in the panel; at the end the workspace uses the branch and

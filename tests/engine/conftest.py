@@ -43,3 +43,26 @@ def facts_jsonl(tmp_path) -> Path:
         encoding="utf-8",
     )
     return p
+
+
+@pytest.fixture
+def fill_disk_after(monkeypatch):
+    """``fill_disk_after(pages)``: every pack opened from then on may grow by only ``pages``
+    pages, so its writes fail with SQLite's own SQLITE_FULL, as on a disk that fills up."""
+    from engine.store import Pack
+
+    real = Pack._connect.__func__
+
+    def connect(cls, path, **kw):
+        pack = real(cls, path, **kw)
+        size = pack.conn.execute("PRAGMA page_count").fetchone()[0]
+        pack.conn.execute(f"PRAGMA max_page_count = {size + budget[0]}")
+        return pack
+
+    budget = [0]
+
+    def fill(pages: int) -> None:
+        budget[0] = pages
+        monkeypatch.setattr(Pack, "_connect", classmethod(connect))
+
+    return fill

@@ -1,6 +1,7 @@
 """Building a domain memory: import, rejection of malformed files, resume after interruption."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -8,10 +9,11 @@ import time
 
 import pytest
 
-from engine.jobs.build_memory import build_memory
+from engine.jobs.build_memory import VALIDATE_SHARE, build_memory
 from engine.jobs.progress import JobCancelled
 from engine.memory import Memory
-from engine.store import Pack
+from engine.store import Pack, ValidationError
+from engine.store.errors import DiskFullError
 
 
 def _texts(path) -> list[str]:
@@ -80,29 +82,118 @@ def test_pack_made_with_full_path_import_keys_does_not_import_the_same_file_twic
         assert p.import_state(file_key(other)) is None
 
 
-def test_malformed_file_is_reported_with_line_and_nothing_of_it_imported(tmp_path, facts_jsonl, encoder):
+def test_malformed_file_is_reported_with_line_and_nothing_at_all_imported(tmp_path, facts_jsonl, encoder):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "A good line."}\n{"text": "Another good line."}\n{"text": broken\n', encoding="utf-8")
     pack = tmp_path / "d.plugmem"
-    res = build_memory({"pack": str(pack), "inputs": [str(bad), str(facts_jsonl)]}, lambda *a: None, lambda: False)
+    res = build_memory({"pack": str(pack), "inputs": [str(facts_jsonl), str(bad)]}, lambda *a: None, lambda: False)
     assert len(res["errors"]) == 1 and "bad.jsonl:3" in res["errors"][0]
+    assert res["entries_added"] == 0 and not pack.exists()  # not even the good file, nor an empty pack
+
+
+def test_a_record_over_the_pack_limits_late_in_a_file_imports_nothing_and_fixing_it_imports_all_once(tmp_path, facts_jsonl, encoder):
+    # the fault of issue 24 (there: line 900 of 1,000, chunks of 512): chunks before the bad line used
+    # to be committed before it was seen, leaving entries and an import 'running' ("record 388")
+    lines = [json.dumps({"text": f"Fact number {i} is a short sentence."}) for i in range(200)]
+    lines[179] = json.dumps({"text": "x" * 4001})
+    src = tmp_path / "big.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pack = tmp_path / "d.plugmem"
+    build_memory({"pack": str(pack), "inputs": [str(facts_jsonl)]}, lambda *a: None, lambda: False)
+    res = build_memory({"pack": str(pack), "inputs": [str(src)], "chunk_size": 64}, lambda *a: None, lambda: False)
+    assert res["entries_added"] == 0 and len(res["errors"]) == 1
+    assert "big.jsonl:180" in res["errors"][0] and "4,001 characters" in res["errors"][0]
+    assert len(_texts(pack)) == 10
+    with Pack.open(pack, readonly=True) as p:
+        assert [r[0] for r in p.conn.execute("SELECT state FROM imports")] == ["done"]  # no import left running
+    lines[179] = json.dumps({"text": "Fact number 179 is fixed."})
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    res = build_memory({"pack": str(pack), "inputs": [str(src)], "chunk_size": 64}, lambda *a: None, lambda: False)
+    assert res["errors"] == [] and res["entries_added"] == 200
+    assert len(_texts(pack)) == 210
+
+
+def test_a_huge_line_is_refused_before_anything_is_encoded(tmp_path, encoder, monkeypatch):
+    # a 50 MB single-line JSONL took 57 s and 3.4 GB: its text was encoded before its length was checked
+    src = tmp_path / "huge.jsonl"
+    src.write_text(json.dumps({"text": "word " * 10_000_000}) + "\n", encoding="utf-8")
+    res = build_memory({"pack": str(tmp_path / "d.plugmem"), "inputs": [str(src)]}, lambda *a: None, lambda: False)
+    assert len(res["errors"]) == 1 and "huge.jsonl:1" in res["errors"][0]
+    encoded = []
+    real = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda texts, *a, **k: encoded.append(len(texts)) or real(texts, *a, **k))
+    with Memory.open(tmp_path / "m.plugmem", encoder, create=True) as m:  # the same limit on the engine's own path
+        with pytest.raises(ValidationError, match="100,000 characters"):
+            m.add_many([{"text": "Short."}, {"text": "y" * 100_000}])
+        with pytest.raises(ValidationError, match="100,000 characters"):
+            m.add("y" * 100_000)
+        assert encoded == [] and m.pack.count() == 0
+
+
+def test_validation_reports_progress_while_parsing_a_long_paragraph(tmp_path, encoder):
+    # a 2 MB paragraph, refused by its last line: all of the time goes to parsing (nothing is encoded)
+    sentence = "The sample value of item number forty two is recorded in the table. "
+    src = tmp_path / "long.md"
+    src.write_text(sentence * 30_000 + "\n\n# " + "Title " * 60 + "\n\nA last paragraph.\n", encoding="utf-8")
+    events: list[tuple[float, str]] = []
+    res = build_memory({"pack": str(tmp_path / "d.plugmem"), "inputs": [str(src)]},
+                       lambda f, m="": events.append((f, m)), lambda: False)
+    assert len(res["errors"]) == 1 and "long.md:5" in res["errors"][0] and "'title' has 359 characters" in res["errors"][0]
+    parsing = [f for f, m in events if m == "reading long.md"]
+    assert len(parsing) >= 50 and parsing == sorted(parsing) and 0.0 < parsing[-1] <= VALIDATE_SHARE
+
+
+def test_a_disk_filling_up_during_an_import_gives_a_reason_and_the_import_resumes(tmp_path, encoder, monkeypatch,
+                                                                                   fill_disk_after):
+    src = _corpus(tmp_path, 60)
+    pack = tmp_path / "d.plugmem"
+    cfg = {"pack": str(pack), "inputs": [str(src)], "chunk_size": 8}
+    Pack.create(pack).close()
+    fill_disk_after(20)
+    with pytest.raises(DiskFullError) as info:
+        build_memory(cfg, lambda *a: None, lambda: False)
+    assert str(info.value) == (f"disk full while importing into {pack}: free space and run the same command "
+                               "again to resume")
+    monkeypatch.undo()
+    partial = len(_texts(pack))
+    assert 0 < partial < 60 and partial % 8 == 0  # whole chunks only
+    res = build_memory(cfg, lambda *a: None, lambda: False)  # space freed: the same command resumes
+    assert res["entries_added"] == 60 - partial
     texts = _texts(pack)
-    assert "A good line." not in texts
-    assert len(texts) == 10  # the good file still went in
+    assert len(texts) == 60 and len(set(texts)) == 60
+
+
+def test_no_space_left_for_the_index_cache_is_the_same_one_line_reason(tmp_path, encoder, monkeypatch):
+    from engine.index.vector_index import VectorIndex
+
+    real = VectorIndex.save
+
+    def no_space(self, *a, **k):  # the cache written when the import ends (an empty one at open is fine)
+        if len(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(VectorIndex, "save", no_space)
+    pack = tmp_path / "d.plugmem"
+    with pytest.raises(DiskFullError, match="disk full while importing into"):
+        build_memory({"pack": str(pack), "inputs": [str(_corpus(tmp_path, 20))]}, lambda *a: None, lambda: False)
+    monkeypatch.undo()
+    assert len(_texts(pack)) == 20  # the entries were committed; only the derived cache is missing
+    with Memory.open(pack, encoder) as m:
+        assert len(m.index) == 20
 
 
 def test_cancelled_build_resumes_without_loss_or_duplicates(tmp_path, encoder):
     src = _corpus(tmp_path, 50)
     pack = tmp_path / "d.plugmem"
     cfg = {"pack": str(pack), "inputs": [str(src)], "chunk_size": 16}
-    calls = {"n": 0}
+    chunks = []  # progress messages of committed chunks ('big.jsonl: 16 of 50')
 
     def stop_after_two_chunks() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 2
+        return len(chunks) >= 2
 
     with pytest.raises(JobCancelled):
-        build_memory(cfg, lambda *a: None, stop_after_two_chunks)
+        build_memory(cfg, lambda f, m="": chunks.extend([m] if " of 50" in m else []), stop_after_two_chunks)
     assert len(_texts(pack)) == 32  # exactly the committed chunks
     res = build_memory(cfg, lambda *a: None, lambda: False)
     assert res["entries_added"] == 18

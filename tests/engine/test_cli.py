@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -145,9 +146,60 @@ def test_import_of_malformed_file_exits_nonzero_naming_line(capsys, tmp_path, en
     p = tmp_path / "x.plugmem"
     bad = tmp_path / "bad.csv"
     bad.write_text('text,title\n"ok",A\n"unterminated,B\n', encoding="utf-8")
-    code, _, err = run(capsys, "import", p, bad)
-    assert code == 2 and "bad.csv" in err
+    code, out, err = run(capsys, "import", p, bad)
+    assert code == 2 and "bad.csv:3" in err and "nothing was imported" in err
+    assert out.splitlines()[0] == "nothing imported"
+    assert not p.exists()  # refused before anything was written
+
+
+def test_import_refused_for_a_record_over_the_limits_leaves_the_pack_as_it_was(capsys, pack, tmp_path):
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(json.dumps({"text": f"Fact {i}."}) + "\n" for i in range(40))
+                   + json.dumps({"text": "x" * 4001}) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "import", pack, big, "--json")
+    assert code == 2 and json.loads(out)["entries_added"] == 0
+    assert "big.jsonl:41" in json.loads(out)["errors"][0]
+    assert js(capsys, "stats", pack)["entries"] == 10
+
+
+def test_text_that_is_not_valid_unicode_is_refused_in_one_line(capsys, pack, monkeypatch):
+    import io
+
+    for args in (["add", pack, "--text", "caf\udce9"], ["add", pack, "--text", "ok", "--title", "\ud800"],
+                 ["edit", pack, "1", "--text", "caf\udce9"], ["search", pack, "caf\udce9"]):
+        code, _, err = run(capsys, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "not valid Unicode" in err, err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait")))
+    code, _, err = run(capsys, "add", pack, "--text", "-")
+    assert code == 2 and err.strip() == "plugmem: error: standard input is not valid UTF-8 (byte 0xe9 at offset 3)"
+    assert js(capsys, "stats", pack)["entries"] == 10
+
+
+def test_a_full_disk_is_a_one_line_reason_and_the_same_command_resumes(capsys, tmp_path, encoder, fill_disk_after,
+                                                                       monkeypatch):
+    src = tmp_path / "many.jsonl"
+    src.write_text("".join(json.dumps({"text": f"Fact number {i} of the corpus."}) + "\n" for i in range(20)),
+                   encoding="utf-8")
+    p = tmp_path / "x.plugmem"
+    assert run(capsys, "init", p)[0] == 0
+    fill_disk_after(2)  # no room for the chunk (resuming after some chunks: test_build_memory)
+    code, _, err = run(capsys, "import", p, src, "--quiet")  # no progress lines: only the reason
+    assert code == 2 and err.strip().splitlines() == [
+        f"plugmem: error: disk full while importing into {p}: free space and run the same command again to resume"]
+    monkeypatch.undo()
     assert js(capsys, "stats", p)["entries"] == 0
+    from engine.store import Pack
+
+    def full(self, *a):  # COMMIT is where a full disk shows in WAL mode
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Pack, "_commit", full)
+    code, _, err = run(capsys, "add", p, "--text", "One more fact.")
+    assert code == 2 and err.strip() == "plugmem: error: disk full while writing: free space and run the same command again"
+    monkeypatch.undo()
+    assert js(capsys, "stats", p)["entries"] == 0
+    assert run(capsys, "import", p, src)[0] == 0  # space freed: the same command imports the file once
+    assert js(capsys, "stats", p)["entries"] == 20
 
 
 def test_console_script_runs(tmp_path):

@@ -58,6 +58,19 @@ def test_jsonl_keeps_a_line_separator_inside_a_string(tmp_path):
     ('{"text": 42}', "'text' must be a string"),
     ('{"text": "ok", "tags": [1, 2]}', "'tags' must be a list of strings"),
     ('{"text": "ok", "lang": "en", "author": "me"}', "unknown field(s) 'author', 'lang'"),
+    # the pack's limits, checked while parsing (they used to fail the import after earlier chunks were in)
+    (json.dumps({"text": "x" * 4001}), "'text' has 4,001 characters; the limit is 4,000"),
+    (json.dumps({"text": "ok", "title": "t" * 301}), "'title' has 301 characters"),
+    (json.dumps({"text": "ok", "source": "s" * 1001}), "'source' has 1,0"),
+    (json.dumps({"text": "ok", "tags": ["t" * 65]}), "at most 64 characters"),
+    (json.dumps({"text": "ok", "tags": [f"t{i}" for i in range(33)]}), "33 tags; the limit is 32"),
+    (json.dumps({"text": "ok", "status": "deleted"}), "'status' must be active or disabled"),
+    # hostile or broken input that used to end in a traceback
+    ('{"text": "ok", "tags": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply"),
+    ('{"text": "a lone \\ud800 surrogate"}', "'text' is not valid Unicode: a lone surrogate U+D800 at character 8"),
+    ('{"text": "ok", "title": "\\udcff"}', "'title' is not valid Unicode"),
+    ('{"text": "ok", "tags": ["\\udfff"]}', "is not valid Unicode"),
+    (json.dumps({"text": "word " * 300_000}), "line has 1,500,012 characters"),
 ])
 def test_jsonl_errors_name_file_and_line(tmp_path, line, reason):
     p = write(tmp_path / "bad.jsonl", '{"text": "A good line."}\n\n' + line + '\n{"text": "after"}\n')
@@ -94,6 +107,8 @@ def test_csv_rows_numbered_like_a_spreadsheet_with_quoted_newlines_and_crlf(tmp_
     ('text,title\nfine,ok\n,no text here\n', 3, "empty 'text'"),
     ('text,title\nfine,ok\na,b,c\n', 3, "3 fields but the header has 2"),
     ('', 1, "empty file"),
+    ('text,title\nfine,ok\n' + "x" * 4001 + ',ok\n', 3, "'text' has 4,001 characters"),
+    ('text,title\nfine,ok\n"' + "x" * 200_000 + '",ok\n', 3, "a field longer than 131,072 characters"),
 ])
 def test_csv_errors_name_file_and_line(tmp_path, body, line, reason):
     p = write(tmp_path / "facts.csv", body)
@@ -159,6 +174,49 @@ def test_split_passage_offsets_point_into_the_text_and_hard_split_is_the_last_re
     assert [len(p) for _, p in pieces] == [1000, 1000, 500]
     assert all(text[o : o + len(p)] == p for o, p in pieces)
     assert split_passage("Short. Text.") == [(0, "Short. Text.")]
+
+
+class _CountingText(str):
+    """A text that adds up how many characters its slices and ``count`` calls look at."""
+
+    scanned = 0
+
+    def __getitem__(self, key):
+        got = str.__getitem__(self, key)
+        _CountingText.scanned += len(got)
+        return got
+
+    def count(self, sub, start=0, end=None):
+        end = len(self) if end is None else min(end, len(self))
+        _CountingText.scanned += max(0, end - start)
+        return str.count(self, sub, start, end)
+
+
+def test_splitting_a_long_paragraph_looks_at_each_character_a_bounded_number_of_times(tmp_path):
+    # a 1 / 2 / 4 MB paragraph took 0.4 / 1.2 / 3.4 s (16 MB: 35 s): every piece rescanned the text
+    # before it. The work is counted, not timed: a rescan from the start makes it grow with n**2.
+    from engine.jobs.corpus import _passages
+
+    lines = [" ".join(f"Item {i}.{j} is short." for j in range(4)) for i in range(8000)]
+    body = "\n".join(lines)  # one paragraph of 8,000 lines, ~700 KB
+    _CountingText.scanned = 0
+    pieces = split_passage(_CountingText(body))
+    assert len(pieces) > 500 and _CountingText.scanned <= 3 * len(body), _CountingText.scanned / len(body)
+    _CountingText.scanned = 0
+    recs = list(_passages(tmp_path / "p.txt", "p.txt", 1, _CountingText(body), None, lambda off: None))
+    assert _CountingText.scanned <= 4 * len(body), _CountingText.scanned / len(body)
+    for (offset, piece), rec in zip(pieces, recs):  # line numbers are still exact
+        first = body.count("\n", 0, offset) + 1
+        last = first + piece.count("\n")
+        assert rec["source"] == (f"p.txt:{first}" if first == last else f"p.txt:{first}-{last}")
+
+
+def test_parsing_reports_progress_through_a_long_file(tmp_path):
+    p = write(tmp_path / "long.txt", "A sentence of the long paragraph. " * 60_000 + "\n\nShort.\n")
+    seen: list[float] = []
+    recs = parse_file(p, progress=lambda f, m="": seen.append(f))
+    assert len(recs) > 2000 and recs[-1]["text"] == "Short."
+    assert len(seen) >= 50 and seen == sorted(seen) and seen[-1] == 1.0
 
 
 # ---------------------------------------------------------------------------- files and keys
