@@ -220,6 +220,7 @@ def cmd_import(a, out: Output) -> int:
             lines = [f"added {res['entries_added']:,} entries in {res['seconds']:.1f} s ({res['entries_per_second']:.0f}/s)"]
         lines += [f"already imported, skipped: {f}" for f in res["files_skipped"]]
         lines += [f"error: {e}" for e in res["errors"]]
+        lines += [f"note: {n}" for n in res.get("notes", [])]
         return "\n".join(lines)
 
     out.emit(res, human)

@@ -49,6 +49,7 @@ class BuildMemoryResult:
     files_imported: list[str] = field(default_factory=list)
     files_skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the memory said: a cache not saved, rebuilt
     entries_added: int = 0
     seconds: float = 0.0
     entries_per_second: float = 0.0
@@ -129,7 +130,7 @@ def _import_files(cfg: BuildMemoryConfig, files: list[tuple[Path, str]], result:
 
     progress(0.0, "opening memory")
     own = memory is None
-    mem = memory or Memory.open(cfg.pack, create=True, name=cfg.name)
+    mem = memory or Memory.open(cfg.pack, create=True, name=cfg.name, on_message=result.notes.append)
     try:
         for n, (path, key) in enumerate(files):
             sub = wrap_progress(progress, n / len(files), (n + 1) / len(files))
