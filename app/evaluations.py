@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.mechanisms import choose_mode, mode_names
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "evaluations.jsonl"
@@ -95,7 +97,7 @@ class EvalStore:
 
 # ---------------------------------------------------------------------------- running one
 JOB_KINDS = {"probes": "evaluate_probes", "edits": "evaluate_edits"}
-MODES = ("dpm", "context", "none")
+MODES = mode_names()
 
 
 class EvalStartError(ValueError):
@@ -172,9 +174,7 @@ def start_evaluation(ctx, req: EvalRequest, on_end: Callable[[str, str, Any, Any
         from engine.evaluate import evaluate_edits, evaluate_probes, read_edits, read_probes
 
         job = handle[0]
-        used, fell_back = mode, ""
-        if mode == "dpm" and model.branch is None:
-            used, fell_back = "context", "No memory branch for this reader: evaluated with the entries in the context."
+        used, fell_back = choose_mode(mode, has_branch=model.branch is not None, doing="evaluated")
         use_memory = bool(mems) and used != "none"
         job.progress(0.0, f"reader ready ({model.describe()}); evaluating in mode {used}, k={k}")
 

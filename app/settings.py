@@ -14,6 +14,8 @@ from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings
 
+from engine.mechanisms import mode_names
+
 log = logging.getLogger(__name__)
 
 SETTINGS_VERSION = 2
@@ -29,7 +31,7 @@ class AppSettings:
     search_k: int = 200
     status_filter: str = "all"  # "all" | "active" | "disabled"
     sort: str = "id"  # "id" | "-id" | "-updated" | "updated"
-    ask_mode: str = "dpm"  # "dpm" | "context" | "none"
+    ask_mode: str = "dpm"  # one of engine.mechanisms.mode_names()
     ask_k: int = 5
 
     @classmethod
@@ -44,8 +46,8 @@ class AppSettings:
         if s.sort not in ("id", "-id", "updated", "-updated"):
             s.sort = "id"
         s.search_k = max(1, min(int(s.search_k), 10_000))
-        if s.ask_mode not in ("dpm", "context", "none"):
-            s.ask_mode = "dpm"
+        if s.ask_mode not in mode_names():
+            s.ask_mode = mode_names()[0]
         s.ask_k = max(1, min(int(s.ask_k), 50))
         return s
 

@@ -588,6 +588,12 @@ def _open_memories(paths: Sequence[str] | None, out: Output) -> list:
     return mems
 
 
+def _mode_help(memory_only: bool = False) -> str:
+    from engine.mechanisms import modes
+
+    return ", ".join(f"{m.name} ({m.brief})" for m in modes() if not (memory_only and m.name == "none"))
+
+
 def _modes(arg: str) -> list[str]:
     from engine.explain import MODES
 
@@ -1002,7 +1008,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("predict", cmd_predict, "answer a prompt with the plugged memories and explain the answer")
     sp.add_argument("prompt")
     sp.add_argument("--memory", action="append", metavar="PACK", help="plug a pack (repeat for several)")
-    sp.add_argument("--mode", default="dpm", help="dpm (trained branch), context (entries before the prompt) or none")
+    sp.add_argument("--mode", default="dpm", help=_mode_help())
     sp.add_argument("-k", type=retrieved, default=5, help="entries retrieved (merged over the packs; at most 100)")
     sp.add_argument("--max-new-tokens", type=answer_tokens, default=8)
     sp.add_argument("--no-explain", action="store_true", help="skip the leave-one-out pass")
@@ -1018,7 +1024,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("eval", cmd_eval, "fact-probe accuracy with and without memory, per relation, retrieval hit@k")
     sp.add_argument("probes", metavar="PROBES.jsonl")
     sp.add_argument("--memory", action="append", metavar="PACK")
-    sp.add_argument("--mode", default="dpm", help="dpm, context, none, or several: dpm,context")
+    sp.add_argument("--mode", default="dpm", help=_mode_help() + "; or several: dpm,context")
     sp.add_argument("-k", type=retrieved, default=5)
     sp.add_argument("--limit", type=positive, help="only the first N probes")
     sp.add_argument("--no-paraphrases", action="store_true")
@@ -1030,7 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--memory", action="append", metavar="PACK")
     sp.add_argument("--locality", metavar="PROBES.jsonl", help="probes about other subjects (answers must not change)")
     sp.add_argument("--locality-limit", type=positive, default=200)
-    sp.add_argument("--mode", default="dpm", help="dpm, context, or both: dpm,context")
+    sp.add_argument("--mode", default="dpm", help=_mode_help(memory_only=True) + "; or both: dpm,context")
     sp.add_argument("-k", type=retrieved, default=5)
     sp.add_argument("--limit", type=positive, help="only the first N edits")
     model_args(sp)

@@ -41,12 +41,13 @@ from PySide6.QtWidgets import (
 from app.context import AppContext
 from app.notifier import is_user_error
 from app.evaluations import EvalRequest, EvalRun, EvalStartError, EvalStore, JOB_KINDS, start_evaluation
+from engine.mechanisms import modes
 
 log = logging.getLogger(__name__)
 
 WITH = QColor(47, 123, 216)
 WITHOUT = QColor(150, 150, 150)
-MODES = [("Memory branch (dpm)", "dpm"), ("In the context", "context"), ("No memory", "none")]
+MODES = [(m.label, m.name) for m in modes()]
 DEMO_FILES = [("probes_heldout.jsonl", "held-out probes"), ("probes_train.jsonl", "training probes"),
               ("edits.jsonl", "edits")]
 

@@ -38,14 +38,11 @@ from app.context import AppContext
 from app.models.explanation_table import BAR_ROLE, COLUMNS, ExplanationTableModel
 from app.views.bars import BarDelegate
 from app.views.elided import ElidedGroupBox
+from engine.mechanisms import choose_mode, modes
 
 log = logging.getLogger(__name__)
 
-MODES = [
-    ("Memory branch (dpm)", "dpm", "The retrieved entries enter the reader's last layers through the trained memory branch."),
-    ("In the context", "context", "The retrieved entries are written before the prompt (no training needed)."),
-    ("No memory", "none", "The bare reader: nothing is retrieved."),
-]
+MODES = [(m.label, m.name, m.help) for m in modes()]
 MAX_K = 50
 
 HTML_PAGE = """<!doctype html>
@@ -270,9 +267,8 @@ class ExplainPanel(QWidget):
 
         def task(model):
             predictor = model.predictor
-            used, fell_back = mode, ""
-            if mode == "dpm" and model.branch is None:  # found out only now that the reader loaded
-                used, fell_back = "context", "No memory branch for this reader: answered with the entries in the context."
+            # the reader's branch is known only now that the reader loaded
+            used, fell_back = choose_mode(mode, has_branch=model.branch is not None)
             plugins, plugin_notes = model.plugins_for(plugin_paths)  # loads missing ones; [] frees unplugged ones
             if plugin_notes:
                 fell_back = " ".join(x for x in (fell_back, "Knowledge plugins left out: " + "; ".join(plugin_notes) + ".") if x)

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Sequence
 
 from engine.explain.record import Explanation, RetrievedEntry
+from engine.mechanisms.registry import MODES
 from engine.models.lru import LRU
 
 log = logging.getLogger(__name__)
-
-MODES = ("dpm", "context", "none")
 
 
 class PredictError(ValueError):

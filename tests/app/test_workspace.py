@@ -215,3 +215,18 @@ def test_prepare_for_fast_answers_runs_as_a_job_and_fills_the_state_store(qtbot,
 
     assert start_prepare_states(ctx, []) is None
     assert "no pack: plug or select one first" in ctx.notifier.history[-1][1]
+
+
+def test_every_mode_list_of_the_app_is_the_registry(qapp):
+    """The mode lists of Ask, Evaluation and the settings read engine.mechanisms (they were
+    written out four times)."""
+    from app import evaluations, settings
+    from app.views import evaluation, explain
+    from engine.mechanisms import mode_names, modes
+
+    assert [key for _, key, _ in explain.MODES] == list(mode_names())
+    assert [key for _, key in evaluation.MODES] == list(mode_names())
+    assert evaluations.MODES == mode_names()
+    assert [label for label, _, _ in explain.MODES] == [m.label for m in modes()]
+    assert settings.AppSettings.from_dict({"ask_mode": "magic"}).ask_mode == mode_names()[0]
+    assert settings.AppSettings.from_dict({"ask_mode": "context"}).ask_mode == "context"
