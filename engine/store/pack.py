@@ -618,6 +618,18 @@ class Pack:
                             f"object; run `plugmem check {self.path}`")
         return state
 
+    def _restorable_state(self, change_id: int, raw: Any) -> dict:
+        """The state an undo or redo of ``change_id`` writes back (without its version); refused if damaged."""
+        try:
+            state = self._snapshot(0, raw) if isinstance(raw, str) else None
+        except PackError:
+            state = None
+        if not state or not _restorable(state):
+            raise PackError(f"{self.path}: damaged pack: the history of change {change_id} holds a state that "
+                            f"cannot be restored; run `plugmem check {self.path}`")
+        state.pop("version", None)
+        return state
+
     def _state_after_add(self, rec: HistoryRecord) -> dict | None:
         """An add keeps no snapshot: its state is the next change's 'before', or the entry now."""
         row = self.conn.execute(
@@ -889,29 +901,25 @@ class Pack:
             return None
         target, kind, label = int(row[0]), row[1], row[2]
         con = self.conn
-        hist = con.execute("SELECT entry_id, op, before, after, id FROM history WHERE change_id=? ORDER BY id"
+        hist = con.execute("SELECT entry_id, op, before, after FROM history WHERE change_id=? ORDER BY id"
                            + (" DESC" if undo else ""), (target,)).fetchall()
         word = "undo" if undo else "redo"
         cv = self._begin()
         try:
             change_id = self._new_change(word, f"{word} {label}", author, cv, stack=0, target=target)
-            latest: dict[int, tuple[str, str | None, str | None, int]] = {}
-            for eid, op, before, after, row_id in hist:  # first occurrence in apply order wins per entry
-                latest.setdefault(int(eid), (op, before, after, row_id))
+            latest: dict[int, tuple[str, str | None, str | None]] = {}
+            for eid, op, before, after in hist:  # first occurrence in apply order wins per entry
+                latest.setdefault(int(eid), (op, before, after))
             entries = {e.id: e for e in self.get_many(list(latest))}
             adds, full = [], []
-            for eid, (op, before, after, row_id) in latest.items():
+            for eid, (op, before, after) in latest.items():
                 e = entries.get(eid)
                 if e is None:
                     continue
                 if op == "add":
                     adds.append((e, {**e.state(), "status": "deleted" if undo else "active"}))
                 else:
-                    st = self._snapshot(row_id, before if undo else after) or {}
-                    st.pop("version", None)
-                    if not _restorable(st):
-                        raise PackError(f"{self.path}: damaged pack: history row {row_id} holds a state that "
-                                        f"cannot be restored; run `plugmem check {self.path}`")
+                    st = self._restorable_state(target, before if undo else after)
                     full.append((e, st))
             if adds:
                 self._apply_states(change_id, adds, f"{word} add", author, cv, snapshot=False)
