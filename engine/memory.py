@@ -72,11 +72,15 @@ class Memory:
         name: str | None = None,
         on_message: MessageFn | None = None,
         progress: Callable[[float, str], None] | None = None,
+        trust_keys: bool = True,
     ) -> "Memory":
         """Open (or with ``create`` make) the pack at ``path`` with its index ready.
 
         ``encoder`` is a KeyEncoder; the default one is used when omitted. A pack made
-        by another encoder raises ``EncoderMismatchError`` naming both.
+        by another encoder raises ``EncoderMismatchError`` naming both. With
+        ``trust_keys=False`` (a pack from elsewhere: its keys may have been crafted to be
+        retrieved for other questions) no stored key or index cache is used: every active
+        entry is encoded from its text, and the keys are stored when the pack is writable.
         """
         from engine.encode import get_default_encoder
 
@@ -89,7 +93,11 @@ class Memory:
             pack = Pack.open(path, encoder=fp)
         mem = cls(pack, encoder, None, on_message)
         try:
-            mem.index = mem._load_or_rebuild_index(progress)
+            if trust_keys:
+                mem.index = mem._load_or_rebuild_index(progress)
+            else:
+                mem._say(f"Encoding every key of {pack.path.name} afresh (its stored keys are not trusted).")
+                mem.index = mem.rebuild_index(progress, trust_keys=False)
         except BaseException:
             pack.close()
             raise
@@ -138,14 +146,23 @@ class Memory:
         self._index_entries(list(map(int, upsert)))
         return len(upsert) + len(remove)
 
-    def rebuild_index(self, progress: Callable[[float, str], None] | None = None):
-        """Rebuild the index from SQLite (encoding entries whose vectors are missing or stale)."""
-        self.ensure_vectors(progress)
+    def rebuild_index(self, progress: Callable[[float, str], None] | None = None, *, trust_keys: bool = True):
+        """Rebuild the index from SQLite (encoding entries whose vectors are missing or stale;
+        with ``trust_keys=False``, every active entry)."""
+        self.ensure_vectors(progress, every=not trust_keys)
         index = self._new_index()
-        ids_parts, key_parts = [], []
-        for ids, keys in self.pack.iter_active_vectors():
+        ids_parts, key_parts, damaged = [], [], []
+        for ids, keys in self.pack.iter_active_vectors(damaged=damaged):
             ids_parts.append(ids)
             key_parts.append(keys)
+        if damaged:  # NaN/Inf keys: derived data, so encoded again from the texts
+            entries = self.pack.get_many(damaged)
+            fresh = self.encoder.encode([e.text for e in entries])
+            if not self.pack.readonly:
+                self.pack.set_vectors([e.id for e in entries], fresh)
+            ids_parts.append(np.asarray([e.id for e in entries], dtype=np.int64))
+            key_parts.append(fresh)
+            self._say(f"{self.pack.path.name}: {len(entries):,} damaged keys encoded again from their texts.")
         if ids_parts:
             index.build(np.concatenate(ids_parts), np.concatenate(key_parts))
         else:
@@ -154,9 +171,10 @@ class Memory:
         self.save_index()
         return index
 
-    def ensure_vectors(self, progress: Callable[[float, str], None] | None = None, batch: int = 512) -> int:
-        """Encode every active entry without an up-to-date vector. Returns how many."""
-        stale = self.pack.stale_vector_ids()
+    def ensure_vectors(self, progress: Callable[[float, str], None] | None = None, batch: int = 512,
+                       *, every: bool = False) -> int:
+        """Encode every active entry without an up-to-date vector (``every``: all of them). Returns how many."""
+        stale = self.pack.all_ids_array("active").tolist() if every else self.pack.stale_vector_ids()
         total = len(stale)
         for start in range(0, total, batch):
             ids = stale[start : start + batch]
@@ -167,10 +185,23 @@ class Memory:
                 progress(min(1.0, (start + len(ids)) / total), f"encoded {start + len(ids):,} of {total:,}")
         return total
 
-    def save_index(self) -> None:
-        if self.index is not None:
+    def save_index(self) -> bool:
+        """Write the index cache beside the pack; True when written.
+
+        A failure (a full disk, a folder that cannot be written, a lock held too long) is
+        said and never raised: the cache is derived, and the edit or search that led here
+        has already succeeded. The next open catches up or rebuilds from the pack.
+        """
+        if self.index is None:
+            return False
+        try:
             self.index.save(index_dir_for(self.pack.path), self._stamp())
-            self._index_dirty = False
+        except (OSError, RuntimeError) as exc:  # RuntimeError: faiss's own I/O errors
+            self._say(f"Index cache of {self.pack.path.name} not saved ({exc}); "
+                      "it is caught up or rebuilt from the pack next time.")
+            return False
+        self._index_dirty = False
+        return True
 
     # ------------------------------------------------------------------ sync
     def _index_entries(self, ids: Sequence[int]) -> None:
