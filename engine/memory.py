@@ -97,7 +97,8 @@ class Memory:
                 mem.index = mem._load_or_rebuild_index(progress)
             else:
                 mem._say(f"Encoding every key of {pack.path.name} afresh (its stored keys are not trusted).")
-                mem.index = mem.rebuild_index(progress, trust_keys=False)
+                mem.ensure_vectors(progress, every=True)
+                mem.index = mem.rebuild_index()
         except BaseException:
             pack.close()
             raise
@@ -146,10 +147,9 @@ class Memory:
         self._index_entries(list(map(int, upsert)))
         return len(upsert) + len(remove)
 
-    def rebuild_index(self, progress: Callable[[float, str], None] | None = None, *, trust_keys: bool = True):
-        """Rebuild the index from SQLite (encoding entries whose vectors are missing or stale;
-        with ``trust_keys=False``, every active entry)."""
-        self.ensure_vectors(progress, every=not trust_keys)
+    def rebuild_index(self, progress: Callable[[float, str], None] | None = None):
+        """Rebuild the index from SQLite (encoding entries whose vectors are missing or stale)."""
+        self.ensure_vectors(progress)
         index = self._new_index()
         ids_parts, key_parts, damaged = [], [], []
         for ids, keys in self.pack.iter_active_vectors(damaged=damaged):
