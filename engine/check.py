@@ -70,16 +70,12 @@ class _Check:
         return self.repair
 
 
-def _hardened_ro(path: Path) -> sqlite3.Connection:
-    from engine.store.sqlite_guard import connect
-
-    return connect(path, readonly=True, immutable=not os.access(path.parent, os.W_OK))
-
-
 # ---------------------------------------------------------------------------- the checks
 def _check_database(c: _Check) -> None:
+    from engine.store.sqlite_guard import connect
+
     try:
-        con = _hardened_ro(c.path)
+        con = connect(c.path, readonly=True)
         try:
             with con.long_statements():
                 rows = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]

@@ -215,14 +215,10 @@ def validate_fields(fields: dict[str, Any], *, require_text: bool, record: int |
 
 
 # ---------------------------------------------------------------------------- the pack
-def _folder_unwritable(path: Path) -> bool:
-    return not os.access(path.parent, os.W_OK)
-
-
 def _unwritable(path: Path) -> str | None:
     """Why the pack at ``path`` cannot be written (None: it can): SQLite needs the file, and
     the folder for its -wal and -shm files."""
-    if _folder_unwritable(path):
+    if not os.access(path.parent, os.W_OK):
         return "its folder is read-only"
     if not os.access(path, os.W_OK):
         return "the file is read-only"
@@ -302,10 +298,8 @@ class Pack:
 
     @classmethod
     def _connect(cls, path: Path, *, readonly: bool, create: bool, reason: str | None = None) -> "Pack":
-        # immutable: on read-only media SQLite could not create the -shm file a WAL pack needs
-        immutable = readonly and not create and _folder_unwritable(path)
         try:
-            con = connect(path, readonly=readonly, create=create, immutable=immutable)
+            con = connect(path, readonly=readonly, create=create)
         except sqlite3.DatabaseError as exc:
             raise PackError(f"{path}: cannot open pack ({exc})") from None
         try:

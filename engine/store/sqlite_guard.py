@@ -98,10 +98,27 @@ def harden(con: sqlite3.Connection) -> None:
         con.enable_load_extension(False)
 
 
-def connect(path: Path, *, readonly: bool, create: bool = False, immutable: bool = False,
-            timeout: float = 30.0) -> PackConnection:
-    """Open ``path`` with the defences set. ``immutable`` is for files on read-only media:
-    SQLite then takes no locks and needs no ``-shm`` file (which it could not create)."""
+def connect(path: Path, *, readonly: bool, create: bool = False, timeout: float = 30.0) -> PackConnection:
+    """Open ``path`` with the defences set.
+
+    Read-only, a WAL pack needs a ``-shm`` file beside it; in a folder that cannot be
+    written (read-only media) SQLite cannot create one, and the file is then opened
+    ``immutable`` (no locks, no -shm). Only then: a folder that is merely not writable by
+    this user may have a writer, whose changes an immutable reader would misread.
+    """
+    con = _connect(path, readonly=readonly, create=create, immutable=False, timeout=timeout)
+    if readonly:
+        try:
+            con.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            if os.access(Path(path).parent, os.W_OK):
+                raise
+            con.close()
+            con = _connect(path, readonly=True, create=False, immutable=True, timeout=timeout)
+    return con
+
+
+def _connect(path: Path, *, readonly: bool, create: bool, immutable: bool, timeout: float) -> PackConnection:
     uri = Path(path).resolve().as_uri()
     if immutable:
         uri += "?immutable=1"
