@@ -383,92 +383,86 @@ class Pack:
             raise ValidationError("a pack name cannot be empty", "name")
         self._set_meta("name", name.strip())
 
-    def _meta_int(self, key: str) -> int:
-        raw = self._meta(key, "0") or "0"
-        if not _is_count(raw):
-            raise PackError(f"{self.path}: damaged pack: metadata {key} {str(raw)[:40]!r} is not a whole number; "
-                            f"run `plugmem check {self.path} --repair`")
-        return int(raw)
+    def _meta_issue(self, key: str, raw: Any) -> str | None:
+        """What is wrong with metadata value ``raw`` of ``key`` (None: nothing, or not checked)."""
+        if raw is None:
+            return None
+        if not isinstance(raw, str):
+            return f"metadata {key} is a {type(raw).__name__}, not text"
+        if key in ("content_version", "entities_version") and not _is_count(raw or "0"):
+            return f"metadata {key} {raw[:40]!r} is not a whole number"
+        if key == "vector_dtype" and (raw or "float32") not in VECTOR_DTYPES:
+            return f"metadata vector_dtype {raw[:40]!r} is not one of {', '.join(VECTOR_DTYPES)}"
+        if key == "encoder" and raw:
+            try:
+                EncoderFingerprint.from_dict(json.loads(raw))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                return f"unreadable encoder fingerprint in metadata ({exc})"
+        return None
+
+    def _checked_meta(self, key: str, default: str) -> str:
+        """A metadata value that :meth:`_meta_issue` accepts; a damaged one is refused in one line."""
+        raw = self._meta(key)
+        issue = self._meta_issue(key, raw)
+        if issue:
+            raise PackError(f"{self.path}: damaged pack: {issue}; run `plugmem check {self.path} --repair`")
+        return raw or default
 
     @property
     def content_version(self) -> int:
-        return self._meta_int("content_version")
+        return int(self._checked_meta("content_version", "0"))
 
     @property
     def entities_version(self) -> int:
         """Grows with every change to the pack's entities or their aliases (a triples import
         that adds or updates any): a knowledge plugin linked with older aliases is stale."""
-        return self._meta_int("entities_version")
+        return int(self._checked_meta("entities_version", "0"))
 
     @property
     def vector_dtype(self) -> str:
-        dtype = self._meta("vector_dtype", "float32") or "float32"
-        if dtype not in VECTOR_DTYPES:
-            raise PackError(f"{self.path}: damaged pack: metadata vector_dtype {str(dtype)[:40]!r} is not one of "
-                            f"{', '.join(VECTOR_DTYPES)}; run `plugmem check {self.path} --repair`")
-        return dtype
+        return self._checked_meta("vector_dtype", "float32")
 
     @property
     def encoder(self) -> EncoderFingerprint | None:
-        raw = self._meta("encoder")
-        if not raw:
-            return None
-        try:
-            return EncoderFingerprint.from_dict(json.loads(raw))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise PackError(f"{self.path}: damaged pack: unreadable encoder fingerprint in metadata ({exc}); "
-                            f"run `plugmem check {self.path} --repair`") from None
+        raw = self._checked_meta("encoder", "")
+        return EncoderFingerprint.from_dict(json.loads(raw)) if raw else None
 
     def meta_problems(self) -> list[str]:
         """What is wrong with the pack's metadata, one line each (empty: nothing)."""
-        out: list[str] = []
-        for key, value in self.conn.execute("SELECT key, value FROM meta"):
-            if not isinstance(value, str):
-                out.append(f"metadata {key} is a {type(value).__name__}, not text")
-        if out:
-            return out
-        for read in (lambda: self.content_version, lambda: self.entities_version, lambda: self.vector_dtype,
-                     lambda: self.encoder):
-            try:
-                read()
-            except PackError as exc:
-                out.append(str(exc).split("damaged pack: ", 1)[-1].split("; run `plugmem check", 1)[0])
-        return out
+        rows = self.conn.execute("SELECT key, value FROM meta").fetchall()
+        return [issue for key, raw in rows if (issue := self._meta_issue(key, raw))]
 
     def repair_meta(self) -> list[str]:
         """Re-derive what damaged metadata can be derived from; returns what was done."""
         self._writable()
         con, done = self.conn, []
         with con:
-            for key, value in con.execute("SELECT key, value FROM meta").fetchall():
-                if not isinstance(value, str) and key not in ("content_version", "entities_version",
-                                                              "vector_dtype", "encoder"):
-                    con.execute("UPDATE meta SET value=? WHERE key=?", (self.path.stem if key == "name" else "", key))
-                    done.append(f"metadata {key} reset")
-            if not _is_count(self._meta("content_version", "0")):
-                cv = con.execute("SELECT max(coalesce((SELECT max(cv) FROM entries WHERE typeof(cv)='integer'), 0), "
-                                 "coalesce((SELECT max(content_version) FROM changes "
-                                 "WHERE typeof(content_version)='integer'), 0))").fetchone()[0]
-                con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('content_version', ?)", (str(cv),))
-                done.append(f"content version set to {cv} (the latest change recorded)")
-            if not _is_count(self._meta("entities_version", "0")):
-                # any value no plugin was linked at: a plugin made before the damage reads as stale
-                ev = str(int(time.time()))
-                con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('entities_version', ?)", (ev,))
-                done.append("entities version renewed (knowledge plugins will be re-linked)")
-            dtype = self._meta("vector_dtype", "float32")
-            if dtype not in VECTOR_DTYPES:
-                row = con.execute("SELECT dtype FROM vectors WHERE dtype IN ('float32', 'float16') GROUP BY dtype "
-                                  "ORDER BY count(*) DESC LIMIT 1").fetchone()
-                con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('vector_dtype', ?)",
-                            (row[0] if row else "float32",))
-                done.append(f"vector dtype set to {row[0] if row else 'float32'}")
-            try:
-                self.encoder
-            except PackError:
-                con.execute("UPDATE meta SET value='' WHERE key='encoder'")
-                con.execute("DELETE FROM vectors")  # made by an encoder nobody can name: re-encoded next
-                done.append("unreadable encoder fingerprint dropped with the keys it made (re-encoded next)")
+            damaged = {key for key, raw in con.execute("SELECT key, value FROM meta").fetchall()
+                       if self._meta_issue(key, raw)}
+
+            def put(key: str, value: str, what: str) -> None:
+                con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+                done.append(what)
+
+            for key in sorted(damaged):
+                if key == "content_version":
+                    cv = con.execute(
+                        "SELECT max(coalesce((SELECT max(cv) FROM entries WHERE typeof(cv)='integer'), 0), "
+                        "coalesce((SELECT max(content_version) FROM changes WHERE typeof(content_version)='integer'),"
+                        " 0))").fetchone()[0]
+                    put(key, str(cv), f"content version set to {cv} (the latest change recorded)")
+                elif key == "entities_version":
+                    # a value no plugin was linked at: a plugin made before the damage reads as stale
+                    put(key, str(int(time.time())), "entities version renewed (knowledge plugins will be re-linked)")
+                elif key == "vector_dtype":
+                    row = con.execute("SELECT dtype FROM vectors WHERE dtype IN ('float32', 'float16') "
+                                      "GROUP BY dtype ORDER BY count(*) DESC LIMIT 1").fetchone()
+                    put(key, row[0] if row else "float32", f"vector dtype set to {row[0] if row else 'float32'}")
+                elif key == "encoder":
+                    con.execute("DELETE FROM vectors")  # made by an encoder nobody can name: re-encoded next
+                    put(key, "", "unreadable encoder fingerprint dropped with the keys it made (re-encoded next)")
+                else:
+                    put(key, self.path.stem if key == "name" else "", f"metadata {key} reset")
         return done
 
     def set_encoder(self, fp: EncoderFingerprint) -> None:
