@@ -127,8 +127,13 @@ DROP TRIGGER IF EXISTS entries_fts_au;
 # version -> SQL bringing a pack from version-1 to version
 MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
 
-# Tables SQLite itself may add (ANALYZE, run by `PRAGMA optimize` on close).
-_OPTIONAL = ("sqlite_stat1", "sqlite_stat4")
+# Tables SQLite itself may add (ANALYZE, run by `PRAGMA optimize` on close). stat4 (and the
+# older stat3) exist only in SQLite builds with STAT4, which the pack's author may have had.
+_STAT_TABLES = {
+    "sqlite_stat1": "CREATE TABLE sqlite_stat1(tbl,idx,stat)",
+    "sqlite_stat3": "CREATE TABLE sqlite_stat3(tbl,idx,neq,nlt,ndlt,sample)",
+    "sqlite_stat4": "CREATE TABLE sqlite_stat4(tbl,idx,neq,nlt,ndlt,sample)",
+}
 
 
 class SchemaMismatch(ValueError):
@@ -155,8 +160,9 @@ def expected_schema(version: int) -> dict[str, SchemaRow]:
         for v in range(1, version + 1):
             for stmt in _statements(MIGRATIONS[v]):
                 con.execute(stmt)
-        con.execute("ANALYZE")  # so sqlite_stat1 (and stat4 where built in) are known exactly
-        return _schema_rows(con)
+        rows = _schema_rows(con)
+        rows.update({name: ("table", name, name, sql) for name, sql in _STAT_TABLES.items()})
+        return rows
     finally:
         con.close()
 
@@ -206,7 +212,7 @@ def verify_schema(con: sqlite3.Connection) -> int:
         elif exp != row:
             issues.append(f"{_describe(row)} differs from the one PlugMem makes")
     issues = code + issues + [f"{_describe(exp)} is missing" for name, exp in want.items()
-                              if name not in found and name not in _OPTIONAL]
+                              if name not in found and name not in _STAT_TABLES]
     if issues:
         more = f" (and {len(issues) - 3} more)" if len(issues) > 3 else ""
         raise SchemaMismatch("refused: its schema is not the one PlugMem makes: " + "; ".join(issues[:3]) + more)

@@ -101,6 +101,14 @@ def test_a_pack_with_code_or_a_foreign_schema_is_refused_and_left_unchanged(caps
     con.close()
 
 
+def test_what_sqlite_adds_itself_is_no_schema_difference(pack):
+    con = raw(pack)
+    con.execute("ANALYZE")  # sqlite_stat1, as `PRAGMA optimize` on close makes it
+    con.close()
+    with Pack.open(pack) as p:
+        assert p.count() == 10
+
+
 def test_every_pack_connection_has_the_defences_set(pack):
     with Pack.open(pack) as p, Pack.open(pack, readonly=True) as ro:
         for con in (p.conn, ro.conn):
