@@ -202,7 +202,10 @@ def _check_fts(c: _Check) -> None:
     problem = None
     try:
         with con.long_statements():
-            con.execute(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES('integrity-check')")
+            if c.pack.readonly:  # integrity-check is an INSERT; a query still loads the index's structure
+                con.execute(f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH 'a*' LIMIT 1").fetchall()
+            else:
+                con.execute(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES('integrity-check')")
             # integrity-check (SQLite 3.40) does not compare an external-content index with
             # its table: the docsize table has one row per indexed entry
             missing = con.execute(f"SELECT count(*) FROM entries WHERE id NOT IN "
@@ -380,8 +383,9 @@ def _check_index(c: _Check) -> None:
             c.repaired.append(f"moved the file in the index cache's place aside, to {aside.name}")
             c.rebuild = True
         return
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        c.found(problem, cannot=f"{folder}: not writable; make it writable (or remove it) and run repair again")
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):  # a sound cache may well be read-only
+        c.found(problem, cannot=f"vector index: {folder} is not writable; make it writable (or remove it) "
+                                "and repair again")
         return
     c.found(problem)
     c.rebuild = c.rebuild or c.repair
@@ -402,8 +406,6 @@ def _index_problem(pack, encoder) -> str | None:
     folder = index_dir_for(pack.path)
     if folder.exists() and not folder.is_dir():
         return f"vector index: {folder.name} is a file, not the index cache folder"
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        return f"vector index: cache folder {folder.name} is not writable"
     if not folder.exists():
         return "vector index: cache missing" if pack.count("active") else None
     stamp = _read_stamp(folder)

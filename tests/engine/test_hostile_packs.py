@@ -340,6 +340,10 @@ def test_a_pack_on_a_read_only_folder_is_listed_and_writes_are_refused_clearly(p
         assert listed.returncode == 0, listed.stderr
         assert len(json.loads(listed.stdout)["entries"]) == 10
         assert cli("search", target, "capital", "--text", "--json").returncode == 0
+        found = cli("search", target, "capital of Japan", "--json")  # the cache beside it serves
+        assert found.returncode == 0 and json.loads(found.stdout)["results"][0]["text"].startswith("Tokyo")
+        checked = cli("check", target, "--json")  # a sound cache that cannot be written is no problem
+        assert checked.returncode == 0 and json.loads(checked.stdout)["ok"] is True, checked.stdout
         edit = cli("edit", target, 1, "--title", "x")
         assert edit.returncode == 2 and "Traceback" not in edit.stderr, edit.stderr
         assert "opened read-only (its folder is read-only); changes are refused" in edit.stderr, edit.stderr
