@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from engine.fingerprint import EncoderFingerprint
-from engine.store import Change, Entry, Pack
+from engine.store import Change, Entry, Pack, PackError
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,10 @@ class Memory:
         """Encode every active entry without an up-to-date vector (``every``: all of them). Returns how many."""
         stale = self.pack.all_ids_array("active").tolist() if every else self.pack.stale_vector_ids()
         total = len(stale)
+        if total and self.pack.readonly:  # said before any encoding: the keys could not be kept
+            raise PackError(f"{self.pack.path}: opened read-only ({self.pack.readonly_reason or 'as asked'}), so the "
+                            f"{total:,} keys to encode for semantic search cannot be stored; copy the pack somewhere "
+                            "writable, or search its text with --text")
         for start in range(0, total, batch):
             ids = stale[start : start + batch]
             entries = self.pack.get_many(ids)

@@ -347,7 +347,11 @@ def test_a_pack_on_a_read_only_folder_is_listed_and_writes_are_refused_clearly(p
         edit = cli("edit", target, 1, "--title", "x")
         assert edit.returncode == 2 and "Traceback" not in edit.stderr, edit.stderr
         assert "opened read-only (its folder is read-only); changes are refused" in edit.stderr, edit.stderr
-        assert Pack.open(target, readonly=True).get(1).title == "France"
+        untrusted = cli("search", target, "capital of Japan", "--reencode-untrusted")  # keys cannot be kept there
+        assert untrusted.returncode == 2 and "Traceback" not in untrusted.stderr
+        assert "keys to encode for semantic search cannot be stored" in untrusted.stderr, untrusted.stderr
+        with Pack.open(target, readonly=True) as ro:
+            assert ro.get(1).title == "France"
     finally:
         for d, _, files in os.walk(media):
             os.chmod(d, 0o755)
