@@ -8,8 +8,8 @@ line in ``not_repaired``. The checks, in order (each a small function of a ``_Ch
    or other code), readable metadata — a hostile schema is refused, never modified;
    damaged metadata is re-derived by repair where it can be (versions, vector dtype);
 2. SQLite's own ``quick_check`` — not repairable here (restore a backup);
-3. entry rows and history rows are of the right types — repair restores what can be
-   derived (tags from the tag table, versions, texts stored as UTF-8 blobs);
+3. entry, history and entity rows are of the right types — repair restores what can
+   be derived (tags from the tag table, versions, texts stored as UTF-8 blobs);
 4. the FTS5 index is sound and holds every entry — repair rebuilds (or remakes) it;
 5. edits left by an interrupted edit evaluation — repair undoes them;
 6. the encoder that made the vectors is the running one — fixed only by ``reencode``;
@@ -112,6 +112,14 @@ WHERE typeof(title) != 'text' OR typeof(text) != 'text' OR typeof(source) != 'te
 ORDER BY id
 """
 
+_DAMAGED_ALIASES = """
+SELECT id FROM entities WHERE typeof(aliases) != 'text'
+   OR (CASE WHEN typeof(aliases) = 'text' AND json_valid(aliases) THEN json_type(aliases) END) IS NOT 'array'
+   OR (CASE WHEN typeof(aliases) = 'text' AND json_valid(aliases) AND json_type(aliases) = 'array'
+            THEN (SELECT count(*) FROM json_each(aliases) WHERE type != 'text') END) > 0
+ORDER BY id
+"""
+
 _DAMAGED_HISTORY = """
 SELECT id FROM history WHERE
     (before IS NOT NULL AND (CASE WHEN typeof(before) = 'text' AND json_valid(before) THEN json_type(before) END)
@@ -133,6 +141,7 @@ def _check_rows(c: _Check) -> None:
     with con.long_statements():
         rows = con.execute(_DAMAGED_ROWS).fetchall()
         hist = [r[0] for r in con.execute(_DAMAGED_HISTORY)]
+        aliases = [r[0] for r in con.execute(_DAMAGED_ALIASES)]
     if rows:
         first = entry_row_problem(rows[0]) or "has a value of the wrong type"
         c.found(f"entries: {len(rows):,} damaged (entry {rows[0][0]} {first}; ids {_ids([r[0] for r in rows])})")
@@ -147,6 +156,9 @@ def _check_rows(c: _Check) -> None:
     if hist:
         c.found(f"history: {len(hist):,} rows hold a state that is not a JSON object (rows {_ids(hist)})",
                 cannot=f"history rows {_ids(hist)}: not derivable; undo and redo of their changes stay refused")
+    if aliases:
+        c.found(f"entities: {len(aliases):,} have aliases that are not a JSON list of strings (ids {_ids(aliases)})",
+                cannot=f"entity aliases {_ids(aliases)}: not derivable; import the triples file again")
 
 
 def _as_text(value: Any) -> str | None:
@@ -165,6 +177,8 @@ def _repair_rows(c: _Check, rows: list) -> tuple[list[int], list[int]]:
     import json
     import time
 
+    from engine.store.pack import json_strings
+
     con, fixed, left = c.pack.conn, [], []
     now = time.time()
     with con:
@@ -173,12 +187,7 @@ def _repair_rows(c: _Check, rows: list) -> tuple[list[int], list[int]]:
             if text is None:
                 left.append(eid)
                 continue
-            try:
-                good_tags = isinstance(tags, str) and all(isinstance(t, str) for t in json.loads(tags)) \
-                    and isinstance(json.loads(tags), list)
-            except ValueError:
-                good_tags = False
-            if not good_tags:  # the tag table holds the same tags, one row each
+            if json_strings(tags) is None:  # the tag table holds the same tags, one row each
                 tags = json.dumps([r[0] for r in con.execute("SELECT tag FROM entry_tags WHERE entry_id=? ORDER BY tag",
                                                              (eid,))])
             if not isinstance(version, int):  # above every version its history names, so its key reads stale

@@ -134,13 +134,18 @@ def entry_row_problem(row: Sequence[Any]) -> str | None:
         return "has a time that is not a number"
     if not isinstance(row[8], int):
         return f"has a version {str(row[8])[:40]!r} that is not a whole number"
-    try:
-        tags = json.loads(row[4]) if isinstance(row[4], str) else None
-    except ValueError:
-        tags = None
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+    if json_strings(row[4]) is None:
         return "has tags that are not a JSON list of strings"
     return None
+
+
+def json_strings(raw: Any) -> list[str] | None:
+    """``raw`` read as a JSON list of strings (tags, aliases), or None when it is not one."""
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
 
 
 _COLS = "id, title, text, source, tags, status, created, updated, version"
@@ -1116,8 +1121,16 @@ class Pack:
             return int(self.conn.execute("SELECT id FROM entities WHERE name=?", (name,)).fetchone()[0])
 
     def entities(self) -> list[dict[str, Any]]:
-        return [{"id": r[0], "name": r[1], "aliases": json.loads(r[2]), "description": r[3]}
+        return [{"id": r[0], "name": r[1], "aliases": self.read_aliases(r[0], r[2]), "description": r[3]}
                 for r in self.conn.execute("SELECT id, name, aliases, description FROM entities ORDER BY id")]
+
+    def read_aliases(self, entity_id: int, raw: Any) -> list[str]:
+        """An entity's stored aliases; damaged ones are refused in one line naming the entity."""
+        aliases = json_strings(raw)
+        if aliases is None:
+            raise PackError(f"{self.path}: damaged pack: entity {entity_id} has aliases that are not a JSON list "
+                            f"of strings; run `plugmem check {self.path}`")
+        return aliases
 
     def add_triples(self, triples: Iterable[tuple[int, str, str, int | None, str]]) -> int:
         self._writable()

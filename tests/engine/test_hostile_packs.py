@@ -196,6 +196,8 @@ DAMAGE = {
                   "entry 3 has a bytes where its text text belongs"),
     "non-integer entry version": ("UPDATE entries SET version = 'abc' WHERE id = 3", "entries: 1 damaged", True,
                                   "entry 3 has a version 'abc'"),
+    "bad entity aliases JSON": ("INSERT INTO entities(name, aliases) VALUES ('Japan', '{oops')",
+                                "entities: 1 have aliases", False, None),
     "bad history JSON": ("UPDATE history SET before = '{broken' WHERE before IS NOT NULL", "history: 1 rows",
                          False, None),
     "non-integer content version": ("UPDATE meta SET value = 'abc' WHERE key = 'content_version'",
@@ -226,7 +228,8 @@ def test_check_reports_repair_derives_and_no_command_raises(capsys, pack, case):
 
     # every other command: works, or refuses in one line (the message check gives, where the open refuses)
     for cmd in (("list", pack), ("show", pack, 3), ("search", pack, "capital of Japan"),
-                ("search", pack, "capital", "--text"), ("history", pack), ("stats", pack), ("undo", pack)):
+                ("search", pack, "capital", "--text"), ("history", pack), ("stats", pack), ("undo", pack),
+                ("entities", pack)):
         code, out, err = run(capsys, *cmd)
         assert code == 0 or (code == 2 and err.count("\n") == 1 and err.startswith("plugmem: error: ")), (cmd, err)
         if refusal and cmd[0] == "list":
