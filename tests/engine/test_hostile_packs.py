@@ -286,6 +286,12 @@ def test_a_pack_from_elsewhere_can_be_opened_re_encoding_every_key(capsys, poiso
     assert check(capsys, poisoned, "--full")["ok"] is True  # the fresh keys were kept
 
 
+def test_reencode_replaces_poisoned_keys_and_the_cache_built_from_them(capsys, poisoned):
+    assert _top(capsys, poisoned, "What is the chemical symbol of gold?")["text"].startswith("Paris")  # cached now
+    assert run(capsys, "reencode", poisoned)[0] == 0  # same encoder: the cache's stamp still matched
+    assert _top(capsys, poisoned, "What is the chemical symbol of gold?")["text"].startswith("The chemical symbol")
+
+
 def test_an_oversized_key_is_found_though_it_points_the_right_way(capsys, pack):
     con = raw(pack)
     key = np.frombuffer(con.execute("SELECT key FROM vectors WHERE entry_id=1").fetchone()[0], np.float32) * 50
