@@ -27,7 +27,15 @@ from typing import Iterator
 # A statement's time limit. The longest legitimate statements on a million-entry pack
 # (FTS rebuild 30 s, quick_check of 4 GB) run under `long_statements`, which allows
 # MAINTENANCE_LIMIT_S; everything else a command does takes well under a second.
-STATEMENT_LIMIT_S = float(os.environ.get("PLUGMEM_SQL_TIME_LIMIT", "60"))
+def _limit_from_env(default: float = 60.0) -> float:
+    try:
+        value = float(os.environ.get("PLUGMEM_SQL_TIME_LIMIT", default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+STATEMENT_LIMIT_S = _limit_from_env()
 MAINTENANCE_LIMIT_S = 30 * 60.0
 _PROGRESS_OPS = 100_000  # VM steps between two looks at the clock (about a millisecond)
 
