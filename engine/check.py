@@ -476,7 +476,7 @@ def check_pack(path: Path, *, repair: bool = False, full: bool = False, encoder=
         pack = _reopen(path)
     except PackError as exc:
         problems = [str(exc)]
-        if "refused" not in problems[0]:  # a hostile file is not even read further
+        if "refused" not in problems[0] and "newer PlugMem" not in problems[0]:  # unverified schemas: not read
             problems += [p for p in _db_problems(path) if p not in problems]
         out = report(None, problems, False)
         if repair:
