@@ -121,13 +121,13 @@ def _open_pack(path: str, *, must_exist: bool = True):
     return Pack.open(p)
 
 
-def _open_memory(path: str, out: Output, *, create: bool = False):
+def _open_memory(path: str, out: Output, *, create: bool = False, trust_keys: bool = True):
     from engine.memory import Memory
 
     p = Path(path)
     if not create and not p.exists():
         raise CliError(f"{path}: no such pack (create it with `plugmem init {path}`)")
-    return Memory.open(p, create=create, on_message=out.info)
+    return Memory.open(p, create=create, on_message=out.info, trust_keys=trust_keys)
 
 
 def _one_line(text: str, width: int = 100) -> str:
@@ -409,7 +409,7 @@ def cmd_search(a, out: Output) -> int:
                 if i in entries
             ]
     else:
-        with _open_memory(a.pack, out) as mem:
+        with _open_memory(a.pack, out, trust_keys=not a.reencode_untrusted) as mem:
             results = [h.to_dict() for h in mem.search(a.query, k=a.k)]
 
     def human() -> str:
@@ -458,7 +458,7 @@ def cmd_stats(a, out: Output) -> int:
             "index_cache": str(index_dir_for(pack.path)) if index_dir_for(pack.path).exists() else None,
             "file_bytes": pack.path.stat().st_size,
         }
-        enc = pack.encoder.describe() if pack.encoder else "(none yet)"
+        enc = pack.encoder.describe() if pack.encoder else "(none yet)"  # read while the pack is open
 
     def human() -> str:
         return "\n".join(
@@ -478,12 +478,13 @@ def cmd_stats(a, out: Output) -> int:
 def cmd_check(a, out: Output) -> int:
     from engine.check import check_pack
 
-    report = check_pack(Path(a.pack), repair=a.repair, on_message=out.info)
+    report = check_pack(Path(a.pack), repair=a.repair, full=a.full, on_message=out.info)
 
     def human() -> str:
         lines = ["ok" if report["ok"] else f"{len(report['problems'])} problem(s):"]
         lines += [f"  - {p}" for p in report["problems"]]
         lines += [f"  repaired: {r}" for r in report.get("repaired", [])]
+        lines += [f"  not repaired: {r}" for r in report.get("not_repaired", [])]
         return "\n".join(lines)
 
     out.emit(report, human)
@@ -576,11 +577,11 @@ def _load_predictor(a, out: Output, modes: Sequence[str]):
     return Predictor(reader, branch, entry_store=store)
 
 
-def _open_memories(paths: Sequence[str] | None, out: Output) -> list:
+def _open_memories(paths: Sequence[str] | None, out: Output, *, trust_keys: bool = True) -> list:
     mems = []
     try:
         for p in paths or []:
-            mems.append(_open_memory(p, out))
+            mems.append(_open_memory(p, out, trust_keys=trust_keys))
     except BaseException:
         for m in mems:
             m.close()
@@ -689,7 +690,7 @@ def cmd_predict(a, out: Output) -> int:
     if len(modes) != 1:
         raise CliError("predict takes one --mode")
     _check_plugin_args(a)
-    mems = _open_memories(a.memory, out)
+    mems = _open_memories(a.memory, out, trust_keys=not a.reencode_untrusted)
     try:
         if not mems and modes[0] == "dpm":
             modes = ["none"]  # nothing plugged: the bare reader, no branch needed
@@ -730,7 +731,7 @@ def _run_per_mode(a, out: Output, modes: Sequence[str], label: str, read_inputs:
     """
     _check_plugin_args(a)
     stop = _StopFlag()
-    mems = _open_memories(a.memory, out)
+    mems = _open_memories(a.memory, out, trust_keys=not a.reencode_untrusted)
     results: dict[str, Any] = {}
     try:
         try:
@@ -906,6 +907,8 @@ def cmd_train_memory_reader(a, out: Output) -> int:
 
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from engine.check import KEY_SAMPLE
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress or notices on stderr")
@@ -971,11 +974,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id", type=entry_id, nargs="?")
     sp.add_argument("--limit", type=positive, default=50)
 
+    def untrusted_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--reencode-untrusted", action="store_true",
+                        help="do not trust the pack's stored keys (a pack from elsewhere): encode every entry "
+                             "from its text first and keep those keys")
+
     sp = add("search", cmd_search, "search a pack (semantic by default, --text for full-text)")
     sp.add_argument("pack")
     sp.add_argument("query")
     sp.add_argument("-k", type=positive, default=10)
     sp.add_argument("--text", action="store_true", help="full-text search (FTS5, bm25)")
+    untrusted_arg(sp)
 
     sp = add("export", cmd_export, "export a pack to JSONL or CSV (lossless)")
     sp.add_argument("pack")
@@ -988,8 +997,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("check", cmd_check, "check a pack's database, full-text index, vectors and index cache")
     sp.add_argument("pack")
     sp.add_argument("--repair", action="store_true", help="rebuild what is derived (FTS, vectors, index)")
+    sp.add_argument("--full", action="store_true",
+                    help=f"re-encode every key to compare it with its text (default: a sample of {KEY_SAMPLE})")
 
-    sp = add("reencode", cmd_reencode, "re-encode a pack's keys with the current encoder")
+    sp = add("reencode", cmd_reencode, "re-encode a pack's keys with the current encoder (adopt a pack from "
+                                       "another encoder, or stop trusting keys made elsewhere)")
     sp.add_argument("pack")
 
     sp = add("demo", cmd_demo, "build the bundled demo memories (once) and run a sample search")
@@ -1014,6 +1026,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-explain", action="store_true", help="skip the leave-one-out pass")
     model_args(sp)
     plugin_arg(sp)
+    untrusted_arg(sp)
 
     sp = add("prepare", cmd_prepare, "read every entry of packs through the reader once and keep its states on "
                                      "disk: the first dpm answer that retrieves them is faster (resumable)")
@@ -1030,6 +1043,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-paraphrases", action="store_true")
     model_args(sp)
     plugin_arg(sp)
+    untrusted_arg(sp)
 
     sp = add("eval-edits", cmd_eval_edits, "edit entries, measure efficacy / paraphrases / locality, then undo the edits")
     sp.add_argument("edits", metavar="EDITS.jsonl")
@@ -1041,6 +1055,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=positive, help="only the first N edits")
     model_args(sp)
     plugin_arg(sp)
+    untrusted_arg(sp)
 
     sp = add("train-memory-reader", cmd_train_memory_reader,
              "train the DPM memory branch (resumes from OUT/checkpoint.pt; Ctrl+C stops at a checkpoint)")
@@ -1116,6 +1131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return a.fn(a, out)
+    except sqlite3.DatabaseError as exc:  # damage found past the checks on open (a bad page, a bad row)
+        where = getattr(a, "pack", None) or "a pack"
+        what = ("a statement ran too long and was stopped" if str(exc) == "interrupted"
+                else f"the pack's database is damaged ({exc})")
+        print(f"plugmem: error: {where}: {what}; run `plugmem check {where}`", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except CliError as exc:
         print(terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from engine.fingerprint import EncoderFingerprint
-from engine.store import Change, Entry, Pack
+from engine.store import Change, Entry, Pack, PackError
 from engine.store.pack import check_unicode, clean_records, validate_fields
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,15 @@ class Memory:
         name: str | None = None,
         on_message: MessageFn | None = None,
         progress: Callable[[float, str], None] | None = None,
+        trust_keys: bool = True,
     ) -> "Memory":
         """Open (or with ``create`` make) the pack at ``path`` with its index ready.
 
         ``encoder`` is a KeyEncoder; the default one is used when omitted. A pack made
-        by another encoder raises ``EncoderMismatchError`` naming both.
+        by another encoder raises ``EncoderMismatchError`` naming both. With
+        ``trust_keys=False`` (a pack from elsewhere: its keys may have been crafted to be
+        retrieved for other questions) no stored key or index cache is used: every active
+        entry is encoded from its text, and the keys are stored when the pack is writable.
         """
         from engine.encode import get_default_encoder
 
@@ -98,7 +102,12 @@ class Memory:
             pack = Pack.open(path, encoder=fp)
         mem = cls(pack, encoder, None, on_message)
         try:
-            mem.index = mem._load_or_rebuild_index(progress)
+            if trust_keys:
+                mem.index = mem._load_or_rebuild_index(progress)
+            else:
+                mem._say(f"Encoding every key of {pack.path.name} afresh (its stored keys are not trusted).")
+                mem.ensure_vectors(progress, every=True)
+                mem.index = mem.rebuild_index()
         except BaseException:
             pack.close()
             raise
@@ -179,10 +188,18 @@ class Memory:
         cv = int(self.pack.content_version)  # read first, as in _catch_up: later changes are caught up later
         self.ensure_vectors(progress)
         index = self._new_index()
-        ids_parts, key_parts = [], []
-        for ids, keys in self.pack.iter_active_vectors():
+        ids_parts, key_parts, damaged = [], [], []
+        for ids, keys in self.pack.iter_active_vectors(damaged=damaged):
             ids_parts.append(ids)
             key_parts.append(keys)
+        if damaged:  # NaN/Inf keys: derived data, so encoded again from the texts
+            entries = self.pack.get_many(damaged)
+            fresh = self.encoder.encode([e.text for e in entries])
+            if not self.pack.readonly:
+                self.pack.set_vectors([e.id for e in entries], fresh)
+            ids_parts.append(np.asarray([e.id for e in entries], dtype=np.int64))
+            key_parts.append(fresh)
+            self._say(f"{self.pack.path.name}: {len(entries):,} damaged keys encoded again from their texts.")
         if ids_parts:
             index.build(np.concatenate(ids_parts), np.concatenate(key_parts))
         else:
@@ -191,10 +208,15 @@ class Memory:
         self.save_index()
         return index
 
-    def ensure_vectors(self, progress: Callable[[float, str], None] | None = None, batch: int = 512) -> int:
-        """Encode every active entry without an up-to-date vector. Returns how many."""
-        stale = self.pack.stale_vector_ids()
+    def ensure_vectors(self, progress: Callable[[float, str], None] | None = None, batch: int = 512,
+                       *, every: bool = False) -> int:
+        """Encode every active entry without an up-to-date vector (``every``: all of them). Returns how many."""
+        stale = self.pack.all_ids_array("active").tolist() if every else self.pack.stale_vector_ids()
         total = len(stale)
+        if total and self.pack.readonly:  # said before any encoding: the keys could not be kept
+            raise PackError(f"{self.pack.path}: opened read-only ({self.pack.readonly_reason or 'as asked'}), so the "
+                            f"{total:,} keys to encode for semantic search cannot be stored; copy the pack somewhere "
+                            "writable, or search its text with --text")
         for start in range(0, total, batch):
             ids = stale[start : start + batch]
             entries = self.pack.get_many(ids)

@@ -424,7 +424,8 @@ class WorkspacePanel(QWidget):
                 fixed = report.get("repaired") or []
                 ctx.notifier.info(f"{name}: no problems found" + (f" after repairing: {'; '.join(fixed)}" if fixed else ""))
                 return
-            problems = "\n".join(f"• {p}" for p in report.get("problems", []))
+            problems = "\n".join([f"• {p}" for p in report.get("problems", [])]
+                                 + [f"Not repaired: {r}" for r in report.get("not_repaired", [])])
             if ask_repair and not repair and ctx.notifier.dialogs:
                 ans = QMessageBox.question(self, "Check", f"{name} has problems:\n{problems}\n\nRepair what can be rebuilt?")
                 if ans == QMessageBox.StandardButton.Yes:

@@ -336,7 +336,7 @@ def entity_rows(pack, query: str | None = None, limit: int | None = None) -> lis
     if limit:
         sql += " LIMIT ?"
         args.append(int(limit))
-    return [{"id": r[0], "name": r[1], "aliases": json.loads(r[2]), "description": r[3], "triples": r[4],
+    return [{"id": r[0], "name": r[1], "aliases": pack.read_aliases(r[0], r[2]), "description": r[3], "triples": r[4],
              "as_tail": r[5]} for r in pack.conn.execute(sql, args)]
 
 

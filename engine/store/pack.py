@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -27,7 +28,8 @@ import sqlite_utils
 from engine.fingerprint import EncoderFingerprint
 from engine.store.errors import EncoderMismatchError, EntryNotFound, PackError, ValidationError
 from engine.store.locks import refuse_if_held_elsewhere
-from engine.store.schema import SCHEMA_VERSION, migrate, read_schema_version
+from engine.store.schema import READ_COMPATIBLE_FROM, SCHEMA_VERSION, SchemaMismatch, migrate, verify_schema
+from engine.store.sqlite_guard import connect
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ MAX_TAG_CHARS = 64
 MAX_TAGS = 32
 FIELDS = ("title", "text", "source", "tags", "status")
 STATUSES = ("active", "disabled")
+VECTOR_DTYPES = ("float32", "float16")
 _SQL_CHUNK = 900  # stay under SQLite's bound-parameter limit
 
 
@@ -102,8 +105,47 @@ class ImportState:
     state: str  # running | done | undone
 
 
-def _entry(row: Sequence[Any]) -> Entry:
-    return Entry(int(row[0]), row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7], int(row[8]))
+def _is_count(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9]{1,18}", value) is not None
+
+
+def _entry(row: Sequence[Any], pack: Path) -> Entry:
+    """An Entry from its row; a damaged row (wrong types, unreadable tags) is refused naming it."""
+    problem = entry_row_problem(row)
+    if problem:
+        raise PackError(f"{pack}: damaged pack: entry {row[0]} {problem}; run `plugmem check {pack}`")
+    return Entry(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], float(row[6]), float(row[7]), row[8])
+
+
+def _restorable(state: dict) -> bool:
+    """A history snapshot holds every field an entry needs, with the right types."""
+    return (all(isinstance(state.get(k), str) for k in ("title", "text", "source", "status"))
+            and isinstance(state.get("tags"), list) and all(isinstance(t, str) for t in state["tags"]))
+
+
+def entry_row_problem(row: Sequence[Any]) -> str | None:
+    """What is wrong with an entry row (columns as in ``_COLS``), or None."""
+    if not isinstance(row[0], int):
+        return "has a non-integer id"
+    for col, value in zip(("title", "text", "source", "status"), (row[1], row[2], row[3], row[5])):
+        if not isinstance(value, str):
+            return f"has a {type(value).__name__} where its {col} text belongs"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (row[6], row[7])):
+        return "has a time that is not a number"
+    if not isinstance(row[8], int):
+        return f"has a version {str(row[8])[:40]!r} that is not a whole number"
+    if json_strings(row[4]) is None:
+        return "has tags that are not a JSON list of strings"
+    return None
+
+
+def json_strings(raw: Any) -> list[str] | None:
+    """``raw`` read as a JSON list of strings (tags, aliases), or None when it is not one."""
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
 
 
 _COLS = "id, title, text, source, tags, status, created, updated, version"
@@ -206,6 +248,15 @@ def clean_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------- the pack
+def _unwritable(path: Path) -> str | None:
+    """Why the pack at ``path`` cannot be written (None: it can): SQLite needs the file, and
+    the folder for its -wal and -shm files."""
+    if not os.access(path.parent, os.W_OK):
+        return "its folder is read-only"
+    if not os.access(path, os.W_OK):
+        return "the file is read-only"
+    return None
+
 
 def iter_entries(pack, status: str | None = None, tag: str | None = None, batch: int = 2000) -> Iterator[Entry]:
     """Every live entry of ``pack`` (anything with :meth:`Pack.page`, such as the app's view
@@ -227,6 +278,7 @@ class Pack:
         self._con: sqlite3.Connection | None = con
         self.db = sqlite_utils.Database(con)
         self.schema_version = SCHEMA_VERSION
+        self.readonly_reason: str | None = None  # why a pack asked for writing was opened read-only
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -235,7 +287,7 @@ class Pack:
         path = Path(path)
         if path.exists():
             raise PackError(f"{path}: already exists; not overwritten")
-        if vector_dtype not in ("float32", "float16"):
+        if vector_dtype not in VECTOR_DTYPES:
             raise PackError(f"vector dtype must be float32 or float16, not {vector_dtype!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
         pack = cls._connect(path, readonly=False, create=True)
@@ -248,17 +300,27 @@ class Pack:
         return pack
 
     @classmethod
-    def open(cls, path: str | Path, encoder: EncoderFingerprint | None = None, readonly: bool = False) -> "Pack":
-        """Open a pack; with ``encoder``, refuse one made by another encoder (naming both)."""
+    def open(cls, path: str | Path, encoder: EncoderFingerprint | None = None, readonly: bool = False,
+             *, damaged_ok: bool = False) -> "Pack":
+        """Open a pack; with ``encoder``, refuse one made by another encoder (naming both).
+
+        A pack whose file or folder cannot be written is opened read-only (``readonly_reason``
+        says why; changes are refused with it). Damaged metadata is refused with a one-line
+        reason unless ``damaged_ok`` (for ``check``, which reports and repairs it).
+        """
         path = Path(path)
         if not path.is_file():
             raise PackError(f"{path}: no such pack file")
-        pack = cls._connect(path, readonly=readonly, create=False)
+        reason = None if readonly else _unwritable(path)
+        pack = cls._connect(path, readonly=readonly or reason is not None, create=False, reason=reason)
         try:
-            if encoder is not None:
+            problems = pack.meta_problems()
+            if problems and not damaged_ok:
+                raise PackError(f"{path}: damaged pack: {problems[0]}; run `plugmem check {path}`")
+            if encoder is not None and not problems:
                 mine = pack.encoder
                 if mine is None:
-                    if not readonly:
+                    if not pack.readonly:
                         pack._set_meta("encoder", json.dumps(encoder.to_dict()))
                 elif mine != encoder:
                     raise EncoderMismatchError(path, mine, encoder)
@@ -268,18 +330,20 @@ class Pack:
         return pack
 
     @classmethod
-    def _connect(cls, path: Path, *, readonly: bool, create: bool) -> "Pack":
+    def _connect(cls, path: Path, *, readonly: bool, create: bool, reason: str | None = None) -> "Pack":
         try:
-            if readonly:
-                con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                                      check_same_thread=False)
-            else:
-                con = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
-            con.execute("PRAGMA busy_timeout = 30000")
-            version = read_schema_version(con)
+            con = connect(path, readonly=readonly, create=create)
         except sqlite3.DatabaseError as exc:
+            raise PackError(f"{path}: cannot open pack ({exc})") from None
+        try:
+            version = verify_schema(con)
+        except SchemaMismatch as exc:
+            con.close()
+            raise PackError(f"{path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            con.close()
             raise PackError(f"{path}: not a PlugMem pack ({exc})") from None
-        if version < 0 or (version == 0 and not create):
+        if version == 0 and not create:
             con.close()
             raise PackError(f"{path}: not a PlugMem pack (no pack metadata in this SQLite file)")
         if version > SCHEMA_VERSION:
@@ -292,14 +356,17 @@ class Pack:
                 con.execute("PRAGMA synchronous = NORMAL")
                 if version < SCHEMA_VERSION:
                     migrate(con, version)
-            elif version < SCHEMA_VERSION:
+            elif version < READ_COMPATIBLE_FROM:
                 con.close()
                 raise PackError(f"{path}: pack schema {version} needs upgrading; open it for writing once")
             con.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             con.close()
             raise PackError(f"{path}: cannot open pack ({exc})") from None
-        return cls(path, con, readonly)
+        pack = cls(path, con, readonly)
+        pack.schema_version = version if readonly else SCHEMA_VERSION
+        pack.readonly_reason = reason
+        return pack
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -349,29 +416,87 @@ class Pack:
             raise ValidationError("a pack name cannot be empty", "name")
         self._set_meta("name", name.strip())
 
+    def _meta_issue(self, key: str, raw: Any) -> str | None:
+        """What is wrong with metadata value ``raw`` of ``key`` (None: nothing, or not checked)."""
+        if raw is None:
+            return None
+        if not isinstance(raw, str):
+            return f"metadata {key} is a {type(raw).__name__}, not text"
+        if key in ("content_version", "entities_version") and not _is_count(raw or "0"):
+            return f"metadata {key} {raw[:40]!r} is not a whole number"
+        if key == "vector_dtype" and (raw or "float32") not in VECTOR_DTYPES:
+            return f"metadata vector_dtype {raw[:40]!r} is not one of {', '.join(VECTOR_DTYPES)}"
+        if key == "encoder" and raw:
+            try:
+                EncoderFingerprint.from_dict(json.loads(raw))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                return f"unreadable encoder fingerprint in metadata ({exc})"
+        return None
+
+    def _checked_meta(self, key: str, default: str) -> str:
+        """A metadata value that :meth:`_meta_issue` accepts; a damaged one is refused in one line."""
+        raw = self._meta(key)
+        issue = self._meta_issue(key, raw)
+        if issue:
+            raise PackError(f"{self.path}: damaged pack: {issue}; run `plugmem check {self.path} --repair`")
+        return raw or default
+
     @property
     def content_version(self) -> int:
-        return int(self._meta("content_version", "0") or 0)
+        return int(self._checked_meta("content_version", "0"))
 
     @property
     def entities_version(self) -> int:
         """Grows with every change to the pack's entities or their aliases (a triples import
         that adds or updates any): a knowledge plugin linked with older aliases is stale."""
-        return int(self._meta("entities_version", "0") or 0)
+        return int(self._checked_meta("entities_version", "0"))
 
     @property
     def vector_dtype(self) -> str:
-        return self._meta("vector_dtype", "float32") or "float32"
+        return self._checked_meta("vector_dtype", "float32")
 
     @property
     def encoder(self) -> EncoderFingerprint | None:
-        raw = self._meta("encoder")
-        if not raw:
-            return None
-        try:
-            return EncoderFingerprint.from_dict(json.loads(raw))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PackError(f"{self.path}: unreadable encoder fingerprint in metadata ({exc})") from None
+        raw = self._checked_meta("encoder", "")
+        return EncoderFingerprint.from_dict(json.loads(raw)) if raw else None
+
+    def meta_problems(self) -> list[str]:
+        """What is wrong with the pack's metadata, one line each (empty: nothing)."""
+        rows = self.conn.execute("SELECT key, value FROM meta").fetchall()
+        return [issue for key, raw in rows if (issue := self._meta_issue(key, raw))]
+
+    def repair_meta(self) -> list[str]:
+        """Re-derive what damaged metadata can be derived from; returns what was done."""
+        self._writable()
+        con, done = self.conn, []
+        with con:
+            damaged = {key for key, raw in con.execute("SELECT key, value FROM meta").fetchall()
+                       if self._meta_issue(key, raw)}
+
+            def put(key: str, value: str, what: str) -> None:
+                con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+                done.append(what)
+
+            for key in sorted(damaged):
+                if key == "content_version":
+                    cv = con.execute(
+                        "SELECT max(coalesce((SELECT max(cv) FROM entries WHERE typeof(cv)='integer'), 0), "
+                        "coalesce((SELECT max(content_version) FROM changes WHERE typeof(content_version)='integer'),"
+                        " 0))").fetchone()[0]
+                    put(key, str(cv), f"content version set to {cv} (the latest change recorded)")
+                elif key == "entities_version":
+                    # a value no plugin was linked at: a plugin made before the damage reads as stale
+                    put(key, str(int(time.time())), "entities version renewed (knowledge plugins will be re-linked)")
+                elif key == "vector_dtype":
+                    row = con.execute("SELECT dtype FROM vectors WHERE dtype IN ('float32', 'float16') "
+                                      "GROUP BY dtype ORDER BY count(*) DESC LIMIT 1").fetchone()
+                    put(key, row[0] if row else "float32", f"vector dtype set to {row[0] if row else 'float32'}")
+                elif key == "encoder":
+                    con.execute("DELETE FROM vectors")  # made by an encoder nobody can name: re-encoded next
+                    put(key, "", "unreadable encoder fingerprint dropped with the keys it made (re-encoded next)")
+                else:
+                    put(key, self.path.stem if key == "name" else "", f"metadata {key} reset")
+        return done
 
     def set_encoder(self, fp: EncoderFingerprint) -> None:
         """Adopt another encoder: all stored keys become invalid and are dropped (re-encode next)."""
@@ -383,7 +508,8 @@ class Pack:
 
     def _writable(self) -> None:
         if self.readonly:
-            raise PackError(f"{self.path}: opened read-only")
+            why = f" ({self.readonly_reason})" if self.readonly_reason else ""
+            raise PackError(f"{self.path}: opened read-only{why}; changes are refused")
 
     # ------------------------------------------------------------------ reading
     def count(self, status: str | None = None) -> int:
@@ -400,7 +526,7 @@ class Pack:
         row = self.conn.execute(f"SELECT {_COLS} FROM entries WHERE id=?", (int(entry_id),)).fetchone()
         if row is None:
             raise EntryNotFound(f"{self.path.name}: no entry with id {entry_id}")
-        return _entry(row)
+        return _entry(row, self.path)
 
     def get_many(self, ids: Iterable[int]) -> list[Entry]:
         """Entries in the order of ``ids`` (any status, deleted included; unknown ids skipped)."""
@@ -409,7 +535,7 @@ class Pack:
         for part in _chunks(ids):
             q = f"SELECT {_COLS} FROM entries WHERE id IN ({','.join('?' * len(part))})"
             for row in self.conn.execute(q, part):
-                found[int(row[0])] = _entry(row)
+                found[int(row[0])] = _entry(row, self.path)
         return [found[i] for i in ids if i in found]
 
     def _where(self, status: str | None, tag: str | None) -> tuple[str, list[Any]]:
@@ -435,7 +561,7 @@ class Pack:
         """Keyset paging: up to ``limit`` live entries with id > ``after``."""
         where, args = self._where(status, tag)
         q = f"SELECT {_COLS} FROM entries WHERE {where} AND id > ? ORDER BY id LIMIT ?"
-        return [_entry(r) for r in self.conn.execute(q, [*args, int(after or 0), int(limit)])]
+        return [_entry(r, self.path) for r in self.conn.execute(q, [*args, int(after or 0), int(limit)])]
 
     def iter_entries(self, status: str | None = None, tag: str | None = None, batch: int = 2000) -> Iterator[Entry]:
         """Every live entry (filtered by status and tag) in id order, read ``batch`` at a time."""
@@ -493,12 +619,37 @@ class Pack:
              + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC")
         if limit:
             q += f" LIMIT {int(limit)}"
-        recs = [HistoryRecord(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else None,
-                              json.loads(r[5]) if r[5] else None, r[6], r[7]) for r in self.conn.execute(q, args)]
+        recs = [HistoryRecord(r[0], r[1], r[2], r[3], self._snapshot(r[0], r[4]), self._snapshot(r[0], r[5]), r[6], r[7])
+                for r in self.conn.execute(q, args)]
         for rec in recs:
             if rec.op == "add" and rec.after is None:
                 rec.after = self._state_after_add(rec)
         return recs
+
+    def _snapshot(self, row_id: int, raw: Any) -> dict | None:
+        """A history row's before/after state; a damaged one is refused naming the row."""
+        if raw is None or raw == "":
+            return None
+        try:
+            state = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            state = None
+        if not isinstance(state, dict):
+            raise PackError(f"{self.path}: damaged pack: history row {row_id} holds a state that is not a JSON "
+                            f"object; run `plugmem check {self.path}`")
+        return state
+
+    def _restorable_state(self, change_id: int, raw: Any) -> dict:
+        """The state an undo or redo of ``change_id`` writes back (without its version); refused if damaged."""
+        try:
+            state = self._snapshot(0, raw) if isinstance(raw, str) else None
+        except PackError:
+            state = None
+        if not state or not _restorable(state):
+            raise PackError(f"{self.path}: damaged pack: the history of change {change_id} holds a state that "
+                            f"cannot be restored; run `plugmem check {self.path}`")
+        state.pop("version", None)
+        return state
 
     def _state_after_add(self, rec: HistoryRecord) -> dict | None:
         """An add keeps no snapshot: its state is the next change's 'before', or the entry now."""
@@ -615,6 +766,9 @@ class Pack:
                     "INSERT INTO entries(title, text, source, tags, status, created, updated, version, cv) "
                     "VALUES (?,?,?,?,?,?,?,1,?)", r)
                 ids.append(int(cur.lastrowid))
+            # the full-text index is kept here, not by triggers (schema v2: packs hold no code)
+            con.executemany("INSERT INTO entries_fts(rowid, title, text) VALUES (?,?,?)",
+                            [(i, r[0], r[1]) for i, r in zip(ids, rows)])
             tag_rows = [(t, i) for i, c in zip(ids, clean) for t in c.get("tags", [])]
             if tag_rows:
                 con.executemany("INSERT OR IGNORE INTO entry_tags(tag, entry_id) VALUES (?,?)", tag_rows)
@@ -710,7 +864,7 @@ class Pack:
         """Write each entry's new state, its history row, tags and vector version (inside a transaction)."""
         con = self.conn
         now = time.time()
-        upd, hist, keep_vec, retag = [], [], [], []
+        upd, hist, keep_vec, retag, refts = [], [], [], [], []
         for old, st in pairs:
             v = old.version + 1
             upd.append((st["title"], st["text"], st["source"], json.dumps(st["tags"]), st["status"], now, v, cv, old.id))
@@ -721,6 +875,13 @@ class Pack:
                 keep_vec.append((v, old.id, old.version))
             if list(st["tags"]) != list(old.tags):
                 retag.append((old.id, st["tags"]))
+            if (st["title"], st["text"]) != (old.title, old.text):
+                refts.append((old, st))
+        if refts:  # an external-content FTS5 index forgets a row only given the values it indexed
+            con.executemany("INSERT INTO entries_fts(entries_fts, rowid, title, text) VALUES ('delete',?,?,?)",
+                            [(o.id, o.title, o.text) for o, _ in refts])
+            con.executemany("INSERT INTO entries_fts(rowid, title, text) VALUES (?,?,?)",
+                            [(o.id, st["title"], st["text"]) for o, st in refts])
         con.executemany("UPDATE entries SET title=?, text=?, source=?, tags=?, status=?, updated=?, version=?, cv=? "
                         "WHERE id=?", upd)
         con.executemany("INSERT INTO history(change_id, entry_id, op, before, after, time, author) "
@@ -777,8 +938,7 @@ class Pack:
                 if op == "add":
                     adds.append((e, {**e.state(), "status": "deleted" if undo else "active"}))
                 else:
-                    st = json.loads(before if undo else after)
-                    st.pop("version", None)
+                    st = self._restorable_state(target, before if undo else after)
                     full.append((e, st))
             if adds:
                 self._apply_states(change_id, adds, f"{word} add", author, cv, snapshot=False)
@@ -892,36 +1052,54 @@ class Pack:
         return enc.dim if enc else None
 
     @staticmethod
-    def _decode(blob: bytes, dtype: str) -> np.ndarray:
+    def _decode(blob: Any, dtype: Any) -> np.ndarray | None:
+        """A stored key as float32, or None when it cannot be one (unknown dtype, odd size, not a blob)."""
+        if dtype not in VECTOR_DTYPES or not isinstance(blob, bytes) or len(blob) % (2 if dtype == "float16" else 4):
+            return None
         return np.frombuffer(blob, dtype=np.float16 if dtype == "float16" else np.float32).astype(np.float32)
 
+    @staticmethod
+    def _usable(key: np.ndarray | None, dim: int | None) -> bool:
+        """A key the index can hold: the encoder's size, every component finite."""
+        return key is not None and (dim is None or len(key) == dim) and bool(np.isfinite(key).all())
+
     def get_vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(keys [n, dim] float32, ok [n] bool): ok is False where the key is missing or stale."""
+        """(keys [n, dim] float32, ok [n] bool): ok is False where the key is missing, stale or damaged."""
         ids = [int(i) for i in ids]
         got: dict[int, np.ndarray] = {}
         for part in _chunks(ids):
             q = (f"SELECT v.entry_id, v.dtype, v.key FROM vectors v JOIN entries e ON e.id = v.entry_id "
                  f"WHERE v.entry_version = e.version AND v.entry_id IN ({','.join('?' * len(part))})")
             for eid, dtype, blob in self.conn.execute(q, part):
-                got[int(eid)] = self._decode(blob, dtype)
+                key = self._decode(blob, dtype)
+                if key is not None:
+                    got[int(eid)] = key
         dim = self._dim() or (len(next(iter(got.values()))) if got else 0)
         out = np.zeros((len(ids), dim), dtype=np.float32)
         ok = np.zeros(len(ids), dtype=bool)
         for n, i in enumerate(ids):
             v = got.get(i)
-            if v is not None and len(v) == dim:
+            if self._usable(v, dim):
                 out[n] = v
                 ok[n] = True
         return out, ok
 
     def stale_vector_ids(self) -> list[int]:
-        """Active entries whose key is missing or older than their text."""
+        """Active entries whose key is missing, older than their text, or of the wrong size or type."""
+        dim = self._dim()
+        size = ("OR v.dtype NOT IN ('float32', 'float16') OR typeof(v.key) != 'blob' "
+                "OR length(v.key) != ? * (CASE v.dtype WHEN 'float16' THEN 2 ELSE 4 END)") if dim else ""
         q = ("SELECT e.id FROM entries e LEFT JOIN vectors v ON v.entry_id = e.id WHERE e.status = 'active' "
-             "AND (v.entry_id IS NULL OR v.entry_version != e.version) ORDER BY e.id")
-        return [int(r[0]) for r in self.conn.execute(q)]
+             f"AND (v.entry_id IS NULL OR v.entry_version != e.version {size}) ORDER BY e.id")
+        return [int(r[0]) for r in self.conn.execute(q, (dim,) if dim else ())]
 
-    def iter_active_vectors(self, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, keys) of active entries with current keys, in id order, in batches."""
+    def iter_active_vectors(self, batch: int = 65536,
+                            damaged: list[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, keys) of active entries with current keys, in id order, in batches.
+
+        Keys the index cannot hold (wrong size, NaN or Inf) are left out; their ids are
+        appended to ``damaged`` when given, so the caller can encode them afresh.
+        """
         q = ("SELECT v.entry_id, v.dtype, v.key FROM vectors v JOIN entries e ON e.id = v.entry_id "
              "WHERE e.status = 'active' AND v.entry_version = e.version AND v.entry_id > ? "
              "ORDER BY v.entry_id LIMIT ?")
@@ -931,19 +1109,27 @@ class Pack:
             rows = self.conn.execute(q, (after, batch)).fetchall()
             if not rows:
                 return
+            after = int(rows[-1][0])
             dtype = rows[0][1]
-            np_dtype = np.float16 if dtype == "float16" else np.float32
-            if all(r[1] == dtype for r in rows):
-                keys = np.frombuffer(b"".join(r[2] for r in rows), dtype=np_dtype).astype(np.float32)
-                keys = keys.reshape(len(rows), -1)
+            width = dim or (len(rows[0][2]) // (2 if dtype == "float16" else 4) if isinstance(rows[0][2], bytes) else 0)
+            nbytes = width * (2 if dtype == "float16" else 4)
+            if dtype in VECTOR_DTYPES and all(r[1] == dtype and isinstance(r[2], bytes) and len(r[2]) == nbytes
+                                              for r in rows):  # the common case: one buffer, one conversion
+                keys = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float16 if dtype == "float16"
+                                     else np.float32).astype(np.float32).reshape(len(rows), width)
+                good = np.isfinite(keys).all(axis=1)
             else:
-                keys = np.stack([self._decode(r[2], r[1]) for r in rows])
-            if dim is not None and keys.shape[1] != dim:
-                raise PackError(f"{self.path.name}: stored keys have {keys.shape[1]} dimensions, "
-                                f"the pack's encoder has {dim}; run `plugmem check {self.path} --repair`")
+                decoded = [self._decode(r[2], r[1]) for r in rows]
+                good = np.array([self._usable(k, width) for k in decoded], dtype=bool)
+                keys = np.stack([k if g else np.zeros(width, np.float32) for k, g in zip(decoded, good)]) \
+                    if len(rows) else np.zeros((0, width), np.float32)
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            yield ids, keys
-            after = int(ids[-1])
+            if not good.all():
+                if damaged is not None:
+                    damaged.extend(int(i) for i in ids[~good])
+                ids, keys = ids[good], keys[good]
+            if len(ids):
+                yield ids, keys
 
     def recently_changed_ids(self, limit: int) -> list[int]:
         """Ids of the ``limit`` active entries changed last (newest first)."""
@@ -982,8 +1168,16 @@ class Pack:
             return int(self.conn.execute("SELECT id FROM entities WHERE name=?", (name,)).fetchone()[0])
 
     def entities(self) -> list[dict[str, Any]]:
-        return [{"id": r[0], "name": r[1], "aliases": json.loads(r[2]), "description": r[3]}
+        return [{"id": r[0], "name": r[1], "aliases": self.read_aliases(r[0], r[2]), "description": r[3]}
                 for r in self.conn.execute("SELECT id, name, aliases, description FROM entities ORDER BY id")]
+
+    def read_aliases(self, entity_id: int, raw: Any) -> list[str]:
+        """An entity's stored aliases; damaged ones are refused in one line naming the entity."""
+        aliases = json_strings(raw)
+        if aliases is None:
+            raise PackError(f"{self.path}: damaged pack: entity {entity_id} has aliases that are not a JSON list "
+                            f"of strings; run `plugmem check {self.path}`")
+        return aliases
 
     def add_triples(self, triples: Iterable[tuple[int, str, str, int | None, str]]) -> int:
         self._writable()

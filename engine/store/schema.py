@@ -1,14 +1,23 @@
-"""The pack's SQLite schema and its migrations.
+"""The pack's SQLite schema, its migrations, and the check that a file holds exactly it.
 
 ``SCHEMA_VERSION`` is stored in ``meta``; :func:`migrate` applies the missing steps,
 each in one transaction, when a pack is opened for writing. A pack made by a newer
 PlugMem (higher schema version) is refused rather than guessed at.
+
+A pack is a file strangers share: :func:`verify_schema` compares its ``sqlite_schema``
+with what :func:`expected_schema` builds by running the same migrations on an empty
+database, and refuses anything else (an extra trigger or view, a view in place of a
+table, a changed column), before any statement touches the pack's tables.
 """
 from __future__ import annotations
 
+import functools
 import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The oldest schema whose packs this code reads as they are (v2 only dropped triggers):
+# a pack on read-only media cannot be migrated, and is read without it.
+READ_COMPATIBLE_FROM = 1
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -106,18 +115,108 @@ CREATE TRIGGER entries_fts_au AFTER UPDATE OF title, text ON entries BEGIN
 END;
 """
 
+# v2: the full-text index is kept by the pack's own code in each write transaction.
+# Triggers on entries used the FTS5 table, which SQLite refuses from schema code under
+# trusted_schema=OFF; and with no trigger of ours, "no triggers at all" is the rule.
+_V2 = """
+DROP TRIGGER IF EXISTS entries_fts_ai;
+DROP TRIGGER IF EXISTS entries_fts_ad;
+DROP TRIGGER IF EXISTS entries_fts_au;
+"""
+
 # version -> SQL bringing a pack from version-1 to version
-MIGRATIONS: dict[int, str] = {1: _V1}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+
+# Tables SQLite itself may add (ANALYZE, run by `PRAGMA optimize` on close). stat4 (and the
+# older stat3) exist only in SQLite builds with STAT4, which the pack's author may have had.
+_STAT_TABLES = {
+    "sqlite_stat1": "CREATE TABLE sqlite_stat1(tbl,idx,stat)",
+    "sqlite_stat3": "CREATE TABLE sqlite_stat3(tbl,idx,neq,nlt,ndlt,sample)",
+    "sqlite_stat4": "CREATE TABLE sqlite_stat4(tbl,idx,neq,nlt,ndlt,sample)",
+}
 
 
-def read_schema_version(con: sqlite3.Connection) -> int:
-    """0 for an empty database; raises sqlite3.DatabaseError for a non-database."""
-    has_meta = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
-    if not has_meta:
-        tables = con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        return 0 if tables == 0 else -1
+class SchemaMismatch(ValueError):
+    """The file's schema is not one PlugMem makes; the message says what differs."""
+
+
+SchemaRow = tuple[str, str, str, "str | None"]  # type, name, tbl_name, normalised sql
+
+
+def _norm(sql: str | None) -> str | None:
+    return " ".join(sql.split()) if sql is not None else None
+
+
+def _schema_rows(con: sqlite3.Connection) -> dict[str, SchemaRow]:
+    rows = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema").fetchall()
+    return {r[1]: (r[0], r[1], r[2], _norm(r[3])) for r in rows}
+
+
+@functools.lru_cache(maxsize=None)
+def expected_schema(version: int) -> dict[str, SchemaRow]:
+    """The schema objects of a pack at ``version``, made by the migrations on an empty database."""
+    con = sqlite3.connect(":memory:")
+    try:
+        for v in range(1, version + 1):
+            for stmt in _statements(MIGRATIONS[v]):
+                con.execute(stmt)
+        rows = _schema_rows(con)
+        rows.update({name: ("table", name, name, sql) for name, sql in _STAT_TABLES.items()})
+        return rows
+    finally:
+        con.close()
+
+
+def _describe(row: SchemaRow) -> str:
+    return f"{row[0]} {row[1]!r}"
+
+
+def verify_schema(con: sqlite3.Connection) -> int:
+    """The pack's schema version, once its schema is exactly that version's; 0 for an empty file.
+
+    Raises SchemaMismatch (what differs) or sqlite3.DatabaseError (not a database).
+    Reads only ``sqlite_schema`` and, once ``meta`` is known to be our plain table, its
+    ``schema_version``: nothing a hostile file defines runs here.
+    """
+    found = _schema_rows(con)
+    if not found:
+        return 0
+    meta = expected_schema(1)["meta"]
+    if found.get("meta") != meta:
+        what = ("no pack metadata in this SQLite file" if "meta" not in found
+                else f"its 'meta' is not the table PlugMem makes ({found['meta'][0]})")
+        raise SchemaMismatch(f"not a PlugMem pack ({what})")
     row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    return int(row[0]) if row else -1
+    if row is None:
+        raise SchemaMismatch("not a PlugMem pack (no schema version in its metadata)")
+    try:
+        version = int(row[0])
+    except (TypeError, ValueError):
+        raise SchemaMismatch(f"refused: its schema version {str(row[0])[:40]!r} is not a whole number") from None
+    if version < 1:
+        raise SchemaMismatch(f"refused: its schema version {version} is not one PlugMem makes")
+    if version > SCHEMA_VERSION:
+        return version  # the caller refuses it as too new, naming both versions
+    want = expected_schema(version)
+    code: list[str] = []  # what would run inside our statements: said first
+    issues: list[str] = []
+    for name, row in found.items():
+        exp = want.get(name)
+        if exp is None:
+            if row[0] in ("trigger", "view"):
+                code.append(f"it has a {row[0]} {name!r} (packs have none)")
+            else:
+                issues.append(f"unexpected {_describe(row)}")
+        elif exp[0] != row[0]:
+            code.append(f"{name!r} is a {row[0]}, not a {exp[0]}")
+        elif exp != row:
+            issues.append(f"{_describe(row)} differs from the one PlugMem makes")
+    issues = code + issues + [f"{_describe(exp)} is missing" for name, exp in want.items()
+                              if name not in found and name not in _STAT_TABLES]
+    if issues:
+        more = f" (and {len(issues) - 3} more)" if len(issues) > 3 else ""
+        raise SchemaMismatch("refused: its schema is not the one PlugMem makes: " + "; ".join(issues[:3]) + more)
+    return version
 
 
 def migrate(con: sqlite3.Connection, current: int) -> int:
