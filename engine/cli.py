@@ -1132,6 +1132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return a.fn(a, out)
     except sqlite3.DatabaseError as exc:  # damage found past the checks on open (a bad page, a bad row)
+        if is_disk_full(exc):  # an OperationalError, so caught here first
+            print(_DISK_FULL, file=sys.stderr)
+            return EXIT_BAD_INPUT
         where = getattr(a, "pack", None) or "a pack"
         what = ("a statement ran too long and was stopped" if str(exc) == "interrupted"
                 else f"the pack's database is damaged ({exc})")
@@ -1151,9 +1154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (sqlite3.OperationalError, OSError) as exc:
         if not is_disk_full(exc):
             raise
-        # a write refused mid-change is rolled back whole: the same command can simply run again
-        print("plugmem: error: disk full while writing: free space and run the same command again", file=sys.stderr)
+        print(_DISK_FULL, file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+# a write refused mid-change is rolled back whole: the same command can simply run again
+_DISK_FULL = "plugmem: error: disk full while writing: free space and run the same command again"
 
 
 if __name__ == "__main__":
