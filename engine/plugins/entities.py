@@ -223,10 +223,10 @@ def import_triples(pack, paths: Sequence[str | Path], *, create_entities: bool =
 
     ``create_entities=False`` refuses triples that name an entity the pack does not
     have yet (heads, and tails declared as entities). Raises :class:`TriplesError`
-    naming the file and line of the first problem; the pack is then unchanged.
+    naming the file and line of the first problem; the pack is then unchanged. A pack that
+    refuses writes (read-only, or another process's edit evaluation) raises its
+    :class:`~engine.store.PackError`, as an entry edit would.
     """
-    if getattr(pack, "readonly", False):
-        raise TriplesError(f"{pack.path}: opened read-only; cannot import triples")
     ent_recs, trip_recs = read_triples(paths)
     result = TriplesImportResult(files=[str(p) for p in paths])
 
@@ -278,10 +278,10 @@ def import_triples(pack, paths: Sequence[str | Path], *, create_entities: bool =
         hit = owner.get(t.tail)
         return hit[0] if hit else None
 
-    con = pack.conn
-    existing_triples = {(int(h), r, tl) for h, r, tl in con.execute("SELECT head, relation, tail FROM triples")}
-    con.execute("BEGIN IMMEDIATE")
-    try:
+    # the pack's write path: refused on a read-only pack or during another process's edit
+    # evaluation with the message an entry edit gets; nothing is written then
+    with pack.entity_writes() as con:
+        existing_triples = {(int(h), r, tl) for h, r, tl in con.execute("SELECT head, relation, tail FROM triples")}
         for e in ents.values():
             if e.id is None:
                 cur = con.execute("INSERT INTO entities(name, aliases, description) VALUES (?,?,?)",
@@ -312,11 +312,6 @@ def import_triples(pack, paths: Sequence[str | Path], *, create_entities: bool =
         if result.entities_added or result.entities_updated:  # what a loaded plugin links with changed
             con.execute("INSERT INTO meta(key, value) VALUES ('entities_version', '1') "
                         "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
     log.info("imported %d triples, %d new entities (%d existed)", result.triples_added, result.entities_added,
              len(existing))
     return result

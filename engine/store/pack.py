@@ -17,6 +17,7 @@ import logging
 import re
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -972,25 +973,23 @@ class Pack:
         return self.add_many(records, author=author, vectors=vectors)
 
     # ------------------------------------------------------------------ entities and triples
-    def add_entity(self, name: str, aliases: Sequence[str] = (), description: str = "") -> int:
-        self._writable()
-        with self.conn:
-            self.conn.execute(
-                "INSERT INTO entities(name, aliases, description) VALUES (?,?,?) "
-                "ON CONFLICT(name) DO UPDATE SET aliases=excluded.aliases, description=excluded.description",
-                (name, json.dumps(list(aliases)), description))
-            return int(self.conn.execute("SELECT id FROM entities WHERE name=?", (name,)).fetchone()[0])
-
     def entities(self) -> list[dict[str, Any]]:
         return [{"id": r[0], "name": r[1], "aliases": json.loads(r[2]), "description": r[3]}
                 for r in self.conn.execute("SELECT id, name, aliases, description FROM entities ORDER BY id")]
 
-    def add_triples(self, triples: Iterable[tuple[int, str, str, int | None, str]]) -> int:
-        self._writable()
-        rows = list(triples)
-        with self.conn:
-            self.conn.executemany("INSERT INTO triples(head, relation, tail, tail_id, source) VALUES (?,?,?,?,?)", rows)
-        return len(rows)
+    @contextmanager
+    def entity_writes(self) -> Iterator[sqlite3.Connection]:
+        """One transaction for writes to the entities and triples tables, through the same
+        checks as an entry edit (read-only, another process's edit evaluation): committed
+        whole when the block ends, rolled back when it raises. The content version stays:
+        entries, their keys and the index do not depend on entities."""
+        self._begin()
+        try:
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def triples(self, head: int | None = None) -> list[dict[str, Any]]:
         q = "SELECT id, head, relation, tail, tail_id, source FROM triples"
