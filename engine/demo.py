@@ -29,7 +29,7 @@ def demo_domains() -> list[str]:
 def ensure_demo_workspace(progress: Callable[[float, str], None] | None = None, folder: Path | None = None) -> dict:
     """Build (once) and return the demo workspace: {"folder", "packs": [paths], "probes": {domain: path}}."""
     from engine.jobs.build_memory import build_memory
-    from engine.jobs.progress import wrap_progress
+    from engine.progress import wrap_progress
 
     progress = progress or (lambda f, m="": None)
     folder = Path(folder) if folder else user_data_dir() / "demo-workspace"

@@ -114,7 +114,7 @@ def evaluate_edits(
     efficacy_before, generalization_before, old_answer_after, edit_retrieved,
     n_locality, locality_accuracy_before, locality_accuracy_after, restored, seconds}``.
     """
-    from engine.jobs.progress import wrap_progress
+    from engine.progress import wrap_progress
 
     t0 = time.perf_counter()
     memories = list(memories)

@@ -40,9 +40,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from engine.jobs.progress import JobCancelled, accepts_metrics
 from engine.models import dpm as dpm_io
 from engine.models.dpm import DPMConfig, MemoryBranch, attach, lower_states as _lower_states, pad_left
+from engine.progress import JobCancelled, accepts_metrics
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from engine.jobs.progress import JobCancelled, wrap_progress
 from engine.plugins.embeddings import EntityEmbeddings, atomic_write, default_embeddings_dir
 from engine.plugins.entities import EntityLinker
 from engine.plugins.errors import PluginError
 from engine.plugins.mapping import KnowledgePlugin, build_inputs_embeds, default_plugin_dir, mention_tokens, \
     read_plugin_config, tokens_with_offsets
+from engine.progress import JobCancelled, wrap_progress
 
 log = logging.getLogger(__name__)
 

@@ -967,7 +967,7 @@ class Pack:
 
     def import_file(self, src: str | Path, *, author: str | None = None, vectors=None) -> Change:
         """Add every entry of an exported (or any corpus) JSONL/CSV file as one undo step."""
-        from engine.jobs.corpus import parse_file
+        from engine.store.corpus import parse_file
 
         records = parse_file(Path(src))
         return self.add_many(records, author=author, vectors=vectors)

@@ -125,7 +125,7 @@ def test_an_edit_of_an_unknown_entry_is_named_and_nothing_changes(predictor, zoo
 
 
 def test_edits_are_undone_even_when_the_evaluation_is_cancelled(predictor, zoo):
-    from engine.jobs.progress import JobCancelled
+    from engine.progress import JobCancelled
 
     edits = read_edits_rows([{"old_text": "Zebra facts: Rome Rome Rome Rome Rome", "new_text": "Zebra facts: Oslo",
                               "prompt": "Zebra facts:", "new": "Oslo"}])

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.jobs.progress import JobCancelled
 from engine.plugins.embeddings import EntityEmbeddings, import_embeddings, save_embeddings
 from engine.plugins.errors import EmbeddingError
 from engine.plugins.transe import train_transe
+from engine.progress import JobCancelled
 from engine.store import Pack
 from tests.engine.test_plugins_fixtures import COUNTRIES, make_pack
 

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from engine.jobs.progress import JobCancelled
 from engine.plugins.errors import PluginError
 from engine.plugins.map_tune import Example, batch_losses, make_examples, map_tune
 from engine.plugins.mapping import build_inputs_embeds, load_plugin
 from engine.plugins.transe import train_transe
+from engine.progress import JobCancelled
 from engine.store import Pack
 from tests.engine.test_plugins_fixtures import make_pack
 

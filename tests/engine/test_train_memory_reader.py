@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.jobs.progress import JobCancelled
 from engine.jobs.train_memory_reader import TrainDataError, TrainMemoryReaderConfig, load_checkpoint, read_examples, train_memory_reader
 from engine.models import dpm
 from engine.models.tiny import make_tiny_reader
+from engine.progress import JobCancelled
 from engine.resources import demo_dir
 
 SMALL = {"layers": 2, "heads": 2, "head_dim": 16, "batch": 8, "absent_pool": 4, "p_absent": 0.1, "neighbours": 6}

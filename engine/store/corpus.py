@@ -1,4 +1,5 @@
-"""Corpus parsers: JSONL, CSV, plain text and Markdown → entry records.
+"""Corpus parsers: JSONL, CSV, plain text and Markdown → entry records (the store's import
+parsing: ``Pack.import_file`` and the import job both read files through it).
 
 Every parser yields records ``{"text", "title", "source", "tags"}`` where ``source``
 names the file and line or row the entry came from ('facts.jsonl:12',
