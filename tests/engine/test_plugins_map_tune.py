@@ -156,7 +156,7 @@ def test_bad_configs(reader, pack_path, tmp_path):
 
 
 def test_evaluation_on_held_out_entities(reader, pack_path, tmp_path):
-    from engine.plugins.evaluate import evaluate_probes, format_table, heldout_mention_loss, load_probes
+    from engine.evaluate.plugins import evaluate_probes, format_table, heldout_mention_loss, load_probes
     from engine.plugins.mapping import PluginInjector
 
     map_tune(_cfg(pack_path, max_steps=4), reader=reader)
