@@ -51,7 +51,7 @@ def test_jsonl_keeps_a_line_separator_inside_a_string(tmp_path):
 
 
 @pytest.mark.parametrize("line, reason", [
-    ('{"text": broken', "invalid JSON"),
+    ('{"text": broken', "not valid JSON: Expecting value (column 10)"),
     ('["a list"]', "expected a JSON object"),
     ('{"title": "no text"}', "missing 'text'"),
     ('{"text": "   "}', "empty 'text'"),
