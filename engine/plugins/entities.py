@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from engine.jsonl import JsonlError, json_lines, read_text
 from engine.plugins.errors import TriplesError
 
 log = logging.getLogger(__name__)
@@ -165,26 +166,16 @@ def read_triples(paths: Sequence[str | Path]) -> tuple[list[EntityRecord], list[
     triples: list[TripleRecord] = []
     for raw in paths:
         p = Path(raw)
-        if not p.is_file():
-            raise TriplesError(f"{p}: no such file")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise TriplesError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         suffix = p.suffix.lower()
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                where = f"{p}:{n}"
-                try:
-                    obj = json.loads(line)
-                except ValueError as exc:
-                    raise TriplesError(f"{where}: not valid JSON ({exc})") from None
-                if not isinstance(obj, dict):
-                    raise TriplesError(f"{where}: expected a JSON object with head, relation, tail")
-                _record(obj, where, entities, triples, f"{p.name}:{n}")
-        elif suffix in (".csv", ".tsv"):
+        try:
+            text = read_text(p)
+            if suffix in (".jsonl", ".json", ".ndjson"):
+                for n, obj in json_lines(p, text, expect="a JSON object with head, relation, tail"):
+                    _record(obj, f"{p}:{n}", entities, triples, f"{p.name}:{n}")
+                continue
+        except JsonlError as exc:
+            raise TriplesError(str(exc)) from None
+        if suffix in (".csv", ".tsv"):
             reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
             header = reader.fieldnames or []
             if not ({"head", "relation", "tail"} <= set(header) or "name" in header):

@@ -104,9 +104,9 @@ def test_a_checkpoint_for_another_reader_is_refused(tiny, data, tmp_path):
 @pytest.mark.parametrize(
     "line, match",
     [
-        ("{oops", r"cf\.jsonl:2: not JSON"),
+        ("{oops", r"cf\.jsonl:2: not valid JSON"),
         ('{"text": "a", "prompt": "b"}', r"cf\.jsonl:2: field 'answer'"),
-        ('["a"]', r"cf\.jsonl:2: expected an object"),
+        ('["a"]', r"cf\.jsonl:2: expected a JSON object with text"),
     ],
 )
 def test_bad_training_data_names_file_and_line(tmp_path, line, match):
