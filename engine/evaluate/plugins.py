@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from engine.plugins.errors import PluginError
+from engine.probe_files import EvalDataError, is_correct, read_probes
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +37,20 @@ CONDITIONS = ("reader", "plugin", "memory", "memory+plugin")
 def load_probes(path: str | Path, splits: Sequence[str] | None = None, *, paraphrases: bool = False) -> list[dict[str, Any]]:
     """Probe records (``prompt``, ``answer``, ``relation``, ``subject``), filtered by ``split``.
 
-    With ``paraphrases`` every paraphrase becomes a probe of its own (``paraphrase: True``).
+    Read by the one probe reader (:func:`engine.probe_files.read_probes`); these probes
+    are about entities, so ``relation`` and ``subject`` are required too. With
+    ``paraphrases`` every paraphrase becomes a probe of its own (``paraphrase: True``).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise PluginError(f"{p}: no such probes file")
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for pr in read_probes(path, require=("relation", "subject")):
+        if splits and pr.split not in splits:
             continue
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            raise PluginError(f"{p}:{n}: not valid JSON ({exc})") from None
-        for key in ("prompt", "answer", "relation", "subject"):
-            if not isinstance(rec.get(key), str) or not rec[key].strip():
-                raise PluginError(f"{p}:{n}: a probe needs a non-empty {key!r}")
-        if splits and rec.get("split") not in splits:
-            continue
+        rec = {"prompt": pr.prompt, "answer": pr.answer, "relation": pr.relation, "subject": pr.subject,
+               "split": pr.split or None, "paraphrases": pr.paraphrases, "where": pr.where}
         out.append({**rec, "paraphrase": False})
         if paraphrases:
-            out += [{**rec, "prompt": q, "paraphrase": True} for q in rec.get("paraphrases", []) if isinstance(q, str)]
+            out += [{**rec, "prompt": q, "paraphrase": True} for q in pr.paraphrases]
     return out
-
-
-def is_correct(generated: str, answer: str) -> bool:
-    return generated.lstrip().lower().startswith(answer.strip().lower())
 
 
 def _answer_text(answer: str) -> str:
@@ -236,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(file=sys.stderr)
         if memory is not None:
             memory.close()
-    except PluginError as exc:
+    except (PluginError, EvalDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report["mention_loss"] = mention

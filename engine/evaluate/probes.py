@@ -22,8 +22,8 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Sequence
 
-from engine.evaluate.data import Probe, is_correct
 from engine.explain.predict import MODES, PredictError, Predictor, retrieve_many
+from engine.probe_files import Probe, is_correct
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The one JSONL reader: its rules and errors."""
+"""The one JSONL reader: its rules and errors, and the readers built on it keeping 'FILE:LINE: reason'."""
 from __future__ import annotations
 
 import json
@@ -66,3 +66,53 @@ def test_a_callers_error_class_is_raised():
     with pytest.raises(CorpusError) as info:
         list(read_jsonl("/no/such/dir/x.jsonl", error=CorpusError))
     assert info.value.line is None and str(info.value) == "/no/such/dir/x.jsonl: no such file"
+
+
+# ---------------------------------------------------------------------------- the readers on top of it
+def _readers():
+    """(name, read(path), its error class, a good record) for every reader of JSONL files."""
+    from engine.evaluate.plugins import load_probes
+    from engine.jobs.train_memory_reader import TrainDataError, read_examples
+    from engine.plugins.entities import read_triples
+    from engine.plugins.errors import PluginError, TriplesError
+    from engine.plugins.map_tune import read_holdout
+    from engine.probe_files import EvalDataError, read_edits, read_probes
+    from engine.store.corpus import CorpusError, parse_file
+
+    probe = {"prompt": "p", "answer": "a", "relation": "r", "subject": "s"}
+    return [
+        ("probes", read_probes, EvalDataError, probe),
+        ("edits", read_edits, EvalDataError, {"old_text": "o", "new_text": "n", "prompt": "p", "new": "n"}),
+        ("plugin probes", load_probes, EvalDataError, probe),
+        ("held-out entities", lambda p: read_holdout(None, [], [p]), PluginError, probe),  # the pack is read after
+        ("training data", lambda p: read_examples([p]), TrainDataError, {"text": "t", "prompt": "p", "answer": "a"}),
+        ("triples", lambda p: read_triples([p]), TriplesError, {"head": "h", "relation": "r", "tail": "t"}),
+        ("corpus", parse_file, CorpusError, {"text": "t"}),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("bad, reason", [
+    (b"{oops", "not valid JSON: "),
+    (b'["a list"]', "expected a JSON object"),
+    (b'{"x": "caf\xe9"}', "not valid UTF-8 (byte 0xe9"),
+])
+def test_every_reader_names_file_and_line_in_its_own_error(tmp_path, case, bad, reason):
+    name, read, error, good = _readers()[case]
+    p = write(tmp_path / "data.jsonl", json.dumps(good).encode() + b"\n\n" + bad + b"\n")
+    with pytest.raises(error) as info:
+        read(p)
+    assert str(info.value).startswith(f"{p}:3: {reason}"), (name, str(info.value))
+
+
+@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("answer", ["", "   ", None])
+def test_every_probe_reader_refuses_an_empty_answer_with_file_and_line(tmp_path, case, answer):
+    """One rule for probes: the evaluations and map-tuning's held-out entities read them alike."""
+    name, read, error, good = _readers()[case]
+    rec = {**good, "answer": answer} if name != "edits" else {**good, "new": answer}
+    p = write(tmp_path / "p.jsonl", json.dumps(good) + "\n" + json.dumps(rec) + "\n")
+    with pytest.raises(error) as info:
+        read(p)
+    field = "new" if name == "edits" else "answer"
+    assert str(info.value) == f"{p}:2: field {field!r} must be a non-empty string", name
