@@ -124,6 +124,15 @@ def test_import_errors_name_the_problem(tmp_path, pack_path, case, message):
     assert message in str(err.value)
 
 
+def test_an_id_list_that_is_not_utf8_is_named_by_file_and_line(tmp_path, pack_path):
+    names = _names(pack_path)
+    np.save(tmp_path / "e.npy", np.ones((len(names), 12), dtype=np.float32))
+    (tmp_path / "ids.txt").write_bytes(("\n".join(names[:1] + ["Z\xfcrich"] + names[2:])).encode("latin-1"))
+    with Pack.open(pack_path, readonly=True) as pack, pytest.raises(EmbeddingError) as err:
+        import_embeddings(pack, tmp_path / "e.npy", tmp_path / "ids.txt")
+    assert str(err.value).startswith(f"{tmp_path / 'ids.txt'}:2: not valid UTF-8 (byte 0xfc")
+
+
 def test_embeddings_for_another_entity_set_are_refused(tmp_path, pack_path):
     train_transe(_cfg(pack_path, epochs=2))
     emb = EntityEmbeddings.load(pack_path.with_name(pack_path.name + ".embeddings"))
