@@ -77,7 +77,7 @@ class InAppJob:
     """
 
     def __init__(self, records, job_id: int, kind: str) -> None:
-        from engine.jobs.progress import EtaEstimator
+        from engine.progress import EtaEstimator
 
         self.records = records
         self.id = job_id
@@ -97,7 +97,7 @@ class InAppJob:
 
     # ------------------------------------------------------------------ worker side (any thread)
     def progress(self, fraction: float, message: str = "", **metrics: Any) -> None:
-        from engine.jobs.progress import clamp_fraction
+        from engine.progress import clamp_fraction
         from engine.jobs.runner import Event
 
         f = clamp_fraction(fraction)
@@ -114,7 +114,7 @@ class InAppJob:
         self._events.put(Event(self.id, "done", 1.0, "", 0.0, time=time.time(), result=result))
 
     def fail(self, exc: BaseException) -> None:
-        from engine.jobs.progress import JobCancelled
+        from engine.progress import JobCancelled
         from engine.jobs.runner import Event
 
         self.exception = exc

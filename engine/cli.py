@@ -196,7 +196,7 @@ def cmd_init(a, out: Output) -> int:
 
 def cmd_import(a, out: Output) -> int:
     from engine.jobs.build_memory import build_memory
-    from engine.jobs.progress import JobCancelled
+    from engine.progress import JobCancelled
 
     stop = _StopFlag()
     bar = ProgressBar("import", enabled=not a.json and not a.quiet)
@@ -860,7 +860,7 @@ def cmd_prepare(a, out: Output) -> int:
 
 
 def _job_cancelled() -> type[BaseException]:
-    from engine.jobs.progress import JobCancelled
+    from engine.progress import JobCancelled
 
     return JobCancelled
 

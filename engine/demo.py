@@ -29,7 +29,7 @@ def demo_domains() -> list[str]:
 def ensure_demo_workspace(progress: Callable[[float, str], None] | None = None, folder: Path | None = None) -> dict:
     """Build (once) and return the demo workspace: {"folder", "packs": [paths], "probes": {domain: path}}."""
     from engine.jobs.build_memory import build_memory
-    from engine.jobs.progress import wrap_progress
+    from engine.progress import wrap_progress
 
     progress = progress or (lambda f, m="": None)
     folder = Path(folder) if folder else user_data_dir() / "demo-workspace"
@@ -64,6 +64,7 @@ def _import_demo_triples(domain: str, pack: Path) -> int:
         return 0
     from engine.plugins.entities import import_triples
     from engine.plugins.errors import TriplesError
+    from engine.store.errors import PackError
     from engine.store.pack import Pack
 
     try:
@@ -71,7 +72,7 @@ def _import_demo_triples(domain: str, pack: Path) -> int:
             if p.entities():
                 return 0
             res = import_triples(p, [src])
-    except TriplesError as exc:  # the entries matter more: the demo opens without its entities
+    except (TriplesError, PackError) as exc:  # the entries matter more: the demo opens without its entities
         log.warning("demo pack %s: its entities were not imported: %s", domain, exc)
         return 0
     log.info("demo pack %s: %d entities, %d triples imported from %s", domain, res.entities_added,

@@ -9,7 +9,7 @@ import importlib
 
 _USER_ERRORS = (
     ("engine.store", ("PackError", "ValidationError", "EncoderMismatchError", "EntryNotFound")),
-    ("engine.jobs.corpus", ("CorpusError",)),
+    ("engine.store.corpus", ("CorpusError",)),
     ("engine.jobs.build_memory", ("ImportRefused",)),
     ("engine.encode", ("EncoderError",)),
     ("engine.models", ("ReaderError",)),

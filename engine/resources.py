@@ -1,4 +1,6 @@
-"""Where the bundled resources (demo data, styles, icons, shipped artefacts) are.
+"""Where the bundled resources (demo data, styles, icons, shipped artefacts) are, and the
+user's data and cache folders (here, below every layer: readers, entry states and keys all
+keep their caches under one root).
 
 In a checkout or editable install they sit in ``resources/`` at the repo root; in a
 PyInstaller bundle they are unpacked under ``sys._MEIPASS/resources``.
@@ -32,3 +34,18 @@ def user_data_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("plugmem-studio", appauthor=False))
+
+
+ENV_CACHE_DIR = "PLUGMEM_CACHE_DIR"
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The cache folder: ``cache_dir`` if given, else ``$PLUGMEM_CACHE_DIR``, else the user cache."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(ENV_CACHE_DIR)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("plugmem-studio"))

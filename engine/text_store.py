@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from engine.resources import cache_root
+
 log = logging.getLogger(__name__)
 
 ENV_DIR = "PLUGMEM_ENTRY_STATES"  # the stores' folder (default: <cache>/entry-states)
@@ -284,7 +286,5 @@ def stores_root(root: str | Path | None = None) -> Path:
     """``root``, else ``$PLUGMEM_ENTRY_STATES``, else ``<cache>/entry-states``: where the
     stores of values derived from entries' texts live."""
     if root is None:
-        from engine.models.reader_cache import cache_root
-
         root = os.environ.get(ENV_DIR) or cache_root() / "entry-states"
     return Path(root).expanduser()

@@ -25,9 +25,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from engine.evaluate.data import Edit, EvalDataError, Probe, is_correct
 from engine.evaluate.probes import _rate, answer_batch, max_tokens_for
 from engine.explain.predict import PredictError, Predictor
+from engine.probe_files import Edit, EvalDataError, Probe, is_correct
 from engine.store import locks
 from engine.store.pack import iter_entries
 
@@ -114,7 +114,7 @@ def evaluate_edits(
     efficacy_before, generalization_before, old_answer_after, edit_retrieved,
     n_locality, locality_accuracy_before, locality_accuracy_after, restored, seconds}``.
     """
-    from engine.jobs.progress import wrap_progress
+    from engine.progress import wrap_progress
 
     t0 = time.perf_counter()
     memories = list(memories)

@@ -22,8 +22,8 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Sequence
 
-from engine.evaluate.data import Probe, is_correct
 from engine.explain.predict import MODES, PredictError, Predictor, retrieve_many
+from engine.probe_files import Probe, is_correct
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def answer_batch(
     its rows' maximum). Same answers as :meth:`Predictor.predict` would give one at a time.
     ``plugins``: knowledge plugins whose vectors go before the prompts' mentions too.
     """
-    from engine.jobs.progress import check
+    from engine.progress import check
     from engine.models.context import context_prompt
 
     if mode not in MODES:
@@ -148,7 +148,7 @@ def evaluate_probes(
     ``*_without_plugins`` figures (the memory alone) are None, and absent per
     relation, when no plugin is on.
     """
-    from engine.jobs.progress import wrap_progress
+    from engine.progress import wrap_progress
 
     t0 = time.perf_counter()
     if limit is not None:

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.jobs.corpus import CorpusError, corpus_files, load_file
-from engine.jobs.progress import JobCancelled, wrap_progress
+from engine.progress import JobCancelled, wrap_progress
+from engine.store.corpus import CorpusError, corpus_files, load_file
 from engine.store.errors import DiskFullError, is_disk_full
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.jobs.progress import JobCancelled, check
+from engine.progress import JobCancelled, check
 
 
 def _read_checkpoint(path: Path) -> int:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.jobs.progress import JobCancelled
+from engine.progress import JobCancelled
 
 KEY_BATCH = 256  # statement prefixes encoded (and committed) at a time
 

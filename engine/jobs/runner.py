@@ -3,7 +3,7 @@
 A job is a plain function ``fn(config, progress, should_stop) -> result`` named by an
 import path (``'engine.jobs.demo:count_job'``) with a JSON-serialisable ``config``:
 
-* ``progress(fraction, message='', **metrics)`` — see :mod:`engine.jobs.progress`;
+* ``progress(fraction, message='', **metrics)`` — see :mod:`engine.progress`;
 * ``should_stop()`` — true once the job was cancelled (or its parent died); the job
   then commits or discards its partial work and raises ``JobCancelled``;
 * the return value must be JSON-serialisable (a dataclass or ``to_dict()`` is fine).

@@ -40,9 +40,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from engine.jobs.progress import JobCancelled, accepts_metrics
 from engine.models import dpm as dpm_io
 from engine.models.dpm import DPMConfig, MemoryBranch, attach, lower_states as _lower_states, pad_left
+from engine.jsonl import JsonlError, read_jsonl
+from engine.progress import JobCancelled, accepts_metrics
 
 log = logging.getLogger(__name__)
 
@@ -150,32 +151,20 @@ def read_examples(paths: Sequence[str | Path]) -> list[dict[str, str]]:
         raise TrainDataError("no training data files given")
     for raw in paths:
         p = Path(raw)
-        if not p.is_file():
-            raise TrainDataError(f"{p}: no such file")
-        try:
-            with p.open(encoding="utf-8") as fh:
-                lines = list(fh)
-        except UnicodeDecodeError as exc:
-            raise TrainDataError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as exc:
-                raise TrainDataError(f"{p}:{n}: not JSON ({exc})") from exc
-            if not isinstance(rec, dict):
-                raise TrainDataError(f"{p}:{n}: expected an object with text, prompt, answer")
-            for key in ("text", "prompt", "answer"):
-                if not isinstance(rec.get(key), str) or not rec[key].strip():
-                    raise TrainDataError(f"{p}:{n}: field {key!r} must be a non-empty string")
-            trip = (rec["text"].strip(), rec["prompt"].strip(), rec["answer"].strip())
-            if trip not in seen:
-                seen.add(trip)
-                out.append({
-                    "text": trip[0], "prompt": trip[1], "answer": trip[2],
-                    "relation": str(rec.get("relation") or ""), "subject": str(rec.get("subject") or ""),
-                })
+        try:  # line by line: the first problem in the file is the one reported
+            for n, rec in read_jsonl(p, expect="a JSON object with text, prompt, answer"):
+                for key in ("text", "prompt", "answer"):
+                    if not isinstance(rec.get(key), str) or not rec[key].strip():
+                        raise TrainDataError(f"{p}:{n}: field {key!r} must be a non-empty string")
+                trip = (rec["text"].strip(), rec["prompt"].strip(), rec["answer"].strip())
+                if trip not in seen:
+                    seen.add(trip)
+                    out.append({
+                        "text": trip[0], "prompt": trip[1], "answer": trip[2],
+                        "relation": str(rec.get("relation") or ""), "subject": str(rec.get("subject") or ""),
+                    })
+        except JsonlError as exc:
+            raise TrainDataError(str(exc)) from None
     if len(out) < 2:
         raise TrainDataError(f"need at least 2 distinct examples, found {len(out)} in {', '.join(map(str, paths))}")
     return out

@@ -28,7 +28,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from engine.jobs.progress import EtaEstimator, JobCancelled, clamp_fraction
+from engine.progress import EtaEstimator, JobCancelled, clamp_fraction
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from typing import Callable, Sequence
 import torch
 
 from engine.device import pick_device
-from engine.models.narrow import narrow_linears
 from engine.models import reader_cache
+from engine.models.narrow import narrow_linears
+from engine.resources import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +400,7 @@ def load_folder(
     except Exception as exc:  # noqa: BLE001 - corrupt tensors, shape mismatches, bad config values
         raise ReaderError(f"{path}: could not load the model ({type(exc).__name__}: {exc})") from exc
     model.to(dev)
-    root = reader_cache.cache_root(cache_dir)
+    root = cache_root(cache_dir)
     digest = weights_sha256 or (lambda: _folder_weights_hash(path, files, root))
     reader = Reader(model, tokenizer, name=name or path.name, weights_sha256=digest, source=str(path))
     log.info("Reader %s loaded from %s on %s (%s)", reader.name, path, dev, dt)
@@ -486,7 +487,7 @@ def _default_entry(cache_dir: str | Path | None) -> tuple[Path, Path, str]:
     from engine.encode.weights_hash import cached_sha256
 
     gguf = default_gguf_path()
-    root = reader_cache.cache_root(cache_dir)
+    root = cache_root(cache_dir)
     digest = cached_sha256(gguf, cache_file=root / "weights_sha256.json")
     return gguf, root / "readers" / f"{DEFAULT_NAME}-{digest[:12]}", digest
 

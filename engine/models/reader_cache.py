@@ -24,21 +24,6 @@ log = logging.getLogger(__name__)
 
 MARKER = "complete.json"
 MARKER_FORMAT = 1
-ENV_CACHE_DIR = "PLUGMEM_CACHE_DIR"
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """The cache folder: ``cache_dir`` if given, else ``$PLUGMEM_CACHE_DIR``, else the user cache."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(ENV_CACHE_DIR)
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("plugmem-studio"))
-
-
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -39,7 +39,7 @@ def _open_pack(path: str, readonly: bool = False):
 
 def _run_job(label: str, a, fn, config: dict[str, Any], **kw: Any):
     """Run a job in-process with a progress bar and Ctrl+C → should_stop; returns its result or None if cancelled."""
-    from engine.jobs.progress import JobCancelled
+    from engine.progress import JobCancelled
 
     cli = _cli()
     bar = cli.ProgressBar(label, enabled=not a.json and not a.quiet)

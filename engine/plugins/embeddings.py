@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.artefacts import check_fields, check_size, read_format_config, tensor_shapes
+from engine.jsonl import JsonlError, read_text
 from engine.plugins.errors import EmbeddingError
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,10 @@ def _check_header(cfg: dict[str, Any], shapes: dict[str, tuple[int, ...]], cfg_p
 def _read_ids(path: Path) -> list[Any]:
     if not path.is_file():
         raise EmbeddingError(f"{path}: no such id list")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_text(path)  # bad bytes: 'FILE:LINE: not valid UTF-8', not a traceback
+    except JsonlError as exc:
+        raise EmbeddingError(str(exc)) from None
     if path.suffix.lower() == ".json":
         try:
             ids = json.loads(text)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from engine.jsonl import JsonlError, json_lines, read_text
 from engine.plugins.errors import TriplesError
 
 log = logging.getLogger(__name__)
@@ -165,26 +166,16 @@ def read_triples(paths: Sequence[str | Path]) -> tuple[list[EntityRecord], list[
     triples: list[TripleRecord] = []
     for raw in paths:
         p = Path(raw)
-        if not p.is_file():
-            raise TriplesError(f"{p}: no such file")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise TriplesError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         suffix = p.suffix.lower()
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                where = f"{p}:{n}"
-                try:
-                    obj = json.loads(line)
-                except ValueError as exc:
-                    raise TriplesError(f"{where}: not valid JSON ({exc})") from None
-                if not isinstance(obj, dict):
-                    raise TriplesError(f"{where}: expected a JSON object with head, relation, tail")
-                _record(obj, where, entities, triples, f"{p.name}:{n}")
-        elif suffix in (".csv", ".tsv"):
+        try:
+            text = read_text(p)
+            if suffix in (".jsonl", ".json", ".ndjson"):
+                for n, obj in json_lines(p, text, expect="a JSON object with head, relation, tail"):
+                    _record(obj, f"{p}:{n}", entities, triples, f"{p.name}:{n}")
+                continue
+        except JsonlError as exc:
+            raise TriplesError(str(exc)) from None
+        if suffix in (".csv", ".tsv"):
             reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
             header = reader.fieldnames or []
             if not ({"head", "relation", "tail"} <= set(header) or "name" in header):
@@ -223,10 +214,10 @@ def import_triples(pack, paths: Sequence[str | Path], *, create_entities: bool =
 
     ``create_entities=False`` refuses triples that name an entity the pack does not
     have yet (heads, and tails declared as entities). Raises :class:`TriplesError`
-    naming the file and line of the first problem; the pack is then unchanged.
+    naming the file and line of the first problem; the pack is then unchanged. A pack that
+    refuses writes (read-only, or another process's edit evaluation) raises its
+    :class:`~engine.store.PackError`, as an entry edit would.
     """
-    if getattr(pack, "readonly", False):
-        raise TriplesError(f"{pack.path}: opened read-only; cannot import triples")
     ent_recs, trip_recs = read_triples(paths)
     result = TriplesImportResult(files=[str(p) for p in paths])
 
@@ -278,10 +269,10 @@ def import_triples(pack, paths: Sequence[str | Path], *, create_entities: bool =
         hit = owner.get(t.tail)
         return hit[0] if hit else None
 
-    con = pack.conn
-    existing_triples = {(int(h), r, tl) for h, r, tl in con.execute("SELECT head, relation, tail FROM triples")}
-    con.execute("BEGIN IMMEDIATE")
-    try:
+    # the pack's write path: refused on a read-only pack or during another process's edit
+    # evaluation with the message an entry edit gets; nothing is written then
+    with pack.entity_writes() as con:
+        existing_triples = {(int(h), r, tl) for h, r, tl in con.execute("SELECT head, relation, tail FROM triples")}
         for e in ents.values():
             if e.id is None:
                 cur = con.execute("INSERT INTO entities(name, aliases, description) VALUES (?,?,?)",
@@ -312,11 +303,6 @@ def import_triples(pack, paths: Sequence[str | Path], *, create_entities: bool =
         if result.entities_added or result.entities_updated:  # what a loaded plugin links with changed
             con.execute("INSERT INTO meta(key, value) VALUES ('entities_version', '1') "
                         "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
     log.info("imported %d triples, %d new entities (%d existed)", result.triples_added, result.entities_added,
              len(existing))
     return result

@@ -35,12 +35,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from engine.jobs.progress import JobCancelled, wrap_progress
 from engine.plugins.embeddings import EntityEmbeddings, atomic_write, default_embeddings_dir
 from engine.plugins.entities import EntityLinker
 from engine.plugins.errors import PluginError
 from engine.plugins.mapping import KnowledgePlugin, build_inputs_embeds, default_plugin_dir, mention_tokens, \
     read_plugin_config, tokens_with_offsets
+from engine.probe_files import EvalDataError, read_probes
+from engine.progress import JobCancelled, wrap_progress
 
 log = logging.getLogger(__name__)
 
@@ -158,20 +159,13 @@ def read_holdout(pack, names: Sequence[str], probe_files: Sequence[str | Path]) 
     """
     wanted: dict[str, str] = {n: "--holdout-entities" for n in names}
     for f in probe_files:
-        p = Path(f)
-        if not p.is_file():
-            raise PluginError(f"{p}: no such probes file")
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as exc:
-                raise PluginError(f"{p}:{n}: not valid JSON ({exc})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("subject"), str):
-                raise PluginError(f"{p}:{n}: a probe needs a 'subject' string")
-            if rec.get("split") in (None, "heldout_entity", "heldout_both"):
-                wanted.setdefault(rec["subject"], f"{p}:{n}")
+        try:
+            probes = read_probes(f, require=("subject",))
+        except EvalDataError as exc:
+            raise PluginError(str(exc)) from None
+        for pr in probes:
+            if pr.split in ("", "heldout_entity", "heldout_both"):
+                wanted.setdefault(pr.subject, pr.where)
     ents = pack.entities()
     forms = {e["name"]: int(e["id"]) for e in ents}
     for e in ents:

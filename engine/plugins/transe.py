@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from engine.artefacts import check_size
-from engine.jobs.progress import JobCancelled, wrap_progress
 from engine.plugins.embeddings import CONFIG, EntityEmbeddings, atomic_write, default_embeddings_dir
 from engine.plugins.errors import EmbeddingError, PluginError
+from engine.progress import JobCancelled, wrap_progress
 
 log = logging.getLogger(__name__)
 

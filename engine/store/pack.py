@@ -18,6 +18,7 @@ import os
 import re
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -1152,21 +1153,12 @@ class Pack:
 
     def import_file(self, src: str | Path, *, author: str | None = None, vectors=None) -> Change:
         """Add every entry of an exported (or any corpus) JSONL/CSV file as one undo step."""
-        from engine.jobs.corpus import parse_file
+        from engine.store.corpus import parse_file
 
         records = parse_file(Path(src))
         return self.add_many(records, author=author, vectors=vectors)
 
     # ------------------------------------------------------------------ entities and triples
-    def add_entity(self, name: str, aliases: Sequence[str] = (), description: str = "") -> int:
-        self._writable()
-        with self.conn:
-            self.conn.execute(
-                "INSERT INTO entities(name, aliases, description) VALUES (?,?,?) "
-                "ON CONFLICT(name) DO UPDATE SET aliases=excluded.aliases, description=excluded.description",
-                (name, json.dumps(list(aliases)), description))
-            return int(self.conn.execute("SELECT id FROM entities WHERE name=?", (name,)).fetchone()[0])
-
     def entities(self) -> list[dict[str, Any]]:
         return [{"id": r[0], "name": r[1], "aliases": self.read_aliases(r[0], r[2]), "description": r[3]}
                 for r in self.conn.execute("SELECT id, name, aliases, description FROM entities ORDER BY id")]
@@ -1179,12 +1171,19 @@ class Pack:
                             f"of strings; run `plugmem check {self.path}`")
         return aliases
 
-    def add_triples(self, triples: Iterable[tuple[int, str, str, int | None, str]]) -> int:
-        self._writable()
-        rows = list(triples)
-        with self.conn:
-            self.conn.executemany("INSERT INTO triples(head, relation, tail, tail_id, source) VALUES (?,?,?,?,?)", rows)
-        return len(rows)
+    @contextmanager
+    def entity_writes(self) -> Iterator[sqlite3.Connection]:
+        """One transaction for writes to the entities and triples tables, through the same
+        checks as an entry edit (read-only, another process's edit evaluation): committed
+        whole when the block ends, rolled back when it raises. The content version stays:
+        entries, their keys and the index do not depend on entities."""
+        self._begin()
+        try:
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def triples(self, head: int | None = None) -> list[dict[str, Any]]:
         q = "SELECT id, head, relation, tail, tail_id, source FROM triples"

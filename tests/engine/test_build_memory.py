@@ -10,8 +10,8 @@ import time
 import pytest
 
 from engine.jobs.build_memory import VALIDATE_SHARE, build_memory
-from engine.jobs.progress import JobCancelled
 from engine.memory import Memory
+from engine.progress import JobCancelled
 from engine.store import Pack, ValidationError
 from engine.store.errors import DiskFullError
 
@@ -60,7 +60,7 @@ def test_reimporting_the_same_file_adds_nothing(tmp_path, facts_jsonl, encoder):
 def test_pack_made_with_full_path_import_keys_does_not_import_the_same_file_twice(tmp_path, facts_jsonl, encoder):
     # Packs made before 2026-11-27 keyed an import by the file's full path + sha256; the demo
     # packs of this machine were imported a second time when the key became name + sha256.
-    from engine.jobs.corpus import file_key
+    from engine.store.corpus import file_key
 
     pack = tmp_path / "d.plugmem"
     cfg = {"pack": str(pack), "inputs": [str(facts_jsonl)]}

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from engine.jobs.corpus import (MAX_PASSAGE_CHARS, CorpusError, corpus_files, count_records, file_key, parse_file,
-                                split_passage)
+from engine.store.corpus import (MAX_PASSAGE_CHARS, CorpusError, corpus_files, count_records, file_key, parse_file,
+                                 split_passage)
 
 
 def write(path, text: str, encoding: str = "utf-8"):
@@ -51,7 +51,7 @@ def test_jsonl_keeps_a_line_separator_inside_a_string(tmp_path):
 
 
 @pytest.mark.parametrize("line, reason", [
-    ('{"text": broken', "invalid JSON"),
+    ('{"text": broken', "not valid JSON: Expecting value (column 10)"),
     ('["a list"]', "expected a JSON object"),
     ('{"title": "no text"}', "missing 'text'"),
     ('{"text": "   "}', "empty 'text'"),
@@ -195,7 +195,7 @@ class _CountingText(str):
 def test_splitting_a_long_paragraph_looks_at_each_character_a_bounded_number_of_times(tmp_path):
     # a 1 / 2 / 4 MB paragraph took 0.4 / 1.2 / 3.4 s (16 MB: 35 s): every piece rescanned the text
     # before it. The work is counted, not timed: a rescan from the start makes it grow with n**2.
-    from engine.jobs.corpus import _passages
+    from engine.store.corpus import _passages
 
     lines = [" ".join(f"Item {i}.{j} is short." for j in range(4)) for i in range(8000)]
     body = "\n".join(lines)  # one paragraph of 8,000 lines, ~700 KB

@@ -6,13 +6,13 @@ import sqlite3
 import pytest
 import torch
 
-from engine.jobs.progress import JobCancelled
 from engine.jobs.prepare_states import prepare_states
 from engine.memory import Memory
 from engine.models import dpm
 from engine.models.dpm import DPMFusion, EntryCache
 from engine.models.entry_store import EntryStateStore, identity_of, round_states
 from engine.models.tiny import make_tiny_reader
+from engine.progress import JobCancelled
 
 from .test_dpm import OSLO, PARIS, PROMPT, ROME, random_branch
 from .test_retrieve import encoded_texts

@@ -125,7 +125,7 @@ def test_an_edit_of_an_unknown_entry_is_named_and_nothing_changes(predictor, zoo
 
 
 def test_edits_are_undone_even_when_the_evaluation_is_cancelled(predictor, zoo):
-    from engine.jobs.progress import JobCancelled
+    from engine.progress import JobCancelled
 
     edits = read_edits_rows([{"old_text": "Zebra facts: Rome Rome Rome Rome Rome", "new_text": "Zebra facts: Oslo",
                               "prompt": "Zebra facts:", "new": "Oslo"}])
@@ -143,7 +143,7 @@ def test_edits_are_undone_even_when_the_evaluation_is_cancelled(predictor, zoo):
 @pytest.mark.parametrize(
     "line, match",
     [
-        ("{not json", r"p\.jsonl:2: not JSON"),
+        ("{not json", r"p\.jsonl:2: not valid JSON"),
         ('{"prompt": "x"}', r"p\.jsonl:2: field 'answer' must be a non-empty string"),
         ('{"prompt": "x", "answer": "y", "paraphrases": "z"}', r"p\.jsonl:2: 'paraphrases' must be a list"),
         ("[1, 2]", r"p\.jsonl:2: expected a JSON object"),
@@ -162,7 +162,7 @@ def test_missing_and_empty_files(tmp_path):
     with pytest.raises(EvalDataError, match="no probes"):
         read_probes(tmp_path / "empty.jsonl")
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(EvalDataError, match="not UTF-8"):
+    with pytest.raises(EvalDataError, match=r"bin\.jsonl:1: not valid UTF-8"):
         read_edits(tmp_path / "bin.jsonl")
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from engine.evaluate import Probe, evaluate_edits, evaluate_probes
-from engine.evaluate.data import Edit
 from engine.evaluate.probes import answer_batch
 from engine.explain import Explanation, PredictError, Predictor
 from engine.memory import Memory
@@ -16,6 +15,7 @@ from engine.models.tiny import make_tiny_reader
 from engine.plugins.embeddings import EntityEmbeddings
 from engine.plugins.entities import import_triples
 from engine.plugins.mapping import KnowledgePlugin, PluginInjector, default_plugin_dir
+from engine.probe_files import Edit
 
 from .test_dpm import copy_branch
 from .test_evaluate import cli_models  # noqa: F401 - the fixture: a tiny reader folder and a copy branch for it

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.jobs.progress import JobCancelled
 from engine.plugins.embeddings import EntityEmbeddings, import_embeddings, save_embeddings
 from engine.plugins.errors import EmbeddingError
 from engine.plugins.transe import train_transe
+from engine.progress import JobCancelled
 from engine.store import Pack
 from tests.engine.test_plugins_fixtures import COUNTRIES, make_pack
 
@@ -122,6 +122,15 @@ def test_import_errors_name_the_problem(tmp_path, pack_path, case, message):
     with Pack.open(pack_path, readonly=True) as pack, pytest.raises(EmbeddingError) as err:
         import_embeddings(pack, tmp_path / "e.npy", tmp_path / "ids.txt", dim=64 if case == "dim" else None)
     assert message in str(err.value)
+
+
+def test_an_id_list_that_is_not_utf8_is_named_by_file_and_line(tmp_path, pack_path):
+    names = _names(pack_path)
+    np.save(tmp_path / "e.npy", np.ones((len(names), 12), dtype=np.float32))
+    (tmp_path / "ids.txt").write_bytes(("\n".join(names[:1] + ["Z\xfcrich"] + names[2:])).encode("latin-1"))
+    with Pack.open(pack_path, readonly=True) as pack, pytest.raises(EmbeddingError) as err:
+        import_embeddings(pack, tmp_path / "e.npy", tmp_path / "ids.txt")
+    assert str(err.value).startswith(f"{tmp_path / 'ids.txt'}:2: not valid UTF-8 (byte 0xfc")
 
 
 def test_embeddings_for_another_entity_set_are_refused(tmp_path, pack_path):

@@ -5,7 +5,7 @@ import pytest
 
 from engine.plugins.entities import EntityLinker, entity_facts, entity_rows, import_triples
 from engine.plugins.errors import TriplesError
-from engine.store import Pack
+from engine.store import Pack, PackError
 from tests.engine.test_plugins_fixtures import triples, write_jsonl
 
 
@@ -119,7 +119,7 @@ def test_malformed_files(pack, tmp_path):
     with pytest.raises(TriplesError, match="unsupported triples format .txt"):
         import_triples(pack, [tmp_path / "bad.txt"])
     (tmp_path / "latin.jsonl").write_bytes('{"head": "Z\xfcrich"}'.encode("latin-1"))
-    with pytest.raises(TriplesError, match="not UTF-8"):
+    with pytest.raises(TriplesError, match=r"latin\.jsonl:1: not valid UTF-8"):
         import_triples(pack, [tmp_path / "latin.jsonl"])
     with pytest.raises(TriplesError, match="no such file"):
         import_triples(pack, [tmp_path / "missing.jsonl"])
@@ -156,6 +156,35 @@ def test_linker_scales_to_many_aliases():
     found = linker.link(text)
     assert len(found) == 2 * len(range(0, 5000, 97))
     assert all(m.entity_id == int(m.text.split()[0][-5:] if m.text.startswith("Entity") else m.text[-5:]) for m in found)
+
+
+def _refusal(write) -> str:
+    with pytest.raises(PackError) as err:
+        write()
+    return str(err.value)
+
+
+def test_a_triples_import_is_refused_like_an_entry_edit_and_writes_nothing(tmp_path, evaluating_elsewhere):
+    """Entities and triples go through the pack's one write path: a read-only pack and a pack
+    under another process's edit evaluation refuse them with an entry edit's message."""
+    path = tmp_path / "p.plugmem"
+    f = write_jsonl(tmp_path / "t.jsonl", triples())
+    Pack.create(path).close()
+
+    def nothing_written() -> None:
+        with Pack.open(path, readonly=True) as p:
+            assert (_counts(p), p.entities_version) == ((0, 0), 0)
+
+    with Pack.open(path, readonly=True) as p:
+        edit = _refusal(lambda: p.add("An entry."))
+        assert "read-only" in edit and _refusal(lambda: import_triples(p, [f])) == edit
+    nothing_written()
+    with Pack.open(path) as p, evaluating_elsewhere(path):
+        edit = _refusal(lambda: p.add("An entry."))
+        assert "edit evaluation is running" in edit and _refusal(lambda: import_triples(p, [f])) == edit
+    nothing_written()
+    with Pack.open(path) as p:  # once the evaluation has ended the same import goes in
+        assert import_triples(p, [f]).triples_added == len(triples())
 
 
 def test_demo_packs_get_their_domains_entities_once(tmp_path):

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from engine.jobs.progress import JobCancelled
 from engine.plugins.errors import PluginError
 from engine.plugins.map_tune import Example, batch_losses, make_examples, map_tune
 from engine.plugins.mapping import build_inputs_embeds, load_plugin
 from engine.plugins.transe import train_transe
+from engine.progress import JobCancelled
 from engine.store import Pack
 from tests.engine.test_plugins_fixtures import make_pack
 
@@ -156,7 +156,7 @@ def test_bad_configs(reader, pack_path, tmp_path):
 
 
 def test_evaluation_on_held_out_entities(reader, pack_path, tmp_path):
-    from engine.plugins.evaluate import evaluate_probes, format_table, heldout_mention_loss, load_probes
+    from engine.evaluate.plugins import evaluate_probes, format_table, heldout_mention_loss, load_probes
     from engine.plugins.mapping import PluginInjector
 
     map_tune(_cfg(pack_path, max_steps=4), reader=reader)

@@ -13,6 +13,7 @@ from engine.models import DEFAULT_NAME, SUPPORTED_ARCHITECTURES, Reader, ReaderE
 from engine.models import reader_cache
 from engine.models.generation import answer_end
 from engine.models.tiny import make_tiny_reader, tiny_config
+from engine.resources import ENV_CACHE_DIR, cache_root
 
 PROMPTS = [
     "Hi",
@@ -243,7 +244,7 @@ class CountingBuild:
 
 
 def test_cache_is_built_once_then_reused(tiny, tmp_path):
-    folder = reader_cache.cache_root(tmp_path / "cache") / "readers" / "tiny"
+    folder = cache_root(tmp_path / "cache") / "readers" / "tiny"
     build = CountingBuild(tiny)
     assert reader_cache.ensure_folder(folder, build) == folder
     assert reader_cache.ensure_folder(folder, build) == folder
@@ -306,7 +307,7 @@ def test_default_reader_path_converts_once_and_rebuilds_a_broken_cache(tiny, tmp
 
     monkeypatch.setattr(reader_mod, "default_gguf_path", lambda: fake_gguf)
     monkeypatch.setattr(reader_mod, "_convert_gguf", convert)
-    monkeypatch.setenv(reader_cache.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "cache"))
     first = load_reader(device="cpu")
     assert first.name == DEFAULT_NAME
     assert first.fingerprint["weights_sha256"] == sha256_file(fake_gguf)
@@ -334,9 +335,9 @@ def test_missing_default_package_is_a_reader_error(monkeypatch):
 
 
 def test_cache_dir_is_injectable(tmp_path, monkeypatch):
-    monkeypatch.setenv(reader_cache.ENV_CACHE_DIR, str(tmp_path / "env"))
-    assert reader_cache.cache_root() == tmp_path / "env"
-    assert reader_cache.cache_root(tmp_path / "explicit") == tmp_path / "explicit"
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "env"))
+    assert cache_root() == tmp_path / "env"
+    assert cache_root(tmp_path / "explicit") == tmp_path / "explicit"
 
 
 def test_tiny_config_rejects_unknown_types():

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.jobs.progress import JobCancelled
 from engine.jobs.train_memory_reader import TrainDataError, TrainMemoryReaderConfig, load_checkpoint, read_examples, train_memory_reader
 from engine.models import dpm
 from engine.models.tiny import make_tiny_reader
+from engine.progress import JobCancelled
 from engine.resources import demo_dir
 
 SMALL = {"layers": 2, "heads": 2, "head_dim": 16, "batch": 8, "absent_pool": 4, "p_absent": 0.1, "neighbours": 6}
@@ -104,9 +104,9 @@ def test_a_checkpoint_for_another_reader_is_refused(tiny, data, tmp_path):
 @pytest.mark.parametrize(
     "line, match",
     [
-        ("{oops", r"cf\.jsonl:2: not JSON"),
+        ("{oops", r"cf\.jsonl:2: not valid JSON"),
         ('{"text": "a", "prompt": "b"}', r"cf\.jsonl:2: field 'answer'"),
-        ('["a"]', r"cf\.jsonl:2: expected an object"),
+        ('["a"]', r"cf\.jsonl:2: expected a JSON object with text"),
     ],
 )
 def test_bad_training_data_names_file_and_line(tmp_path, line, match):

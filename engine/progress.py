@@ -5,6 +5,9 @@ A job reports with ``progress(fraction, message='', **metrics)``: ``fraction`` i
 that a front end can plot live. A job checks ``should_stop()`` at safe points and
 raises :class:`JobCancelled` (``check(should_stop)`` does both) after committing or
 discarding its partial work.
+
+It sits below every layer (not in ``engine/jobs``): the mechanisms' training jobs and the
+evaluations report through it too, and they must not import the job runner's package.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.jobs.progress import EtaEstimator, JobCancelled, check, wrap_progress
+from engine.progress import EtaEstimator, JobCancelled, check, wrap_progress
 
 
 def test_wrap_progress_maps_sub_steps_onto_their_slice_and_passes_metrics():

@@ -1,10 +1,16 @@
-"""Probe and edit files (JSONL), read strictly: a bad line names its file and line."""
+"""Probe and edit files (JSONL), read strictly: a bad line names its file and line.
+
+The one reader of probes and edits, with one rule (a prompt and a non-empty answer),
+for the evaluations and for the map-tuning job's held-out entities alike; so it sits
+below every layer that reads them.
+"""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
+
+from engine.jsonl import JsonlError, read_jsonl
 
 
 class EvalDataError(ValueError):
@@ -46,26 +52,11 @@ def is_correct(continuation: str, answer: str) -> bool:
 
 
 def _records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    p = Path(path)
-    if not p.is_file():
-        raise EvalDataError(f"{p}: no such file")
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise EvalDataError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise EvalDataError(f"{p}: unreadable ({exc.strerror or exc})") from exc
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{n}"
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            raise EvalDataError(f"{where}: not JSON ({exc})") from exc
-        if not isinstance(rec, dict):
-            raise EvalDataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        yield where, rec
+        for n, rec in read_jsonl(path):
+            yield f"{path}:{n}", rec
+    except JsonlError as exc:
+        raise EvalDataError(str(exc)) from None
 
 
 def _text(rec: dict[str, Any], key: str, where: str, *, required: bool) -> str:
@@ -77,10 +68,16 @@ def _text(rec: dict[str, Any], key: str, where: str, *, required: bool) -> str:
     return v
 
 
-def read_probes(path: str | Path) -> list[Probe]:
-    """Probes from JSONL: ``prompt``, ``answer``, optional ``paraphrases`` (list), ``relation``, ``subject``, ``split``."""
+def read_probes(path: str | Path, *, require: Sequence[str] = ()) -> list[Probe]:
+    """Probes from JSONL: ``prompt``, ``answer``, optional ``paraphrases`` (list), ``relation``, ``subject``, ``split``.
+
+    ``require`` names optional fields a caller cannot do without (entity probes need
+    ``subject``): they must then be non-empty strings too.
+    """
     out: list[Probe] = []
     for where, rec in _records(path):
+        for key in require:
+            _text(rec, key, where, required=True)
         paras = rec.get("paraphrases") or []
         if not isinstance(paras, list) or not all(isinstance(x, str) and x.strip() for x in paras):
             raise EvalDataError(f"{where}: 'paraphrases' must be a list of non-empty strings")

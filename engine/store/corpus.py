@@ -1,4 +1,5 @@
-"""Corpus parsers: JSONL, CSV, plain text and Markdown → entry records.
+"""Corpus parsers: JSONL, CSV, plain text and Markdown → entry records (the store's import
+parsing: ``Pack.import_file`` and the import job both read files through it).
 
 Every parser yields records ``{"text", "title", "source", "tags"}`` where ``source``
 names the file and line or row the entry came from ('facts.jsonl:12',
@@ -22,13 +23,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from engine.jsonl import JsonlError, decode, json_lines, read_bytes
 from engine.store.pack import MAX_TEXT_CHARS, ValidationError, validate_fields
 
 log = logging.getLogger(__name__)
@@ -41,23 +42,12 @@ KNOWN_FIELDS = FIELDS + EXPORT_FIELDS
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "text", ".md": "markdown",
             ".markdown": "markdown"}
 
-# A record is at most ~7,500 characters of fields, each at most 12 characters as a JSON
-# escape: a longer line cannot hold a valid record, so it is refused before json.loads.
-MAX_JSONL_LINE_CHARS = 1 << 20
-
 Record = dict[str, Any]
 Tick = Callable[[int], None]  # a parser reports the character offset it has reached
 
 
-class CorpusError(ValueError):
+class CorpusError(JsonlError):
     """A corpus file that cannot be imported; ``str()`` is 'FILE:LINE: reason'."""
-
-    def __init__(self, path: str | Path, line: int | None, reason: str) -> None:
-        self.path = str(path)
-        self.line = line
-        self.reason = reason
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {reason}")
 
 
 # ---------------------------------------------------------------------------- files
@@ -107,33 +97,6 @@ def _kind(path: Path) -> str:
     return kind
 
 
-def read_text(path: str | Path) -> str:
-    """The file as text: UTF-8 (a BOM is dropped); bad bytes → CorpusError with the line."""
-    p = Path(path)
-    return _decode(p, _read_bytes(p))
-
-
-def _read_bytes(p: Path) -> bytes:
-    try:
-        return p.read_bytes()
-    except FileNotFoundError:
-        raise CorpusError(p, None, "no such file") from None
-    except IsADirectoryError:
-        raise CorpusError(p, None, "is a folder, not a file") from None
-    except OSError as exc:
-        raise CorpusError(p, None, f"cannot read: {exc.strerror or exc}") from None
-
-
-def _decode(p: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise CorpusError(p, line, f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {col}); "
-                                   "save the file as UTF-8") from None
-
-
 @dataclass
 class ParsedFile:
     """One corpus file read once: its import key (name + sha256 of the bytes parsed) and records."""
@@ -154,9 +117,9 @@ def load_file(path: str | Path, name: str | None = None,
     """
     p = Path(path)
     kind = _kind(p)
-    data = _read_bytes(p)
+    data = read_bytes(p, CorpusError)
     key = _key(p, hashlib.sha256(data).hexdigest())
-    text = _decode(p, data)
+    text = decode(p, data, CorpusError)
     del data
     name = name or p.name
     tick = _ticker(progress, len(text), f"reading {p.name}")
@@ -258,25 +221,7 @@ def _unknown(keys: Any) -> str:
 
 # ---------------------------------------------------------------------------- JSONL
 def _parse_jsonl(path: Path, name: str, text: str, tick: Tick) -> Iterator[Record]:
-    # split on '\n' only: str.splitlines() would also split at U+2028 inside JSON strings
-    pos = 0
-    for n, raw in enumerate(text.split("\n"), start=1):
-        pos += len(raw) + 1
-        tick(pos)
-        line = raw.rstrip("\r")
-        if not line.strip():
-            continue
-        if len(line) > MAX_JSONL_LINE_CHARS:
-            raise CorpusError(path, n, f"line has {len(line):,} characters; a record holds at most "
-                                       f"{MAX_TEXT_CHARS:,} characters of text (split it into several records)")
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(path, n, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-        except RecursionError:
-            raise CorpusError(path, n, "invalid record: JSON nested too deeply") from None
-        if not isinstance(obj, dict):
-            raise CorpusError(path, n, f"expected a JSON object with 'text', got {type(obj).__name__}")
+    for n, obj in json_lines(path, text, expect="a JSON object with 'text'", error=CorpusError, tick=tick):
         extra = set(obj) - set(KNOWN_FIELDS)
         if extra:
             raise CorpusError(path, n, f"unknown field(s) {_unknown(extra)}")
