@@ -331,16 +331,13 @@ def _undo_redo(a, out: Output, *, undo: bool) -> int:
 
 def _undone_what(label: str, recs) -> str:
     """'edit entry 1' + the records of the undo -> 'edit of entry 1 (text)'."""
+    from engine.store.wording import changed_fields
+
     what = label.split(" ", 1)[1] if label.startswith(("undo ", "redo ")) else label
     verb, _, rest = what.partition(" ")
     what = f"{verb} of {rest}" if rest else verb
-    fields = sorted({f for r in recs for f in _changed_fields(r.before, r.after)} - {"status"})
+    fields = sorted({f for r in recs for f in changed_fields(r.before, r.after)} - {"status"})
     return f"{what} ({', '.join(fields)})" if verb == "edit" and fields else what
-
-
-def _changed_fields(before: dict | None, after: dict | None) -> list[str]:
-    b, a = before or {}, after or {}
-    return [k for k in ("title", "text", "source", "tags", "status") if b.get(k) != a.get(k)]
 
 
 def cmd_undo(a, out: Output) -> int:
@@ -351,35 +348,9 @@ def cmd_redo(a, out: Output) -> int:
     return _undo_redo(a, out, undo=False)
 
 
-_STATUS_WORDS = {("active", "deleted"): "deleted", ("disabled", "deleted"): "deleted", ("deleted", "active"): "restored",
-                 ("deleted", "disabled"): "restored (disabled)", ("active", "disabled"): "disabled",
-                 ("disabled", "active"): "enabled"}
-
-
-def _history_what(r) -> str:
-    """One history record in plain words: 'added', 'text: 'a' -> 'b'', 'disabled', 'undo of edit: ...'."""
-    b, a = r.before or {}, r.after or {}
-    parts = []
-    if r.before is None or r.op == "add":
-        parts.append(f"added: {a.get('text', '')[:60]!r}")
-    else:
-        for f in _changed_fields(b, a):
-            if f == "status":
-                parts.append(_STATUS_WORDS.get((b.get(f), a.get(f)), f"status {b.get(f)} -> {a.get(f)}"))
-            elif f == "text":
-                parts.append(f"text {b.get(f, '')[:40]!r} -> {a.get(f, '')[:40]!r}")
-            elif f == "tags":
-                parts.append(f"tags {', '.join(b.get(f) or []) or '(none)'} -> {', '.join(a.get(f) or []) or '(none)'}")
-            else:
-                parts.append(f"{f} {b.get(f, '')[:40]!r} -> {a.get(f, '')[:40]!r}")
-    said = "; ".join(parts) or "no visible change"
-    for word in ("undo", "redo"):
-        if r.op.startswith(word + " "):
-            return f"{word} of {r.op.split(' ', 1)[1]}: {said}"
-    return said
-
-
 def cmd_history(a, out: Output) -> int:
+    from engine.store.wording import describe_history
+
     with _open_pack(a.pack) as pack:
         recs = pack.history(entry_id=a.id, limit=a.limit)
         data = {"history": [r.to_dict() for r in recs]}
@@ -389,7 +360,7 @@ def cmd_history(a, out: Output) -> int:
             for r in recs:
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
                 who = r.author or "-"
-                lines.append(f"{when}  change {r.change_id:>5}  entry {r.entry_id:>7}  {who:<10} {_history_what(r)}")
+                lines.append(f"{when}  change {r.change_id:>5}  entry {r.entry_id:>7}  {who:<10} {describe_history(r)}")
             return "\n".join(lines) or "(no history)"
 
         out.emit(data, human)

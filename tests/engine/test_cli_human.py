@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import build_parser, main
+from engine.cli import build_parser
+
+from .test_cli import pack, run  # noqa: F401 - pack is a fixture
 
 # commands whose human output is checked in other files, with the test that does it
 COVERED_ELSEWHERE = {
@@ -24,20 +26,6 @@ COVERED_ELSEWHERE = {
     "train-transe": "test_plugins_cli.py",
     "map-tune": "test_plugins_cli.py",
 }
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
-@pytest.fixture
-def pack(tmp_path, capsys, facts_jsonl, encoder) -> Path:
-    p = tmp_path / "geo.plugmem"
-    assert run(capsys, "init", p)[0] == 0
-    assert run(capsys, "import", p, facts_jsonl)[0] == 0
-    return p
 
 
 def test_every_pack_command_speaks_plain_words(capsys, pack, tmp_path):
