@@ -294,7 +294,7 @@ def cmd_delete(a, out: Output) -> int:
 
 def _undo_redo(a, out: Output, *, undo: bool) -> int:
     with _open_memory(a.pack, out) as mem:
-        ch = mem.undo() if undo else mem.redo()
+        ch = mem.undo(a.author) if undo else mem.redo(a.author)
         if ch is None:
             human = "nothing to undo" if undo else "nothing to redo"
         else:
