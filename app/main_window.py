@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QProgressBar, QT
 from app.context import AppContext
 from app.settings import load_state, save_settings, save_state
 from app.views.browser import MemoryBrowser
-from app.views.editor import EntryEditor
+from app.views.editor import REDO_KEYS, UNDO_KEYS, EntryEditor
 from app.views.elided import ElidedLabel
 from app.views.entities import EntitiesView
 from app.views.evaluation import EvaluationView
@@ -127,10 +127,10 @@ class MainWindow(QMainWindow):
 
         e = mb.addMenu("&Edit")
         self.act_undo = QAction("Undo", self)
-        self.act_undo.setShortcut(QKeySequence("Ctrl+Z"))
+        self.act_undo.setShortcuts(list(UNDO_KEYS))
         self.act_undo.triggered.connect(self.undo)
         self.act_redo = QAction("Redo", self)
-        self.act_redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        self.act_redo.setShortcuts(list(REDO_KEYS))
         self.act_redo.triggered.connect(self.redo)
         e.addAction(self.act_undo)
         e.addAction(self.act_redo)
@@ -213,11 +213,13 @@ class MainWindow(QMainWindow):
 
     def undo(self) -> None:
         if self.ctx.current and self.act_undo.isEnabled():
-            self.ctx.writer(self.ctx.current).submit(lambda m: m.undo(), what="Undo in")
+            author = self.ctx.author  # the history's "who" of the undo row
+            self.ctx.writer(self.ctx.current).submit(lambda m: m.undo(author), what="Undo in")
 
     def redo(self) -> None:
         if self.ctx.current and self.act_redo.isEnabled():
-            self.ctx.writer(self.ctx.current).submit(lambda m: m.redo(), what="Redo in")
+            author = self.ctx.author
+            self.ctx.writer(self.ctx.current).submit(lambda m: m.redo(author), what="Redo in")
 
     def focus_prompt(self) -> None:
         self.tabs.setCurrentWidget(self.explain)

@@ -62,8 +62,9 @@ def test_history_shows_changes_and_revert_restores_an_old_version(qtbot, setup):
     # revert to the first version (the import)
     ed.history.selectRow(2)
     assert ed.revert_btn.isEnabled()
+    ed.revert_btn.click()  # shows what would change first
     with qtbot.waitSignal(hub.changed, timeout=20_000):
-        ed.revert_btn.click()
+        ed.preview.revert_btn.click()
     assert win.ctx.reader(path).get(e.id).text == "Iron has the atomic number 26."
     qtbot.waitUntil(lambda: ed.history.rowCount() == 4, timeout=5_000)
     # the revert is itself one undoable edit
