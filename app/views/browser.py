@@ -177,6 +177,11 @@ class MemoryBrowser(QWidget):
 
     # ------------------------------------------------------------------ pack
     def show_pack(self, path: str) -> None:
+        if (path or None) != self.path:
+            # another pack: its rows are other entries, even where their ids match the old
+            # selection, so nothing stays selected (the editor is emptied below as well)
+            self.view.selectionModel().clear()
+            self.view.scrollToTop()
         self.path = path or None
         reader = self.ctx.reader(self.path)
         if self.path:
