@@ -6,6 +6,7 @@ back to that version's field values (so it is itself undoable and shows in histo
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,16 @@ def field_problems(text: str, title: str = "", tags: list[str] | None = None) ->
 
 def _name_field(field: str, message: str) -> str:
     """"'title' has 301 characters…" → "Title has 301 characters…"; otherwise "Tags: …"."""
+    # a quoted 65-character tag is one unbreakable word: it would widen the dock past the screen
+    message = _LONG_WORD.sub(lambda m: m.group(0)[:MAX_SHOWN_WORD] + "…", message)
     quoted = f"'{field}'"
     if message.startswith(quoted):
         return LABELS.get(field, field) + message[len(quoted):] + "."
     return f"{LABELS.get(field, field)}: {message}."
+
+
+MAX_SHOWN_WORD = 30
+_LONG_WORD = re.compile(r"[^\s']{%d,}" % (MAX_SHOWN_WORD + 2))
 
 
 def parse_tags(s: str) -> list[str]:
@@ -125,6 +132,8 @@ class RevertPreview(QDialog):
                        f"{when_text(getattr(record, 'time', None))} by {who}. Struck-through words go, "
                        "underlined words come back. The revert is one change: Undo takes it back.")
         intro.setWordWrap(True)
+        heading = QLabel(f"Revert entry {entry.id} to this version?")  # the title bar may not show
+        heading.setObjectName("EditorHeader")
         self.diff = QTextBrowser()
         self.diff.setObjectName("RevertDiff")
         parts = []
@@ -141,10 +150,11 @@ class RevertPreview(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         lay = QVBoxLayout(self)
+        lay.addWidget(heading)
         lay.addWidget(intro)
         lay.addWidget(self.diff, 1)
         lay.addWidget(buttons)
-        self.resize(520, 320)
+        self.resize(540, 260)
 
 
 class EntryEditor(QWidget):

@@ -136,6 +136,7 @@ def test_validation_names_the_field_as_one_types(qtbot, setup):
     ed.tags.setText("geography, " + "x" * (MAX_TAG_CHARS + 1))
     lines = ed.validation.text().splitlines()
     assert lines[0].startswith("Title has") and lines[1].startswith("Tags: tag 'xxx")
+    assert max(len(w) for w in lines[1].split()) < 40  # shortened: one long word would widen the dock
     assert ed.tags.property("invalid") is True
     ed.title.setText("The Nile")
     ed.tags.setText(", ".join(f"t{n}" for n in range(MAX_TAGS + 1)))
