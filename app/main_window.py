@@ -64,7 +64,10 @@ class MainWindow(QMainWindow):
         self.editor_dock = self._dock("Entry", self.editor, Qt.DockWidgetArea.RightDockWidgetArea)
         self.jobs_dock = self._dock("Jobs", self.jobs_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
         self.resizeDocks([self.workspace_dock, self.editor_dock], [330, 360], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.jobs_dock], [150], Qt.Orientation.Vertical)
+        # the Entry dock keeps the full height: the Jobs dock below the tabs never squeezes
+        # its History list, and it is tall enough for four or five jobs
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
 
         self.browser.selection_changed.connect(lambda ids: self.editor.show_ids(self.browser.path, ids))
         self.browser.new_requested.connect(self.new_entry)
@@ -93,6 +96,7 @@ class MainWindow(QMainWindow):
         ctx.notifier.message.connect(self._note)
         ctx.jobs.progress.connect(lambda *a: self._update_jobs_label())
         ctx.jobs.jobs_changed.connect(self._update_jobs_label)
+        ctx.jobs.started.connect(self._job_started)
         ctx.model.state_changed.connect(lambda st: self._update_reader_label())
         if restore:
             self.restore_state()
@@ -308,6 +312,12 @@ class MainWindow(QMainWindow):
             j = live[0]
             more = f" (+{len(live) - 1})" if len(live) > 1 else ""
             self.jobs_label.setText(f"Job: {j.title} {j.fraction * 100:.0f}%{more}")
+
+    def _job_started(self, jid: str) -> None:
+        """A new job: the Jobs dock shows it selected, and the status bar says where it is."""
+        job = self.ctx.jobs.live.get(jid)
+        self.jobs_dock.show()
+        self.show_note(f"Started job #{jid}{': ' + job.title if job else ''} — selected in the Jobs panel below.")
 
     def _demo_progress(self, fraction: float, message: str) -> None:
         self.demo_bar.setVisible(fraction < 1.0)
