@@ -1031,6 +1031,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.plugins.cli import register as register_plugins
 
     register_plugins(sub, parents=[common])  # triples, entities, embeddings, train-transe, map-tune
+    from engine.evaluate.cli import register as register_probes
+
+    register_probes(sub, parents=[common])  # probes make
     return p
 
 
