@@ -72,6 +72,10 @@ class MainWindow(QMainWindow):
         self.browser.selection_changed.connect(lambda ids: self.editor.show_ids(self.browser.path, ids))
         self.browser.new_requested.connect(self.new_entry)
         self.explain.entry_activated.connect(self.open_entry)
+        # Evaluation uses Ask's mode and k (e.g. context once the reader has no memory branch)
+        follow = lambda *_: self.evaluation.follow_ask(self.explain.current_mode(), self.explain.k.value())  # noqa: E731
+        self.explain.mode.currentIndexChanged.connect(follow)
+        self.explain.k.valueChanged.connect(follow)
         # knowledge plugins: entities tab, map-tuning jobs, plugin checkboxes, the model host
         self.plugin_trainer = PluginTrainer(ctx, self)
         self.plugin_trainer.plugin_ready.connect(self._plugin_ready)
