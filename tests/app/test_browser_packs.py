@@ -5,20 +5,10 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
 from PySide6.QtCore import Qt
 
 from .conftest import FACTS, open_window, wait_ready
-from .test_trusted_edits import pick
-
-
-@pytest.fixture
-def setup(qtbot, make_ctx, small_pack):
-    path = str(small_pack.resolve())
-    ctx = make_ctx([path])
-    win = open_window(qtbot, ctx, path)
-    yield win, path
-    win.close()
+from .test_editor import pick, setup  # noqa: F401 - the same window on the same pack
 
 
 def test_after_switching_packs_no_old_row_stays_selected_and_a_click_opens_the_entry(

@@ -7,25 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
-from .conftest import FACTS, wait_ready
-
-
-@pytest.fixture
-def view(qtbot, make_ctx, small_pack, tiny_loader):
-    from app.views.evaluation import EvaluationView
-
-    path = str(small_pack.resolve())
-    ctx = make_ctx([path])
-    ctx.model_loader = tiny_loader
-    ctx.set_current(path)
-    v = EvaluationView(ctx)
-    qtbot.addWidget(v)
-    v.show()
-    wait_ready(qtbot, ctx, path)
-    yield ctx, v, path
-    v.cancel()
+from .conftest import FACTS
+from .test_evaluation import view  # noqa: F401 - the Evaluation tab on a tiny reader
 
 
 def test_probes_made_from_the_pack_are_reviewed_edited_saved_and_run_to_a_score(qtbot, view):
@@ -33,7 +17,7 @@ def test_probes_made_from_the_pack_are_reviewed_edited_saved_and_run_to_a_score(
     assert v.pages.currentWidget() is v.empty and "No evaluation yet" in v.empty.text()
     assert "Make probes from a pack" in v.empty.text()
     v.mode.setCurrentIndex(v.mode.findData("context"))  # the tiny reader has no memory branch
-    dlg = v.make_probes()
+    dlg = v.make_probes(path)
     assert dlg.isVisible() and dlg.current_pack() == path and dlg.sample.text() == "100 probes"
     dlg.make_btn.click()
     qtbot.waitUntil(lambda: dlg.table.rowCount() > 0, timeout=10_000)

@@ -3,38 +3,18 @@ field's typing before it; revert previews its diff and keeps the chosen version 
 undo rows name who; validation names the field as one types."""
 from __future__ import annotations
 
-import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 
-from .conftest import open_window
+from .test_editor import pick, save_versions, setup  # noqa: F401 - the same window on the same pack
 
 CTRL = Qt.KeyboardModifier.ControlModifier
 SHIFT = Qt.KeyboardModifier.ShiftModifier
 
 
-@pytest.fixture
-def setup(qtbot, make_ctx, small_pack):
-    path = str(small_pack.resolve())
-    ctx = make_ctx([path])
-    win = open_window(qtbot, ctx, path)
-    win.activateWindow()
-    yield win, path
-    win.close()
-
-
-def pick(win, needle):
-    m = win.browser.model
-    for r in range(m.rowCount()):
-        e = m.entry_at(r)
-        if needle in e.text:
-            assert win.browser.select_id(e.id)
-            return e
-    raise AssertionError(needle)
-
-
 def test_ctrl_z_in_the_field_undoes_typing_before_save_and_the_pack_after(qtbot, setup):
     win, path = setup
+    win.activateWindow()  # the window's shortcuts need an active window
     ed, hub, reader = win.editor, win.ctx.hub, win.ctx.reader(path)
     e = pick(win, "Helium")
     ed.text.setFocus()
@@ -73,6 +53,7 @@ def test_ctrl_z_in_the_field_undoes_typing_before_save_and_the_pack_after(qtbot,
 
 def test_ctrl_z_in_the_title_after_save_undoes_the_pack(qtbot, setup):
     win, path = setup
+    win.activateWindow()
     ed, hub, reader = win.editor, win.ctx.hub, win.ctx.reader(path)
     e = pick(win, "Paris")
     ed.title.setFocus()
@@ -91,12 +72,7 @@ def test_ctrl_z_in_the_title_after_save_undoes_the_pack(qtbot, setup):
 def test_revert_previews_the_difference_and_keeps_the_chosen_version_selected(qtbot, setup):
     win, path = setup
     ed, hub, reader = win.editor, win.ctx.hub, win.ctx.reader(path)
-    e = pick(win, "Iron")
-    for new in ("Iron has the atomic number 27.", "Iron has the atomic number 28."):
-        ed.text.setPlainText(new)
-        with qtbot.waitSignal(hub.changed, timeout=20_000):
-            ed.save()
-    qtbot.waitUntil(lambda: ed.history.rowCount() == 3, timeout=5_000)
+    e = save_versions(qtbot, win, "Iron", ("Iron has the atomic number 27.", "Iron has the atomic number 28."))
     ed.history.selectRow(2)  # the imported version
     chosen = ed._history[2]
 
