@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
-from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QProgressBar, QTabWidget, QWidget
+from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMenu, QProgressBar, QTabWidget, QWidget
 
 from app.context import AppContext
 from app.settings import load_state, save_settings, save_state
@@ -172,6 +172,30 @@ class MainWindow(QMainWindow):
         self.act_entities = t.addAction("Entities and triples", lambda: self.show_entities(self.ctx.current))
         self.act_import_triples = t.addAction("Import triples…", self._import_triples)
         self.act_map_tune = t.addAction("Map-tune plugin…", lambda: self.map_tune(self.ctx.current))
+
+        from app.views import help as pages
+
+        h = mb.addMenu("&Help")
+        self.help_page = None
+        self.act_getting_started = h.addAction("Getting started", lambda: self.show_help("Getting started",
+                                                                                         pages.GETTING_STARTED))
+        self.act_getting_started.setShortcut(QKeySequence.StandardKey.HelpContents)
+        h.addAction("File formats", lambda: self.show_help("File formats", pages.formats_html()))
+        h.addAction("Keyboard shortcuts", lambda: self.show_help(
+            "Keyboard shortcuts", pages.shortcuts_html(a for m in mb.findChildren(QMenu) for a in m.actions())))
+        h.addAction("Open the log folder", pages.open_log_folder)
+        h.addSeparator()
+        h.addAction("About PlugMem Studio", lambda: self.show_help("About", pages.about_html(self.ctx)))
+
+    def show_help(self, title: str, body: str):
+        """Show a help page beside the window (one at a time)."""
+        from app.views.help import HelpPage
+
+        if self.help_page is not None:
+            self.help_page.close()
+        self.help_page = HelpPage(title, body, self)
+        self.help_page.show()
+        return self.help_page
 
     def _build_status_bar(self) -> None:
         sb = self.statusBar()
