@@ -44,6 +44,7 @@ class MainWindow(QMainWindow):
         ctx.notifier.parent_widget = self
         self.setWindowTitle("PlugMem Studio")
         self.resize(default_size())
+        self.setAcceptDrops(True)
 
         self.browser = MemoryBrowser(ctx)
         self.explain = ExplainPanel(ctx)
@@ -108,6 +109,21 @@ class MainWindow(QMainWindow):
         self._update_plugged()
         self._update_title()
         self._update_reader_label()
+
+    # files and folders dropped anywhere on the window go into the pack shown (see WorkspacePanel.drop)
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
+        from app.views.workspace_panel import dropped_paths
+
+        if dropped_paths(event):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 - Qt API
+        from app.views.workspace_panel import dropped_paths
+
+        paths = dropped_paths(event)
+        if paths:
+            event.acceptProposedAction()
+            self.workspace_panel.drop(paths, self.ctx.current)
 
     def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
         d = QDockWidget(title, self)
