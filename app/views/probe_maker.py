@@ -28,6 +28,7 @@ from app.context import AppContext
 log = logging.getLogger(__name__)
 
 COLUMNS = ("prompt", "answer", "subject", "relation")  # editable; the entry id is kept per row
+MAX_REVIEWED = 10_000
 HOW = {"triple": "cut at a triple's object", "sentence": "cut in the sentence"}
 
 
@@ -57,11 +58,12 @@ class ProbeMaker(QDialog):
         if pack:
             self.pack.setCurrentIndex(self.pack.findData(pack))
         self.sample = QSpinBox()
-        self.sample.setRange(0, 1_000_000)
+        # a table of a million editable rows is no review: more than this, `plugmem probes make`
+        self.sample.setRange(1, MAX_REVIEWED)
         self.sample.setValue(100)
         self.sample.setSuffix(" probes")
-        self.sample.setSpecialValueText("one per entry")
-        self.sample.setToolTip("How many entries to probe, chosen at random (the same ones each time)")
+        self.sample.setToolTip(f"How many entries to probe, chosen at random (the same ones each time); at most "
+                               f"{MAX_REVIEWED:,} here, any number with `plugmem probes make`")
         self.make_btn = QPushButton("Make")
         row = QHBoxLayout()
         row.addWidget(QLabel("Pack"))
@@ -111,17 +113,25 @@ class ProbeMaker(QDialog):
         if not path:
             self.note.setText("No pack: attach or create one first.")
             return
-        n = self.sample.value() or None
+        n = self.sample.value()
         self.make_btn.setEnabled(False)
         self.note.setText(f"Making probes from {Path(path).stem}…")
         self.ctx.reads.submit(path, lambda pack: [p.to_dict() for p in make_probes(pack, sample=n)],
                               self._made, on_error=self._failed)
 
+    def done(self, result: int) -> None:  # noqa: N802 - Qt API
+        self._closed = True  # probes still being made are dropped when they come
+        super().done(result)
+
     def _failed(self, exc: BaseException) -> None:
+        if getattr(self, "_closed", False):
+            return
         self.make_btn.setEnabled(True)
         self.note.setText(f"No probes: {exc}")
 
     def _made(self, probes: list[dict[str, Any]]) -> None:
+        if getattr(self, "_closed", False):
+            return
         self.make_btn.setEnabled(True)
         self.made = probes
         self.table.setRowCount(len(probes))
