@@ -27,7 +27,8 @@ from app.context import AppContext
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("prompt", "answer", "subject", "relation")  # editable; the entry id is kept per row
+COLUMNS = ("prompt", "answer", "paraphrases", "subject", "relation")  # editable; the entry id is kept per row
+SEP = " | "  # between paraphrases in their cell
 MAX_REVIEWED = 10_000
 HOW = {"triple": "cut at a triple's object", "sentence": "cut in the sentence"}
 
@@ -47,8 +48,9 @@ class ProbeMaker(QDialog):
         heading.setObjectName("EditorHeader")
         intro = QLabel("Each probe is an entry with its object cut off: the reader should continue the prompt "
                        "with the answer. The object is a triple's tail where the pack has triples, else the words "
-                       "after the sentence's last linking word. Check them, correct a prompt or an answer by "
-                       "double-clicking it, then save (beside the pack) and run.")
+                       "after the sentence's last linking word; a paraphrase is added where the prompt names the "
+                       "relation. Check them, correct a cell by double-clicking it (paraphrases are separated by "
+                       "“|”), then save (beside the pack) and run.")
         intro.setWordWrap(True)
         self.pack = QComboBox()
         for p in ctx.workspace.paths():
@@ -78,7 +80,7 @@ class ProbeMaker(QDialog):
                                    | QAbstractItemView.EditTrigger.EditKeyPressed)
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for c in (1, 2, 3):
+        for c in range(1, len(COLUMNS)):
             hh.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
         self.note = QLabel()
         self.note.setObjectName("EvalStatus")
@@ -137,7 +139,8 @@ class ProbeMaker(QDialog):
         self.table.setRowCount(len(probes))
         for r, p in enumerate(probes):
             for c, key in enumerate(COLUMNS):
-                item = QTableWidgetItem(str(p.get(key) or ""))
+                value = SEP.join(p.get(key) or []) if key == "paraphrases" else str(p.get(key) or "")
+                item = QTableWidgetItem(value)
                 item.setToolTip(f"entry {p.get('entry_id')}, {HOW.get(p.get('split_by'), '')}")
                 self.table.setItem(r, c, item)
         by_triple = sum(p.get("split_by") == "triple" for p in probes)
@@ -153,6 +156,7 @@ class ProbeMaker(QDialog):
         for r, p in enumerate(self.made):
             cells = {key: (self.table.item(r, c).text().strip() if self.table.item(r, c) else "")
                      for c, key in enumerate(COLUMNS)}
+            cells["paraphrases"] = [q.strip() for q in cells["paraphrases"].split("|") if q.strip()]
             if cells["prompt"] and cells["answer"]:
                 out.append({**p, **cells})
         return out

@@ -23,11 +23,12 @@ def cmd_probes_make(a, out) -> int:
     except OSError as exc:
         raise CliError(f"{a.out}: cannot write ({exc.strerror or exc})") from None
     how = Counter(p.split_by for p in probes)
+    paras = sum(len(p.paraphrases) for p in probes)
     data = {"pack": str(a.pack), "out": str(path), "probes": len(probes), "split_by": dict(how),
-            "sample": a.sample, "seed": a.seed}
+            "paraphrases": paras, "sample": a.sample, "seed": a.seed}
     out.emit(data, lambda: (f"{len(probes):,} probes from {Path(a.pack).name} written to {path} "
                             f"({how.get('triple', 0):,} cut at a triple's object, {how.get('sentence', 0):,} "
-                            f"from the sentence); run them with `plugmem eval {path} --memory {a.pack}`"))
+                            f"from the sentence; {paras:,} paraphrases); run them with `plugmem eval {path} --memory {a.pack}`"))
     return 0
 
 

@@ -9,6 +9,9 @@ split after its last linking word ("is", "of", "in", "with", ...; a leading arti
 stays in the prompt; "of"/"and" inside a name like "Republic of Korea" is no cut) when at
 most five words follow it, else before its last word; a number in that answer is the answer.
 
+A probe cut at a triple also gets the paraphrase "The <relation> of <subject> is" when the
+prompt names the relation in those words (the template would guess otherwise).
+
 Right on the demo packs (answer = the tail of the triple the fact was written from;
 bench/bench_cloze_split.py): with their triples, geography 3,411/3,411 (100 %) and
 chemistry 2,300/2,313 (99.4 %: "known since ancient times" does not contain its tail
@@ -116,6 +119,20 @@ def split_sentence(text: str) -> tuple[str, str] | None:
     return body[:start].rstrip(), body[start:].strip()
 
 
+def paraphrase(prompt: str, subject: str, relation: str) -> str | None:
+    """"The <relation> of <subject> is" when the prompt says the relation in other words
+    ("Hydrogen has the atomic number" → "The atomic number of Hydrogen is"); None when the
+    relation's words are not in the prompt as they are (then the template would guess) or
+    the prompt already has that form."""
+    words = relation.replace("_", " ").replace("-", " ").strip().lower()
+    if not words or not subject or not re.search(r"(?<!\w)" + re.escape(words) + r"(?!\w)", prompt.lower()):
+        return None
+    if prompt.lower().startswith(f"the {words} of "):
+        return None  # already that form (perhaps with "the" before the subject)
+    verb = "are" if words.endswith("s") and not words.endswith("ss") else "is"
+    return f"The {words} of {subject} {verb}"
+
+
 def triples_of(pack, names: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
     """(relation, tail) of the triples whose head is each name (case-insensitive); {} without triples."""
     out: dict[str, list[tuple[str, str]]] = {}
@@ -143,7 +160,8 @@ def make_cloze(entries: Sequence[Any], triples: dict[str, list[tuple[str, str]]]
             prompt, answer, relation = got
             # the relation names the fact for hit@k only when the entry is tagged with it
             rel = relation if relation.lower() in {t.lower() for t in e.tags} else ""
-            out.append(Cloze(prompt, answer, subject, rel, int(e.id), "triple"))
+            para = paraphrase(prompt, subject, relation)
+            out.append(Cloze(prompt, answer, subject, rel, int(e.id), "triple", (para,) if para else ()))
             continue
         cut = split_sentence(e.text)
         if cut is not None:

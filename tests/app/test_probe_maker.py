@@ -29,6 +29,10 @@ def test_probes_made_from_the_pack_are_reviewed_edited_saved_and_run_to_a_score(
     r_japan = next(r for r in range(dlg.table.rowCount()) if dlg.table.item(r, 0).text() == "The currency of Japan is the")
     dlg.table.item(r_japan, 0).setText("The currency of Japan is")
     dlg.table.item(r_japan, 1).setText("the yen")
+    from app.views.probe_maker import COLUMNS
+
+    r_paris = next(r for r in range(dlg.table.rowCount()) if dlg.table.item(r, 0).text() == "Paris is the capital of")
+    dlg.table.item(r_paris, COLUMNS.index("paraphrases")).setText("France's capital is | The capital of France is")
     r_nile = next(r for r in range(dlg.table.rowCount()) if "Nile" in dlg.table.item(r, 0).text())
     dlg.table.item(r_nile, 0).setText("")
     with qtbot.waitSignal(v.run_finished, timeout=120_000) as sig:
@@ -38,9 +42,11 @@ def test_probes_made_from_the_pack_are_reviewed_edited_saved_and_run_to_a_score(
     assert len(lines) == len(FACTS) - 1
     japan = next(x for x in lines if x["prompt"] == "The currency of Japan is")
     assert japan["answer"] == "the yen" and japan["subject"] == "Japan"
+    paris = next(x for x in lines if x["prompt"] == "Paris is the capital of")
+    assert paris["paraphrases"] == ["France's capital is", "The capital of France is"]
     run = sig.args[0]
     assert run.file == str(saved.resolve()) and run.result["n"] == len(FACTS) - 1
-    assert run.result["accuracy"] is not None and run.mode == "context"
+    assert run.result["accuracy"] is not None and run.mode == "context" and run.result["n_paraphrases"] == 2
     assert v.pages.currentWidget() is v.splitter and v.table.rowCount() == 1
     assert v.current_file() == str(saved.resolve())
 

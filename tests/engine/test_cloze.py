@@ -64,6 +64,7 @@ def test_probes_from_a_pack_use_its_triples_then_the_sentence(drug_pack):
     with Pack.open(drug_pack, readonly=True) as pack:
         probes = make_probes(pack)
     got = [(p.prompt, p.answer, p.subject, p.relation, p.split_by) for p in probes]
+    assert [p.paraphrases for p in probes] == [(), (), ()]  # no prompt names its relation in those words
     assert got == [
         ("The maximum daily dose of paracetamol is", "4 grams", "Paracetamol", "max_dose", "triple"),
         ("Ibuprofen belongs to the class of", "NSAIDs", "Ibuprofen", "drug_class", "triple"),
@@ -76,6 +77,7 @@ def test_cli_probes_make_writes_a_probe_file_eval_reads(drug_pack, tmp_path, cap
     assert main(["probes", "make", str(drug_pack), "--out", str(out), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["probes"] == 3 and doc["split_by"] == {"triple": 2, "sentence": 1} and doc["out"] == str(out)
+    assert doc["paraphrases"] == 0
     probes = read_probes(out)
     assert [p.answer for p in probes] == ["4 grams", "NSAIDs", "vitamin K"] and probes[0].subject == "Paracetamol"
     assert main(["probes", "make", str(drug_pack), "--out", str(out), "--sample", "2"]) == 0
@@ -83,3 +85,14 @@ def test_cli_probes_make_writes_a_probe_file_eval_reads(drug_pack, tmp_path, cap
     assert len(read_probes(out)) == 2
     assert main(["probes", "make", str(drug_pack), "--out", str(out), "--sample", "0"]) == 2
     assert "--sample must be at least 1" in capsys.readouterr().err
+
+
+def test_a_paraphrase_only_where_the_prompt_names_the_relation():
+    from engine.evaluate.cloze import paraphrase
+
+    assert paraphrase("Hydrogen has the atomic number", "Hydrogen", "atomic_number") == "The atomic number of Hydrogen is"
+    assert paraphrase("The international calling codes of Jamaica are", "Jamaica", "calling_codes") == \
+        "The calling codes of Jamaica are"
+    assert paraphrase("The capital of the Bahamas is", "Bahamas", "capital") is None  # already that form
+    assert paraphrase("The element with the chemical symbol H is", "Hydrogen", "element_with_symbol") is None
+    assert paraphrase("Hydrogen melts at", "Hydrogen", "melting_point") is None
