@@ -228,6 +228,7 @@ class JobWatcher(QObject):
     finished = Signal(str, object)  # job id, result
     failed = Signal(str, str)  # job id, message ("cancelled: ..." for cancels)
     jobs_changed = Signal()
+    started = Signal(str)  # a new (or resumed) job's id, once it is listed in ``live``
 
     def __init__(self, db_path: str | Path, notifier=None) -> None:
         super().__init__()
@@ -322,6 +323,7 @@ class JobWatcher(QObject):
         if not self.timer.isActive():
             self.timer.start()
         self.jobs_changed.emit()
+        self.started.emit(jid)
         return jid
 
     # ------------------------------------------------------------------ records

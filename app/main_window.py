@@ -7,12 +7,12 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
-from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QProgressBar, QTabWidget, QWidget
+from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMenu, QProgressBar, QTabWidget, QWidget
 
 from app.context import AppContext
 from app.settings import load_state, save_settings, save_state
 from app.views.browser import MemoryBrowser
-from app.views.editor import EntryEditor
+from app.views.editor import REDO_KEYS, UNDO_KEYS, EntryEditor
 from app.views.elided import ElidedLabel
 from app.views.entities import EntitiesView
 from app.views.evaluation import EvaluationView
@@ -44,6 +44,7 @@ class MainWindow(QMainWindow):
         ctx.notifier.parent_widget = self
         self.setWindowTitle("PlugMem Studio")
         self.resize(default_size())
+        self.setAcceptDrops(True)
 
         self.browser = MemoryBrowser(ctx)
         self.explain = ExplainPanel(ctx)
@@ -64,11 +65,18 @@ class MainWindow(QMainWindow):
         self.editor_dock = self._dock("Entry", self.editor, Qt.DockWidgetArea.RightDockWidgetArea)
         self.jobs_dock = self._dock("Jobs", self.jobs_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
         self.resizeDocks([self.workspace_dock, self.editor_dock], [330, 360], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.jobs_dock], [150], Qt.Orientation.Vertical)
+        # the Entry dock keeps the full height: the Jobs dock below the tabs never squeezes
+        # its History list, and it is tall enough for four or five jobs
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
 
         self.browser.selection_changed.connect(lambda ids: self.editor.show_ids(self.browser.path, ids))
         self.browser.new_requested.connect(self.new_entry)
         self.explain.entry_activated.connect(self.open_entry)
+        # Evaluation uses Ask's mode and k (e.g. context once the reader has no memory branch)
+        follow = lambda *_: self.evaluation.follow_ask(self.explain.current_mode(), self.explain.k.value())  # noqa: E731
+        self.explain.mode.currentIndexChanged.connect(follow)
+        self.explain.k.valueChanged.connect(follow)
         # knowledge plugins: entities tab, map-tuning jobs, plugin checkboxes, the model host
         self.plugin_trainer = PluginTrainer(ctx, self)
         self.plugin_trainer.plugin_ready.connect(self._plugin_ready)
@@ -93,6 +101,7 @@ class MainWindow(QMainWindow):
         ctx.notifier.message.connect(self._note)
         ctx.jobs.progress.connect(lambda *a: self._update_jobs_label())
         ctx.jobs.jobs_changed.connect(self._update_jobs_label)
+        ctx.jobs.started.connect(self._job_started)
         ctx.model.state_changed.connect(lambda st: self._update_reader_label())
         if restore:
             self.restore_state()
@@ -100,6 +109,21 @@ class MainWindow(QMainWindow):
         self._update_plugged()
         self._update_title()
         self._update_reader_label()
+
+    # files and folders dropped anywhere on the window go into the pack shown (see WorkspacePanel.drop)
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
+        from app.views.workspace_panel import dropped_paths
+
+        if dropped_paths(event):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 - Qt API
+        from app.views.workspace_panel import dropped_paths
+
+        paths = dropped_paths(event)
+        if paths:
+            event.acceptProposedAction()
+            self.workspace_panel.drop(paths, self.ctx.current)
 
     def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
         d = QDockWidget(title, self)
@@ -127,10 +151,10 @@ class MainWindow(QMainWindow):
 
         e = mb.addMenu("&Edit")
         self.act_undo = QAction("Undo", self)
-        self.act_undo.setShortcut(QKeySequence("Ctrl+Z"))
+        self.act_undo.setShortcuts(list(UNDO_KEYS))
         self.act_undo.triggered.connect(self.undo)
         self.act_redo = QAction("Redo", self)
-        self.act_redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        self.act_redo.setShortcuts(list(REDO_KEYS))
         self.act_redo.triggered.connect(self.redo)
         e.addAction(self.act_undo)
         e.addAction(self.act_redo)
@@ -164,6 +188,30 @@ class MainWindow(QMainWindow):
         self.act_entities = t.addAction("Entities and triples", lambda: self.show_entities(self.ctx.current))
         self.act_import_triples = t.addAction("Import triples…", self._import_triples)
         self.act_map_tune = t.addAction("Map-tune plugin…", lambda: self.map_tune(self.ctx.current))
+
+        from app.views import help as pages
+
+        h = mb.addMenu("&Help")
+        self.help_page = None
+        self.act_getting_started = h.addAction("Getting started", lambda: self.show_help("Getting started",
+                                                                                         pages.GETTING_STARTED))
+        self.act_getting_started.setShortcut(QKeySequence.StandardKey.HelpContents)
+        h.addAction("File formats", lambda: self.show_help("File formats", pages.formats_html()))
+        h.addAction("Keyboard shortcuts", lambda: self.show_help(
+            "Keyboard shortcuts", pages.shortcuts_html(a for m in mb.findChildren(QMenu) for a in m.actions())))
+        h.addAction("Open the log folder", pages.open_log_folder)
+        h.addSeparator()
+        h.addAction("About PlugMem Studio", lambda: self.show_help("About", pages.about_html(self.ctx)))
+
+    def show_help(self, title: str, body: str):
+        """Show a help page beside the window (one at a time)."""
+        from app.views.help import HelpPage
+
+        if self.help_page is not None:
+            self.help_page.close()
+        self.help_page = HelpPage(title, body, self)
+        self.help_page.show()
+        return self.help_page
 
     def _build_status_bar(self) -> None:
         sb = self.statusBar()
@@ -213,11 +261,13 @@ class MainWindow(QMainWindow):
 
     def undo(self) -> None:
         if self.ctx.current and self.act_undo.isEnabled():
-            self.ctx.writer(self.ctx.current).submit(lambda m: m.undo(), what="Undo in")
+            author = self.ctx.author  # the history's "who" of the undo row
+            self.ctx.writer(self.ctx.current).submit(lambda m: m.undo(author), what="Undo in")
 
     def redo(self) -> None:
         if self.ctx.current and self.act_redo.isEnabled():
-            self.ctx.writer(self.ctx.current).submit(lambda m: m.redo(), what="Redo in")
+            author = self.ctx.author
+            self.ctx.writer(self.ctx.current).submit(lambda m: m.redo(author), what="Redo in")
 
     def focus_prompt(self) -> None:
         self.tabs.setCurrentWidget(self.explain)
@@ -306,6 +356,12 @@ class MainWindow(QMainWindow):
             j = live[0]
             more = f" (+{len(live) - 1})" if len(live) > 1 else ""
             self.jobs_label.setText(f"Job: {j.title} {j.fraction * 100:.0f}%{more}")
+
+    def _job_started(self, jid: str) -> None:
+        """A new job: the Jobs dock shows it selected, and the status bar says where it is."""
+        job = self.ctx.jobs.live.get(jid)
+        self.jobs_dock.show()
+        self.show_note(f"Started job #{jid}{': ' + job.title if job else ''} — selected in the Jobs panel below.")
 
     def _demo_progress(self, fraction: float, message: str) -> None:
         self.demo_bar.setVisible(fraction < 1.0)

@@ -319,7 +319,7 @@ def cmd_delete(a, out: Output) -> int:
 
 def _undo_redo(a, out: Output, *, undo: bool) -> int:
     with _open_memory(a.pack, out) as mem:
-        ch = mem.undo() if undo else mem.redo()
+        ch = mem.undo(a.author) if undo else mem.redo(a.author)
         if ch is None:
             human = "nothing to undo" if undo else "nothing to redo"
         else:
@@ -1045,6 +1045,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.plugins.cli import register as register_plugins
 
     register_plugins(sub, parents=[common])  # triples, entities, embeddings, train-transe, map-tune
+    from engine.evaluate.cli import register as register_probes
+
+    register_probes(sub, parents=[common])  # probes make
     return p
 
 

@@ -304,11 +304,11 @@ class Memory:
     def delete(self, ids: Sequence[int], **kw: Any) -> Change:
         return self.apply(self.pack.delete(ids, **kw))
 
-    def undo(self) -> Change | None:
-        return self.apply(self.pack.undo())
+    def undo(self, author: str | None = None) -> Change | None:
+        return self.apply(self.pack.undo(author=author))
 
-    def redo(self) -> Change | None:
-        return self.apply(self.pack.redo())
+    def redo(self, author: str | None = None) -> Change | None:
+        return self.apply(self.pack.redo(author=author))
 
     def end_redo(self) -> int:
         """Drop the redo stack (temporary changes undone by their maker must not be redone)."""

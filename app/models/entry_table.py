@@ -40,12 +40,22 @@ def _disabled_brush():
     return QApplication.palette().brush(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text)
 
 
+def _disabled_font():
+    """Disabled entries are also struck through: grey alone is faint on some palettes."""
+    from PySide6.QtGui import QFont
+
+    f = QFont()
+    f.setStrikeOut(True)
+    return f
+
+
 _DISPLAY = int(Qt.ItemDataRole.DisplayRole)
 _TOOLTIP = int(Qt.ItemDataRole.ToolTipRole)
 _FOREGROUND = int(Qt.ItemDataRole.ForegroundRole)
 _USER = int(Qt.ItemDataRole.UserRole)
 _ALIGN = int(Qt.ItemDataRole.TextAlignmentRole)
-_ROLES = frozenset((_DISPLAY, _TOOLTIP, _FOREGROUND, _USER, _ALIGN))
+_FONT = int(Qt.ItemDataRole.FontRole)
+_ROLES = frozenset((_DISPLAY, _TOOLTIP, _FOREGROUND, _USER, _ALIGN, _FONT))
 _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 _ID, _SCORE, _TEXT = COLUMNS.index("id"), COLUMNS.index("score"), COLUMNS.index("text")
 
@@ -424,6 +434,8 @@ class EntryTableModel(QAbstractTableModel):
             return cells[col]
         if role == _FOREGROUND:
             return _disabled_brush() if e.status != "active" else None
+        if role == _FONT:
+            return _disabled_font() if e.status != "active" else None
         if role == _USER:
             return e
         if role == _TOOLTIP:

@@ -85,6 +85,7 @@ class MemoryBrowser(QWidget):
         self.tag.setMinimumContentsLength(10)
         self.count_label = QLabel()
         self.count_label.setObjectName("CountLabel")
+        self.count_label.setWordWrap(True)  # the empty pack's hint must not widen the window
 
         self.new_btn = QToolButton(text="New")
         self.new_btn.setToolTip("Add an entry to this pack (Ctrl+N)")
@@ -177,6 +178,11 @@ class MemoryBrowser(QWidget):
 
     # ------------------------------------------------------------------ pack
     def show_pack(self, path: str) -> None:
+        if (path or None) != self.path:
+            # another pack: its rows are other entries, even where their ids match the old
+            # selection, so nothing stays selected (the editor is emptied below as well)
+            self.view.selectionModel().clear()
+            self.view.scrollToTop()
         self.path = path or None
         reader = self.ctx.reader(self.path)
         if self.path:
@@ -449,6 +455,9 @@ class MemoryBrowser(QWidget):
         n = self.model.rowCount()
         if self.model.searching:
             self.count_label.setText(f"{n:,} results, best first")
+        elif self.path and n == 0 and self.model.status is None and self.model.tag is None:
+            self.count_label.setText(f"{Path(self.path).stem} is empty: drop files or folders on the window, "
+                                     "use Import… in the Workspace panel, or press New to type an entry.")
         elif self.path:
             self.count_label.setText(f"{n:,} entries  ·  {Path(self.path).stem}")
         else:

@@ -6,14 +6,18 @@ back to that version's field values (so it is itself undoable and shows in histo
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QDialog,
+    QDialogButtonBox,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -24,28 +28,49 @@ from PySide6.QtWidgets import (
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
+    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
 
 from app.context import AppContext
+from app.views.text_diff import diff_html
+from engine.store import MAX_TEXT_CHARS, ValidationError, validate_fields
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT = 4000
 FIELDS = ("title", "text", "source", "tags", "status")
+# Edit → Undo / Redo use these same keys; the editor's fields hand them on (see PackUndoKeys)
+UNDO_KEYS = (QKeySequence("Ctrl+Z"),)
+REDO_KEYS = (QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y"))
+LABELS = {"title": "Title", "text": "Text", "tags": "Tags", "source": "Source", "status": "Status"}
 
 
-def validate(text: str, title: str = "") -> list[str]:
-    """Messages that block saving (empty, too long); [] when the entry can be saved."""
-    problems = []
-    if not text.strip():
-        problems.append("The text is empty: an entry needs a fact or a short passage.")
-    elif len(text) > MAX_TEXT:
-        problems.append(f"The text is {len(text):,} characters; the limit is {MAX_TEXT:,}. Split it into several entries.")
-    if len(title) > 300:
-        problems.append(f"The title is {len(title):,} characters; keep it under 300.")
+def field_problems(text: str, title: str = "", tags: list[str] | None = None) -> dict[str, str]:
+    """What blocks saving, by field, in the engine's own words (its limits, its checks):
+    each field is checked alone so that every faulty field is named at once."""
+    problems = {}
+    for fields, require_text in (({"text": text}, True), ({"title": title}, False), ({"tags": tags or []}, False)):
+        try:
+            validate_fields(fields, require_text=require_text)
+        except ValidationError as exc:
+            field = exc.field or next(iter(fields))
+            problems[field] = _name_field(field, str(exc))
     return problems
+
+
+def _name_field(field: str, message: str) -> str:
+    """"'title' has 301 characters…" → "Title has 301 characters…"; otherwise "Tags: …"."""
+    # a quoted 65-character tag is one unbreakable word: it would widen the dock past the screen
+    message = _LONG_WORD.sub(lambda m: m.group(0)[:MAX_SHOWN_WORD] + "…", message)
+    quoted = f"'{field}'"
+    if message.startswith(quoted):
+        return LABELS.get(field, field) + message[len(quoted):] + "."
+    return f"{LABELS.get(field, field)}: {message}."
+
+
+MAX_SHOWN_WORD = 30
+_LONG_WORD = re.compile(r"[^\s']{%d,}" % (MAX_SHOWN_WORD + 2))
 
 
 def parse_tags(s: str) -> list[str]:
@@ -70,6 +95,68 @@ def describe_record(r: Any) -> str:
     return f"{op}: " + "; ".join(parts) if parts else op
 
 
+def when_text(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
+
+
+class PackUndoKeys(QObject):
+    """Undo/redo keys in an editor field: the field's own undo while it has something to
+    undo (typing not yet saved), else Edit → Undo on the pack — e.g. right after Save,
+    which refills the field and so empties its own undo."""
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if event.type() != QEvent.Type.ShortcutOverride:
+            return False
+        keys = QKeySequence(event.keyCombination())
+        if keys in UNDO_KEYS:
+            own = obj.isUndoAvailable() if isinstance(obj, QLineEdit) else obj.document().isUndoAvailable()
+        elif keys in REDO_KEYS:
+            own = obj.isRedoAvailable() if isinstance(obj, QLineEdit) else obj.document().isRedoAvailable()
+        else:
+            return False
+        if own:
+            return False
+        event.ignore()  # not claimed by the field: the window's shortcut (the pack's history) fires
+        return True
+
+
+class RevertPreview(QDialog):
+    """What reverting to a version would change, field by field (current → that version)."""
+
+    def __init__(self, entry: Any, record: Any, fields: dict[str, Any], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("RevertPreview")
+        self.setWindowTitle(f"Revert entry {entry.id}?")
+        who = getattr(record, "author", None) or "someone unnamed"
+        intro = QLabel(f"Entry {entry.id} goes back to its values after “{getattr(record, 'op', '')}” of "
+                       f"{when_text(getattr(record, 'time', None))} by {who}. Struck-through words go, "
+                       "underlined words come back. The revert is one change: Undo takes it back.")
+        intro.setWordWrap(True)
+        heading = QLabel(f"Revert entry {entry.id} to this version?")  # the title bar may not show
+        heading.setObjectName("EditorHeader")
+        self.diff = QTextBrowser()
+        self.diff.setObjectName("RevertDiff")
+        parts = []
+        for f in FIELDS:
+            if f not in fields:
+                continue
+            cur, old = getattr(entry, f), fields[f]
+            if f == "tags":
+                cur, old = ", ".join(cur or []) or "—", ", ".join(old or []) or "—"
+            parts.append(f"<p><b>{LABELS[f]}</b><br>{diff_html(str(cur or ''), str(old or ''))}</p>")
+        self.diff.setHtml("".join(parts))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
+        self.revert_btn = buttons.addButton("Revert", QDialogButtonBox.ButtonRole.AcceptRole)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addWidget(heading)
+        lay.addWidget(intro)
+        lay.addWidget(self.diff, 1)
+        lay.addWidget(buttons)
+        self.resize(540, 260)
+
+
 class EntryEditor(QWidget):
     saved = Signal(object)  # the Change of the save
 
@@ -82,6 +169,7 @@ class EntryEditor(QWidget):
         self.mode = "none"  # "none" | "edit" | "new" | "multi"
         self._loading = False
         self._history: list[Any] = []
+        self.preview: RevertPreview | None = None  # the open revert preview, if any
 
         self.header = QLabel("Select an entry to edit it.")
         self.header.setObjectName("EditorHeader")
@@ -156,6 +244,9 @@ class EntryEditor(QWidget):
         lay.setContentsMargins(6, 6, 6, 6)
         lay.addWidget(split)
 
+        self._undo_keys = PackUndoKeys(self)
+        for w in (self.title, self.text, self.tags):
+            w.installEventFilter(self._undo_keys)
         for w in (self.title, self.tags):
             w.textChanged.connect(self._edited)
         self.text.textChanged.connect(self._edited)
@@ -256,6 +347,9 @@ class EntryEditor(QWidget):
             log.warning("history of %s: %s", self.entry.id if self.entry else None, exc)
             recs = []
         recs.sort(key=lambda r: getattr(r, "change_id", 0), reverse=True)
+        # the version the user chose stays chosen when the history refills (after a revert, say)
+        chosen = self._selected_record()
+        keep = (chosen.entry_id, chosen.id) if chosen is not None else None
         self._history = recs
         self.history.setRowCount(len(recs))
         for row, r in enumerate(recs):
@@ -264,7 +358,13 @@ class EntryEditor(QWidget):
                 item = QTableWidgetItem(val)
                 item.setToolTip(val)
                 self.history.setItem(row, col, item)
+            if keep == (r.entry_id, r.id):
+                self.history.selectRow(row)
         self._update_buttons()
+
+    def _selected_record(self) -> Any | None:
+        rows = {i.row() for i in self.history.selectedIndexes()}
+        return self._history[min(rows)] if rows and min(rows) < len(self._history) else None
 
     # ------------------------------------------------------------------ editing
     def values(self) -> dict[str, Any]:
@@ -287,8 +387,11 @@ class EntryEditor(QWidget):
         return self.mode == "edit" and bool(self.changed_fields())
 
     def problems(self) -> list[str]:
+        return list(self.field_problems().values())
+
+    def field_problems(self) -> dict[str, str]:
         v = self.values()
-        return validate(v["text"], v["title"])
+        return field_problems(v["text"], v["title"], v["tags"])
 
     def _edited(self, *_: object) -> None:
         if not self._loading:
@@ -296,14 +399,13 @@ class EntryEditor(QWidget):
 
     def _validate(self) -> None:
         n = len(self.text.toPlainText())
-        self.char_count.setText(f"{n:,} / {MAX_TEXT:,} characters")
-        self.char_count.setProperty("over", n > MAX_TEXT)
-        self.char_count.style().unpolish(self.char_count)
-        self.char_count.style().polish(self.char_count)
-        probs = self.problems() if self.mode in ("edit", "new") and (self.is_dirty() or self.mode == "new") else []
-        if self.mode == "new" and not self.is_dirty():
-            probs = []
-        self.validation.setText("\n".join(probs))
+        self.char_count.setText(f"{n:,} / {MAX_TEXT_CHARS:,} characters")
+        _set_flag(self.char_count, "over", n > MAX_TEXT_CHARS)
+        # an untouched entry is not blamed; a typed one is checked at every key press
+        probs = self.field_problems() if self.mode in ("edit", "new") and self.is_dirty() else {}
+        for field, widget in (("title", self.title), ("text", self.text), ("tags", self.tags)):
+            _set_flag(widget, "invalid", field in probs)
+        self.validation.setText("\n".join(probs.values()))
         self.validation.setVisible(bool(probs))
         self._update_buttons()
 
@@ -355,18 +457,38 @@ class EntryEditor(QWidget):
         self.ctx.writer(self.path).submit(lambda m: m.delete([eid], author=author), what=f"Deleting entry {eid} of")
 
     def revert_selected(self) -> None:
-        rows = {i.row() for i in self.history.selectedIndexes()}
-        if rows:
-            self.revert_to(self._history[min(rows)])
+        """Preview what reverting to the selected version changes; revert when the user agrees."""
+        record = self._selected_record()
+        if record is None or self.entry is None:
+            return
+        fields = self._revert_fields(record)
+        if not fields:
+            self.ctx.notifier.info(f"Entry {self.entry.id} already has the values of that version.")
+            return
+        if self.preview is not None:
+            self.preview.close()
+        self.preview = RevertPreview(self.entry, record, fields, self)
+        self.preview.accepted.connect(lambda: self.revert_to(record))
+        self.preview.finished.connect(self._preview_closed)
+        self.preview.open()  # window-modal, without a nested event loop
+
+    def _preview_closed(self) -> None:
+        if self.preview is not None:
+            self.preview.deleteLater()
+            self.preview = None
+
+    def _revert_fields(self, record: Any) -> dict[str, Any]:
+        after = getattr(record, "after", None) or {}
+        fields = {f: after[f] for f in FIELDS if f in after and getattr(self.entry, f) != after[f]}
+        if fields.get("status") == "deleted":
+            fields.pop("status")
+        return fields
 
     def revert_to(self, record: Any) -> None:
         """Edit the entry back to the values it had right after ``record``'s change."""
         if self.entry is None or not self.path:
             return
-        after = getattr(record, "after", None) or {}
-        fields = {f: after[f] for f in FIELDS if f in after and getattr(self.entry, f) != after[f]}
-        if fields.get("status") == "deleted":
-            fields.pop("status")
+        fields = self._revert_fields(record)
         if not fields:
             self.ctx.notifier.info(f"Entry {self.entry.id} already has the values of that version.")
             return
@@ -380,6 +502,14 @@ class EntryEditor(QWidget):
             return
         if self.entry.id in {int(i) for i in getattr(change, "ids", ())} and not self.is_dirty():
             self.show_entry(self.path, self.entry.id)
+
+
+def _set_flag(widget: QWidget, name: str, on: bool) -> None:
+    """Set a boolean property the style sheet reads, and re-apply the style."""
+    if widget.property(name) != on:
+        widget.setProperty(name, on)
+        widget.style().unpolish(widget)
+        widget.style().polish(widget)
 
 
 def _add_disabled(memory, v: dict, author: str):

@@ -31,7 +31,9 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QToolButton,
     QSplitter,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -48,6 +50,25 @@ log = logging.getLogger(__name__)
 WITH = QColor(47, 123, 216)
 WITHOUT = QColor(150, 150, 150)
 MODES = [(m.label, m.name) for m in modes()]
+# the tab's help: what a probe file and an edit file hold (README has the same)
+FORMATS_HELP = (
+    "<b>Probe file</b> (JSONL, one object a line): <code>prompt</code> and <code>answer</code> (required: the "
+    "reader should continue the prompt with the answer; right when its continuation starts with it, case "
+    "ignored), optional <code>paraphrases</code> (a list of other prompts with the same answer), "
+    "<code>subject</code> and <code>relation</code> (the entry titled <i>subject</i> and tagged <i>relation</i> "
+    "is the fact, for hit@k and the figures per relation).<br>"
+    "<code>{\"prompt\": \"The capital of Japan is\", \"answer\": \"Tokyo\", \"subject\": \"Japan\", "
+    "\"relation\": \"capital\"}</code><br>"
+    "<b>Edit file</b>: <code>old_text</code> (an entry's text now), <code>new_text</code> (what it becomes), "
+    "<code>prompt</code> and <code>new</code> (the answer the edit should give), optional <code>paraphrase</code> "
+    "and <code>old</code>. Each edit is applied, measured and undone.<br>"
+    "No file? <b>Make probes from a pack…</b> cuts each entry before its object and lets you check them first.")
+EMPTY_STATE = (
+    "<p style='font-size:14px'><b>No evaluation yet.</b></p>"
+    "<p>1. Pick what to ask above: a demo probe file, a file of your own, or press <b>Make probes from a "
+    "pack…</b> to have probes made from your entries (you check them before they are saved).<br>"
+    "2. Press <b>Run</b>. The reader answers every probe with the plugged packs and without them; the "
+    "figures appear here, per relation, with the wrong answers, and stay for comparison.</p>")
 DEMO_FILES = [("probes_heldout.jsonl", "held-out probes"), ("probes_train.jsonl", "training probes"),
               ("edits.jsonl", "edits")]
 
@@ -166,15 +187,30 @@ class EvaluationView(QWidget):
         self.mode = QComboBox()
         for label, key in MODES:
             self.mode.addItem(label, key)
-        self.mode.setCurrentIndex(self.mode.findData("context"))
+        # the same mode and k as Ask and explain, and following it until chosen here
+        self.mode.setCurrentIndex(max(0, self.mode.findData(ctx.settings.ask_mode)))
+        self._mode_chosen = False
+        self.mode.activated.connect(lambda _: setattr(self, "_mode_chosen", True))
         self.k = QSpinBox()
         self.k.setRange(1, 50)
-        self.k.setValue(5)
+        self.k.setValue(int(ctx.settings.ask_k))
         self.limit = QSpinBox()
         self.limit.setRange(0, 100_000)
         self.limit.setValue(100)
+        self.limit.setSuffix(" probes")
         self.limit.setSpecialValueText("all")
-        self.limit.setToolTip("Evaluate only the first N records of the file (0 = all of them)")
+        self.limit.setToolTip("Evaluate only the first N records of the file (all = the whole file)")
+        self.make_btn = QPushButton("Make probes from a pack…")
+        self.make_btn.setToolTip("Cloze probes from the entries of a pack: check and edit them, save, run")
+        self.help_btn = QToolButton(text="Formats")
+        self.help_btn.setCheckable(True)
+        self.help_btn.setToolTip("What a probe file and an edit file hold")
+        self.help = QLabel(FORMATS_HELP)
+        self.help.setObjectName("EvalHelp")
+        self.help.setWordWrap(True)
+        self.help.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.help.setVisible(False)
+        self.help_btn.toggled.connect(self.help.setVisible)
         self.run_btn = QPushButton("Run")
         self.run_btn.setDefault(True)
         self.cancel_btn = QPushButton("Cancel")
@@ -191,6 +227,8 @@ class EvaluationView(QWidget):
         file_row.addWidget(QLabel("File"))
         file_row.addWidget(self.file, 1)
         file_row.addWidget(self.kind_label)
+        file_row.addWidget(self.make_btn)
+        file_row.addWidget(self.help_btn)
         run_row = QHBoxLayout()
         run_row.addWidget(QLabel("Mode"))
         run_row.addWidget(self.mode)
@@ -286,12 +324,22 @@ class EvaluationView(QWidget):
         split.setSizes([rows * 4 + 8, 500])
         self.splitter = split
 
+        self.empty = QLabel(EMPTY_STATE)
+        self.empty.setObjectName("EvalEmpty")
+        self.empty.setWordWrap(True)
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.empty.setContentsMargins(12, 12, 12, 12)
+        self.pages = QStackedWidget()  # the empty state until a first run, then the figures
+        self.pages.addWidget(self.empty)
+        self.pages.addWidget(split)
+
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 6, 6, 6)
         lay.addLayout(form)
+        lay.addWidget(self.help)
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
-        lay.addWidget(split, 1)
+        lay.addWidget(self.pages, 1)
 
         jobs = ctx.jobs
         jobs.progress.connect(self._job_progress)
@@ -300,6 +348,7 @@ class EvaluationView(QWidget):
         self.file.activated.connect(self._file_chosen)
         self.file.currentIndexChanged.connect(self._update_kind)
         self.run_btn.clicked.connect(lambda: self.run())
+        self.make_btn.clicked.connect(self.make_probes)
         self.cancel_btn.clicked.connect(self.cancel)
         self.table.itemSelectionChanged.connect(self._show_selected)
         self._update_kind()
@@ -307,9 +356,8 @@ class EvaluationView(QWidget):
         if self.runs:
             self.table.selectRow(0)
         else:
-            self.status.setText("Choose a probe or edit file and press Run: the figures with and without memory "
-                                "appear below, per relation, and stay here for comparison.")
             self._draw([])
+        self.pages.setCurrentWidget(split if self.runs else self.empty)
 
     # ------------------------------------------------------------------ file
     def current_file(self) -> str | None:
@@ -335,7 +383,32 @@ class EvaluationView(QWidget):
 
     def _update_kind(self) -> None:
         f = self.current_file()
-        self.kind_label.setText(f"({detect_kind(f)})" if f else "")
+        kind = detect_kind(f) if f else "probes"
+        self.kind_label.setText(f"({kind})" if f else "")
+        self.limit.setSuffix(" edits" if kind == "edits" else " probes")  # "100 probes", not "100"
+
+    def follow_ask(self, mode: str, k: int) -> None:
+        """Ask and explain changed its mode or k: take them, unless a mode was chosen here."""
+        if not self._mode_chosen and self.mode.findData(mode) >= 0:
+            self.mode.setCurrentIndex(self.mode.findData(mode))
+            self.k.setValue(k)
+
+    def make_probes(self, pack: str | None = None):
+        """Open the probe maker on ``pack`` (else the pack shown); saved probes become the file, and run if asked."""
+        from app.views.probe_maker import ProbeMaker
+
+        dlg = ProbeMaker(self.ctx, pack or self.ctx.current, self)
+        dlg.saved.connect(self._probes_saved)
+        dlg.finished.connect(dlg.deleteLater)
+        self.maker = dlg
+        dlg.open()
+        return dlg
+
+    def _probes_saved(self, path: str, run: bool) -> None:
+        self.set_file(path)
+        self._message(f"Probes saved to {path}." + ("" if run else " Press Run to evaluate them."))
+        if run:
+            self.run(path)
 
     # ------------------------------------------------------------------ running
     @property
@@ -432,6 +505,7 @@ class EvaluationView(QWidget):
             self.ctx.notifier.error("Saving the evaluation result", exc)
             run.id = max((r.id for r in self.runs), default=0) + 1
         self.runs.append(run)
+        self.pages.setCurrentIndex(1)
         self._fill_runs()
         self.table.clearSelection()
         self.table.selectRow(0)  # the new run, newest first

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
     QInputDialog,
+    QLabel,
     QMenu,
     QToolButton,
     QHBoxLayout,
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -28,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from app.context import AppContext
 from app.jobs import _get, is_in_app
+from app.views.job_details import summary_html, technical_text
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class JobsPanel(QWidget):
         self._rows: list[str] = []
         self._records: dict[str, Any] = {}
         self._plot_dirty = False
+        self._logs: dict[str, list[str]] = {}  # messages of this session's jobs, kept after they end
 
         self.table = QTableWidget(0, 5)
         self.table.setObjectName("JobTable")
@@ -66,6 +70,8 @@ class JobsPanel(QWidget):
         self.table.setColumnWidth(1, 80)
         self.table.setColumnWidth(2, 140)
         self.table.setColumnWidth(3, 60)
+        # rows as tall as the text (not the progress bar's default): four or five rows show
+        self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 8)
 
         self.cancel_btn = QPushButton("Cancel")
         self.resume_btn = QPushButton("Resume")
@@ -92,10 +98,28 @@ class JobsPanel(QWidget):
         ll.addWidget(self.table, 1)
         ll.addLayout(btns)
 
+        # the selected job in words; its function and raw config behind "Technical details"
+        self.summary = QLabel("Select a job to see what it does, when it ran and how it ended.")
+        self.summary.setObjectName("JobSummary")
+        self.summary.setWordWrap(True)
+        self.summary.setTextFormat(Qt.TextFormat.RichText)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.summary.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(1000)
         self.log_view.setPlaceholderText("The selected job's messages appear here.")
+        self.tech_btn = QToolButton(text="Technical details")
+        self.tech_btn.setObjectName("TechDetailsButton")
+        self.tech_btn.setCheckable(True)
+        self.tech_btn.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.tech_btn.setArrowType(Qt.ArrowType.RightArrow)
+        self.tech_btn.setAutoRaise(True)
+        self.tech_view = QPlainTextEdit()
+        self.tech_view.setObjectName("TechDetails")
+        self.tech_view.setReadOnly(True)
+        self.tech_view.setVisible(False)
+        self.tech_btn.toggled.connect(self._show_technical)
         import pyqtgraph as pg
 
         self.plot = pg.PlotWidget(background=None)
@@ -107,16 +131,30 @@ class JobsPanel(QWidget):
         self.curve = self.plot.plot([], [], pen=pg.mkPen(width=2))
         self.plot.setVisible(False)
         self.redraws = 0
-        right = QSplitter(Qt.Orientation.Vertical)
-        right.addWidget(self.log_view)
-        right.addWidget(self.plot)
+        details = QWidget()
+        dl = QVBoxLayout(details)
+        dl.setContentsMargins(0, 0, 0, 0)
+        dl.setSpacing(2)
+        summary_scroll = QScrollArea()  # a short dock must not cut the summary's last lines
+        summary_scroll.setWidget(self.summary)
+        summary_scroll.setWidgetResizable(True)
+        summary_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        dl.addWidget(summary_scroll, 3)
+        dl.addWidget(self.log_view, 2)
+        dl.addWidget(self.tech_btn, 0, Qt.AlignmentFlag.AlignLeft)
+        dl.addWidget(self.tech_view, 3)
 
+        # the loss curve goes beside the details, not under them: below, it made the dock
+        # taller and squeezed the docks beside it when it appeared
         split = QSplitter(Qt.Orientation.Horizontal)
         split.setObjectName("JobsSplitter")
         split.addWidget(left)
-        split.addWidget(right)
+        split.addWidget(details)
+        split.addWidget(self.plot)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
+        split.setStretchFactor(2, 2)
+        self.splitter = split
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 6, 6, 6)
         lay.addWidget(split)
@@ -131,6 +169,7 @@ class JobsPanel(QWidget):
         self.table.itemSelectionChanged.connect(self._selection_changed)
         self.jobs.progress.connect(self._progress)
         self.jobs.jobs_changed.connect(self.refresh)
+        self.jobs.started.connect(self.show_job)
         self.jobs.finished.connect(lambda jid, res: self._ended(jid))
         self.jobs.failed.connect(lambda jid, msg: self._ended(jid, msg))
         self.refresh()
@@ -180,7 +219,20 @@ class JobsPanel(QWidget):
             self.table.selectRow(ids.index(keep))
         elif ids and self.jobs.live:
             self.table.selectRow(0)
+        self._show_summary()
         self._update_buttons()
+
+    def show_job(self, jid: str) -> None:
+        """Select a job and scroll it into view (a job that has just started)."""
+        live = self.jobs.live.get(jid)
+        if live is not None:
+            self._logs[jid] = live.log  # the same list: it grows while the job runs
+        if jid not in self._rows:
+            self.refresh()
+        if jid in self._rows:
+            row = self._rows.index(jid)
+            self.table.selectRow(row)
+            self.table.scrollToItem(self.table.item(row, 0))
 
     def _progress(self, jid: str, fraction: float, message: str, eta, metrics) -> None:
         if jid not in self._rows:
@@ -205,6 +257,7 @@ class JobsPanel(QWidget):
     def _ended(self, jid: str, message: str = "") -> None:
         if message and jid == self.selected_id():
             self.log_view.appendPlainText(message)
+        self._show_summary()
         self._redraw_plot()
         self.redraw_timer.stop()
 
@@ -215,14 +268,40 @@ class JobsPanel(QWidget):
         if live is not None:
             self.log_view.setPlainText("\n".join(live.log))
         elif jid in self._records:
-            rec = self._records[jid]
-            lines = [f"{k}: {v}" for k, v in (rec.items() if isinstance(rec, dict) else vars(rec).items()) if v not in (None, "")]
+            lines = self._logs.get(jid) or [str(_get(self._records[jid], "message") or "")]
             self.log_view.setPlainText("\n".join(lines))
+        self._show_summary()
         self._plot_dirty = True
         self._redraw_plot()
         self._update_buttons()
         if jid:
             self.job_selected.emit(jid)
+
+    def _show_summary(self) -> None:
+        """The selected job in words, and its technical details (shown when asked for)."""
+        jid = self.selected_id()
+        rec = self._records.get(jid) if jid else None
+        live = self.jobs.live.get(jid) if jid else None
+        if rec is None and live is None:
+            self.summary.setText("Select a job to see what it does, when it ran and how it ended.")
+            self.tech_view.setPlainText("")
+            return
+        config = dict(_get(rec, "config") or {})
+        kind = str(_get(rec, "kind") or (live.kind if live else "job"))
+        self.summary.setText(summary_html(
+            kind=kind, title=live.title if live else str(_get(rec, "title") or kind),
+            status="running" if live else str(_get(rec, "status") or "?"), config=config,
+            started=_get(rec, "started") or (live.started if live else None),
+            finished=None if live else _get(rec, "finished"), result=None if live else _get(rec, "result"),
+            error=None if live else _get(rec, "error"), message=live.message if live else str(_get(rec, "message") or "")))
+        extra = {k: _get(rec, k) for k in ("status", "pid", "exit_code", "attempts", "traceback")}
+        extra["result"] = _get(rec, "result")
+        self.tech_view.setPlainText(technical_text(job_id=str(jid), kind=kind, fn=str(_get(rec, "fn") or "?"),
+                                                   config=config, extra=extra))
+
+    def _show_technical(self, on: bool) -> None:
+        self.tech_btn.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        self.tech_view.setVisible(on)
 
     def _redraw_plot(self) -> None:
         if not self._plot_dirty:
@@ -232,6 +311,9 @@ class JobsPanel(QWidget):
         jid = self.selected_id()
         live = self.jobs.live.get(jid) if jid else None
         pts = live.losses if live is not None else []
+        if pts and self.plot.isHidden():  # a third of the width, not a sliver
+            w = max(self.splitter.width(), 600)
+            self.splitter.setSizes([int(w * 0.44), int(w * 0.28), int(w * 0.28)])
         self.plot.setVisible(bool(pts))
         if pts:
             xs, ys = zip(*pts)

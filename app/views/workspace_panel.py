@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -84,6 +84,15 @@ class WorkspacePanel(QWidget):
             b.clicked.connect(slot)
             self.buttons[key] = b
             grid.addWidget(b, n // 3, n % 3)
+        # the file dialog picks files only; folders (imported recursively) from the menu
+        imp = QMenu(self)
+        imp.addAction("Files…", lambda: self.import_into())
+        imp.addAction("A folder…", self.import_folder)
+        self.buttons["import"].setMenu(imp)
+        self.buttons["import"].setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
+        self._drops = _DropFilter(self)
+        self.tree.viewport().setAcceptDrops(True)
+        self.tree.viewport().installEventFilter(self._drops)
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 6, 6, 6)
@@ -369,6 +378,29 @@ class WorkspacePanel(QWidget):
         else:
             start()
 
+    def import_folder(self, path: str | None = None) -> None:
+        path = path or self.selected_path()
+        if not path:
+            return
+        folder = QFileDialog.getExistingDirectory(self, f"Import a folder into {Path(path).stem}")
+        if folder:
+            self.import_into([folder], path)
+
+    def drop(self, paths: list[str], pack: str | None = None) -> None:
+        """Files or folders dropped on the window or on a pack: packs are opened, the rest
+        imported into ``pack`` (else the selected pack)."""
+        packs = [p for p in paths if p.endswith(".plugmem") and Path(p).is_file()]
+        for p in packs:
+            self.open_pack(p)
+        rest = [p for p in paths if p not in packs]
+        if not rest:
+            return
+        target = pack or self.selected_path()
+        if not target:
+            self.ctx.notifier.error("Importing dropped files", "no pack to import into: create one (New…) first")
+            return
+        self.import_into(rest, target)
+
     def prepare_states(self, path: str | None = None) -> str | None:
         """Job: read every active entry of the pack once and keep the states on disk."""
         path = path or self.selected_path()
@@ -443,6 +475,32 @@ class WorkspacePanel(QWidget):
         path = self.selected_path()
         if path:
             self.ctx.detach(path)
+
+
+
+def dropped_paths(event) -> list[str]:
+    """The local files and folders of a drag or drop event ([] for anything else)."""
+    md = event.mimeData()
+    return [u.toLocalFile() for u in md.urls() if u.isLocalFile()] if md is not None and md.hasUrls() else []
+
+
+class _DropFilter(QObject):
+    """Drops on the pack list: onto a pack imports into it, elsewhere into the selected one."""
+
+    def __init__(self, panel: WorkspacePanel) -> None:
+        super().__init__(panel)
+        self.panel = panel
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if event.type() in (QEvent.Type.DragEnter, QEvent.Type.DragMove) and dropped_paths(event):
+            event.acceptProposedAction()
+            return True
+        if event.type() == QEvent.Type.Drop and dropped_paths(event):
+            item = self.panel.tree.itemAt(event.position().toPoint())
+            self.panel.drop(dropped_paths(event), item.data(0, PATH_ROLE) if item is not None else None)
+            event.acceptProposedAction()
+            return True
+        return False
 
 
 def start_prepare_states(ctx: AppContext, paths: list[str]) -> str | None:

@@ -59,6 +59,7 @@ def answer_batch(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     plugins: Sequence = (),
+    unit: str = "prompts",
 ) -> tuple[list[str], list[list[tuple[str, Any]]]]:
     """Greedy answers of many prompts with the memories in ``mode``, and what was retrieved.
 
@@ -110,7 +111,8 @@ def answer_batch(
         for i, a in zip(idx, got):
             answers[i] = a
         if progress:
-            progress(min(1.0, (start + len(idx)) / max(1, len(order))), f"answered {start + len(idx):,}/{len(order):,}")
+            done = start + len(idx)
+            progress(min(1.0, done / max(1, len(order))), f"answered {done:,} of {len(order):,} {unit}")
     return answers, hits
 
 
@@ -165,6 +167,8 @@ def evaluate_probes(
             for q in p.paraphrases:
                 prompts.append(q)
                 para_of.append(n)
+    # "answered 32 of 281" read as a broken limit of 100: say what the 281 are
+    unit = f"prompts ({len(probes):,} probes + {len(para_of):,} paraphrases)" if para_of else "probes"
     per_probe = max_tokens_for(predictor.reader, [p.answer for p in probes])
     mnt = per_probe + [per_probe[i] for i in para_of]
     memories = list(memories)
@@ -175,19 +179,19 @@ def evaluate_probes(
     cut = [i / passes for i in range(passes + 1)]
     with_mem, hits = answer_batch(
         predictor, prompts, memories, mode, k=k, max_new_tokens=mnt, batch_size=batch_size,
-        progress=wrap_progress(progress, cut[0], cut[1]), should_stop=should_stop, plugins=plugins,
+        progress=wrap_progress(progress, cut[0], cut[1]), should_stop=should_stop, unit=unit, plugins=plugins,
     )
     done = 1
     if plugins and use_memory:
         no_plugins, _ = answer_batch(
             predictor, prompts, memories, mode, k=k, max_new_tokens=mnt, batch_size=batch_size, hits=hits,
-            progress=wrap_progress(progress, cut[1], cut[2]), should_stop=should_stop,
+            progress=wrap_progress(progress, cut[1], cut[2]), should_stop=should_stop, unit=unit,
         )
         done = 2
     if plugins or use_memory:
         without, _ = answer_batch(
             predictor, prompts, [], "none", k=k, max_new_tokens=mnt, batch_size=batch_size,
-            progress=wrap_progress(progress, cut[done], cut[done + 1]), should_stop=should_stop,
+            progress=wrap_progress(progress, cut[done], cut[done + 1]), should_stop=should_stop, unit=unit,
         )
     else:
         without = list(with_mem)

@@ -738,6 +738,7 @@ class Pack:
     def add(self, text: str, *, title: str = "", source: str = "", tags: Sequence[str] | None = None,
             status: str = "active", author: str | None = None, vector: np.ndarray | None = None) -> Change:
         rec = {"text": text, "title": title, "source": source, "tags": list(tags or []), "status": status}
+        validate_fields(rec, require_text=True)  # one entry: its errors name the field, not "record 1"
         vecs = None if vector is None else np.asarray(vector, dtype=np.float32).reshape(1, -1)
         return self.add_many([rec], vectors=vecs, author=author)
 

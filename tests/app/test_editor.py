@@ -28,6 +28,18 @@ def pick(win, needle):
     raise AssertionError(needle)
 
 
+def save_versions(qtbot, win, needle, texts):
+    """Select the entry holding ``needle``, save each of ``texts`` in turn; the entry as it was."""
+    ed = win.editor
+    e = pick(win, needle)
+    for new in texts:
+        ed.text.setPlainText(new)
+        with qtbot.waitSignal(win.ctx.hub.changed, timeout=20_000):
+            ed.save()
+    qtbot.waitUntil(lambda: ed.history.rowCount() == len(texts) + 1, timeout=5_000)
+    return e
+
+
 def test_validation_messages_block_saving_and_nothing_is_written(qtbot, setup):
     win, path = setup
     ed = win.editor
@@ -50,20 +62,16 @@ def test_validation_messages_block_saving_and_nothing_is_written(qtbot, setup):
 def test_history_shows_changes_and_revert_restores_an_old_version(qtbot, setup):
     win, path = setup
     ed, hub = win.editor, win.ctx.hub
-    e = pick(win, "Iron")
-    for new in ("Iron has the atomic number 27.", "Iron has the atomic number 28."):
-        ed.text.setPlainText(new)
-        with qtbot.waitSignal(hub.changed, timeout=20_000):
-            ed.save()
-    qtbot.waitUntil(lambda: ed.history.rowCount() == 3, timeout=5_000)
+    e = save_versions(qtbot, win, "Iron", ("Iron has the atomic number 27.", "Iron has the atomic number 28."))
     whats = [ed.history.item(r, 2).text() for r in range(3)]
     assert "27" in whats[1] and "28" in whats[0]  # newest first
     assert ed.history.item(0, 1).text() == win.ctx.author
     # revert to the first version (the import)
     ed.history.selectRow(2)
     assert ed.revert_btn.isEnabled()
+    ed.revert_btn.click()  # shows what would change first
     with qtbot.waitSignal(hub.changed, timeout=20_000):
-        ed.revert_btn.click()
+        ed.preview.revert_btn.click()
     assert win.ctx.reader(path).get(e.id).text == "Iron has the atomic number 26."
     qtbot.waitUntil(lambda: ed.history.rowCount() == 4, timeout=5_000)
     # the revert is itself one undoable edit
