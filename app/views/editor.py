@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 from app.context import AppContext
 from app.views.text_diff import diff_html
 from engine.store import MAX_TEXT_CHARS, ValidationError, validate_fields
+from engine.store.wording import describe_history
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +79,8 @@ def parse_tags(s: str) -> list[str]:
 
 
 def describe_record(r: Any) -> str:
-    """One line saying what a history record changed."""
-    before, after = getattr(r, "before", None) or {}, getattr(r, "after", None) or {}
-    op = getattr(r, "op", "")
-    if not before and after:
-        return f"{op}: “{str(after.get('text', ''))[:60]}”"
-    parts = []
-    for f in FIELDS:
-        if f in after and before.get(f) != after.get(f):
-            if f == "text":
-                parts.append(f"text “{str(before.get(f, ''))[:30]}” → “{str(after[f])[:30]}”")
-            elif f == "tags":
-                parts.append(f"tags {', '.join(before.get(f) or []) or '—'} → {', '.join(after[f] or []) or '—'}")
-            else:
-                parts.append(f"{f} {before.get(f, '')!s} → {after[f]!s}")
-    return f"{op}: " + "; ".join(parts) if parts else op
+    """One line saying what a history record changed (the CLI's words, with typographic quotes)."""
+    return describe_history(r, arrow="→", quote=lambda t: f"“{t}”", width=30)
 
 
 def when_text(t: float | None) -> str:

@@ -7,13 +7,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from engine.cli_args import positive
+
 
 def cmd_probes_make(a, out) -> int:
     from engine.cli import CliError, _open_pack
     from engine.evaluate.cloze import make_probes, write_probes
 
-    if a.sample is not None and a.sample < 1:
-        raise CliError(f"--sample must be at least 1 (got {a.sample})")
     with _open_pack(a.pack) as pack:
         probes = make_probes(pack, sample=a.sample, seed=a.seed)
     if not probes:
@@ -42,5 +42,5 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
     sp.set_defaults(fn=cmd_probes_make)
     sp.add_argument("pack")
     sp.add_argument("--out", required=True, metavar="PROBES.jsonl")
-    sp.add_argument("--sample", type=int, metavar="N", help="a reproducible sample of N active entries")
+    sp.add_argument("--sample", type=positive, metavar="N", help="a reproducible sample of N active entries")
     sp.add_argument("--seed", type=int, default=0, help="the sample's random seed (default 0)")

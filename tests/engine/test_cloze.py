@@ -84,7 +84,7 @@ def test_cli_probes_make_writes_a_probe_file_eval_reads(drug_pack, tmp_path, cap
     assert "2 probes from drugs.plugmem" in capsys.readouterr().out
     assert len(read_probes(out)) == 2
     assert main(["probes", "make", str(drug_pack), "--out", str(out), "--sample", "0"]) == 2
-    assert "--sample must be at least 1" in capsys.readouterr().err
+    assert "--sample: must be at least 1" in capsys.readouterr().err
 
 
 def test_a_paraphrase_only_where_the_prompt_names_the_relation():
