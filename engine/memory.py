@@ -207,7 +207,12 @@ class Memory:
     def add_many(self, records: Iterable[dict], **kw: Any) -> Change:
         records = list(records)
         vecs = self.encoder.encode([r["text"] for r in records]) if records else None
-        return self.apply(self.pack.add_many(records, vectors=vecs, **kw))
+        return self.add_encoded(records, vecs, **kw)
+
+    def add_encoded(self, records: Sequence[dict], vectors: np.ndarray | None, **kw: Any) -> Change:
+        """Add entries whose keys were computed elsewhere (Ray workers) by this pack's encoder;
+        the caller has checked the encoder's fingerprint. Same transaction and index update as add_many."""
+        return self.apply(self.pack.add_many(records, vectors=vectors, **kw))
 
     def edit(self, entry_id: int, **fields: Any) -> Change:
         text = fields.get("text")

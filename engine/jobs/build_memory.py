@@ -53,6 +53,22 @@ class BuildMemoryResult:
         return asdict(self)
 
 
+def input_files(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """The corpus files named by ``inputs`` (files or folders) in import order, and one
+    error per input that does not exist (or one when no supported file was found)."""
+    files: list[Path] = []
+    errors: list[str] = []
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            errors.append(f"{p}: no such file or folder")
+            continue
+        files.extend(corpus_files(p))
+    if not files and not errors:
+        errors.append("no .jsonl, .csv, .txt or .md files found in the inputs")
+    return files, errors
+
+
 def build_memory(
     config: BuildMemoryConfig | dict[str, Any],
     progress: Callable[..., None],
@@ -70,15 +86,7 @@ def build_memory(
     cfg = config if isinstance(config, BuildMemoryConfig) else BuildMemoryConfig.from_dict(config)
     t0 = time.perf_counter()
     result = BuildMemoryResult(pack=cfg.pack)
-    files: list[Path] = []
-    for raw in cfg.inputs:
-        p = Path(raw)
-        if not p.exists():
-            result.errors.append(f"{p}: no such file or folder")
-            continue
-        files.extend(corpus_files(p))
-    if not files and not result.errors:
-        result.errors.append("no .jsonl, .csv, .txt or .md files found in the inputs")
+    files, result.errors = input_files(cfg.inputs)
 
     progress(0.0, "opening memory")
     own = memory is None
