@@ -224,7 +224,7 @@ def _ray_import_job(a, cfg: dict[str, Any]) -> tuple[Callable[..., dict], dict[s
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data logs every dataset it runs
     extra = {"address": None if a.ray == "local" else a.ray, "workers": a.workers}
     if a.shard_size:
-        extra["shard_size"] = a.shard_size
+        extra["chunk_size"] = a.shard_size
     return ray_build, {**cfg, **extra}
 
 

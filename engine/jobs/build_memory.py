@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from engine.jobs.corpus import CorpusError, corpus_files, file_key, parse_file
 from engine.jobs.progress import JobCancelled, wrap_progress
@@ -25,17 +25,19 @@ log = logging.getLogger(__name__)
 class BuildMemoryConfig:
     """What to build: the pack to write (created when missing) and the inputs to import."""
 
+    JOB: ClassVar[str] = "build_memory"
+
     pack: str
     inputs: list[str]
     name: str | None = None
-    chunk_size: int = 512
+    chunk_size: int = 512  # records per committed chunk (per shard on Ray)
     author: str | None = None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BuildMemoryConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
+    def from_dict(cls, d: dict[str, Any]):
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"build_memory config: unknown field(s) {', '.join(sorted(unknown))}")
+            raise ValueError(f"{cls.JOB} config: unknown field(s) {', '.join(sorted(unknown))}")
         return cls(**d)
 
 

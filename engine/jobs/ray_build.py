@@ -9,7 +9,7 @@ a Ray cluster (a local one sized to this machine when no address is given):
    cluster job must not spend hours encoding a corpus the user still has to fix.
 2. **Shard and encode.** The files are parsed again in Ray tasks (parsing costs ~1 % of
    encoding; keeping the parsed corpus in the object store between the two passes would
-   cost its whole size), cut into shards of ``shard_size`` records, and encoded by a pool
+   cost its whole size), cut into shards of ``chunk_size`` records, and encoded by a pool
    of actors that each load the key encoder once (``num_gpus`` per actor where the cluster
    has GPUs). A shard comes back as a unit: records (text, metadata, file:line source)
    and their keys.
@@ -29,13 +29,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from engine.jobs.build_memory import input_files
+from engine.jobs.build_memory import BuildMemoryConfig, BuildMemoryResult, input_files
 from engine.jobs.corpus import CorpusError, file_key, parse_file
 from engine.jobs.progress import JobCancelled
 
@@ -63,39 +63,23 @@ def require_ray():
 
 
 @dataclass
-class RayBuildConfig:
-    """What to build and where: ``address`` None starts a local Ray sized to this machine
-    (``num_cpus`` caps it); otherwise it is handed to ``ray.init`` ('auto', 'ray://host:10001')."""
+class RayBuildConfig(BuildMemoryConfig):
+    """build_memory's config (``chunk_size`` records make a shard) and where to run:
+    ``address`` None starts a local Ray sized to this machine (``num_cpus`` caps it);
+    otherwise it is handed to ``ray.init`` ('auto', 'ray://host:10001')."""
 
-    pack: str
-    inputs: list[str]
-    name: str | None = None
-    author: str | None = None
+    JOB: ClassVar[str] = "ray_build"
+
     address: str | None = None
     num_cpus: int | None = None
     workers: int | None = None  # encoder actors; default: one per GPU, else one per threads_per_worker CPUs
     threads_per_worker: int = 1
     gpus_per_worker: float | None = None  # None: 1 where the cluster has GPUs, else 0
-    shard_size: int = 512  # records per shard: the unit of encoding, of writing and of checkpoint
-    batch_size: int = 64
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RayBuildConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"ray_build config: unknown field(s) {', '.join(sorted(unknown))}")
-        return cls(**d)
+    batch_size: int = 64  # texts per encoder forward pass inside a shard
 
 
 @dataclass
-class RayBuildResult:
-    pack: str
-    files_imported: list[str] = field(default_factory=list)
-    files_skipped: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    entries_added: int = 0
-    seconds: float = 0.0
-    entries_per_second: float = 0.0
+class RayBuildResult(BuildMemoryResult):
     workers: int = 0
     gpus_per_worker: float = 0.0
     shards: int = 0
@@ -103,9 +87,6 @@ class RayBuildResult:
     encode_seconds: float = 0.0  # summed over workers: time inside KeyEncoder.encode
     merge_seconds: float = 0.0  # the driver's SQLite + index writes
     startup_seconds: float = 0.0  # connecting to / starting Ray
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -291,7 +272,7 @@ def _encode_and_merge(ray, mem, todo: list[_File], cfg: RayBuildConfig, result: 
           # parsing is light and must not wait behind encoder actors holding every CPU (no CPU
           # asked), so the number of files parsed at once is bounded instead
           .map_batches(_shards, batch_size=1, batch_format="numpy", num_cpus=0,
-                       compute=ray.data.TaskPoolStrategy(size=min(len(items), max(2, actors))), fn_kwargs={"shard_size": cfg.shard_size})
+                       compute=ray.data.TaskPoolStrategy(size=min(len(items), max(2, actors))), fn_kwargs={"shard_size": cfg.chunk_size})
           .map_batches(ShardEncoder, batch_size=1, batch_format="numpy",
                        fn_constructor_kwargs={"threads": cfg.threads_per_worker, "batch_size": cfg.batch_size},
                        compute=ray.data.ActorPoolStrategy(size=actors),

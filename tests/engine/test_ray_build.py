@@ -50,7 +50,7 @@ def _entries(path):
 
 
 def _ray(pack, inputs, **kw):
-    cfg = {"pack": str(pack), "inputs": [str(i) for i in inputs], "workers": 2, "shard_size": 32, **kw}
+    cfg = {"pack": str(pack), "inputs": [str(i) for i in inputs], "workers": 2, "chunk_size": 32, **kw}
     return cfg
 
 
@@ -134,7 +134,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path):
             os.kill(pids[0], signal.SIGKILL)
             killed.append((pids[0], done))
 
-    res = ray_build(_ray(pack, [src], shard_size=8), kill_a_worker_once, lambda: False)
+    res = ray_build(_ray(pack, [src], chunk_size=8), kill_a_worker_once, lambda: False)
     assert killed and killed[0][1] < n // 2, killed  # it died mid-run, with shards still to encode
     pid = killed[0][0]
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -174,7 +174,7 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_shard(tmp_path):
     src = _corpus(tmp_path, 400)
     pack = tmp_path / "d.plugmem"
     # the job's own process starts its own local Ray, which dies with it
-    cfg = _ray(pack, [src], shard_size=16, num_cpus=2)
+    cfg = _ray(pack, [src], chunk_size=16, num_cpus=2)
     runner = JobRunner(tmp_path / "jobs.sqlite")
     h = runner.start("ray_build", "engine.jobs.ray_build:ray_build", cfg)
     deadline = time.monotonic() + 180
@@ -189,7 +189,25 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_shard(tmp_path):
     with Pack.open(pack, readonly=True) as p:
         partial = p.count()
     assert 0 < partial < 400 and partial % 16 == 0
-    res = ray_build(_ray(pack, [src], shard_size=16), lambda *a, **k: None, lambda: False)
+    res = ray_build(_ray(pack, [src], chunk_size=16), lambda *a, **k: None, lambda: False)
     assert res["entries_added"] == 400 - partial
     got, _ = _entries(pack)
     assert [e[3] for e in got] == [f"facts.jsonl:{i + 1}" for i in range(400)]
+
+
+def test_a_cancelled_local_import_is_finished_on_ray(tmp_path):
+    # both kinds of import keep the same per-file checkpoint, so either resumes the other
+    src = _corpus(tmp_path, 100)
+    pack = tmp_path / "d.plugmem"
+    calls = {"n": 0}
+
+    def stop_after_two_chunks() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(JobCancelled):
+        build_memory({"pack": str(pack), "inputs": [str(src)], "chunk_size": 16}, lambda *a: None, stop_after_two_chunks)
+    res = ray_build(_ray(pack, [src]), lambda *a, **k: None, lambda: False)
+    assert res["entries_added"] == 100 - 32 and res["files_imported"] == [str(src)]
+    got, _ = _entries(pack)
+    assert [e[3] for e in got] == [f"facts.jsonl:{i + 1}" for i in range(100)]
