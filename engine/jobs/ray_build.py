@@ -241,11 +241,12 @@ def _finish(result: RayBuildResult, t0: float, progress) -> dict[str, Any]:
 def _plan(mem, files: list[Path], checked: list[dict], result: RayBuildResult, author: str | None) -> list[_File]:
     """The files still to import and where each resumes (as build_memory decides it: a file
     whose import is done, or has every record, is skipped)."""
-    todo = []
+    todo: list[_File] = []
+    planned: set[str] = set()
     for path, row in zip(files, checked):
         f = _File(row["index"], str(path), row["key"], int(row["count"]))
         st = mem.pack.import_state(f.key)
-        if st is not None and st.state == "done":
+        if f.key in planned or (st is not None and st.state == "done"):  # a file named twice: once
             result.files_skipped.append(f.path)
             continue
         if st is not None and st.state == "running":
@@ -259,6 +260,7 @@ def _plan(mem, files: list[Path], checked: list[dict], result: RayBuildResult, a
         if f.start:
             log.info("resuming %s at record %d of %d", f.path, f.start + 1, f.total)
         todo.append(f)
+        planned.add(f.key)
     return todo
 
 

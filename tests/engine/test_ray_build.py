@@ -62,13 +62,13 @@ def test_ray_built_pack_equals_the_local_build_entry_for_entry_and_key_for_key(t
     md = tmp_path / "notes.md"
     md.write_text("# Rivers\n\nThe Danube flows into the Black Sea.\n\n## Seas\n\nThe Rhine flows into the North Sea.\n",
                   encoding="utf-8")
-    inputs = [jsonl, csv, md]
+    inputs = [jsonl, csv, md, jsonl]  # a file named twice is imported once
     local = build_memory({"pack": str(tmp_path / "local.plugmem"), "inputs": [str(i) for i in inputs]},
                          lambda *a, **k: None, lambda: False)
     events = []
     res = ray_build(_ray(tmp_path / "ray.plugmem", inputs), lambda f, m="", **k: events.append(f), lambda: False)
     assert res["errors"] == [] and res["entries_added"] == local["entries_added"] == 342
-    assert res["files_imported"] == local["files_imported"]
+    assert res["files_imported"] == local["files_imported"] and res["files_skipped"] == local["files_skipped"] == [str(jsonl)]
     assert res["workers"] == 2 and res["shards"] == 10 + 2 + 1 and res["duplicate_shards"] == 0
     assert events[-1] == 1.0 and events == sorted(events)
     want, want_keys = _entries(tmp_path / "local.plugmem")
@@ -76,7 +76,7 @@ def test_ray_built_pack_equals_the_local_build_entry_for_entry_and_key_for_key(t
     assert got == want  # ids, titles, texts, file:line sources, tags, status: in the same order
     np.testing.assert_allclose(got_keys, want_keys, atol=2e-5)  # other batches pad differently
     with Pack.open(tmp_path / "ray.plugmem", readonly=True) as p:
-        assert [p.import_state(file_key(i)).state for i in inputs] == ["done"] * 3
+        assert [p.import_state(file_key(i)).state for i in inputs] == ["done"] * 4
     with Memory.open(tmp_path / "ray.plugmem", encoder) as m:
         assert len(m.index) == 342
         assert m.search("Which sea does the Danube reach?", k=1)[0].entry.text == "The Danube flows into the Black Sea."
