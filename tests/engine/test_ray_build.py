@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from engine.jobs.progress import JobCancelled  # noqa: E402
 from engine.jobs.ray_build import ray_build  # noqa: E402
 from engine.memory import Memory  # noqa: E402
 from engine.store import Pack  # noqa: E402
+from tests.engine._kill import start_and_kill  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -175,17 +175,7 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_shard(tmp_path):
     pack = tmp_path / "d.plugmem"
     # the job's own process starts its own local Ray, which dies with it
     cfg = _ray(pack, [src], chunk_size=16, num_cpus=2)
-    runner = JobRunner(tmp_path / "jobs.sqlite")
-    h = runner.start("ray_build", "engine.jobs.ray_build:ray_build", cfg)
-    deadline = time.monotonic() + 180
-    progressed = False
-    while time.monotonic() < deadline and not progressed:
-        for ev in h.poll(timeout=0.2):
-            if getattr(ev, "fraction", 0) and ev.fraction > 0.2:
-                progressed = True
-    assert progressed, "the build never got past its first shards"
-    os.kill(h.pid, signal.SIGKILL)
-    h.wait(timeout=30)
+    start_and_kill(JobRunner(tmp_path / "jobs.sqlite"), "ray_build", "engine.jobs.ray_build:ray_build", cfg)
     with Pack.open(pack, readonly=True) as p:
         partial = p.count()
     assert 0 < partial < 400 and partial % 16 == 0
