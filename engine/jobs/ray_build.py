@@ -274,7 +274,8 @@ def _encode_and_merge(ray, mem, todo: list[_File], cfg: RayBuildConfig, result: 
           # parsing is light and must not wait behind encoder actors holding every CPU (no CPU
           # asked), so the number of files parsed at once is bounded instead
           .map_batches(_shards, batch_size=1, batch_format="numpy", num_cpus=0,
-                       compute=ray.data.TaskPoolStrategy(size=min(len(items), max(2, actors))), fn_kwargs={"shard_size": cfg.chunk_size})
+                       compute=ray.data.TaskPoolStrategy(size=min(len(items), max(2, actors))),
+                       fn_kwargs={"shard_size": cfg.chunk_size})
           .map_batches(ShardEncoder, batch_size=1, batch_format="numpy",
                        fn_constructor_kwargs={"threads": cfg.threads_per_worker, "batch_size": cfg.batch_size},
                        compute=ray.data.ActorPoolStrategy(size=actors),
