@@ -198,15 +198,17 @@ def cmd_import(a, out: Output) -> int:
     from engine.jobs.build_memory import build_memory
     from engine.progress import JobCancelled
 
+    cfg: dict[str, Any] = {"pack": a.pack, "inputs": a.paths, "name": a.name, "author": a.author}
+    job = build_memory
+    if a.ray is not None:
+        job, cfg = _ray_import_job(a, cfg)
+    elif a.workers or a.shard_size:
+        raise CliError("--workers and --shard-size go with --ray")
     stop = _StopFlag()
     bar = ProgressBar("import", enabled=not a.json and not a.quiet)
     try:
         with stop:
-            res = build_memory(
-                {"pack": a.pack, "inputs": a.paths, "name": a.name, "author": a.author},
-                progress=bar,
-                should_stop=stop,
-            )
+            res = job(cfg, progress=bar, should_stop=stop)
     except JobCancelled as exc:
         out.info(f"plugmem: interrupted: {exc}")
         return EXIT_INTERRUPTED
@@ -218,6 +220,9 @@ def cmd_import(a, out: Output) -> int:
             lines = ["nothing imported"]
         else:
             lines = [f"added {res['entries_added']:,} entries in {res['seconds']:.1f} s ({res['entries_per_second']:.0f}/s)"]
+        if res.get("workers"):
+            lines.append(f"on Ray: {res['workers']} worker(s), {res['shards']:,} shard(s), "
+                         f"{res['encode_seconds']:.1f} s encoding, {res['merge_seconds']:.1f} s writing the pack")
         lines += [f"already imported, skipped: {f}" for f in res["files_skipped"]]
         lines += [f"error: {e}" for e in res["errors"]]
         lines += [f"note: {n}" for n in res.get("notes", [])]
@@ -230,6 +235,22 @@ def cmd_import(a, out: Output) -> int:
                                 f"{res['errors'][0]}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def _ray_import_job(a, cfg: dict[str, Any]) -> tuple[Callable[..., dict], dict[str, Any]]:
+    """The Ray Data build and its config for `import --ray [ADDRESS]`; one line when Ray is missing."""
+    from engine.jobs.ray_build import ScaleExtraMissing, ray_build, require_ray
+
+    try:
+        require_ray()
+    except ScaleExtraMissing as exc:
+        raise CliError(str(exc)) from None
+    if os.environ.get("PLUGMEM_LOG", "WARNING").upper() != "DEBUG":
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data logs every dataset it runs
+    extra = {"address": None if a.ray == "local" else a.ray, "workers": a.workers}
+    if a.shard_size:
+        extra["chunk_size"] = a.shard_size
+    return ray_build, {**cfg, **extra}
 
 
 def cmd_list(a, out: Output) -> int:
@@ -902,6 +923,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("pack")
     sp.add_argument("paths", nargs="+", metavar="PATH")
     sp.add_argument("--name", help="pack name when it is created")
+    sp.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                    help="build on Ray Data (pip install plugmem-studio[scale]): parse and encode on a cluster "
+                         "('auto', 'ray://host:10001'), or on a local Ray sized to this machine without ADDRESS")
+    sp.add_argument("--workers", type=int, help="with --ray: encoder actors (default: one per GPU, else per CPU)")
+    sp.add_argument("--shard-size", type=int, help="with --ray: records per shard (default 512)")
 
     sp = add("list", cmd_list, "list entries (keyset paging with --after)")
     sp.add_argument("pack")

@@ -11,6 +11,7 @@ _USER_ERRORS = (
     ("engine.store", ("PackError", "ValidationError", "EncoderMismatchError", "EntryNotFound")),
     ("engine.store.corpus", ("CorpusError",)),
     ("engine.jobs.build_memory", ("ImportRefused",)),
+    ("engine.jobs.ray_build", ("ScaleExtraMissing", "RayBuildError")),
     ("engine.encode", ("EncoderError",)),
     ("engine.models", ("ReaderError",)),
     ("engine.plugins.errors", ("PluginError",)),

@@ -288,7 +288,12 @@ class Memory:
     def add_many(self, records: Iterable[dict], **kw: Any) -> Change:
         clean = clean_records(records)
         vecs = self.encoder.encode([r["text"] for r in clean]) if clean else None
-        return self.apply(self.pack.add_many(clean, vectors=vecs, **kw))
+        return self.add_encoded(clean, vecs, **kw)
+
+    def add_encoded(self, records: Sequence[dict], vectors: np.ndarray | None, **kw: Any) -> Change:
+        """Add entries whose keys were computed elsewhere (Ray workers) by this pack's encoder;
+        the caller has checked the encoder's fingerprint. Same transaction and index update as add_many."""
+        return self.apply(self.pack.add_many(records, vectors=vectors, **kw))
 
     def edit(self, entry_id: int, **fields: Any) -> Change:
         text = fields.get("text")

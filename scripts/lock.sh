@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Refresh requirements.lock: resolve today's versions of everything scripts/install.sh
 # installs (the app, its cpu + dev extras, the model-carrying packages, pip itself) and,
-# in a second section, what --gpu adds. Resolution only (pip --dry-run --report): nothing
+# in sections of their own, what --gpu and --scale (Ray Data, which the tests use) add. Resolution only (pip --dry-run --report): nothing
 # is installed. Then run scripts/test.sh, which reinstalls from the new lock and builds and
 # self-tests the bundle: a lock is known-good only once that passes.
 set -euo pipefail
@@ -39,6 +39,10 @@ gpu_req = f"faiss-gpu=={main['faiss-cpu']}"
 subprocess.run([str(tmp / "venv/bin/python"), "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
                 "--report", str(tmp / "gpu.json"), "-c", str(base), gpu_req], check=True, stderr=subprocess.DEVNULL)
 gpu = {n: v for n, v in pins(tmp / "gpu.json").items() if n not in main}
+subprocess.run([str(tmp / "venv/bin/python"), "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+                "--report", str(tmp / "scale.json"), "-c", str(base), ".[cpu,dev,scale]"], check=True,
+               stderr=subprocess.DEVNULL)
+scale = {n: v for n, v in pins(tmp / "scale.json").items() if n not in main}
 py = ".".join(map(str, sys.version_info[:2]))
 lines = [
     "# Exact versions of every package scripts/install.sh installs: a pip constraints file.",
@@ -47,7 +51,10 @@ lines = [
     *(f"{n}=={v}" for n, v in sorted(main.items())),
     "# scripts/install.sh --gpu: faiss-gpu and the CUDA libraries it needs",
     *(f"{n}=={v}" for n, v in sorted(gpu.items())),
+    "# scripts/install.sh --scale: Ray Data (plugmem import --ray) and what it needs",
+    *(f"{n}=={v}" for n, v in sorted(scale.items())),
 ]
 Path("requirements.lock").write_text("\n".join(lines) + "\n")
-print(f"requirements.lock: {len(main)} packages (+{len(gpu)} for --gpu); now run scripts/test.sh")
+print(f"requirements.lock: {len(main)} packages (+{len(gpu)} for --gpu, +{len(scale)} for --scale); "
+      "now run scripts/test.sh")
 EOF

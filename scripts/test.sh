@@ -5,7 +5,7 @@
 # Extra arguments go to pytest and replace the two default stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install.sh
+scripts/install.sh --scale  # the Ray import's tests run on a local Ray instance
 export QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/lint-imports
 if [ "$#" -gt 0 ]; then

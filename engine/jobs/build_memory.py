@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from engine.progress import JobCancelled, wrap_progress
 from engine.store.corpus import CorpusError, corpus_files, load_file
@@ -29,17 +29,19 @@ log = logging.getLogger(__name__)
 class BuildMemoryConfig:
     """What to build: the pack to write (created when missing) and the inputs to import."""
 
+    JOB: ClassVar[str] = "build_memory"
+
     pack: str
     inputs: list[str]
     name: str | None = None
-    chunk_size: int = 512
+    chunk_size: int = 512  # records per committed chunk (per shard on Ray)
     author: str | None = None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BuildMemoryConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
+    def from_dict(cls, d: dict[str, Any]):
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"build_memory config: unknown field(s) {', '.join(sorted(unknown))}")
+            raise ValueError(f"{cls.JOB} config: unknown field(s) {', '.join(sorted(unknown))}")
         return cls(**d)
 
 
@@ -56,6 +58,22 @@ class BuildMemoryResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def input_files(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """The corpus files named by ``inputs`` (files or folders) in import order, and one
+    error per input that does not exist (or one when no supported file was found)."""
+    files: list[Path] = []
+    errors: list[str] = []
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            errors.append(f"{p}: no such file or folder")
+            continue
+        files.extend(corpus_files(p))
+    if not files and not errors:
+        errors.append("no .jsonl, .csv, .txt or .md files found in the inputs")
+    return files, errors
 
 
 # Share of the progress bar for validating the inputs: parsing is ~1000x faster than encoding.
@@ -101,15 +119,8 @@ def _validated_inputs(cfg: BuildMemoryConfig, result: BuildMemoryResult, progres
     """(file, import key) of every input, each file parsed and validated whole; a refused
     input goes to ``result.errors``. Records are not kept: holding every file's records at
     once would cost the memory of the whole corpus, and parsing again is cheap."""
-    files: list[Path] = []
-    for raw in cfg.inputs:
-        p = Path(raw)
-        if not p.exists():
-            result.errors.append(f"{p}: no such file or folder")
-            continue
-        files.extend(corpus_files(p))
-    if not files and not result.errors:
-        result.errors.append("no .jsonl, .csv, .txt or .md files found in the inputs")
+    files, missing = input_files(cfg.inputs)
+    result.errors.extend(missing)
     checked: list[tuple[Path, str]] = []
     for n, path in enumerate(files):
         if should_stop():

