@@ -25,6 +25,7 @@ COVERED_ELSEWHERE = {
     "embeddings": "test_plugins_cli.py",
     "train-transe": "test_plugins_cli.py",
     "map-tune": "test_plugins_cli.py",
+    "probes": "test_cloze.py",
 }
 
 
