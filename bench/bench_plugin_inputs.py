@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.plugins.embeddings import EntityEmbeddings  # noqa: E402
-from engine.plugins.entities import EntityLinker, import_triples  # noqa: E402
-from engine.plugins.map_tune import make_examples  # noqa: E402
-from engine.plugins.mapping import KnowledgePlugin, build_inputs_embeds, build_inputs_embeds_loop  # noqa: E402
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings  # noqa: E402
+from engine.mechanisms.plugins.entities import EntityLinker, import_triples  # noqa: E402
+from engine.mechanisms.plugins.map_tune import make_examples  # noqa: E402
+from engine.mechanisms.plugins.mapping import KnowledgePlugin, build_inputs_embeds, build_inputs_embeds_loop  # noqa: E402
 from engine.store import Pack  # noqa: E402
 
 DEMO = ROOT / "resources" / "demo" / "geography"

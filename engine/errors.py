@@ -13,7 +13,7 @@ _USER_ERRORS = (
     ("engine.jobs.build_memory", ("ImportRefused",)),
     ("engine.encode", ("EncoderError",)),
     ("engine.models", ("ReaderError",)),
-    ("engine.plugins.errors", ("PluginError",)),
+    ("engine.mechanisms.plugins.errors", ("PluginError",)),
 )
 
 

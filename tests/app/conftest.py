@@ -201,7 +201,7 @@ def tiny_reader():
 def tiny_loader(tiny_reader):
     """A model loader for AppContext.model_loader: the tiny reader, no DPM branch."""
     from app.model_host import LoadedModel
-    from engine.models import dpm
+    from engine.mechanisms import dpm
 
     def load():
         dpm.detach(tiny_reader)  # never inherit hooks from another test

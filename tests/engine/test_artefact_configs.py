@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.models import dpm
-from engine.models.dpm import DPMConfig, DPMError, MemoryBranch
-from engine.plugins.embeddings import EntityEmbeddings
-from engine.plugins.errors import EmbeddingError, PluginError
-from engine.plugins.mapping import KnowledgePlugin, load_plugin
+from engine.mechanisms import dpm
+from engine.mechanisms.dpm import DPMConfig, DPMError, MemoryBranch
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings
+from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
+from engine.mechanisms.plugins.mapping import KnowledgePlugin, load_plugin
 from engine.store import Pack
 from tests.engine.test_plugins_fixtures import make_pack
 
@@ -221,8 +221,8 @@ def test_a_new_branch_config_is_bounded_too(make, match):
 
 
 def test_training_jobs_refuse_sizes_that_cannot_be_allocated(tmp_path):
-    from engine.jobs.train_memory_reader import TrainMemoryReaderConfig
-    from engine.plugins.transe import TransEConfig
+    from engine.mechanisms.dpm.train_branch import TrainMemoryReaderConfig
+    from engine.mechanisms.plugins.transe import TransEConfig
 
     with pytest.raises(PluginError, match="train-transe: dim must be a whole number from 1 to 65,536, got 1000000000"):
         TransEConfig.from_dict({"pack": str(tmp_path / "p.plugmem"), "dim": 10**9})

@@ -8,9 +8,9 @@ import torch
 
 from engine.jobs.prepare_states import prepare_states
 from engine.memory import Memory
-from engine.models import dpm
-from engine.models.dpm import DPMFusion, EntryCache
-from engine.models.entry_store import EntryStateStore, identity_of, round_states
+from engine.mechanisms import dpm
+from engine.mechanisms.dpm import DPMFusion, EntryCache
+from engine.mechanisms.dpm.entry_store import EntryStateStore, identity_of, round_states
 from engine.models.tiny import make_tiny_reader
 from engine.progress import JobCancelled
 

@@ -180,7 +180,8 @@ def test_demo_probe_and_edit_files_read():
 
 @pytest.fixture(scope="module")
 def cli_models(tmp_path_factory):
-    from engine.models import dpm, load_reader
+    from engine.mechanisms import dpm
+    from engine.models import load_reader
 
     root = tmp_path_factory.mktemp("models")
     folder = make_tiny_reader(seed=0).save(root / "tiny-reader")

@@ -12,9 +12,9 @@ from engine.evaluate.probes import answer_batch
 from engine.explain import Explanation, PredictError, Predictor
 from engine.memory import Memory
 from engine.models.tiny import make_tiny_reader
-from engine.plugins.embeddings import EntityEmbeddings
-from engine.plugins.entities import import_triples
-from engine.plugins.mapping import KnowledgePlugin, PluginInjector, default_plugin_dir
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings
+from engine.mechanisms.plugins.entities import import_triples
+from engine.mechanisms.plugins.mapping import KnowledgePlugin, PluginInjector, default_plugin_dir
 from engine.probe_files import Edit
 
 from .test_dpm import copy_branch

@@ -39,9 +39,9 @@ from torch import nn
 
 from engine.artefacts import (check_fields, check_shapes, check_size, config_from_dict, module_shapes,
                               read_format_config, tensor_shapes)
-from engine.plugins.embeddings import EntityEmbeddings, atomic_write, check_entity_set, entity_set_fingerprint
-from engine.plugins.entities import EntityLinker
-from engine.plugins.errors import PluginError
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings, atomic_write, check_entity_set, entity_set_fingerprint
+from engine.mechanisms.plugins.entities import EntityLinker
+from engine.mechanisms.plugins.errors import PluginError
 
 log = logging.getLogger(__name__)
 
