@@ -81,6 +81,11 @@ class Mechanism(Protocol):
         """Write the artefact (``config.json`` + ``model.safetensors``) into ``folder``."""
         ...
 
+    @classmethod
+    def load(cls, folder: str | Path, reader) -> "Mechanism":
+        """Read an artefact saved by :meth:`save` for ``reader`` (another reader's is refused)."""
+        ...
+
 
 class MechanismBase:
     """Name and kind from the class's ``spec``; subclasses add attach, leave_one_out, save, load."""
