@@ -38,7 +38,7 @@ from engine.evaluate import evaluate_edits, evaluate_probes, read_edits, read_pr
 from engine.explain import Predictor  # noqa: E402
 from engine.memory import Memory  # noqa: E402
 from engine.mechanisms import dpm  # noqa: E402
-from engine.models import load_reader
+from engine.reader import load_reader
 from bench._results import publish  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
 

@@ -132,11 +132,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.tiny:
-        from engine.models.tiny import make_tiny_reader
+        from engine.reader.tiny import make_tiny_reader
 
         reader = make_tiny_reader(0)
     else:
-        from engine.models import load_reader
+        from engine.reader import load_reader
 
         reader = load_reader()
     with tempfile.TemporaryDirectory() as tmp:

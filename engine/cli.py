@@ -512,7 +512,7 @@ def _branch_dir(a, needs: str, hint: str = ""):
     """The DPM branch folder for ``--reader``/``--branch``: the given one, else the shipped one
     for the default reader; its config is read here, so a bad folder fails before the reader loads."""
     from engine.mechanisms import dpm
-    from engine.models.reader import is_default_name
+    from engine.reader.reader import is_default_name
 
     if a.branch:
         folder = a.branch

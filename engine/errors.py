@@ -12,7 +12,7 @@ _USER_ERRORS = (
     ("engine.store.corpus", ("CorpusError",)),
     ("engine.jobs.build_memory", ("ImportRefused",)),
     ("engine.encode", ("EncoderError",)),
-    ("engine.models", ("ReaderError",)),
+    ("engine.reader", ("ReaderError",)),
     ("engine.mechanisms.plugins.errors", ("PluginError",)),
 )
 

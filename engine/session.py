@@ -95,7 +95,7 @@ def open_session(reader: Any = None, *, device: str | None = None, branch: str |
     (``cache_dir`` overrides its folder). ``plugins``: plugin folders, loaded for the reader
     (and checked against ``pack``)."""
     if reader is None or isinstance(reader, (str, Path)):
-        from engine.models import load_reader
+        from engine.reader import load_reader
 
         reader = load_reader(None if reader is None else str(reader), device)
     loaded, note = None, ""

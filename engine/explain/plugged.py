@@ -105,7 +105,7 @@ class PluginFusion:
         scores: Sequence[Sequence[float]] | None = None,
     ) -> list[str]:
         """Greedy answers of ``prompts`` (one left-padded batch), each with its own entries."""
-        from engine.models.generation import greedy_generate, lookup_sources
+        from engine.reader.generation import greedy_generate, lookup_sources
 
         prompts = list(prompts)
         if not prompts:

@@ -28,7 +28,7 @@ from typing import Sequence
 
 from engine.explain.record import Explanation, RetrievedEntry
 from engine.mechanisms.registry import MODES
-from engine.models.lru import LRU
+from engine.reader.lru import LRU
 
 log = logging.getLogger(__name__)
 

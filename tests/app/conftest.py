@@ -192,7 +192,7 @@ def open_on_explain(qtbot, ctx, path):
 @pytest.fixture(scope="session")
 def tiny_reader():
     """A tiny randomly initialised reader (real tokenizer): predictions in milliseconds."""
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     return make_tiny_reader(0)
 

@@ -165,7 +165,7 @@ def test_toggling_the_plugin_changes_what_the_prediction_receives(qtbot, plugin_
 
 
 def test_plugin_for_another_reader_is_left_out_with_a_message(qtbot, plugin_window):
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     win, path = plugin_window
     make_plugin(Path(path), make_tiny_reader(1), name="facts")  # trained for another reader

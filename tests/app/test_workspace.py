@@ -188,9 +188,9 @@ def test_prepare_for_fast_answers_runs_as_a_job_and_fills_the_state_store(qtbot,
     reader once; the states are then on disk for the next session's memory-branch answers."""
     from app.views.workspace_panel import WorkspacePanel
     from engine.mechanisms import dpm
-    from engine.models import load_reader
+    from engine.reader import load_reader
     from engine.mechanisms.dpm.entry_store import EntryStateStore
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
     from engine.store import Pack
 
     from tests.engine.test_dpm import copy_branch

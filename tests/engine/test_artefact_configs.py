@@ -22,7 +22,7 @@ from tests.engine.test_plugins_fixtures import make_pack
 
 @pytest.fixture(scope="module")
 def reader():
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     return make_tiny_reader(0)
 
@@ -201,7 +201,7 @@ def test_a_bad_branch_config_is_refused_naming_the_file_and_field(reader, branch
 def test_a_branch_whose_reader_is_a_string_cannot_skip_the_compatibility_check(reader, branch_dir):
     """A string ``reader`` used to be searched for key names as substrings, found none, and
     so let another reader's branch load; now it is refused as a malformed file."""
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     _edit(branch_dir / "config.json", _set("reader", "architecture hidden_size weights_sha256"))
     with pytest.raises(DPMError, match=re.escape(str(branch_dir / "config.json")) + ": field 'reader' must be an object"):

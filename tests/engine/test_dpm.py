@@ -8,7 +8,7 @@ import torch
 
 from engine.mechanisms import dpm
 from engine.mechanisms.dpm import DPMConfig, DPMError, DPMFusion, MemoryBranch
-from engine.models.tiny import make_tiny_reader
+from engine.reader.tiny import make_tiny_reader
 
 PROMPT = "Zebra facts:"
 ROME = "Zebra facts: Rome Rome Rome Rome Rome"

@@ -8,7 +8,7 @@ import pytest
 
 from engine.explain import Explanation, PredictError, Predictor, predict, retrieve
 from engine.memory import Memory
-from engine.models.tiny import make_tiny_reader
+from engine.reader.tiny import make_tiny_reader
 
 from .test_dpm import OSLO, PARIS, PROMPT, ROME, copy_branch, random_branch
 
@@ -179,7 +179,7 @@ def test_html_escapes_user_text(tiny, tmp_path, encoder):
 def cli_models(tmp_path_factory):
     """A tiny reader saved as a model folder, and a copy branch saved for that loaded reader."""
     from engine.mechanisms import dpm
-    from engine.models import load_reader
+    from engine.reader import load_reader
 
     root = tmp_path_factory.mktemp("models")
     folder = make_tiny_reader(seed=0).save(root / "tiny-reader")
@@ -250,7 +250,7 @@ def test_cli_predict_bad_input_is_one_line_and_status_2(cli_models, zoo_pack, tm
 @pytest.mark.slow
 def test_shipped_branch_follows_an_edited_fact_and_unplugged_is_the_base_reader(tmp_path, encoder):
     from engine.mechanisms import dpm
-    from engine.models import load_reader
+    from engine.reader import load_reader
 
     reader = load_reader()
     p = Predictor(reader, dpm.load_default_branch(reader))

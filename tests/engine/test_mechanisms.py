@@ -19,7 +19,7 @@ from engine.mechanisms.dpm.mechanism import DPMMechanism
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings
 from engine.mechanisms.plugins.mapping import KnowledgePlugin
 from engine.mechanisms.plugins.mechanism import PluginMechanism
-from engine.models.tiny import make_tiny_reader
+from engine.reader.tiny import make_tiny_reader
 from engine.session import Session, open_session
 
 from .test_dpm import copy_branch

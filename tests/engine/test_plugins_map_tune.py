@@ -17,7 +17,7 @@ from tests.engine.test_plugins_fixtures import make_pack
 
 @pytest.fixture(scope="module")
 def reader():
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     return make_tiny_reader(0)
 

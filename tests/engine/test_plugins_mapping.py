@@ -20,7 +20,7 @@ from tests.engine.test_plugins_fixtures import make_pack
 
 @pytest.fixture(scope="module")
 def reader():
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     return make_tiny_reader(0)
 
@@ -152,7 +152,7 @@ def test_two_plugins_longest_mention_wins(reader, tmp_path, pack_path):
 
 
 def test_save_load_roundtrip_and_refusals(reader, tmp_path, pack_path):
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     plugin = _plugin(reader, pack_path)
     folder = plugin.save(tmp_path / "plug")

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_plugin_injection_on_smollm2(tmp_path):
-    from engine.models import load_reader
+    from engine.reader import load_reader
     from engine.mechanisms.plugins.embeddings import EntityEmbeddings
     from engine.mechanisms.plugins.mapping import KnowledgePlugin, PluginInjector
     from engine.store import Pack

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from engine.mechanisms.base import LeaveOneOut
-from engine.models.batching import answer_logprob_rows
+from engine.reader.batching import answer_logprob_rows
 
 log = logging.getLogger(__name__)
 

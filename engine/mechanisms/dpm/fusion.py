@@ -10,8 +10,8 @@ from engine.mechanisms.base import LeaveOneOut
 from engine.mechanisms.dpm.attach import attach
 from engine.mechanisms.dpm.io import check_compatible
 from engine.mechanisms.dpm.module import MemoryBranch, MemoryValues, _Enough
-from engine.models.batching import pad_left
-from engine.models.lru import LRU
+from engine.reader.batching import pad_left
+from engine.reader.lru import LRU
 
 @torch.no_grad()
 def lower_states(reader, first: int, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
@@ -42,10 +42,10 @@ def lower_states(reader, first: int, rows: Sequence[Sequence[int]]) -> list[torc
 def greedy(reader, batch: dict[str, torch.Tensor], max_new_tokens: int,
            texts: Sequence[Sequence[str]] | None = None, prompt_states=None) -> list[str]:
     """Greedy continuations of a left-padded batch (only the new text, special tokens dropped,
-    each cut at the end of its answer: ``engine.models.generation``). ``texts``: each
+    each cut at the end of its answer: ``engine.reader.generation``). ``texts``: each
     row's entry texts, whose tokens decoding may copy in fewer steps; ``prompt_states``:
     a ``PromptStates`` below the branch (prompts asked again skip those layers)."""
-    from engine.models.generation import greedy_generate, lookup_sources
+    from engine.reader.generation import greedy_generate, lookup_sources
 
     lookup = None if texts is None else [lookup_sources(reader.tokenizer, row) for row in texts]
     return greedy_generate(reader, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -66,7 +66,7 @@ class DPMFusion:
     mode = "dpm"
 
     def __init__(self, reader, branch: MemoryBranch, cache: EntryCache | None = None, store=None) -> None:
-        from engine.models.generation import PromptStates
+        from engine.reader.generation import PromptStates
 
         check_compatible(branch.reader_fingerprint, reader)
         self.reader, self.branch = reader, branch

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from engine.mechanisms.dpm.config import DPMConfig, DPMError
-from engine.models.batching import pad_left
+from engine.reader.batching import pad_left
 
 class _Enough(Exception):
     """Stops a forward pass once the wanted states are captured."""

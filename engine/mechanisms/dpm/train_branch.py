@@ -271,7 +271,7 @@ def train_memory_reader(
     examples = read_examples(cfg.data)
     say(0.0, f"read {len(examples):,} examples")
     if reader is None:
-        from engine.models.reader import load_reader
+        from engine.reader.reader import load_reader
 
         reader = load_reader(cfg.reader, cfg.device)
     dev = reader.device

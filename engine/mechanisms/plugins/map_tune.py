@@ -463,7 +463,7 @@ def map_tune(
     say(0.0, f"{len(texts):,} entries, {len(emb):,} entity embeddings, {len(held)} held-out entities")
 
     if reader is None:
-        from engine.models.reader import load_reader
+        from engine.reader.reader import load_reader
 
         say(0.0, "loading the reader")
         reader = load_reader(cfg.reader, cfg.device)

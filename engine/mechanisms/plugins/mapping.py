@@ -547,8 +547,8 @@ class PluginInjector:
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 8, *, enabled: bool = True,
                  batch_size: int = 16) -> str | list[str]:
         """Greedy continuation(s) with the plugin vectors injected (``enabled=False``: bare reader),
-        each cut at the end of its answer (``engine.models.generation``)."""
-        from engine.models.generation import greedy_generate
+        each cut at the end of its answer (``engine.reader.generation``)."""
+        from engine.reader.generation import greedy_generate
 
         single = isinstance(prompts, str)
         plist = [prompts] if single else list(prompts)

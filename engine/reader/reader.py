@@ -25,9 +25,9 @@ from typing import Callable, Sequence
 import torch
 
 from engine.device import pick_device
-from engine.models import reader_cache
-from engine.models.batching import pad_left
-from engine.models.narrow import narrow_linears
+from engine.reader import reader_cache
+from engine.reader.batching import pad_left
+from engine.reader.narrow import narrow_linears
 from engine.resources import cache_root
 
 log = logging.getLogger(__name__)
@@ -213,13 +213,13 @@ class Reader:
         *, stop_at_answer_end: bool = True,
     ) -> str | list[str]:
         """Greedy continuation(s) of ``prompt`` (only the new text, special tokens dropped),
-        each ending with its first sentence or line (``engine.models.generation``) unless
+        each ending with its first sentence or line (``engine.reader.generation``) unless
         ``stop_at_answer_end`` is False.
 
         A list is answered in left-padded batches, in input order; the result for each
         prompt equals what it would get alone.
         """
-        from engine.models.generation import greedy_generate
+        from engine.reader.generation import greedy_generate
 
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
