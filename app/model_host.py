@@ -54,15 +54,9 @@ class LoadedModel:
     def _entry_store(self):
         """The on-disk store of entries' reader states for this reader and branch (None when
         it cannot be opened: the states are then computed each session)."""
-        if self.branch is None:
-            return None
-        from engine.models.entry_store import EntryStateStore
+        from engine.session import open_entry_store
 
-        try:
-            return EntryStateStore.for_branch(self.reader, self.branch)
-        except (OSError, ValueError) as exc:
-            log.warning("no entry-state store (%s); entries are read afresh each session", exc)
-            return None
+        return open_entry_store(self.reader, self.branch)
 
     def describe(self) -> str:
         name = getattr(self.reader, "name", "reader")
@@ -77,7 +71,7 @@ class LoadedModel:
         do (a triples import added aliases it should link); plugins of packs no longer asked
         for are dropped, so unplugging frees them.
         """
-        from engine.plugins.mapping import default_plugin_dir, load_plugin
+        from engine.mechanisms.plugins.mapping import default_plugin_dir, load_plugin
         from engine.store import Pack, PackError
 
         plugins, notes = [], []
@@ -139,23 +133,15 @@ def default_loader(reader_path: str | None = None, branch_path: str | None = Non
 
     def load() -> LoadedModel:
         from engine.encode import get_default_encoder
-        from engine.models import load_reader
+        from engine.session import DEFAULT, open_session
 
         # transformers' lazy module is not safe to import from two threads at once: let the
         # key encoder (loading on another thread at start-up) finish its import first.
         get_default_encoder()
-        reader = load_reader(reader_path)
-        branch, note = None, ""
-        try:
-            from engine.models import dpm
-
-            folder = Path(branch_path) if branch_path else dpm.default_branch_path()
-            branch = dpm.load(folder, reader)
-        except ImportError as exc:  # pragma: no cover - an engine without DPM
-            note = f"This installation has no memory branch support ({exc}); mode 'dpm' is off."
-        except ValueError as exc:  # DPMError: missing folder, another reader's branch, bad file
-            note = f"No memory branch for this reader ({exc}); mode 'dpm' is off, 'context' works."
-        return LoadedModel(reader, branch, note)
+        # need_branch=False: a missing or foreign branch turns 'dpm' off with a note; the
+        # entry store is opened later, with the predictor, on the model thread.
+        session = open_session(reader_path, branch=branch_path or DEFAULT, need_branch=False)
+        return LoadedModel(session.reader, session.branch, session.note)
 
     return load
 

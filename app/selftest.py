@@ -70,19 +70,15 @@ def run(home: Path) -> None:
         _show_main_window(Path(ws["folder"]), t0)
 
         from engine.explain.predict import Predictor
-        from engine.models import load_reader
+        from engine.session import open_session
 
-        reader = load_reader()
-        branch = None
-        mode = "context"
-        try:
-            from engine.models.dpm import load_default_branch
-
-            branch = load_default_branch(reader)
-            mode = "dpm" if branch is not None else "context"
-        except Exception as exc:  # no shipped branch: the context mode still proves the reader reads memory
-            print(f"self-test: no memory branch ({exc}); using context mode", flush=True)
-        predictor = Predictor(reader, branch)
+        # need_branch=False: without the shipped branch the context mode still proves the
+        # reader reads memory.
+        session = open_session(need_branch=False)
+        mode = "dpm" if session.branch is not None else "context"
+        if session.note:
+            print(f"self-test: {session.note}; using context mode", flush=True)
+        predictor = Predictor.from_session(session)
         rec = predictor.predict(PROBE["prompt"], memories, mode=mode, k=5)
         answer = rec.answer.strip()
         if not answer.lower().startswith(PROBE["answer"].lower()):

@@ -37,7 +37,8 @@ from engine.demo import ensure_demo_workspace  # noqa: E402
 from engine.evaluate import evaluate_edits, evaluate_probes, read_edits, read_probes  # noqa: E402
 from engine.explain import Predictor  # noqa: E402
 from engine.memory import Memory  # noqa: E402
-from engine.models import dpm, load_reader  # noqa: E402
+from engine.mechanisms import dpm  # noqa: E402
+from engine.reader import load_reader
 from bench._results import publish  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
 

@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.plugins.embeddings import EntityEmbeddings  # noqa: E402
-from engine.plugins.entities import EntityLinker, import_triples  # noqa: E402
-from engine.plugins.map_tune import make_examples  # noqa: E402
-from engine.plugins.mapping import KnowledgePlugin, build_inputs_embeds, build_inputs_embeds_loop  # noqa: E402
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings  # noqa: E402
+from engine.mechanisms.plugins.entities import EntityLinker, import_triples  # noqa: E402
+from engine.mechanisms.plugins.map_tune import make_examples  # noqa: E402
+from engine.mechanisms.plugins.mapping import KnowledgePlugin, build_inputs_embeds, build_inputs_embeds_loop  # noqa: E402
 from engine.store import Pack  # noqa: E402
 
 DEMO = ROOT / "resources" / "demo" / "geography"
@@ -132,11 +132,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.tiny:
-        from engine.models.tiny import make_tiny_reader
+        from engine.reader.tiny import make_tiny_reader
 
         reader = make_tiny_reader(0)
     else:
-        from engine.models import load_reader
+        from engine.reader import load_reader
 
         reader = load_reader()
     with tempfile.TemporaryDirectory() as tmp:

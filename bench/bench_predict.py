@@ -48,10 +48,11 @@ from engine.evaluate import is_correct, read_edits, read_probes  # noqa: E402
 from engine.explain import Predictor, retrieve  # noqa: E402
 from engine.explain.predict import reset_statement_keys  # noqa: E402
 from engine.memory import Memory  # noqa: E402
-from engine.models import dpm, load_reader  # noqa: E402
-from engine.models import generation, narrow  # noqa: E402
-from engine.models.entry_store import EntryStateStore  # noqa: E402
-from engine.models.generation import greedy_generate  # noqa: E402
+from engine.mechanisms import dpm  # noqa: E402
+from engine.reader import load_reader
+from engine.reader import generation, narrow  # noqa: E402
+from engine.mechanisms.dpm.entry_store import EntryStateStore  # noqa: E402
+from engine.reader.generation import greedy_generate  # noqa: E402
 from bench._results import publish  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
 

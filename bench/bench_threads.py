@@ -42,7 +42,8 @@ from engine.demo import ensure_demo_workspace
 from engine.evaluate import read_probes
 from engine.explain import Predictor
 from engine.memory import Memory
-from engine.models import dpm, load_reader
+from engine.mechanisms import dpm
+from engine.reader import load_reader
 from engine.resources import demo_dir
 ws = ensure_demo_workspace()
 pack = next(p for p in ws["packs"] if Path(p).stem == "geography")

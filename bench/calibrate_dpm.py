@@ -39,7 +39,8 @@ import importlib  # noqa: E402
 
 predict_mod = importlib.import_module("engine.explain.predict")  # the module (engine.explain.predict is also a function)
 from engine.memory import Memory  # noqa: E402
-from engine.models import dpm, load_reader  # noqa: E402
+from engine.mechanisms import dpm  # noqa: E402
+from engine.reader import load_reader
 from bench._results import publish  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
 

@@ -523,8 +523,8 @@ def cmd_demo(a, out: Output) -> int:
 def _model_errors() -> tuple[type[BaseException], ...]:
     from engine.evaluate import EvalDataError
     from engine.explain import PredictError
-    from engine.jobs.train_memory_reader import TrainDataError
-    from engine.models.dpm import DPMError
+    from engine.mechanisms.dpm.train_branch import TrainDataError
+    from engine.mechanisms.dpm import DPMError
 
     return (PredictError, DPMError, EvalDataError, TrainDataError)
 
@@ -532,8 +532,8 @@ def _model_errors() -> tuple[type[BaseException], ...]:
 def _branch_dir(a, needs: str, hint: str = ""):
     """The DPM branch folder for ``--reader``/``--branch``: the given one, else the shipped one
     for the default reader; its config is read here, so a bad folder fails before the reader loads."""
-    from engine.models import dpm
-    from engine.models.reader import is_default_name
+    from engine.mechanisms import dpm
+    from engine.reader.reader import is_default_name
 
     if a.branch:
         folder = a.branch
@@ -548,25 +548,20 @@ def _branch_dir(a, needs: str, hint: str = ""):
 def _load_predictor(a, out: Output, modes: Sequence[str]):
     """The reader (--reader) and, when a mode needs it, the DPM branch (--branch, else the shipped one)."""
     from engine.explain import Predictor
-    from engine.models import dpm, load_reader
+    from engine.session import open_session
 
     branch_dir = None
     if "dpm" in modes:
-        branch_dir = _branch_dir(a, "mode dpm needs", " (train one with `plugmem train-memory-reader`), or use --mode context")
+        branch_dir = _branch_dir(a, "mode dpm needs", " (train one with `plugmem train-branch`), or use --mode context")
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one-line errors, clean --json output
     except ImportError:  # pragma: no cover
         pass
-    reader = load_reader(a.reader)
-    branch = dpm.load(branch_dir, reader) if branch_dir is not None else None
-    store = None
-    if branch is not None:
-        from engine.models.entry_store import EntryStateStore
-
-        store = EntryStateStore.for_branch(reader, branch)  # entries read before are not read again
-    return Predictor(reader, branch, entry_store=store)
+    # entry_states: entries read in an earlier run are not read again
+    session = open_session(a.reader, branch=branch_dir, entry_states=True)
+    return Predictor.from_session(session)
 
 
 def _open_memories(paths: Sequence[str] | None, out: Output, *, trust_keys: bool = True) -> list:
@@ -603,7 +598,7 @@ def _pct(x: float | None) -> str:
 
 def _check_plugin_args(a) -> None:
     """Fail fast (before the reader loads) on a --plugin folder that is missing or is no plugin."""
-    from engine.plugins.mapping import read_plugin_config
+    from engine.mechanisms.plugins.mapping import read_plugin_config
 
     for d in a.plugin or []:
         if d == "auto":
@@ -623,8 +618,8 @@ def _load_plugins(a, reader, mems: Sequence, out: Output) -> list:
     of one of the plugged packs (any, with no pack plugged); another reader's plugin,
     or one made for another entity set, is refused (PluginError: exit 2).
     """
-    from engine.plugins.errors import EmbeddingError, PluginError
-    from engine.plugins.mapping import default_plugin_dir, load_plugin
+    from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
+    from engine.mechanisms.plugins.mapping import default_plugin_dir, load_plugin
 
     plugins, seen = [], set()
     for d in a.plugin or []:
@@ -877,7 +872,7 @@ def _run_job(label: str, job, config, a, out: Output):
 
 
 def cmd_train_memory_reader(a, out: Output) -> int:
-    from engine.jobs.train_memory_reader import TrainMemoryReaderConfig, train_memory_reader
+    from engine.mechanisms.dpm.train_branch import TrainMemoryReaderConfig, train_memory_reader
 
     cfg: dict[str, Any] = {"out": a.out, "data": a.data, "reader": a.reader}
     for name in ("steps", "batch", "lr", "layers", "heads", "head_dim", "k", "seed", "threads", "value_mode",
@@ -910,8 +905,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version="plugmem 0.1.0")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, parents=[common], help=help, description=help)
+    def add(name: str, fn, help: str, aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[common], help=help, description=help, aliases=list(aliases))
         sp.set_defaults(fn=fn)
         return sp
 
@@ -1054,8 +1049,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugin_arg(sp)
     untrusted_arg(sp)
 
-    sp = add("train-memory-reader", cmd_train_memory_reader,
-             "train the DPM memory branch (resumes from OUT/checkpoint.pt; Ctrl+C stops at a checkpoint)")
+    # train-branch: it trains the memory branch, not the reader; the old name stays an alias.
+    sp = add("train-branch", cmd_train_memory_reader,
+             "train the DPM memory branch (resumes from OUT/checkpoint.pt; Ctrl+C stops at a checkpoint)",
+             aliases=["train-memory-reader"])
     sp.add_argument("--data", action="append", required=True, metavar="JSONL", help="text/prompt/answer facts (repeat)")
     sp.add_argument("--out", required=True, metavar="DIR")
     sp.add_argument("--reader", help="reader model folder (default: the bundled SmolLM2-135M-Instruct)")

@@ -62,8 +62,8 @@ def _import_demo_triples(domain: str, pack: Path) -> int:
     src = demo_dir() / domain / "triples.jsonl"
     if not src.is_file():
         return 0
-    from engine.plugins.entities import import_triples
-    from engine.plugins.errors import TriplesError
+    from engine.mechanisms.plugins.entities import import_triples
+    from engine.mechanisms.plugins.errors import TriplesError
     from engine.store.errors import PackError
     from engine.store.pack import Pack
 

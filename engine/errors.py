@@ -13,8 +13,8 @@ _USER_ERRORS = (
     ("engine.jobs.build_memory", ("ImportRefused",)),
     ("engine.jobs.ray_build", ("ScaleExtraMissing", "RayBuildError")),
     ("engine.encode", ("EncoderError",)),
-    ("engine.models", ("ReaderError",)),
-    ("engine.plugins.errors", ("PluginError",)),
+    ("engine.reader", ("ReaderError",)),
+    ("engine.mechanisms.plugins.errors", ("PluginError",)),
 )
 
 

@@ -1,5 +1,5 @@
 """Values derived from a text, kept on disk by the text's sha256: the base of the
-entry-state store (``engine.models.entry_store``) and of the statement-key store
+entry-state store (``engine.mechanisms.dpm.entry_store``) and of the statement-key store
 (``engine.encode.key_store``).
 
 One SQLite file per *identity* (what the values depend on: a reader and branch shape,

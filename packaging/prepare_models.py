@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     a = p.parse_args(argv)
     from engine.demo import ensure_demo_workspace
-    from engine.models.reader import write_bundle
+    from engine.reader.reader import write_bundle
 
     t0 = time.perf_counter()
     reader = write_bundle(a.out / "models" / "reader")

@@ -39,7 +39,7 @@ ID_ROLE = Qt.ItemDataRole.UserRole
 
 
 class EntityTableModel(QAbstractTableModel):
-    """Rows of :func:`engine.plugins.entities.entity_rows`: id, name, aliases, triples (as head)."""
+    """Rows of :func:`engine.mechanisms.plugins.entities.entity_rows`: id, name, aliases, triples (as head)."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -231,7 +231,7 @@ class EntitiesView(QWidget):
         path, keep = self.path, self._entity_id
 
         def load(pack):
-            from engine.plugins.entities import entity_rows
+            from engine.mechanisms.plugins.entities import entity_rows
 
             return entity_rows(pack)
 
@@ -328,7 +328,7 @@ class EntitiesView(QWidget):
         self.import_btn.setEnabled(False)
 
         def work(memory):
-            from engine.plugins.entities import import_triples
+            from engine.mechanisms.plugins.entities import import_triples
 
             return import_triples(memory.pack, files)
 

@@ -367,7 +367,7 @@ class JobsPanel(QWidget):
             ctx.notifier.info(f"Memory branch trained ({Path(out).name}); mode “memory branch” now uses it.")
 
         try:
-            return ctx.jobs.start("train_memory_reader", "engine.jobs.train_memory_reader:train_memory_reader", config,
+            return ctx.jobs.start("train_memory_reader", "engine.mechanisms.dpm.train_branch:train_memory_reader", config,
                                   title=f"Train the memory reader ({steps:,} steps)", on_end=ended)
         except Exception as exc:
             ctx.notifier.error("Starting the memory reader training", exc)

@@ -44,8 +44,8 @@ from app.context import AppContext
 
 log = logging.getLogger(__name__)
 
-TRANSE_TARGET = "engine.plugins.transe:train_transe"
-MAP_TUNE_TARGET = "engine.plugins.map_tune:map_tune"
+TRANSE_TARGET = "engine.mechanisms.plugins.transe:train_transe"
+MAP_TUNE_TARGET = "engine.mechanisms.plugins.map_tune:map_tune"
 
 
 @dataclass
@@ -76,8 +76,8 @@ class MapTuneOptions:
 
 def embeddings_status(pack_path: str | Path) -> tuple[str | None, str]:
     """The source of the embeddings beside the pack ('imported' / 'transe' / None) and a description."""
-    from engine.plugins.embeddings import EntityEmbeddings, default_embeddings_dir
-    from engine.plugins.errors import PluginError
+    from engine.mechanisms.plugins.embeddings import EntityEmbeddings, default_embeddings_dir
+    from engine.mechanisms.plugins.errors import PluginError
 
     folder = default_embeddings_dir(pack_path)
     if not (folder / "config.json").is_file():
@@ -136,7 +136,7 @@ class PluginTrainer(QObject):
             self.ctx.notifier.error(f"Map-tuning {name}", exc)
             return None
         if options.train_transe:
-            from engine.plugins.embeddings import default_embeddings_dir
+            from engine.mechanisms.plugins.embeddings import default_embeddings_dir
 
             config = {"pack": pack, "dim": options.transe_dim, "epochs": options.transe_epochs,
                       "force": bool(options.start_over or needs_force(default_embeddings_dir(pack)))}
@@ -146,7 +146,7 @@ class PluginTrainer(QObject):
         return self._start_map_tune(pack, options)
 
     def _start_map_tune(self, pack: str, options: MapTuneOptions) -> str | None:
-        from engine.plugins.mapping import default_plugin_dir
+        from engine.mechanisms.plugins.mapping import default_plugin_dir
 
         out = default_plugin_dir(pack)
         config = {"pack": pack, "reader": self.ctx.workspace.reader, "lr": options.lr, "batch": options.batch,

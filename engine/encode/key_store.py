@@ -9,7 +9,7 @@ float32 (exactly what the encoder gave: a score does not depend on where its key
 from), ~1.5 KB a key at 384 dimensions, at most 256 MB by default.
 
 The file is ``<entry-states folder>/keys-<encoder name>-<hash>.sqlite`` (the folder of
-``engine.models.entry_store``: ``$PLUGMEM_ENTRY_STATES`` or ``<cache>/entry-states``);
+``engine.mechanisms.dpm.entry_store``: ``$PLUGMEM_ENTRY_STATES`` or ``<cache>/entry-states``);
 its identity is the encoder's fingerprint, so another encoder's keys are never read.
 Damage is survived as in every :class:`~engine.text_store.TextStore`.
 """

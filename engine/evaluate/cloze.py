@@ -1,7 +1,7 @@
 """Cloze probes made from a pack's own entries, so a pack can be evaluated without writing
 a probe file: each entry's text with its object cut off is the prompt, the object the answer.
 
-Where the pack has triples (engine.plugins.entities), the object is the tail of one of
+Where the pack has triples (engine.mechanisms.plugins.entities), the object is the tail of one of
 the triples whose head is the entry's title, found as a whole word in the text: the
 triple whose relation is one of the entry's tags first, then the one found latest in the
 text (objects tend to end a sentence), then the longest tail. Otherwise the sentence is

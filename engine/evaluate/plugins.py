@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from engine.plugins.errors import PluginError
+from engine.mechanisms.plugins.errors import PluginError
 from engine.probe_files import EvalDataError, is_correct, read_probes
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def evaluate_probes(
     progress: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Accuracy per relation with and without the plugin (and with the memory); see the module doc."""
-    from engine.models.context import context_prompt
+    from engine.mechanisms.context import context_prompt
 
     reader = injector.reader
     say = progress or (lambda *a, **kw: None)
@@ -137,8 +137,8 @@ def heldout_mention_loss(reader, plugin, pack, entity_ids: set[int], *, max_toke
     these entities' mentions get a vector. ``max_sentences`` > 0 evaluates a seeded
     sample of that many sentences.
     """
-    from engine.plugins.entities import EntityLinker
-    from engine.plugins.map_tune import make_examples, mean_losses
+    from engine.mechanisms.plugins.entities import EntityLinker
+    from engine.mechanisms.plugins.map_tune import make_examples, mean_losses
 
     linker = EntityLinker.from_pack(pack)
     texts = [e.text for e in pack.get_many(pack.ids(status="active"))]
@@ -191,9 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if a.threads:
         torch.set_num_threads(a.threads)
-    from engine.models.reader import load_reader
-    from engine.plugins.map_tune import read_holdout
-    from engine.plugins.mapping import PluginInjector, default_plugin_dir, load_plugin
+    from engine.mechanisms.plugins.map_tune import read_holdout
+    from engine.mechanisms.plugins.mapping import PluginInjector, default_plugin_dir
+    from engine.session import open_session
     from engine.store import Pack
 
     try:
@@ -203,10 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             pick = np.random.default_rng(a.seed).choice(len(probes), size=a.sample, replace=False)
             probes = [probes[i] for i in sorted(pick.tolist())]
-        reader = load_reader(a.reader)
+        session = open_session(a.reader, branch=None)  # the plugin alone, on the bare reader
+        reader = session.reader
         folder = Path(a.plugin) if a.plugin else default_plugin_dir(a.pack)
         with Pack.open(a.pack, readonly=True) as pack:
-            plugin = load_plugin(folder, reader, pack)
+            plugin = session.add_plugin(folder, pack)
             held = read_holdout(pack, [], [a.probes])
             mention: dict[str, Any] = {}
             if a.mention_sentences > 0:

@@ -70,7 +70,7 @@ def answer_batch(
     ``plugins``: knowledge plugins whose vectors go before the prompts' mentions too.
     """
     from engine.progress import check
-    from engine.models.context import context_prompt
+    from engine.mechanisms.context import context_prompt
 
     if mode not in MODES:
         raise PredictError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")

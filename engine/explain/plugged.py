@@ -50,7 +50,7 @@ def prompt_row(prompt: str, texts: Sequence[str], mode: str, style: str = "facts
     """The reader's input for ``prompt`` in ``mode``: context mode puts ``texts`` before it."""
     if mode != "context" or not texts:
         return Row(prompt, 0)
-    from engine.models.context import context_prompt
+    from engine.mechanisms.context import context_prompt
 
     full = context_prompt(prompt, list(texts), style)
     if not full.endswith(prompt):  # every template ends with the prompt
@@ -61,7 +61,7 @@ def prompt_row(prompt: str, texts: Sequence[str], mode: str, style: str = "facts
 class PluginFusion:
     """Answers and leave-one-out effects with knowledge plugins AND a memory mode on.
 
-    ``injector``: a :class:`engine.plugins.mapping.PluginInjector` for the reader.
+    ``injector``: a :class:`engine.mechanisms.plugins.mapping.PluginInjector` for the reader.
     ``mode`` is 'dpm' (``fusion``: a ``DPMFusion``), 'context' (``fusion``: a
     ``ContextFusion``) or 'none' (the plugins alone).
     """
@@ -88,7 +88,7 @@ class PluginFusion:
                               x.end - row.offset)
 
     def _dpm_scope(self, stack: ExitStack, fusion, mem, scores: torch.Tensor, record_at: int = -1) -> None:
-        from engine.models.dpm import attach
+        from engine.mechanisms.dpm import attach
 
         stack.enter_context(attach(self.reader, fusion.branch))
         stack.enter_context(fusion.branch.memory(mem, scores, record_at=record_at))
@@ -105,7 +105,7 @@ class PluginFusion:
         scores: Sequence[Sequence[float]] | None = None,
     ) -> list[str]:
         """Greedy answers of ``prompts`` (one left-padded batch), each with its own entries."""
-        from engine.models.generation import greedy_generate, lookup_sources
+        from engine.reader.generation import greedy_generate, lookup_sources
 
         prompts = list(prompts)
         if not prompts:

@@ -28,7 +28,7 @@ from typing import Sequence
 
 from engine.explain.record import Explanation, RetrievedEntry
 from engine.mechanisms.registry import MODES
-from engine.models.lru import LRU
+from engine.reader.lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -254,16 +254,21 @@ def check_request(prompt: str, mode: str, k: int, max_new_tokens: int) -> None:
 class Predictor:
     """Answers and explanations for one reader (and optionally one trained DPM branch).
 
-    ``branch``: a ``MemoryBranch`` for mode 'dpm' (``engine.models.dpm.load_default_branch``
+    ``branch``: a ``MemoryBranch`` for mode 'dpm' (``engine.mechanisms.dpm.load_default_branch``
     gives the shipped one). Keep the object alive between questions: it caches the
     entries' reader states by text. ``entry_store``: an
-    ``engine.models.entry_store.EntryStateStore`` (or None) that keeps them on disk
+    ``engine.mechanisms.dpm.entry_store.EntryStateStore`` (or None) that keeps them on disk
     too, so entries read in an earlier session, or prepared by
     ``engine.jobs.prepare_states``, are not read again.
     """
 
+    @classmethod
+    def from_session(cls, session, *, context_style: str = "facts") -> "Predictor":
+        """The predictor of an ``engine.session.Session``: its reader, branch and entry store."""
+        return cls(session.reader, session.branch, context_style=context_style, entry_store=session.entry_store)
+
     def __init__(self, reader, branch=None, *, context_style: str = "facts", entry_store=None) -> None:
-        from engine.models.context import ContextFusion
+        from engine.mechanisms.context import ContextFusion
 
         self.reader = reader
         self.branch = branch
@@ -273,7 +278,7 @@ class Predictor:
         self._context = ContextFusion(reader, style=context_style)
         self._dpm = None
         if branch is not None:
-            from engine.models.dpm import DPMError, DPMFusion
+            from engine.mechanisms.dpm import DPMError, DPMFusion
 
             try:
                 self._dpm = DPMFusion(reader, branch, store=entry_store)
@@ -306,14 +311,14 @@ class Predictor:
 
     def plugin_injector(self, plugins: Sequence):
         """A ``PluginInjector`` of ``plugins`` (``KnowledgePlugin`` objects) for this reader (checked for it)."""
-        from engine.plugins.errors import PluginError
-        from engine.plugins.mapping import KnowledgePlugin, PluginInjector
+        from engine.mechanisms.plugins.errors import PluginError
+        from engine.mechanisms.plugins.mapping import KnowledgePlugin, PluginInjector
 
         plugins = tuple(plugins)
         for i, p in enumerate(plugins):
             if not isinstance(p, KnowledgePlugin):
                 raise PredictError(f"plugin #{i + 1} is a {type(p).__name__}, not a KnowledgePlugin: load it with "
-                                   "engine.plugins.mapping.load_plugin(folder, reader, pack)")
+                                   "engine.mechanisms.plugins.mapping.load_plugin(folder, reader, pack)")
         names = [p.name for p in plugins]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:

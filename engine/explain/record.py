@@ -66,6 +66,15 @@ class Explanation:
     plugins: list[str] = field(default_factory=list)  # knowledge plugins on (their names)
     injected: list[InjectedEntity] = field(default_factory=list)  # in prompt order
     answer_without_plugins: str | None = None  # the memory alone (None when no plugin is on)
+    # The mechanisms active for ``answer``, in the composition order (engine.mechanisms.base);
+    # None: derived from ``mode`` and ``plugins``, as for records saved before the field existed.
+    mechanisms: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mechanisms is None:
+            from engine.mechanisms.base import active_names
+
+            self.mechanisms = active_names(self.mode, self.plugins)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

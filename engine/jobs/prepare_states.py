@@ -4,7 +4,7 @@
    into the key encoder's key store (``engine.encode.key_store``), so that retrieval
    never encodes them at question time (the 5,724 demo entries: a few seconds).
 2. Read every active entry through the reader once and keep the states in the
-   entry-state store (``engine.models.entry_store``), so that the first DPM answer that
+   entry-state store (``engine.mechanisms.dpm.entry_store``), so that the first DPM answer that
    retrieves them does not wait for the reader (~45 ms an entry read one question at a
    time on two cores; ~21 ms in this job's batches: the demo entries take 2 minutes and
    93 MB).
@@ -72,9 +72,8 @@ def prepare_states(config: dict[str, Any], progress: Callable[..., None] | None 
     let a caller pass loaded ones (tests)."""
     import torch
 
-    from engine.models import dpm
-    from engine.models.entry_store import EntryStateStore
-    from engine.models.reader import load_reader
+    from engine.mechanisms.dpm.prepare import fill_entry_states
+    from engine.session import DEFAULT, open_entry_store, open_session
 
     say = progress or (lambda *a, **k: None)
     stop = should_stop or (lambda: False)
@@ -91,35 +90,18 @@ def prepare_states(config: dict[str, Any], progress: Callable[..., None] | None 
     texts = list(dict.fromkeys(t for _, ts, _ in read for t in ts))
     say(0.0, f"{len(texts):,} entries in {len(packs)} pack(s)")
     keys = _prepare_keys(read, config, say, stop)
-    if reader is None:
-        reader = load_reader(config.get("reader"), config.get("device"))
-    if branch is None:
-        folder = config.get("branch") or dpm.default_branch_path()
-        branch = dpm.load(folder, reader)
-    store = EntryStateStore.for_branch(reader, branch, config.get("cache_dir"))
+    if reader is None or branch is None:
+        session = open_session(reader if reader is not None else config.get("reader"), device=config.get("device"),
+                               branch=None if branch is not None else (config.get("branch") or DEFAULT))
+        reader, branch = session.reader, branch if branch is not None else session.branch
+    store = open_entry_store(reader, branch, config.get("cache_dir"), required=True)
     try:
-        fusion = dpm.DPMFusion(reader, branch, dpm.EntryCache(batch), store=store)
-        todo = store.missing(texts)
-        already = len(texts) - len(todo)
-        # Similar lengths together: less padding in each batch.
-        lengths = [len(r) for r in branch.tokenize_entries(reader, todo)]
-        todo = [t for _, t in sorted(zip(lengths, todo), key=lambda lt: lt[0])]
-        done = 0
-        with torch.inference_mode():
-            for s in range(0, len(todo), batch):
-                if stop():
-                    raise JobCancelled(f"stopped after {already + done:,} of {len(texts):,} entries; "
-                                       "what was read is kept, run it again to go on")
-                part = todo[s:s + batch]
-                fusion.read_entries(part)
-                done += len(part)
-                say(0.05 + 0.95 * (already + done) / max(len(texts), 1),
-                    f"read {already + done:,}/{len(texts):,} entries", entries=already + done)
+        n_read, already = fill_entry_states(reader, branch, store, texts, batch=batch, say=say, stop=stop, start=0.05)
         st = store.stats()
     finally:
         store.close()
-    say(1.0, f"{len(todo):,} entries read, {already:,} were already stored; "
+    say(1.0, f"{n_read:,} entries read, {already:,} were already stored; "
              f"{keys['keys_encoded']:,} statement keys encoded")
-    return {"entries": len(texts), "read": len(todo), "already": already, "store": st["path"],
+    return {"entries": len(texts), "read": n_read, "already": already, "store": st["path"],
             "store_entries": st["entries"], "store_bytes": st["bytes"], **keys,
             "seconds": round(time.perf_counter() - t0, 1)}

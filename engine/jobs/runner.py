@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.jobs.records import FINAL, RESUMABLE, JobRecord, JobRecords
-from engine.jobs.worker import child_main
+from engine.jobs.worker import MOVED, child_main
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,9 @@ def _signal_name(code: int) -> str:
 
 
 def _check_fn_path(fn_path: str) -> None:
-    """Fail early, in the parent, on a malformed or unknown job path (without importing it)."""
-    module, sep, name = fn_path.partition(":")
+    """Fail early, in the parent, on a malformed or unknown job path (without importing it);
+    a moved job function is looked for at its new place, as the worker will."""
+    module, sep, name = MOVED.get(fn_path, fn_path).partition(":")
     if not sep or not module or not name:
         raise ValueError(f"job function must be 'module:function', got {fn_path!r}")
     try:

@@ -35,8 +35,18 @@ log = logging.getLogger(__name__)
 TICK_S = 0.1
 
 
+#: Job functions that moved (issue 17: one folder per mechanism): saved job records still
+#: name the old 'module:function', and resuming one must find it.
+MOVED: dict[str, str] = {
+    "engine.jobs.train_memory_reader:train_memory_reader": "engine.mechanisms.dpm.train_branch:train_memory_reader",
+    "engine.plugins.transe:train_transe": "engine.mechanisms.plugins.transe:train_transe",
+    "engine.plugins.map_tune:map_tune": "engine.mechanisms.plugins.map_tune:map_tune",
+}
+
+
 def resolve(fn_path: str) -> Callable[..., Any]:
-    """'package.module:function' → the function."""
+    """'package.module:function' → the function (a moved one found at its new place)."""
+    fn_path = MOVED.get(fn_path, fn_path)
     module, sep, name = fn_path.partition(":")
     if not sep or not module or not name:
         raise ValueError(f"job function must be 'module:function', got {fn_path!r}")

@@ -22,7 +22,7 @@ import sys
 from typing import Any, Sequence
 
 from engine.cli_args import OneLineParser, non_negative, positive
-from engine.plugins.errors import PluginError
+from engine.mechanisms.plugins.errors import PluginError
 
 
 def _cli():
@@ -57,7 +57,7 @@ def _run_job(label: str, a, fn, config: dict[str, Any], **kw: Any):
 
 # ---------------------------------------------------------------------------- commands
 def cmd_triples_import(a, out) -> int:
-    from engine.plugins.entities import import_triples
+    from engine.mechanisms.plugins.entities import import_triples
 
     with _open_pack(a.pack) as pack:
         res = import_triples(pack, a.files, create_entities=not a.no_new_entities)
@@ -69,7 +69,7 @@ def cmd_triples_import(a, out) -> int:
 
 
 def cmd_triples_list(a, out) -> int:
-    from engine.plugins.entities import find_entity
+    from engine.mechanisms.plugins.entities import find_entity
 
     with _open_pack(a.pack, readonly=True) as pack:
         head = find_entity(pack, a.entity)["id"] if a.entity else None
@@ -84,7 +84,7 @@ def cmd_triples_list(a, out) -> int:
 
 
 def cmd_entities(a, out) -> int:
-    from engine.plugins.entities import entity_facts, entity_rows
+    from engine.mechanisms.plugins.entities import entity_facts, entity_rows
 
     with _open_pack(a.pack, readonly=True) as pack:
         if a.name:
@@ -108,7 +108,7 @@ def cmd_entities(a, out) -> int:
 
 
 def cmd_embeddings_import(a, out) -> int:
-    from engine.plugins.embeddings import default_embeddings_dir, import_embeddings, save_embeddings
+    from engine.mechanisms.plugins.embeddings import default_embeddings_dir, import_embeddings, save_embeddings
 
     with _open_pack(a.pack, readonly=True) as pack:
         emb = import_embeddings(pack, a.file, a.ids, dim=a.dim, by_pack_id=a.by_id)
@@ -121,7 +121,7 @@ def cmd_embeddings_import(a, out) -> int:
 
 
 def cmd_train_transe(a, out) -> int:
-    from engine.plugins.transe import train_transe
+    from engine.mechanisms.plugins.transe import train_transe
 
     cfg = {"pack": a.pack, "out": a.out, "dim": a.dim, "epochs": a.epochs, "batch": a.batch, "lr": a.lr,
            "margin": a.margin, "p_norm": a.p_norm, "negatives": a.negatives, "seed": a.seed, "device": a.device,
@@ -137,7 +137,7 @@ def cmd_train_transe(a, out) -> int:
 
 
 def cmd_map_tune(a, out) -> int:
-    from engine.plugins.map_tune import map_tune
+    from engine.mechanisms.plugins.map_tune import map_tune
 
     cfg = {"pack": a.pack, "embeddings": a.embeddings, "out": a.out, "reader": a.reader, "hidden": a.hidden,
            "lr": a.lr, "batch": a.batch, "epochs": a.epochs, "max_steps": a.max_steps, "reader_dropout": a.dropout,

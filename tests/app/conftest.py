@@ -192,7 +192,7 @@ def open_on_explain(qtbot, ctx, path):
 @pytest.fixture(scope="session")
 def tiny_reader():
     """A tiny randomly initialised reader (real tokenizer): predictions in milliseconds."""
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     return make_tiny_reader(0)
 
@@ -201,7 +201,7 @@ def tiny_reader():
 def tiny_loader(tiny_reader):
     """A model loader for AppContext.model_loader: the tiny reader, no DPM branch."""
     from app.model_host import LoadedModel
-    from engine.models import dpm
+    from engine.mechanisms import dpm
 
     def load():
         dpm.detach(tiny_reader)  # never inherit hooks from another test

@@ -141,7 +141,7 @@ def test_dpm_mode_with_a_memory_branch(qtbot, make_ctx, small_pack, tiny_reader)
     reports a fusion weight for every retrieved entry."""
     from app.model_host import LoadedModel
     from app.views.explain import ExplainPanel
-    from engine.models import dpm
+    from engine.mechanisms import dpm
 
     branch = dpm.MemoryBranch(dpm.DPMConfig(layers=1, max_value_tokens=16), tiny_reader)
     path = str(small_pack.resolve())

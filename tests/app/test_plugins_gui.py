@@ -18,8 +18,8 @@ from .conftest import ask, open_on_explain, wait_ready
 
 def make_plugin(pack: Path, reader, name: str = "geo") -> Path:
     """A tiny (untrained) knowledge plugin for the pack's entities, saved where the app looks."""
-    from engine.plugins.embeddings import EntityEmbeddings
-    from engine.plugins.mapping import KnowledgePlugin, default_plugin_dir
+    from engine.mechanisms.plugins.embeddings import EntityEmbeddings
+    from engine.mechanisms.plugins.mapping import KnowledgePlugin, default_plugin_dir
     from engine.store import Pack
 
     with Pack.open(pack, readonly=True) as pk:
@@ -31,7 +31,7 @@ def make_plugin(pack: Path, reader, name: str = "geo") -> Path:
 
 
 def add_triples(pack: Path, tmp_path: Path) -> None:
-    from engine.plugins.entities import import_triples
+    from engine.mechanisms.plugins.entities import import_triples
     from engine.store import Pack
 
     with Pack.open(pack) as pk:
@@ -165,7 +165,7 @@ def test_toggling_the_plugin_changes_what_the_prediction_receives(qtbot, plugin_
 
 
 def test_plugin_for_another_reader_is_left_out_with_a_message(qtbot, plugin_window):
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     win, path = plugin_window
     make_plugin(Path(path), make_tiny_reader(1), name="facts")  # trained for another reader

@@ -187,9 +187,10 @@ def test_prepare_for_fast_answers_runs_as_a_job_and_fills_the_state_store(qtbot,
     """Pack menu → "Prepare for fast answers": a job reads every entry through the workspace's
     reader once; the states are then on disk for the next session's memory-branch answers."""
     from app.views.workspace_panel import WorkspacePanel
-    from engine.models import dpm, load_reader
-    from engine.models.entry_store import EntryStateStore
-    from engine.models.tiny import make_tiny_reader
+    from engine.mechanisms import dpm
+    from engine.reader import load_reader
+    from engine.mechanisms.dpm.entry_store import EntryStateStore
+    from engine.reader.tiny import make_tiny_reader
     from engine.store import Pack
 
     from tests.engine.test_dpm import copy_branch

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.models import dpm
-from engine.models.dpm import DPMConfig, DPMError, MemoryBranch
-from engine.plugins.embeddings import EntityEmbeddings
-from engine.plugins.errors import EmbeddingError, PluginError
-from engine.plugins.mapping import KnowledgePlugin, load_plugin
+from engine.mechanisms import dpm
+from engine.mechanisms.dpm import DPMConfig, DPMError, MemoryBranch
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings
+from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
+from engine.mechanisms.plugins.mapping import KnowledgePlugin, load_plugin
 from engine.store import Pack
 from tests.engine.test_plugins_fixtures import make_pack
 
 
 @pytest.fixture(scope="module")
 def reader():
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     return make_tiny_reader(0)
 
@@ -201,7 +201,7 @@ def test_a_bad_branch_config_is_refused_naming_the_file_and_field(reader, branch
 def test_a_branch_whose_reader_is_a_string_cannot_skip_the_compatibility_check(reader, branch_dir):
     """A string ``reader`` used to be searched for key names as substrings, found none, and
     so let another reader's branch load; now it is refused as a malformed file."""
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     _edit(branch_dir / "config.json", _set("reader", "architecture hidden_size weights_sha256"))
     with pytest.raises(DPMError, match=re.escape(str(branch_dir / "config.json")) + ": field 'reader' must be an object"):
@@ -221,8 +221,8 @@ def test_a_new_branch_config_is_bounded_too(make, match):
 
 
 def test_training_jobs_refuse_sizes_that_cannot_be_allocated(tmp_path):
-    from engine.jobs.train_memory_reader import TrainMemoryReaderConfig
-    from engine.plugins.transe import TransEConfig
+    from engine.mechanisms.dpm.train_branch import TrainMemoryReaderConfig
+    from engine.mechanisms.plugins.transe import TransEConfig
 
     with pytest.raises(PluginError, match="train-transe: dim must be a whole number from 1 to 65,536, got 1000000000"):
         TransEConfig.from_dict({"pack": str(tmp_path / "p.plugmem"), "dim": 10**9})

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from engine.models import ReaderError, load_reader
-from engine.models.tiny import make_tiny_reader
-from engine.models.reader import BUNDLE_INFO, ENV_BUNDLED_READER, default_tokenizer
+from engine.reader import ReaderError, load_reader
+from engine.reader.tiny import make_tiny_reader
+from engine.reader.reader import BUNDLE_INFO, ENV_BUNDLED_READER, default_tokenizer
 
 
 def test_bundled_reader_is_used_with_its_recorded_digest(tmp_path, monkeypatch):

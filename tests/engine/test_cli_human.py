@@ -17,9 +17,11 @@ COVERED_ELSEWHERE = {
     "demo": "test_demo_data.py",
     "predict": "test_explain.py::test_cli_predict_prints_the_record",
     "prepare": "test_entry_store.py",
+    "probes": "test_cloze.py::test_cli_probes_make_writes_a_probe_file_eval_reads",
     "eval": "test_evaluate.py",
     "eval-edits": "test_evaluate.py",
-    "train-memory-reader": "test_train_memory_reader.py",
+    "train-branch": "test_train_memory_reader.py",
+    "train-memory-reader": "test_train_memory_reader.py",  # the old name of train-branch
     "triples": "test_plugins_cli.py",
     "entities": "test_plugins_cli.py",
     "embeddings": "test_plugins_cli.py",

@@ -43,7 +43,7 @@ def test_triple_split_prefers_the_tagged_relation_then_the_latest_object():
 
 @pytest.fixture
 def drug_pack(tmp_path):
-    from engine.plugins.entities import import_triples
+    from engine.mechanisms.plugins.entities import import_triples
 
     p = tmp_path / "drugs.plugmem"
     with Pack.create(p) as pack:

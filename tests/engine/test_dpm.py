@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from engine.models import dpm
-from engine.models.dpm import DPMConfig, DPMError, DPMFusion, MemoryBranch
-from engine.models.tiny import make_tiny_reader
+from engine.mechanisms import dpm
+from engine.mechanisms.dpm import DPMConfig, DPMError, DPMFusion, MemoryBranch
+from engine.reader.tiny import make_tiny_reader
 
 PROMPT = "Zebra facts:"
 ROME = "Zebra facts: Rome Rome Rome Rome Rome"

@@ -8,10 +8,10 @@ import torch
 
 from engine.jobs.prepare_states import prepare_states
 from engine.memory import Memory
-from engine.models import dpm
-from engine.models.dpm import DPMFusion, EntryCache
-from engine.models.entry_store import EntryStateStore, identity_of, round_states
-from engine.models.tiny import make_tiny_reader
+from engine.mechanisms import dpm
+from engine.mechanisms.dpm import DPMFusion, EntryCache
+from engine.mechanisms.dpm.entry_store import EntryStateStore, identity_of, round_states
+from engine.reader.tiny import make_tiny_reader
 from engine.progress import JobCancelled
 
 from .test_dpm import OSLO, PARIS, PROMPT, ROME, random_branch
@@ -177,7 +177,7 @@ def test_prepare_job_names_bad_config(tiny, branch, tmp_path):
 
 def test_cli_prepare_then_predict_reads_nothing(tmp_path, encoder, capsys, monkeypatch):
     from engine.cli import main
-    from engine.models import load_reader
+    from engine.reader import load_reader
 
     from .test_dpm import copy_branch
 

@@ -8,7 +8,7 @@ import pytest
 from engine.evaluate import EvalDataError, Probe, evaluate_edits, evaluate_probes, is_correct, read_edits, read_probes
 from engine.explain import Predictor
 from engine.memory import Memory
-from engine.models.tiny import make_tiny_reader
+from engine.reader.tiny import make_tiny_reader
 
 from .test_dpm import copy_branch
 
@@ -180,7 +180,8 @@ def test_demo_probe_and_edit_files_read():
 
 @pytest.fixture(scope="module")
 def cli_models(tmp_path_factory):
-    from engine.models import dpm, load_reader
+    from engine.mechanisms import dpm
+    from engine.reader import load_reader
 
     root = tmp_path_factory.mktemp("models")
     folder = make_tiny_reader(seed=0).save(root / "tiny-reader")

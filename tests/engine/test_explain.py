@@ -8,7 +8,7 @@ import pytest
 
 from engine.explain import Explanation, PredictError, Predictor, predict, retrieve
 from engine.memory import Memory
-from engine.models.tiny import make_tiny_reader
+from engine.reader.tiny import make_tiny_reader
 
 from .test_dpm import OSLO, PARIS, PROMPT, ROME, copy_branch, random_branch
 
@@ -112,7 +112,7 @@ def test_context_mode_explains_with_attention_and_leave_one_out(tiny, zoo):
     rec = Predictor(tiny).predict(PROMPT, [zoo], mode="context", k=3, max_new_tokens=4)
     assert rec.mode == "context" and len(rec.retrieved) == 3
     assert rec.answer_without_memory == tiny.generate(PROMPT, max_new_tokens=4)
-    from engine.models.context import context_prompt
+    from engine.mechanisms.context import context_prompt
 
     assert rec.answer == tiny.generate(context_prompt(PROMPT, [r.text for r in rec.retrieved]), max_new_tokens=4)
     assert all(r.weight is not None and 0 <= r.weight <= 1 for r in rec.retrieved)
@@ -128,7 +128,7 @@ def test_mode_none_ignores_the_memory(tiny, zoo):
 def test_leave_one_out_changes_match_predictions_without_each_entry(tiny, zoo):
     br = random_branch(tiny)
     rec = Predictor(tiny, br).predict(PROMPT, [zoo], k=3, max_new_tokens=3)
-    from engine.models.dpm import DPMFusion
+    from engine.mechanisms.dpm import DPMFusion
 
     f = DPMFusion(tiny, br)
     ans = tiny.tokenizer(rec.answer, add_special_tokens=False)["input_ids"]
@@ -178,7 +178,8 @@ def test_html_escapes_user_text(tiny, tmp_path, encoder):
 @pytest.fixture(scope="module")
 def cli_models(tmp_path_factory):
     """A tiny reader saved as a model folder, and a copy branch saved for that loaded reader."""
-    from engine.models import dpm, load_reader
+    from engine.mechanisms import dpm
+    from engine.reader import load_reader
 
     root = tmp_path_factory.mktemp("models")
     folder = make_tiny_reader(seed=0).save(root / "tiny-reader")
@@ -248,7 +249,8 @@ def test_cli_predict_bad_input_is_one_line_and_status_2(cli_models, zoo_pack, tm
 
 @pytest.mark.slow
 def test_shipped_branch_follows_an_edited_fact_and_unplugged_is_the_base_reader(tmp_path, encoder):
-    from engine.models import dpm, load_reader
+    from engine.mechanisms import dpm
+    from engine.reader import load_reader
 
     reader = load_reader()
     p = Predictor(reader, dpm.load_default_branch(reader))

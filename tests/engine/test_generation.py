@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.models.generation import PromptStates, answer_end, cut_answer, greedy_generate, propose
-from engine.models.narrow import NarrowLinear, narrow_linears
-from engine.models.tiny import make_tiny_reader
+from engine.reader.generation import PromptStates, answer_end, cut_answer, greedy_generate, propose
+from engine.reader.narrow import NarrowLinear, narrow_linears
+from engine.reader.tiny import make_tiny_reader
 
 
 @pytest.mark.parametrize("text, answer", [

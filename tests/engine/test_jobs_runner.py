@@ -180,3 +180,13 @@ def test_bad_job_references_and_configs_are_refused_before_spawning(runner):
     with pytest.raises(KeyError):
         runner.resume(9999)
     assert runner.jobs() == []
+
+
+def test_a_saved_record_naming_a_moved_job_function_still_resumes(runner):
+    """Records made before issue 17 name 'engine.plugins.transe:train_transe'; resuming one
+    finds the function at its new place (in the parent's check and in the worker)."""
+    job_id = runner.records.insert("train_transe", "engine.plugins.transe:train_transe", json.dumps({}), "old")
+    runner.records.finish(job_id, "interrupted", error="worker exited with code -9")
+    res = runner.resume(job_id).wait(timeout=120)
+    # it ran the function (which refuses the empty config), not 'job module not found'
+    assert res.status == "failed" and "not found" not in (res.error or "") and "pack" in (res.error or "")

@@ -72,10 +72,10 @@ def test_a_callers_error_class_is_raised():
 def _readers():
     """(name, read(path), its error class, a good record) for every reader of JSONL files."""
     from engine.evaluate.plugins import load_probes
-    from engine.jobs.train_memory_reader import TrainDataError, read_examples
-    from engine.plugins.entities import read_triples
-    from engine.plugins.errors import PluginError, TriplesError
-    from engine.plugins.map_tune import read_holdout
+    from engine.mechanisms.dpm.train_branch import TrainDataError, read_examples
+    from engine.mechanisms.plugins.entities import read_triples
+    from engine.mechanisms.plugins.errors import PluginError, TriplesError
+    from engine.mechanisms.plugins.map_tune import read_holdout
     from engine.probe_files import EvalDataError, read_edits, read_probes
     from engine.store.corpus import CorpusError, parse_file
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.models.lru import LRU
+from engine.reader.lru import LRU
 
 
 def test_the_least_recently_used_key_goes_first():

@@ -11,10 +11,10 @@ from engine.evaluate import Probe, evaluate_edits, evaluate_probes
 from engine.evaluate.probes import answer_batch
 from engine.explain import Explanation, PredictError, Predictor
 from engine.memory import Memory
-from engine.models.tiny import make_tiny_reader
-from engine.plugins.embeddings import EntityEmbeddings
-from engine.plugins.entities import import_triples
-from engine.plugins.mapping import KnowledgePlugin, PluginInjector, default_plugin_dir
+from engine.reader.tiny import make_tiny_reader
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings
+from engine.mechanisms.plugins.entities import import_triples
+from engine.mechanisms.plugins.mapping import KnowledgePlugin, PluginInjector, default_plugin_dir
 from engine.probe_files import Edit
 
 from .test_dpm import copy_branch
@@ -188,7 +188,7 @@ def test_probe_and_edit_reports_name_the_plugins(tiny, branch, zoo):
 def cli_zoo(cli_models, tmp_path, encoder):
     """A closed zoo pack with its plugin beside it (PACK.plugin), plus a plugin of another reader and one of
     another entity set."""
-    from engine.models import load_reader
+    from engine.reader import load_reader
 
     reader = load_reader(cli_models[0])  # the reader the CLI will load
     path = tmp_path / "zoo.plugmem"

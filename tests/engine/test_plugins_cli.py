@@ -71,7 +71,7 @@ def test_embeddings_import_and_wrong_dimension(pack, tmp_path, capsys):
 
 
 def test_train_transe_then_map_tune(pack, tmp_path, capsys):
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     code, out, _ = _run(capsys, "train-transe", pack, "--dim", "8", "--epochs", "5", "--json")
     res = json.loads(out)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.plugins.embeddings import EntityEmbeddings, import_embeddings, save_embeddings
-from engine.plugins.errors import EmbeddingError
-from engine.plugins.transe import train_transe
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings, import_embeddings, save_embeddings
+from engine.mechanisms.plugins.errors import EmbeddingError
+from engine.mechanisms.plugins.transe import train_transe
 from engine.progress import JobCancelled
 from engine.store import Pack
 from tests.engine.test_plugins_fixtures import COUNTRIES, make_pack
@@ -138,7 +138,7 @@ def test_embeddings_for_another_entity_set_are_refused(tmp_path, pack_path):
     emb = EntityEmbeddings.load(pack_path.with_name(pack_path.name + ".embeddings"))
     other = tmp_path / "other"
     other.mkdir()
-    from engine.plugins.entities import import_triples
+    from engine.mechanisms.plugins.entities import import_triples
     from tests.engine.test_plugins_fixtures import write_jsonl
 
     with Pack.create(other / "o.plugmem") as pack:

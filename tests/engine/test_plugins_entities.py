@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.plugins.entities import EntityLinker, entity_facts, entity_rows, import_triples
-from engine.plugins.errors import TriplesError
+from engine.mechanisms.plugins.entities import EntityLinker, entity_facts, entity_rows, import_triples
+from engine.mechanisms.plugins.errors import TriplesError
 from engine.store import Pack, PackError
 from tests.engine.test_plugins_fixtures import triples, write_jsonl
 
@@ -191,7 +191,7 @@ def test_demo_packs_get_their_domains_entities_once(tmp_path):
     """The demo workspace's packs come with the entities of their domain (bundled triples),
     so the Entities tab and map-tuning work on the demo; a pack that has entities is left as it is."""
     from engine.demo import _import_demo_triples
-    from engine.plugins.entities import find_entity
+    from engine.mechanisms.plugins.entities import find_entity
 
     path = tmp_path / "geography.plugmem"
     Pack.create(path).close()

@@ -48,7 +48,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 def make_pack(tmp_path: Path, *, with_facts: bool = True):
     """A pack with the domain's triples (and facts as entries); returns its path."""
-    from engine.plugins.entities import import_triples
+    from engine.mechanisms.plugins.entities import import_triples
     from engine.store import Pack
 
     path = tmp_path / "geo.plugmem"

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from engine.plugins.errors import PluginError
-from engine.plugins.map_tune import Example, batch_losses, make_examples, map_tune
-from engine.plugins.mapping import build_inputs_embeds, load_plugin
-from engine.plugins.transe import train_transe
+from engine.mechanisms.plugins.errors import PluginError
+from engine.mechanisms.plugins.map_tune import Example, batch_losses, make_examples, map_tune
+from engine.mechanisms.plugins.mapping import build_inputs_embeds, load_plugin
+from engine.mechanisms.plugins.transe import train_transe
 from engine.progress import JobCancelled
 from engine.store import Pack
 from tests.engine.test_plugins_fixtures import make_pack
@@ -17,7 +17,7 @@ from tests.engine.test_plugins_fixtures import make_pack
 
 @pytest.fixture(scope="module")
 def reader():
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     return make_tiny_reader(0)
 
@@ -54,9 +54,9 @@ def _full_losses(reader, plugin, batch, inject):
 
 
 def test_examples_and_prefix_cached_losses_match_a_full_pass(reader, pack_path):
-    from engine.plugins.embeddings import EntityEmbeddings
-    from engine.plugins.entities import EntityLinker
-    from engine.plugins.mapping import KnowledgePlugin
+    from engine.mechanisms.plugins.embeddings import EntityEmbeddings
+    from engine.mechanisms.plugins.entities import EntityLinker
+    from engine.mechanisms.plugins.mapping import KnowledgePlugin
 
     with Pack.open(pack_path, readonly=True) as pack:
         linker = EntityLinker.from_pack(pack)
@@ -103,7 +103,7 @@ def test_map_tuning_learns_and_saves_a_plugin(reader, pack_path):
 
 def test_held_out_entities_are_never_trained_on(reader, pack_path):
     seen = []
-    import engine.plugins.map_tune as mt
+    import engine.mechanisms.plugins.map_tune as mt
 
     real = mt.batch_losses
 
@@ -157,7 +157,7 @@ def test_bad_configs(reader, pack_path, tmp_path):
 
 def test_evaluation_on_held_out_entities(reader, pack_path, tmp_path):
     from engine.evaluate.plugins import evaluate_probes, format_table, heldout_mention_loss, load_probes
-    from engine.plugins.mapping import PluginInjector
+    from engine.mechanisms.plugins.mapping import PluginInjector
 
     map_tune(_cfg(pack_path, max_steps=4), reader=reader)
     probes = tmp_path / "probes.jsonl"

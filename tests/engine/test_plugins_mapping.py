@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.plugins.embeddings import EntityEmbeddings
-from engine.plugins.errors import PluginError
-from engine.plugins.mapping import (
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings
+from engine.mechanisms.plugins.errors import PluginError
+from engine.mechanisms.plugins.mapping import (
     KnowledgePlugin,
     PluginInjector,
     build_inputs_embeds,
@@ -20,7 +20,7 @@ from tests.engine.test_plugins_fixtures import make_pack
 
 @pytest.fixture(scope="module")
 def reader():
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     return make_tiny_reader(0)
 
@@ -135,7 +135,7 @@ def test_leave_one_out_matches_separate_passes(reader, pack_path):
 
 
 def test_two_plugins_longest_mention_wins(reader, tmp_path, pack_path):
-    from engine.plugins.entities import import_triples
+    from engine.mechanisms.plugins.entities import import_triples
     from tests.engine.test_plugins_fixtures import write_jsonl
 
     other = tmp_path / "other"
@@ -152,7 +152,7 @@ def test_two_plugins_longest_mention_wins(reader, tmp_path, pack_path):
 
 
 def test_save_load_roundtrip_and_refusals(reader, tmp_path, pack_path):
-    from engine.models.tiny import make_tiny_reader
+    from engine.reader.tiny import make_tiny_reader
 
     plugin = _plugin(reader, pack_path)
     folder = plugin.save(tmp_path / "plug")
@@ -164,7 +164,7 @@ def test_save_load_roundtrip_and_refusals(reader, tmp_path, pack_path):
     assert again.linker().link("Nippon")[0].entity_id == plugin.linker().link("Japan")[0].entity_id
     with pytest.raises(PluginError, match="was trained for the reader 'tiny-llama-seed0', not the loaded 'tiny-llama-seed1'"):
         load_plugin(folder, make_tiny_reader(1))
-    from engine.plugins.entities import import_triples
+    from engine.mechanisms.plugins.entities import import_triples
     from tests.engine.test_plugins_fixtures import write_jsonl
 
     with Pack.create(tmp_path / "x.plugmem") as other:

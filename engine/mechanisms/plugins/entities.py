@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from engine.jsonl import JsonlError, json_lines, read_text
-from engine.plugins.errors import TriplesError
+from engine.mechanisms.plugins.errors import TriplesError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Job: map-tuning, i.e. training a knowledge plugin's mapping network with the reader frozen.
 
 Data: the pack's active entries. Each entry's entity mentions are linked
-(:class:`~engine.plugins.entities.EntityLinker`); before each mention of a training
+(:class:`~engine.mechanisms.plugins.entities.EntityLinker`); before each mention of a training
 entity the mapped vector ``M(e)`` is inserted, and the reader must predict the
 mention's tokens from it -- the causal-LM form of mention-masked language modelling
 (in a left-to-right reader the mention is not visible before it is predicted, so no
@@ -35,10 +35,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from engine.plugins.embeddings import EntityEmbeddings, atomic_write, default_embeddings_dir
-from engine.plugins.entities import EntityLinker
-from engine.plugins.errors import PluginError
-from engine.plugins.mapping import KnowledgePlugin, build_inputs_embeds, default_plugin_dir, mention_tokens, \
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings, atomic_write, default_embeddings_dir
+from engine.mechanisms.plugins.entities import EntityLinker
+from engine.mechanisms.plugins.errors import PluginError
+from engine.mechanisms.plugins.mapping import KnowledgePlugin, build_inputs_embeds, default_plugin_dir, mention_tokens, \
     read_plugin_config, tokens_with_offsets
 from engine.probe_files import EvalDataError, read_probes
 from engine.progress import JobCancelled, wrap_progress
@@ -463,7 +463,7 @@ def map_tune(
     say(0.0, f"{len(texts):,} entries, {len(emb):,} entity embeddings, {len(held)} held-out entities")
 
     if reader is None:
-        from engine.models.reader import load_reader
+        from engine.reader.reader import load_reader
 
         say(0.0, "loading the reader")
         reader = load_reader(cfg.reader, cfg.device)

@@ -3,7 +3,7 @@
 ``"Facts:\\n- <entry>\\n- <entry>\\n\\n<prompt>"``: the reader reads the entries as
 context. No training, works with any reader, but a small reader follows a
 counterfactual fact in its context only about half the time (docs/FACTS). Offers the
-same interface as ``engine.models.dpm.DPMFusion`` so explanations are built the same
+same interface as ``engine.mechanisms.dpm.DPMFusion`` so explanations are built the same
 way whatever the mode.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Sequence
 
 import torch
 
-from engine.models.dpm import LeaveOneOut, answer_logprob_rows
+from engine.mechanisms.base import LeaveOneOut
+from engine.reader.batching import answer_logprob_rows
 
 log = logging.getLogger(__name__)
 

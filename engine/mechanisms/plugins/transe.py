@@ -12,7 +12,7 @@ Checkpoints (``<out>/checkpoint.pt``: tensors, optimizer, epoch, loss curve, the
 training config and a fingerprint of the triples) are written through a temporary
 file and ``os.replace`` every ``checkpoint_every`` epochs and when cancelled; running
 the same config again resumes from the last one. The result is an
-:class:`~engine.plugins.embeddings.EntityEmbeddings` folder (default
+:class:`~engine.mechanisms.plugins.embeddings.EntityEmbeddings` folder (default
 ``<pack>.embeddings/``).
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from engine.artefacts import check_size
-from engine.plugins.embeddings import CONFIG, EntityEmbeddings, atomic_write, default_embeddings_dir
-from engine.plugins.errors import EmbeddingError, PluginError
+from engine.mechanisms.plugins.embeddings import CONFIG, EntityEmbeddings, atomic_write, default_embeddings_dir
+from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
 from engine.progress import JobCancelled, wrap_progress
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ only the last M layers.
 Checkpoints (branch + optimizer + step + config) go to ``<out>/checkpoint.pt`` via a
 temporary file and ``os.replace``; a new run with the same ``out`` resumes from it.
 Cancelling (``should_stop``) writes a checkpoint of the last completed step and
-raises ``JobCancelled``. The trained branch is saved with ``engine.models.dpm.save``
+raises ``JobCancelled``. The trained branch is saved with ``engine.mechanisms.dpm.save``
 into ``out`` (``config.json`` + ``model.safetensors``).
 
 Reproduce the shipped branch: see ``resources/branches/README.md``.
@@ -40,8 +40,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from engine.models import dpm as dpm_io
-from engine.models.dpm import DPMConfig, MemoryBranch, attach, lower_states as _lower_states, pad_left
+from engine.mechanisms import dpm as dpm_io
+from engine.mechanisms.dpm import DPMConfig, MemoryBranch, attach, lower_states as _lower_states
 from engine.jsonl import JsonlError, read_jsonl
 from engine.progress import JobCancelled, accepts_metrics
 
@@ -271,7 +271,7 @@ def train_memory_reader(
     examples = read_examples(cfg.data)
     say(0.0, f"read {len(examples):,} examples")
     if reader is None:
-        from engine.models.reader import load_reader
+        from engine.reader.reader import load_reader
 
         reader = load_reader(cfg.reader, cfg.device)
     dev = reader.device

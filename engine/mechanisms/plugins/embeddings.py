@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.artefacts import check_fields, check_size, read_format_config, tensor_shapes
 from engine.jsonl import JsonlError, read_text
-from engine.plugins.errors import EmbeddingError
+from engine.mechanisms.plugins.errors import EmbeddingError
 
 log = logging.getLogger(__name__)
 

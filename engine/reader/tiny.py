@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from engine.device import pick_device
-from engine.models.reader import Reader, default_tokenizer
+from engine.reader.reader import Reader, default_tokenizer
 
 #: model_type -> (config class name, model class name) for the verified architectures.
 _CLASSES = {

@@ -1,5 +1,5 @@
 """Models: the reader (frozen causal LM) and, later, the knowledge mechanisms around it."""
-from engine.models.reader import (
+from engine.reader.reader import (
     DEFAULT_NAME,
     SUPPORTED_ARCHITECTURES,
     Reader,
