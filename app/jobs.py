@@ -60,6 +60,11 @@ class LiveJob:
     on_end: Callable[..., None] | None = None
 
 
+def ended_text(status: str, message: str) -> str:
+    """What the ``failed`` signal says of a job that did not finish: 'failed: reason'."""
+    return f"{status}: {message}" if message else status
+
+
 def _get(obj: Any, name: str, default: Any = None) -> Any:
     if isinstance(obj, dict):
         return obj.get(name, default)
@@ -420,8 +425,7 @@ class JobWatcher(QObject):
             job.fraction = 1.0
             self.finished.emit(job.id, result)
         else:
-            text = f"{status}: {message}" if message else status
-            self.failed.emit(job.id, text)
+            self.failed.emit(job.id, ended_text(status, message))
         if job.on_end is not None:
             try:
                 job.on_end(job.id, status, result)

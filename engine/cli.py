@@ -342,11 +342,10 @@ def _undo_redo(a, out: Output, *, undo: bool) -> int:
     with _open_memory(a.pack, out) as mem:
         ch = mem.undo(a.author) if undo else mem.redo(a.author)
         if ch is None:
-            human = "nothing to undo" if undo else "nothing to redo"
-        else:
-            recs = [r for r in mem.pack.history(limit=max(len(ch.ids), 1) + 10) if r.change_id == ch.change_id]
-            human = f"{'Undid' if undo else 'Redid'}: {_undone_what(ch.label, recs)}"
-        out.emit(_change_dict(ch), human)
+            out.emit(_change_dict(ch), "nothing to undo" if undo else "nothing to redo")
+        else:  # the change's own history rows say which fields it touched; read only for the human text
+            out.emit(_change_dict(ch), lambda: f"{'Undid' if undo else 'Redid'}: "
+                                               f"{_undone_what(ch.label, mem.pack.history(change_id=ch.change_id))}")
     return 0
 
 

@@ -36,11 +36,11 @@ from PySide6.QtWidgets import (
 from app.context import AppContext
 from app.views.text_diff import diff_html
 from engine.store import MAX_TEXT_CHARS, ValidationError, validate_fields
+from engine.store.pack import FIELDS
 from engine.store.wording import describe_history
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("title", "text", "source", "tags", "status")
 # Edit → Undo / Redo use these same keys; the editor's fields hand them on (see PackUndoKeys)
 UNDO_KEYS = (QKeySequence("Ctrl+Z"),)
 REDO_KEYS = (QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y"))

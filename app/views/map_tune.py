@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.context import AppContext
+from app.jobs import ended_text
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,6 @@ class PluginTrainer(QObject):
         super().__init__(parent)
         self.ctx = ctx
         self.running: dict[str, str] = {}  # pack path -> id of its running job
-        self._errors: dict[str, str] = {}  # job id -> failure message
-        ctx.jobs.failed.connect(self._job_failed)
 
     def is_running(self, pack: str) -> bool:
         return pack in self.running
@@ -164,7 +163,7 @@ class PluginTrainer(QObject):
             if status == "done":
                 then()
                 return
-            msg = self._errors.pop(str(job_id), status)
+            msg = ended_text(status, self.ctx.jobs.end_message(job_id))
             self.stopped.emit(pack, status)
             if status == "cancelled":
                 self.ctx.notifier.info(f"{title}: cancelled; start it again with the same options to resume.")
@@ -180,9 +179,6 @@ class PluginTrainer(QObject):
         self.running[pack] = jid
         self.job_started.emit(pack, jid, kind)
         return jid
-
-    def _job_failed(self, job_id: str, message: str) -> None:
-        self._errors[str(job_id)] = message
 
 
 class MapTuneDialog(QDialog):

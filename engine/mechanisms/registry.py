@@ -76,7 +76,7 @@ def choose_mode(asked: str, *, has_branch: bool, doing: str = "answered") -> Mod
     """The mode to run ``asked`` in, given what is loaded: a mode whose artefact is missing
     falls back (dpm without a branch → context) and says so."""
     spec = mechanism(asked)
-    if spec.artefact == "memory branch" and not has_branch and spec.fallback:
+    if spec.fallback and not has_branch:  # only the memory branch has a fallback
         fb = mechanism(spec.fallback)
         return ModeChoice(fb.name, f"No {spec.artefact} for this reader: {doing} with the entries "
                                    f"{fb.label[0].lower()}{fb.label[1:]}.")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-FIELDS = ("title", "text", "source", "tags", "status")
+from engine.store.pack import FIELDS
 
 _STATUS_WORDS = {("active", "deleted"): "deleted", ("disabled", "deleted"): "deleted", ("deleted", "active"): "restored",
                  ("deleted", "disabled"): "restored (disabled)", ("active", "disabled"): "disabled",
