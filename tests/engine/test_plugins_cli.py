@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.plugins.cli import main, register
+from engine.cli import main
 from tests.engine.test_plugins_fixtures import triples, write_jsonl
 
 
@@ -85,13 +85,15 @@ def test_train_transe_then_map_tune(pack, tmp_path, capsys):
     assert (pack.parent / "geo.plugmem.plugin" / "model.safetensors").is_file()
 
 
-def test_register_adds_the_commands_to_a_parser_with_common_options():
+def test_add_parsers_adds_the_commands_to_a_parser_with_common_options():
+    from engine.cli.plugins import add_parsers
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true")
     common.add_argument("-q", "--quiet", action="store_true")
     p = argparse.ArgumentParser(prog="plugmem")
     sub = p.add_subparsers(dest="cmd", required=True)
-    register(sub, parents=[common])
+    add_parsers(sub, common)
     a = p.parse_args(["triples", "import", "x.plugmem", "t.jsonl", "--json"])
     assert a.json and a.files == ["t.jsonl"] and callable(a.fn)
     a = p.parse_args(["map-tune", "x.plugmem", "--fact-weight", "0.5", "--holdout-probes", "p.jsonl"])

@@ -1,6 +1,4 @@
-"""`plugmem` subcommands of the knowledge-plugin mechanism.
-
-``register(subparsers, parents=[common])`` adds::
+"""The knowledge-plugin commands (the mechanism is engine.mechanisms.plugins)::
 
     plugmem triples import PACK FILE... [--no-new-entities]
     plugmem triples list PACK [--entity NAME] [--limit N]
@@ -9,41 +7,34 @@
     plugmem train-transe PACK [--dim 64] [--epochs 300] ... [--out DIR] [--force]
     plugmem map-tune PACK [--holdout-probes FILE] [--fact-weight W] [--max-steps N] ... [--out DIR]
 
-Each command prints human text, or one JSON document with ``--json``; bad input
-raises ``engine.cli.CliError`` (exit 2, one line); Ctrl+C stops a training job at its
-next step with a checkpoint (exit 130), and the same command resumes it.
-``python -m engine.plugins.cli ...`` runs the same commands standalone.
+The mechanism's errors (PluginError) become the one-line bad input (exit 2); Ctrl+C
+stops a training job at its next step with a checkpoint (exit 130), and the same
+command resumes it.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from typing import Any, Sequence
+from typing import Any
 
-from engine.cli_args import OneLineParser, non_negative, positive
+from engine.cli.common import EXIT_INTERRUPTED, CliError, Output, ProgressBar, StopFlag, add_command
+from engine.cli_args import non_negative, positive
 from engine.mechanisms.plugins.errors import PluginError
 
 
-def _cli():
-    import engine.cli as cli
-
-    return cli
-
-
 def _open_pack(path: str, readonly: bool = False):
+    """The pack as the mechanism opens it: a missing file is the store's own error, read-only where only read."""
     from engine.store import Pack
 
     return Pack.open(path, readonly=readonly)
 
 
-def _run_job(label: str, a, fn, config: dict[str, Any], **kw: Any):
-    """Run a job in-process with a progress bar and Ctrl+C → should_stop; returns its result or None if cancelled."""
+def _run_training(label: str, a, fn, config: dict[str, Any], **kw: Any):
+    """Run a training job in-process with a progress bar and Ctrl+C -> should_stop; its result, or None if cancelled."""
     from engine.progress import JobCancelled
 
-    cli = _cli()
-    bar = cli.ProgressBar(label, enabled=not a.json and not a.quiet)
-    stop = cli._StopFlag()
+    bar = ProgressBar(label, enabled=not a.json and not a.quiet)
+    stop = StopFlag()
     try:
         with stop:
             return fn(config, progress=bar, should_stop=stop, **kw)
@@ -55,8 +46,7 @@ def _run_job(label: str, a, fn, config: dict[str, Any], **kw: Any):
         bar.close()
 
 
-# ---------------------------------------------------------------------------- commands
-def cmd_triples_import(a, out) -> int:
+def cmd_triples_import(a, out: Output) -> int:
     from engine.mechanisms.plugins.entities import import_triples
 
     with _open_pack(a.pack) as pack:
@@ -126,9 +116,9 @@ def cmd_train_transe(a, out) -> int:
     cfg = {"pack": a.pack, "out": a.out, "dim": a.dim, "epochs": a.epochs, "batch": a.batch, "lr": a.lr,
            "margin": a.margin, "p_norm": a.p_norm, "negatives": a.negatives, "seed": a.seed, "device": a.device,
            "force": a.force}
-    res = _run_job("train-transe", a, train_transe, cfg)
+    res = _run_training("train-transe", a, train_transe, cfg)
     if res is None:
-        return _cli().EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     out.emit(res, lambda: (f"TransE: {res['entities']:,} entities + {res['literals']:,} literal nodes, "
                            f"{res['relations']} relations, {res['triples']:,} triples; {res['epochs_done']} epochs, "
                            f"final loss {res['losses'][-1]:.4f}, tail hits@10 {res['tail_hits_at_10']:.3f}; "
@@ -145,9 +135,9 @@ def cmd_map_tune(a, out) -> int:
            "holdout_entities": [s.strip() for s in (a.holdout_entities or "").split(",") if s.strip()],
            "val_fraction": a.val_fraction, "eval_every": a.eval_every, "patience": a.patience, "seed": a.seed,
            "device": a.device, "threads": a.threads, "max_minutes": a.max_minutes, "force": a.force}
-    res = _run_job("map-tune", a, map_tune, cfg)
+    res = _run_training("map-tune", a, map_tune, cfg)
     if res is None:
-        return _cli().EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     out.emit(res, lambda: (f"map-tuned {res['steps_done']} steps on {res['examples']['train']:,} sentences "
                            f"({res['entities']['training']} training, {res['entities']['validation']} validation, "
                            f"{res['entities']['held_out']} held-out entities); validation mention loss "
@@ -164,29 +154,16 @@ def _guard(fn):
         try:
             return fn(a, out)
         except PluginError as exc:
-            raise _cli().CliError(str(exc)) from None
+            raise CliError(str(exc)) from None
 
     run.__name__ = fn.__name__
     return run
 
 
-# ---------------------------------------------------------------------------- parser
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print one JSON document")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress or notices on stderr")
-    common.add_argument("--author", default=os.environ.get("PLUGMEM_AUTHOR"), help="name recorded in history")
-    return common
-
-
-def register(subparsers, parents: Sequence[argparse.ArgumentParser] | None = None) -> None:
-    """Add the knowledge-plugin commands to ``plugmem``'s subparsers (``parents``: its common options)."""
-    parents = list(parents) if parents else [_common()]
-
+# ---------------------------------------------------------------------------- parsers
+def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     def add(sub, name: str, fn, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, parents=parents, help=help, description=help)
-        sp.set_defaults(fn=_guard(fn))
-        return sp
+        return add_command(sub, [common], name, _guard(fn), help)
 
     tp = subparsers.add_parser("triples", help="entities and triples of a pack (import, list)",
                                description="entities and triples of a pack")
@@ -257,32 +234,3 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser] | None = Non
     sp.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
     sp.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long, keeping the best state")
     sp.add_argument("--force", action="store_true", help="start over; replace a plugin already in --out")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import logging
-
-    cli = _cli()
-    logging.basicConfig(level=os.environ.get("PLUGMEM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    p = OneLineParser(prog="python -m engine.plugins.cli", description="PlugMem knowledge plugins")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    register(sub)
-    a = p.parse_args(argv)
-    out = cli.Output(a.json, a.quiet)
-    from engine.errors import user_errors
-
-    try:
-        return a.fn(a, out)
-    except cli.CliError as exc:
-        print(cli.terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
-        return cli.EXIT_BAD_INPUT
-    except user_errors() as exc:
-        print(cli.terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
-        return cli.EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("plugmem: interrupted", file=sys.stderr)
-        return cli.EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())
