@@ -6,6 +6,7 @@
     plugmem embeddings import PACK FILE [--ids IDS] [--by-id] [--dim N] [--out DIR] [--force]
     plugmem train-transe PACK [--dim 64] [--epochs 300] ... [--out DIR] [--force]
     plugmem map-tune PACK [--holdout-probes FILE] [--fact-weight W] [--max-steps N] ... [--out DIR]
+    plugmem eval-plugin PACK --probes FILE [--plugin DIR] [--memory] [--sample N] [--report OUT]
 
 The mechanism's errors (PluginError) become the one-line bad input (exit 2); Ctrl+C
 stops a training job at its next step with a checkpoint (exit 130), and the same
@@ -14,12 +15,16 @@ command resumes it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from engine.cli.common import EXIT_INTERRUPTED, CliError, Output, ProgressBar, StopFlag, add_command
-from engine.cli_args import non_negative, positive
+from engine.cli_args import non_negative, positive, retrieved
 from engine.mechanisms.plugins.errors import PluginError
+from engine.probe_files import EvalDataError
 
 
 def _open_pack(path: str, readonly: bool = False):
@@ -147,13 +152,81 @@ def cmd_map_tune(a, out) -> int:
     return 0
 
 
+def cmd_eval_plugin(a, out: Output) -> int:
+    """A knowledge plugin on held-out entity probes (and their mention loss), on the bare reader."""
+    from engine.evaluate.plugins import evaluate_probes, format_table, heldout_mention_loss, load_probes
+    from engine.mechanisms.plugins.map_tune import read_holdout
+    from engine.mechanisms.plugins.mapping import PluginInjector, default_plugin_dir, read_plugin_config
+    from engine.session import open_session
+    from engine.store import Pack
+
+    # a wrong pack or plugin folder fails here, before the reader loads
+    if not Path(a.pack).is_file():
+        raise CliError(f"{a.pack}: no such pack")
+    folder = Path(a.plugin) if a.plugin else default_plugin_dir(a.pack)
+    if not folder.is_dir():
+        raise CliError(f"{folder}: no such plugin folder (train one with `plugmem map-tune {a.pack}`)")
+    read_plugin_config(folder)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    probes = load_probes(a.probes, [s for s in a.splits.split(",") if s] or None, paraphrases=a.paraphrases)
+    if a.sample and len(probes) > a.sample:
+        import numpy as np
+
+        pick = np.random.default_rng(a.seed).choice(len(probes), size=a.sample, replace=False)
+        probes = [probes[i] for i in sorted(pick.tolist())]
+    session = open_session(a.reader, branch=None)  # the plugin alone, on the bare reader
+    with Pack.open(a.pack, readonly=True) as pack:
+        plugin = session.add_plugin(folder, pack)
+        held = read_holdout(pack, [], [a.probes])
+        mention: dict[str, Any] = {}
+        if a.mention_sentences > 0:
+            t0 = time.perf_counter()
+            mention = heldout_mention_loss(session.reader, plugin, pack, held, max_sentences=a.mention_sentences,
+                                           seed=a.seed)
+            mention["seconds"] = round(time.perf_counter() - t0, 1)
+    memory = None
+    if a.memory:
+        from engine.memory import Memory
+
+        memory = Memory.open(a.pack, on_message=out.info)
+    bar = ProgressBar("eval-plugin", enabled=not a.json and not a.quiet)
+    try:
+        report = evaluate_probes(PluginInjector(session.reader, plugin), probes, memory=memory, k=a.k, progress=bar)
+    finally:
+        bar.close()
+        if memory is not None:
+            memory.close()
+    report["mention_loss"] = mention
+    report["plugin"] = {"folder": str(folder), "training": plugin.training}
+    if a.report:
+        try:
+            Path(a.report).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"{a.report}: cannot write the report ({exc.strerror or exc})") from None
+
+    def human() -> str:
+        text = format_table(report)
+        if mention:
+            text += (f"\n\nheld-out mention loss: plugin {mention['mention_loss_plugin']:.4f}, bare reader "
+                     f"{mention['mention_loss_reader']:.4f} over {mention['sentences']} sentences; loss on the rest "
+                     f"of those sentences (facts): plugin {mention['fact_loss_plugin']:.4f}, bare reader "
+                     f"{mention['fact_loss_reader']:.4f}")
+        return text
+
+    out.emit(report, human)
+    return 0
+
+
 def _guard(fn):
     """Turn this mechanism's errors into the CLI's one-line bad-input failure."""
 
     def run(a, out) -> int:
         try:
             return fn(a, out)
-        except PluginError as exc:
+        except (PluginError, EvalDataError) as exc:
             raise CliError(str(exc)) from None
 
     run.__name__ = fn.__name__
@@ -234,3 +307,22 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
     sp.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long, keeping the best state")
     sp.add_argument("--force", action="store_true", help="start over; replace a plugin already in --out")
+
+    # was `python -m engine.plugins.evaluate`; the full report goes to --report OUT (it was --json OUT)
+    sp = add(subparsers, "eval-plugin", cmd_eval_plugin,
+             "a knowledge plugin on held-out entity probes: accuracy with and without it, per relation, "
+             "and the held-out mention loss (bare reader, no DPM branch)")
+    sp.add_argument("pack")
+    sp.add_argument("--plugin", help="plugin folder (default: <pack>.plugin)")
+    sp.add_argument("--probes", required=True, help="probes JSONL (e.g. resources/demo/geography/probes_heldout.jsonl)")
+    sp.add_argument("--splits", default="heldout_entity,heldout_both", help="comma-separated probe splits ('' = all)")
+    sp.add_argument("--paraphrases", action="store_true", help="also ask every paraphrase")
+    sp.add_argument("--memory", action="store_true", help="also evaluate with the pack as context memory (top-k)")
+    sp.add_argument("-k", type=retrieved, default=3)
+    sp.add_argument("--reader", default=None, help="reader model folder (default: SmolLM2-135M-Instruct)")
+    sp.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
+    sp.add_argument("--sample", type=non_negative, default=0, help="evaluate a seeded random sample of N probes")
+    sp.add_argument("--seed", type=non_negative, default=0)
+    sp.add_argument("--mention-sentences", type=non_negative, default=200,
+                    help="held-out sentences for the mention loss (seeded sample; 0 = skip it)")
+    sp.add_argument("--report", metavar="OUT", help="also write the full report (every probe) to this JSON file")
