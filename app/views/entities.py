@@ -161,7 +161,8 @@ class EntitiesView(QWidget):
         hh.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         fm = self.fontMetrics()  # sized to fit the tab at 1280 px, aliases taking the rest
         self.table.setColumnWidth(0, fm.averageCharWidth() * 22)
-        self.table.setColumnWidth(2, fm.horizontalAdvance("triples") + 28)
+        # the header's own measure (bold, padded by the style sheet): the font's cut it to "tripl…"
+        self.table.setColumnWidth(2, max(fm.horizontalAdvance("00000") + 28, hh.sectionSizeHint(2)))
 
         self.entity_label = QLabel("Select an entity to see its triples.")
         self.entity_label.setObjectName("SectionLabel")
