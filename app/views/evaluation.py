@@ -327,10 +327,11 @@ class EvaluationView(QWidget):
         split.addWidget(below)
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 2)
-        # the runs table shows the header and about three runs (one, at 1280 x 800, before):
-        # runs are picked there to be compared
-        rows = self.fontMetrics().height() + 14
-        split.setSizes([rows * 4 + 8, 500])
+        # the runs table shows its header and two runs whole (one, at 1280 x 800, before): runs
+        # are picked there to be compared; a run's name wraps onto about three lines at 1280 px,
+        # the figures' titles onto two
+        fh = self.fontMetrics().height()
+        split.setSizes([2 * fh + 12 + (3 * fh + 10) * 2 + 8, 500])
         self.splitter = split
 
         self.empty = QLabel(EMPTY_STATE)
@@ -556,9 +557,9 @@ class EvaluationView(QWidget):
                 item.setToolTip(f"{r.file}\nreader: {r.reader}")
                 self.table.setItem(row, col, item)
         self.table.blockSignals(False)
-        # packs: as wide as the longest list, up to a sixth of the table (then they wrap)
+        # packs: as wide as the longest list, up to an eighth of the table (then they wrap)
         room = max(self.table.viewport().width(), 480)
-        self.table.setColumnWidth(3, min(max(self.table.sizeHintForColumn(3), 60), room // 6))
+        self.table.setColumnWidth(3, min(max(self.table.sizeHintForColumn(3), 60), room // 8))
 
     def selected_runs(self) -> list[EvalRun]:
         ids = {self.table.item(i.row(), 0).data(Qt.ItemDataRole.UserRole) for i in self.table.selectionModel().selectedRows()}
