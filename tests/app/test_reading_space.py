@@ -182,3 +182,34 @@ def test_a_narrower_window_and_a_larger_font_keep_the_controls_whole(qtbot, them
         assert "by meaning" in b.search_box.placeholderText() and cut_text_of(b.search_box, win) is None
     finally:
         qapp.setFont(font)
+
+
+def test_an_entitys_relations_read_whole(qtbot, themed, make_ctx, tmp_path, encoder):
+    """The Entities tab's triples: the relation was cut to "atomic_nu…", "goldschmid…"."""
+    import json
+
+    from engine.mechanisms.plugins.entities import import_triples
+    from engine.store import Pack
+
+    pack = make_pack(tmp_path / "ws" / "chemistry.plugmem", encoder)
+    rows = [("symbol", "C"), ("atomic_number", "6"), ("element_with_symbol", "Carbon"),
+            ("goldschmidt_class", "atmophile"), ("crystal_structure", "diamond cubic"),
+            ("electron_configuration", "[He] 2s2 2p2"), ("known_since", "antiquity")]
+    f = tmp_path / "triples.jsonl"
+    f.write_text("".join(json.dumps({"head": "Carbon", "relation": r, "tail": t}) + "\n" for r, t in rows))
+    with Pack.open(pack) as pk:
+        import_triples(pk, [f])
+    path = str(pack.resolve())
+    win = open_window(qtbot, make_ctx([path]), path)
+    win.resize(1280, 800)
+    win.fit_docks()
+    v = win.entities
+    win.tabs.setCurrentWidget(v)
+    qtbot.waitUntil(lambda: v.model.rowCount() >= 1, timeout=20_000)
+    with qtbot.waitSignal(v.triples_shown, timeout=10_000):
+        v.table.setCurrentIndex(v.proxy.index(v.row_names().index("Carbon"), 0))
+    qtbot.wait(50)
+    assert {r for r, _ in v.triple_rows()} == {r for r, _ in rows}
+    assert cut_cells(v.triples, skip=("source",)) == []  # relations whole, tails wrapped whole
+    src = v.triples.item(0, 2)
+    assert src.toolTip() == src.text()  # the cut source is whole in its tooltip
