@@ -331,7 +331,9 @@ class EvaluationView(QWidget):
         # are picked there to be compared; a run's name wraps onto about three lines at 1280 px,
         # the figures' titles onto two
         fh = self.fontMetrics().height()
-        split.setSizes([2 * fh + 12 + (3 * fh + 10) * 2 + 8, 500])
+        # (a splitter scales the sizes asked to the room it has: 300 for the rest keeps the runs'
+        # share at 1280 x 800, where 500 left them two thirds of it)
+        split.setSizes([2 * fh + 12 + (3 * fh + 10) * 2 + 8, 300])
         self.splitter = split
 
         self.empty = QLabel(EMPTY_STATE)
