@@ -220,7 +220,8 @@ class MainWindow(QMainWindow):
         self.device_label = QLabel("Device: loading encoder…")
         # pack and model names can be long: cut to the room left, whole in the tooltip
         self.plugged_label = ElidedLabel()
-        self.jobs_label = QLabel("No jobs running")
+        # a running job's title is long: cut like the names beside it, rather than cutting them
+        self.jobs_label = ElidedLabel("No jobs running")
         self.reader_label = ElidedLabel("Reader: not loaded")
         self.demo_bar = QProgressBar()
         self.demo_bar.setMaximumWidth(200)
@@ -384,8 +385,8 @@ class MainWindow(QMainWindow):
 
     def fit_docks(self) -> None:
         """Side docks in proportion to the window: the Workspace list as wide as its pack
-        names and counts need (at most 30 % of the window), the Entry dock a quarter; the
-        tabs get the rest (at 1280 px the fixed 330/360 cut the names to "chemi…")."""
+        names and counts need (at most 30 % of the window), the Entry dock what the tabs'
+        minimum leaves (at most 28 %) (at 1280 px the fixed 330/360 cut names to "chemi…")."""
         w = self.width()
         ws = min(max(self.workspace_panel.wanted_width(), self.workspace_panel.minimumWidth()), int(0.3 * w))
         sep = 2 * self.style().pixelMetric(self.style().PixelMetric.PM_DockWidgetSeparatorExtent, None, self)
