@@ -233,7 +233,9 @@ class MainWindow(QMainWindow):
         self.note_timer = QTimer(self)
         self.note_timer.setSingleShot(True)
         self.note_timer.timeout.connect(lambda: (self.note_label.setText(""), self.note_label.setVisible(False)))
-        sb.addPermanentWidget(self.note_label, 3)
+        # as wide as its note, no wider: with three fifths of the bar it cut the packs' and the
+        # reader's names beside a 190 px "no problems found"
+        sb.addPermanentWidget(self.note_label, 0)
         self.note_label.setVisible(False)  # shown with a note: while hidden, its room goes to the names beside it
         for w in (self.plugged_label, self.jobs_label, self.demo_bar, self.reader_label, self.device_label):
             sb.addPermanentWidget(w, 1 if isinstance(w, ElidedLabel) else 0)

@@ -112,7 +112,8 @@ def test_one_line_notes_are_visible_in_the_status_bar(qtbot, make_ctx, small_pac
     qtbot.waitUntil(lambda: "facts: no problems found" in win.note_label.text(), timeout=5_000)
     qtbot.wait(50)
     assert win.note_label.isVisible() and win.note_label.shown().startswith("facts: no problems")
-    assert win.note_label.width() >= 200
+    assert win.note_label.shown() == win.note_label.text()  # whole, and the names beside it too
+    assert win.plugged_label.shown() == win.plugged_label.text() == "Plugged in: facts"
     win.show_note("Explanation saved to /tmp/x.json", ms=50)
     assert win.note_label.shown().startswith("Explanation saved")
     qtbot.waitUntil(lambda: win.note_label.text() == "", timeout=2_000)
