@@ -237,12 +237,19 @@ class MainWindow(QMainWindow):
         # reader's names beside a 190 px "no problems found"
         sb.addPermanentWidget(self.note_label, 0)
         self.note_label.setVisible(False)  # shown with a note: while hidden, its room goes to the names beside it
+        # no stretch: each label asks for its whole text and is cut only when the bar has too
+        # little room for all (with stretch, the bar shared its room equally and cut the
+        # reader's long name beside a roomy "No jobs running")
         for w in (self.plugged_label, self.jobs_label, self.demo_bar, self.reader_label, self.device_label):
-            sb.addPermanentWidget(w, 1 if isinstance(w, ElidedLabel) else 0)
+            sb.addPermanentWidget(w, 0)
 
     def show_note(self, text: str, ms: int = 10_000) -> None:
         """Show a one-line note in the status bar for ``ms`` milliseconds."""
         self.note_label.setText(text.splitlines()[0] if text else "")
+        # whole up to 45 % of the bar (the bar's layout would give it only its 12-character
+        # minimum); + 16: app.qss pads status-bar labels 8 px a side, outside the size hint
+        want = self.note_label.sizeHint().width() + 16
+        self.note_label.setMinimumWidth(min(want, int(0.45 * self.width())) if text else 0)
         self.note_label.setVisible(bool(text))
         self.note_timer.start(ms)
 
