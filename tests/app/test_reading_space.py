@@ -213,3 +213,24 @@ def test_an_entitys_relations_read_whole(qtbot, themed, make_ctx, tmp_path, enco
     assert cut_cells(v.triples, skip=("source",)) == []  # relations whole, tails wrapped whole
     src = v.triples.item(0, 2)
     assert src.toolTip() == src.text()  # the cut source is whole in its tooltip
+
+
+def test_the_probes_under_review_read_whole_beside_long_paraphrases(qtbot, demo_like):
+    """Made probes, reviewed before they are saved: the prompt (what the user checks) was cut to
+    "Hydrogen was …" once the paraphrases, sized to their contents, took the room."""
+    from app.views.probe_maker import COLUMNS
+
+    win, paths = demo_like
+    v = win.evaluation
+    win.tabs.setCurrentWidget(v)
+    v.mode.setCurrentIndex(v.mode.findData("context"))
+    dlg = v.make_probes(paths[0])
+    dlg.make_btn.click()
+    qtbot.waitUntil(lambda: dlg.table.rowCount() > 0, timeout=10_000)
+    para = COLUMNS.index("paraphrases")
+    for r in range(dlg.table.rowCount()):  # paraphrases as long as the demo's
+        dlg.table.item(r, para).setText("The standard atomic weight of this element is | Its atomic weight is")
+    qtbot.wait(50)
+    others = tuple(c for c in COLUMNS if c != "prompt")
+    assert cut_cells(dlg.table, skip=others) == []
+    dlg.close()
