@@ -55,6 +55,10 @@ def make_entry_view(model: EntryTableModel) -> QTableView:
     hh = view.horizontalHeader()
     hh.setHighlightSections(False)
     hh.setStretchLastSection(False)
+    # status before source: with the score column of a search the status was pushed past the
+    # table's edge at 1280 px ("a…"); source and updated are the ones that scroll
+    cols = model.columns()
+    hh.moveSection(hh.visualIndex(cols.index("status")), hh.visualIndex(cols.index("source")))
     return view
 
 
@@ -346,6 +350,10 @@ class MemoryBrowser(QWidget):
             "updated": fm.horizontalAdvance("2026-11-27 16:09") + pad,
             "title": fm.horizontalAdvance("M" * 9) + pad,
         }
+        # the columns that sort show the arrow beside their (bold) title: room for both
+        hh = self.view.horizontalHeader()
+        for n in ("id", "score", "updated"):
+            fixed[n] = max(fixed[n], hh.sectionSizeHint(cols.index(n)))
         self._fitting = True
         avail = self.view.viewport().width() - 2
         used = sum(w for n, w in fixed.items() if not self.view.isColumnHidden(cols.index(n)))

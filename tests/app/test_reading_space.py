@@ -106,6 +106,16 @@ def test_workspace_list_evaluation_figures_and_status_bar_read_whole(qtbot, demo
     assert tree.columnWidth(0) >= tree.sizeHintForColumn(0)  # the names whole, not "chemi…"
     assert cut_cells(tree) == []  # and the counts and the encoder's name
     assert win.plugged_label.shown() == "Plugged in: chemistry, geography"
+    b = win.browser  # a search adds the score column: the status stays in view (it showed "a…")
+    with qtbot.waitSignal(b.search_done, timeout=20_000):
+        b.search_box.setText("capital")
+        b.run_search()
+    qtbot.wait(50)
+    status = b.model.columns().index("status")
+    assert not b.view.isColumnHidden(b.model.columns().index("score"))
+    hh = b.view.horizontalHeader()
+    assert hh.sectionViewportPosition(status) + b.view.columnWidth(status) <= b.view.viewport().width()
+    assert cut_cells(b.view, skip=LONG["EntryTable"]) == []
     v = win.evaluation
     win.tabs.setCurrentWidget(v)
     qtbot.waitUntil(lambda: v.detail.rowCount() == 2 + len(RELATIONS))
