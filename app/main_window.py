@@ -65,6 +65,7 @@ class MainWindow(QMainWindow):
         self.editor_dock = self._dock("Entry", self.editor, Qt.DockWidgetArea.RightDockWidgetArea)
         self.jobs_dock = self._dock("Jobs", self.jobs_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
         self.resizeDocks([self.workspace_dock, self.editor_dock], [330, 360], Qt.Orientation.Horizontal)
+        self._docks_fitted = False  # sized to their content at the first show (unless restored)
         # the Entry dock keeps the full height: the Jobs dock below the tabs never squeezes
         # its History list, and it is tall enough for four or five jobs
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
@@ -105,6 +106,7 @@ class MainWindow(QMainWindow):
         ctx.model.state_changed.connect(lambda st: self._update_reader_label())
         if restore:
             self.restore_state()
+        ctx.workspace_changed.connect(self._grow_workspace_dock)
         self.update_undo_actions()
         self._update_plugged()
         self._update_title()
@@ -218,7 +220,8 @@ class MainWindow(QMainWindow):
         self.device_label = QLabel("Device: loading encoder…")
         # pack and model names can be long: cut to the room left, whole in the tooltip
         self.plugged_label = ElidedLabel()
-        self.jobs_label = QLabel("No jobs running")
+        # a running job's title is long: cut like the names beside it, rather than cutting them
+        self.jobs_label = ElidedLabel("No jobs running")
         self.reader_label = ElidedLabel("Reader: not loaded")
         self.demo_bar = QProgressBar()
         self.demo_bar.setMaximumWidth(200)
@@ -229,14 +232,25 @@ class MainWindow(QMainWindow):
         self.note_label.setObjectName("statusNote")
         self.note_timer = QTimer(self)
         self.note_timer.setSingleShot(True)
-        self.note_timer.timeout.connect(lambda: self.note_label.setText(""))
-        sb.addPermanentWidget(self.note_label, 3)
+        self.note_timer.timeout.connect(lambda: (self.note_label.setText(""), self.note_label.setVisible(False)))
+        # as wide as its note, no wider: with three fifths of the bar it cut the packs' and the
+        # reader's names beside a 190 px "no problems found"
+        sb.addPermanentWidget(self.note_label, 0)
+        self.note_label.setVisible(False)  # shown with a note: while hidden, its room goes to the names beside it
+        # no stretch: each label asks for its whole text and is cut only when the bar has too
+        # little room for all (with stretch, the bar shared its room equally and cut the
+        # reader's long name beside a roomy "No jobs running")
         for w in (self.plugged_label, self.jobs_label, self.demo_bar, self.reader_label, self.device_label):
-            sb.addPermanentWidget(w, 1 if isinstance(w, ElidedLabel) else 0)
+            sb.addPermanentWidget(w, 0)
 
     def show_note(self, text: str, ms: int = 10_000) -> None:
         """Show a one-line note in the status bar for ``ms`` milliseconds."""
         self.note_label.setText(text.splitlines()[0] if text else "")
+        # whole up to 45 % of the bar (the bar's layout would give it only its 12-character
+        # minimum); + 16: app.qss pads status-bar labels 8 px a side, outside the size hint
+        want = self.note_label.sizeHint().width() + 16
+        self.note_label.setMinimumWidth(min(want, int(0.45 * self.width())) if text else 0)
+        self.note_label.setVisible(bool(text))
         self.note_timer.start(ms)
 
     # ------------------------------------------------------------------ undo / redo
@@ -371,6 +385,30 @@ class MainWindow(QMainWindow):
     def _note(self, level: str, text: str) -> None:
         self.show_note(text)
 
+    # ------------------------------------------------------------------ layout
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        if not self._docks_fitted:
+            self._docks_fitted = True
+            self.fit_docks()
+
+    def fit_docks(self) -> None:
+        """Side docks in proportion to the window: the Workspace list as wide as its pack
+        names and counts need (at most 30 % of the window), the Entry dock what the tabs'
+        minimum leaves (at most 28 %) (at 1280 px the fixed 330/360 cut names to "chemi…")."""
+        w = self.width()
+        ws = min(max(self.workspace_panel.wanted_width(), self.workspace_panel.minimumWidth()), int(0.3 * w))
+        sep = 2 * self.style().pixelMetric(self.style().PixelMetric.PM_DockWidgetSeparatorExtent, None, self)
+        rest = w - ws - self.centralWidget().minimumSizeHint().width() - sep - 4
+        ed = max(self.editor.minimumSizeHint().width(), min(int(0.28 * w), rest))
+        self.resizeDocks([self.workspace_dock, self.editor_dock], [ws, ed], Qt.Orientation.Horizontal)
+
+    def _grow_workspace_dock(self) -> None:
+        # a newly attached pack with a longer name: widen the list up to its share, never shrink it
+        want = min(self.workspace_panel.wanted_width(), int(0.3 * self.width()))
+        if self._docks_fitted and self.workspace_dock.isVisible() and want > self.workspace_dock.width():
+            self.resizeDocks([self.workspace_dock], [want], Qt.Orientation.Horizontal)
+
     # ------------------------------------------------------------------ state
     def restore_state(self) -> None:
         geo = load_state("geometry")
@@ -379,6 +417,7 @@ class MainWindow(QMainWindow):
         st = load_state("windowState")
         if st is not None:
             self.restoreState(st)
+            self._docks_fitted = True  # the user's dock sizes win
         hdr = load_state(self._header_key())
         if hdr is not None:
             self.browser.view.horizontalHeader().restoreState(hdr)

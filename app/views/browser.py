@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 
 from app.context import AppContext
 from app.models.entry_table import EntryTableModel
+from app.views.fit import MenuToolButton, fit_placeholder
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ def make_entry_view(model: EntryTableModel) -> QTableView:
     hh = view.horizontalHeader()
     hh.setHighlightSections(False)
     hh.setStretchLastSection(False)
+    # status before source: with the score column of a search the status was pushed past the
+    # table's edge at 1280 px ("a…"); source and updated are the ones that scroll
+    cols = model.columns()
+    hh.moveSection(hh.visualIndex(cols.index("status")), hh.visualIndex(cols.index("source")))
     return view
 
 
@@ -70,9 +75,10 @@ class MemoryBrowser(QWidget):
         self._tags_gen = 0
         self._shown_cv: int | None = None
 
-        self.search_box = QLineEdit(placeholderText="Search entries…  (full text)")
+        self.search_box = QLineEdit(placeholderText=self._placeholder("text"))
         self.search_box.setClearButtonEnabled(True)
         self.search_box.setObjectName("SearchBox")
+        fit_placeholder(self.search_box, [self._placeholder(key) for _, key in MODES])  # either mode's, whole
         self.mode = QComboBox()
         for label, key in MODES:
             self.mode.addItem(label, key)
@@ -89,7 +95,7 @@ class MemoryBrowser(QWidget):
 
         self.new_btn = QToolButton(text="New")
         self.new_btn.setToolTip("Add an entry to this pack (Ctrl+N)")
-        self.bulk_btn = QToolButton(text="Selected")
+        self.bulk_btn = MenuToolButton(text="Selected")  # room for its menu arrow
         self.bulk_btn.setToolTip("Disable, enable or delete the selected entries (one undo step)")
         self.bulk_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.act_disable = QAction("Disable", self)
@@ -102,13 +108,19 @@ class MemoryBrowser(QWidget):
             self.addAction(a)
         self.bulk_btn.setMenu(menu)
 
-        top = QHBoxLayout()
-        top.addWidget(self.search_box, 3)
-        top.addWidget(self.mode)
-        top.addWidget(self.status)
-        top.addWidget(self.tag)
-        top.addWidget(self.new_btn)
-        top.addWidget(self.bulk_btn)
+        # two rows: in one, the search box and five controls needed more than the 640 px a
+        # 1280 px window leaves the tabs, and the row's end ("Selected") was cut off
+        top = QVBoxLayout()
+        row1, row2 = QHBoxLayout(), QHBoxLayout()
+        row1.addWidget(self.search_box, 1)
+        row1.addWidget(self.mode)
+        row2.addWidget(self.status)
+        row2.addWidget(self.tag)
+        row2.addStretch(1)
+        row2.addWidget(self.new_btn)
+        row2.addWidget(self.bulk_btn)
+        top.addLayout(row1)
+        top.addLayout(row2)
 
         self.model = EntryTableModel(self)
         self.view = make_entry_view(self.model)
@@ -175,6 +187,10 @@ class MemoryBrowser(QWidget):
         i = self.mode.findData(ctx.settings.search_mode)
         self.mode.setCurrentIndex(max(0, i))
         self.show_pack(ctx.current or "")
+
+    @staticmethod
+    def _placeholder(mode: str) -> str:
+        return "Search entries…  (" + ("full text" if mode == "text" else "by meaning") + ")"
 
     # ------------------------------------------------------------------ pack
     def show_pack(self, path: str) -> None:
@@ -334,6 +350,10 @@ class MemoryBrowser(QWidget):
             "updated": fm.horizontalAdvance("2026-11-27 16:09") + pad,
             "title": fm.horizontalAdvance("M" * 9) + pad,
         }
+        # the columns that sort show the arrow beside their (bold) title: room for both
+        hh = self.view.horizontalHeader()
+        for n in ("id", "score", "updated"):
+            fixed[n] = max(fixed[n], hh.sectionSizeHint(cols.index(n)))
         self._fitting = True
         avail = self.view.viewport().width() - 2
         used = sum(w for n, w in fixed.items() if not self.view.isColumnHidden(cols.index(n)))
@@ -372,7 +392,7 @@ class MemoryBrowser(QWidget):
     def _mode_changed(self) -> None:
         mode = self.mode.currentData()
         self.ctx.settings.search_mode = mode
-        self.search_box.setPlaceholderText("Search entries…  (" + ("full text" if mode == "text" else "by meaning") + ")")
+        self.search_box.setPlaceholderText(self._placeholder(mode))
         if self.search_box.text().strip():
             self.run_search()
 

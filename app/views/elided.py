@@ -46,7 +46,9 @@ class ElidedLabel(QLabel):
     def sizeHint(self) -> QSize:  # noqa: N802
         fm = self.fontMetrics()
         m = self.contentsMargins()
-        return QSize(fm.horizontalAdvance(self._full) + m.left() + m.right() + 2, super().sizeHint().height())
+        # + 4: the 2 px _refresh keeps free, and 2 for elidedText measuring a pixel wider than
+        # horizontalAdvance (given exactly its hint, "Plugged in: facts" read "Plugged in: fa…")
+        return QSize(fm.horizontalAdvance(self._full) + m.left() + m.right() + 4, super().sizeHint().height())
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802
         fm = self.fontMetrics()

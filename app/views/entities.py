@@ -161,7 +161,8 @@ class EntitiesView(QWidget):
         hh.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         fm = self.fontMetrics()  # sized to fit the tab at 1280 px, aliases taking the rest
         self.table.setColumnWidth(0, fm.averageCharWidth() * 22)
-        self.table.setColumnWidth(2, fm.horizontalAdvance("triples") + 28)
+        # the header's own measure (bold, padded by the style sheet): the font's cut it to "tripl…"
+        self.table.setColumnWidth(2, max(fm.horizontalAdvance("00000") + 28, hh.sectionSizeHint(2)))
 
         self.entity_label = QLabel("Select an entity to see its triples.")
         self.entity_label.setObjectName("SectionLabel")
@@ -172,11 +173,15 @@ class EntitiesView(QWidget):
         self.triples.verticalHeader().setVisible(False)
         self.triples.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.triples.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.triples.setWordWrap(False)
-        self.triples.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
+        # the relation is read whole (it was cut to "atomic_nu…", "goldschmid…" at 1280 px): as
+        # wide as the longest; the tail takes the rest and wraps; the source is cut (whole in
+        # its tooltip)
+        self.triples.setWordWrap(True)
+        self.triples.verticalHeader().setMinimumSectionSize(self.fontMetrics().height() + 8)
+        self.triples.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         th = self.triples.horizontalHeader()
+        th.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         th.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        self.triples.setColumnWidth(0, fm.averageCharWidth() * 15)
         self.triples.setColumnWidth(2, fm.averageCharWidth() * 12)
         right = QWidget()
         rl = QVBoxLayout(right)

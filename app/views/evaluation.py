@@ -250,10 +250,16 @@ class EvaluationView(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setWordWrap(False)
+        # The figures (accuracy, without memory, hit@k, seconds) fit beside the names at 1280 px:
+        # the run's name takes what is left and wraps, the packs wrap in a column of their
+        # own width (in one line each they pushed the figures out of sight).
+        self.table.setWordWrap(True)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         th = self.table.horizontalHeader()
         th.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        th.setStretchLastSection(True)  # a narrow window scrolls rather than hide the run's name
+        th.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        th.setSectionResizeMode(3, QHeaderView.ResizeMode.Interactive)
+        th.setStretchLastSection(False)
         self.table.setToolTip("Past runs of this workspace. Select several to compare them in the chart.")
 
         self.detail = QTableWidget(0, 5)
@@ -273,6 +279,8 @@ class EvaluationView(QWidget):
         self.plot.showGrid(x=True, y=False, alpha=0.25)
         self.plot.setXRange(0, 1, padding=0.02)
         self.plot.setLabel("bottom", "share correct")
+        # three ticks: at the chart's narrowest (beside the figures at 1280 px) "0.2 0.4 0.6 0.8" ran together
+        self.plot.getAxis("bottom").setTicks([[(0, "0"), (0.5, "0.5"), (1, "1")]])
         self.legend = QLabel()
         self.legend.setObjectName("ChartLegend")
         self.legend.setWordWrap(True)  # on one line it made the chart at least 380 px wide, squeezing the table
@@ -306,6 +314,7 @@ class EvaluationView(QWidget):
         lower.setStretchFactor(0, 1)
         lower.setStretchFactor(1, 1)
         lower.setSizes([460, 400])
+        lower.setChildrenCollapsible(False)
         split = QSplitter(Qt.Orientation.Vertical)
         split.setObjectName("EvalSplitter")
         below = QSplitter(Qt.Orientation.Vertical)  # nested: the saved state of ``splitter`` keeps two panes
@@ -318,10 +327,13 @@ class EvaluationView(QWidget):
         split.addWidget(below)
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 2)
-        # the runs table shows the header and about three runs (one, at 1280 x 800, before):
-        # runs are picked there to be compared
-        rows = self.fontMetrics().height() + 14
-        split.setSizes([rows * 4 + 8, 500])
+        # the runs table shows its header and two runs whole (one, at 1280 x 800, before): runs
+        # are picked there to be compared; a run's name wraps onto about three lines at 1280 px,
+        # the figures' titles onto two
+        fh = self.fontMetrics().height()
+        # (a splitter scales the sizes asked to the room it has: 300 for the rest keeps the runs'
+        # share at 1280 x 800, where 500 left them two thirds of it)
+        split.setSizes([2 * fh + 12 + (3 * fh + 10) * 2 + 8, 300])
         self.splitter = split
 
         self.empty = QLabel(EMPTY_STATE)
@@ -530,7 +542,9 @@ class EvaluationView(QWidget):
         heads = list((runs[0] if runs else EvalRun("probes", "", "", 0, [], "", {})).headline())
         if len(kinds) > 1:
             heads = ["headline 1", "headline 2", "headline 3"]
-        self.table.setHorizontalHeaderLabels(["when", "run", "kind", "packs", "n"] + heads[:3] + ["seconds"])
+        # two-word figure titles on two lines: "without memory" on one took the run's name's room
+        self.table.setHorizontalHeaderLabels(["when", "run", "kind", "packs", "n"] + [h.replace(" ", "\n", 1) for h in heads[:3]]
+                                             + ["seconds"])
         self.table.blockSignals(True)
         self.table.setRowCount(len(runs))
         for row, r in enumerate(runs):
@@ -539,11 +553,15 @@ class EvaluationView(QWidget):
                      str(r.result.get("n", ""))] + [f"{_pct(v)} {name}" if len(kinds) > 1 else _pct(v) for name, v in vals[:3]] \
                 + [f"{r.result.get('seconds', 0):.1f}"]
             for col, text in enumerate(cells):
-                item = QTableWidgetItem(text)
+                # the run's name wraps after "/" and "_" too (a view cuts a word longer than its line)
+                item = QTableWidgetItem(text.replace("/", "/\u200b").replace("_", "_\u200b") if col == 1 else text)
                 item.setData(Qt.ItemDataRole.UserRole, r.id)
                 item.setToolTip(f"{r.file}\nreader: {r.reader}")
                 self.table.setItem(row, col, item)
         self.table.blockSignals(False)
+        # packs: as wide as the longest list, up to an eighth of the table (then they wrap)
+        room = max(self.table.viewport().width(), 480)
+        self.table.setColumnWidth(3, min(max(self.table.sizeHintForColumn(3), 60), room // 8))
 
     def selected_runs(self) -> list[EvalRun]:
         ids = {self.table.item(i.row(), 0).data(Qt.ItemDataRole.UserRole) for i in self.table.selectionModel().selectedRows()}
@@ -677,6 +695,13 @@ class EvaluationView(QWidget):
                 if (i, j) in tips:
                     item.setToolTip(tips[(i, j)])
                 t.setItem(i, j, item)
+        # The figures are read whole: the table never gets less than its columns need (the
+        # chart beside it took half the width and cut "without" to "10.0'" and hit@k off);
+        # a side-by-side of many runs may take at most three quarters of the tab and scroll.
+        hh = t.horizontalHeader()
+        need = sum(max(t.sizeHintForColumn(j), hh.sectionSizeHint(j)) for j in range(t.columnCount()))
+        need += 2 * t.frameWidth() + t.verticalScrollBar().sizeHint().width()
+        t.setMinimumWidth(min(need, int(0.75 * max(self.width(), 640))))
 
     def chart_data(self, runs: list[EvalRun]) -> tuple[list[str], list[float | None], list[float | None], tuple[str, str]]:
         """Categories and the two bar series the chart shows for the selected runs."""
@@ -713,7 +738,12 @@ class EvaluationView(QWidget):
             if pts:
                 self.plot.addItem(pg.BarGraphItem(x0=0, y=[p[0] for p in pts], height=0.38,
                                                   width=[p[1] for p in pts], brush=colour, pen=pg.mkPen(None)))
-        self.plot.getAxis("left").setTicks([[(-i, c[:28]) for i, c in enumerate(cats)]])
+        # Labels in three levels (every 4th, every 2nd, the rest): pyqtgraph always draws the
+        # first and leaves out the finer ones where they would overlap (17 relations in
+        # 170 px wrote over each other).
+        ticks = [(-i, c if len(c) <= 20 else c[:19] + "…") for i, c in enumerate(cats)]  # whole in the table beside
+        self.plot.getAxis("left").setTicks([ticks[::4], [t for i, t in enumerate(ticks) if i % 4 == 2],
+                                            [t for i, t in enumerate(ticks) if i % 2 == 1]])
         self.plot.setYRange(-(n - 1) - 0.6 if n else -1, 0.6, padding=0)
         self.plot.setXRange(0, 1, padding=0.02)
         self.redraws += 1

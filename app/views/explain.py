@@ -38,6 +38,7 @@ from app.context import AppContext
 from app.models.explanation_table import BAR_ROLE, COLUMNS, ExplanationTableModel
 from app.views.bars import BarDelegate
 from app.views.elided import ElidedGroupBox
+from app.views.fit import MenuToolButton, WrappedLabel, fit_placeholder
 from engine.mechanisms import choose_mode, modes
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,11 @@ class ExplainPanel(QWidget):
         self._pack_paths: dict[str, str] = {}  # pack name in the record -> file
         self._asked_plugged: list[str] = []
 
-        self.prompt = QLineEdit(placeholderText="Ask the model, or type the start of a sentence for it to complete…")
+        # short enough to be read whole beside the buttons at 1280 px; the long form in the tooltip
+        self.prompt = QLineEdit(placeholderText="Ask, or type the start of a sentence to complete…")
+        self.prompt.setToolTip("Ask the model, or type the start of a sentence for it to complete (Enter)")
         self.prompt.setObjectName("PromptBox")
+        fit_placeholder(self.prompt)
         self.prompt.setClearButtonEnabled(True)
         self.ask_btn = QPushButton("Ask")
         self.ask_btn.setDefault(True)
@@ -98,7 +102,7 @@ class ExplainPanel(QWidget):
         self.tokens.setRange(1, 64)
         self.tokens.setValue(8)
         self.tokens.setToolTip("Longest answer, in tokens (an answer also ends with its first sentence or line)")
-        self.export_btn = QToolButton(text="Export")
+        self.export_btn = MenuToolButton(text="Export")  # room for its menu arrow
         self.export_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.export_btn.setToolTip("Save this explanation as JSON or HTML")
         menu = QMenu(self)
@@ -124,6 +128,11 @@ class ExplainPanel(QWidget):
         row2.addWidget(self.export_btn)
 
         self.with_box, self.with_text = self._answer_box("With memory")
+        # the plugged packs on a line of their own that wraps: in the box's title they were cut
+        # to "…" beside a short answer box at 1280 px
+        self.packs_label = WrappedLabel()
+        self.packs_label.setObjectName("AnswerPacks")
+        self.with_box.layout().insertWidget(0, self.packs_label)
         self.without_box, self.without_text = self._answer_box("Without memory")
         answers = QHBoxLayout()
         answers.addWidget(self.with_box, 1)
@@ -188,6 +197,7 @@ class ExplainPanel(QWidget):
         split.addWidget(bottom)
         split.setStretchFactor(0, 2)
         split.setStretchFactor(1, 3)
+        split.setChildrenCollapsible(False)  # the answers keep their lines; the table gives way
         self.splitter = split
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 6, 6, 6)
@@ -216,9 +226,8 @@ class ExplainPanel(QWidget):
     # ------------------------------------------------------------------ layout helpers
     def _answer_box(self, title: str) -> tuple[QGroupBox, QLabel]:
         box = ElidedGroupBox(title)  # the title names the plugged packs: cut, not widening the window
-        text = QLabel()
+        text = WrappedLabel()  # every line of the answer, however small its pane is made
         text.setObjectName("AnswerText")
-        text.setWordWrap(True)
         text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         text.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         lay = QVBoxLayout(box)
@@ -230,6 +239,8 @@ class ExplainPanel(QWidget):
         self.without_text.setText("")
         self.verdict.setText("")
         self.with_box.setTitle("With memory")
+        self.packs_label.setText("")
+        self.packs_label.setVisible(False)
         self.model.set_entries([])
         self.plugin_box.setVisible(False)
         self.injected.setRowCount(0)
@@ -297,8 +308,10 @@ class ExplainPanel(QWidget):
         self.stale.setVisible(False)
         mode_label = next((label for label, key, _ in MODES if key == expl.mode), expl.mode)
         packs = ", ".join(expl.packs) if expl.packs else "no pack plugged"
-        self.with_box.setTitle(f"With memory ({expl.mode}) — {packs}")  # the mode's full name is in the tooltip
+        self.with_box.setTitle(f"With memory ({expl.mode})")  # the mode's full name is in the tooltip
         self.with_box.setToolTip(f"With memory — {mode_label}; {packs}")
+        self.packs_label.setText(f"from {packs}" if expl.packs else packs)
+        self.packs_label.setVisible(True)
         for label, answer in ((self.with_text, expl.answer), (self.without_text, expl.answer_without_memory)):
             label.setText(_shown(answer))  # the first line; the whole continuation in the tooltip
             label.setToolTip(answer)

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from app.context import AppContext
 from app.jobs import _get, is_in_app
+from app.views.fit import MenuToolButton
 from app.views.job_details import summary_html, technical_text
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class JobsPanel(QWidget):
         self.resume_btn = QPushButton("Resume")
         self.resume_btn.setToolTip("Continue an interrupted or cancelled job from its last checkpoint")
         self.refresh_btn = QPushButton("Refresh")
-        self.new_btn = QToolButton(text="New job")
+        self.new_btn = MenuToolButton(text="New job")  # room for its menu arrow
         self.new_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.new_btn.setToolTip("Start a background job")
         menu = QMenu(self)
@@ -204,7 +205,9 @@ class JobsPanel(QWidget):
                 msg = str(_get(rec, "message") or _get(rec, "error") or "")
             started = _get(rec, "started") or _get(rec, "created")
             when = time.strftime(" · %m-%d %H:%M", time.localtime(float(started))) if isinstance(started, (int, float)) else ""
-            self.table.setItem(row, 0, QTableWidgetItem(f"#{jid} {title}{when}"))
+            name = QTableWidgetItem(f"#{jid} {title}{when}")
+            name.setToolTip(name.text())  # cut to the column in a narrow dock: whole here and in the details
+            self.table.setItem(row, 0, name)
             self.table.setItem(row, 1, QTableWidgetItem(status))
             bar = QProgressBar()
             bar.setRange(0, 1000)

@@ -79,9 +79,11 @@ class ProbeMaker(QDialog):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
                                    | QAbstractItemView.EditTrigger.EditKeyPressed)
         hh = self.table.horizontalHeader()
-        hh.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for c in range(1, len(COLUMNS)):
-            hh.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
+        # the prompt and its paraphrases share the room left by the short columns (with the
+        # paraphrases sized to contents the prompt, what is reviewed, was cut to "Hydrogen was …")
+        for c in range(len(COLUMNS)):
+            hh.setSectionResizeMode(c, QHeaderView.ResizeMode.Stretch if COLUMNS[c] in ("prompt", "paraphrases")
+                                    else QHeaderView.ResizeMode.ResizeToContents)
         self.note = QLabel()
         self.note.setObjectName("EvalStatus")
         self.note.setWordWrap(True)

@@ -115,6 +115,16 @@ class WorkspacePanel(QWidget):
         self.refresh()
 
     # ------------------------------------------------------------------ list
+    def wanted_width(self) -> int:
+        """The panel's width at which every column shows whole (pack names were cut to
+        "chemi…" at 1280 px): each column's widest cell or title, the frame and margins."""
+        tree, hh = self.tree, self.tree.header()
+        cols = sum(max(tree.sizeHintForColumn(i), hh.sectionSizeHint(i)) for i in range(tree.columnCount())
+                   if not tree.isColumnHidden(i))
+        m = self.layout().contentsMargins()
+        bar = tree.verticalScrollBar().sizeHint().width() if tree.verticalScrollBar().isVisible() else 0
+        return cols + 2 * tree.frameWidth() + bar + m.left() + m.right()
+
     def selected_path(self) -> str | None:
         it = self.tree.currentItem()
         return it.data(0, PATH_ROLE) if it else None

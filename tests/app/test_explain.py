@@ -37,7 +37,7 @@ def test_answer_with_and_without_memory_and_plug_unplug(qtbot, window):
     assert len(e.retrieved) == 3 and p.model.rowCount() == 3
     assert e.answer != e.answer_without_memory  # the entries in the context changed what it says
     assert p.with_text.text() == e.answer.strip() and p.without_text.text() == e.answer_without_memory.strip()
-    assert "facts" in p.with_box.title()
+    assert p.with_box.title() == "With memory (context)" and p.packs_label.text() == "from facts"
     # every numeric column is drawn as a bar, scaled to the largest value
     from app.models.explanation_table import BAR_ROLE, COLUMNS
 

@@ -77,9 +77,12 @@ def test_many_long_pack_names_do_not_widen_the_window(qtbot, make_ctx, tmp_path,
     assert win.width() == 1280
     assert p.minimumSizeHint().width() <= win.tabs.width()
     assert abs(p.with_box.width() - p.without_box.width()) <= 2, (p.with_box.width(), p.without_box.width())
-    assert p.with_box.shown_title().endswith("…") and win.plugged_label.shown().endswith("…")
-    for n in names:  # nothing is lost: every name is in the titles and the tooltips
-        assert n in p.with_box.title() and n in p.with_box.toolTip()
+    assert win.plugged_label.shown().endswith("…")
+    # above the answer the names wrap onto lines of their own, whole; the title stays short
+    assert p.with_box.title() == "With memory (context)" and p.with_box.shown_title() == p.with_box.title()
+    assert p.packs_label.height() >= p.packs_label.heightForWidth(p.packs_label.width()) > p.packs_label.fontMetrics().height()
+    for n in names:  # nothing is lost: every name is above the answer, in the tooltips and the status bar's
+        assert n in p.packs_label.text() and n in p.with_box.toolTip()
         assert n in win.plugged_label.text() and n in win.plugged_label.toolTip()
     # the entries that explain the answer are read whole: they wrap instead of being cut
     from PySide6.QtCore import QRect, Qt
@@ -109,7 +112,8 @@ def test_one_line_notes_are_visible_in_the_status_bar(qtbot, make_ctx, small_pac
     qtbot.waitUntil(lambda: "facts: no problems found" in win.note_label.text(), timeout=5_000)
     qtbot.wait(50)
     assert win.note_label.isVisible() and win.note_label.shown().startswith("facts: no problems")
-    assert win.note_label.width() >= 200
+    assert win.note_label.shown() == win.note_label.text()  # whole, and the names beside it too
+    assert win.plugged_label.shown() == win.plugged_label.text() == "Plugged in: facts"
     win.show_note("Explanation saved to /tmp/x.json", ms=50)
     assert win.note_label.shown().startswith("Explanation saved")
     qtbot.waitUntil(lambda: win.note_label.text() == "", timeout=2_000)
