@@ -101,7 +101,7 @@ def run_size(n: int, real: np.ndarray, queries: np.ndarray, k: int = 10) -> dict
     del ex
 
     t = time.perf_counter()
-    ix = VectorIndex(x.shape[1], approx_threshold=0)
+    ix = VectorIndex(x.shape[1], approx_threshold=0, background=False)
     ix.build(ids, x)
     r["build_hnsw_s"] = time.perf_counter() - t
     print(f"build: exact {r['build_exact_s']:.2f} s, HNSW {r['build_hnsw_s']:.1f} s", flush=True)
@@ -185,7 +185,7 @@ def sweep_only(n: int, real: np.ndarray, queries: np.ndarray, efs: list[int], k:
     print(f"exact 1q p50/p99 {pct(ex1)} ms", flush=True)
     del ix
     t = time.perf_counter()
-    ix = VectorIndex(x.shape[1], approx_threshold=0, ef_construction=ef_construction)
+    ix = VectorIndex(x.shape[1], approx_threshold=0, ef_construction=ef_construction, background=False)
     ix.build(ids, x)
     build = time.perf_counter() - t
     out = [f"\n### efSearch sweep at {n:,} ({time.strftime('%Y-%m-%d %H:%M')}; HNSW M={ix.hnsw_m}, "

@@ -143,6 +143,7 @@ class Memory:
                 self._say(f"Index cache of {name} is newer than the pack; rebuilding it.")
                 return self.rebuild_index(progress)
             self.index, self._synced_cv = index, behind
+            self._watch(index)
             if behind != pack_cv:
                 n = self._catch_up()
                 self._say(f"Index of {name} caught up with {n} changed entries.")
@@ -205,8 +206,15 @@ class Memory:
         else:
             index.build(np.zeros(0, dtype=np.int64), np.zeros((0, self.encoder.dim), dtype=np.float32))
         self.index, self._synced_cv = index, cv
+        self._watch(index)
         self.save_index()
         return index
+
+    def _watch(self, index) -> None:
+        """A background index build that finishes marks the cache for saving (at close)."""
+        def ready() -> None:
+            self._index_dirty = True
+        index.on_ann_ready = ready
 
     def ensure_vectors(self, progress: Callable[[float, str], None] | None = None, batch: int = 512,
                        *, every: bool = False) -> int:

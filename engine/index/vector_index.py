@@ -8,12 +8,20 @@ Layout (all row numbers are positions in the *base*):
   for fp32 numpy and ~130 ms for faiss IndexFlatIP), ``order`` = argsort(ids) so an id
   is found by binary search, and ``dead [Nb]`` tombstones.
 * delta -- rows upserted since the base was made: small, searched exactly.
-* ann   -- faiss HNSW over the base rows once ``Nb >= approx_threshold``.
+* ann   -- faiss HNSW over the base rows once ``Nb >= approx_threshold``; past
+  ``compressed_threshold`` IVF-PQ codes instead, whose shortlist is re-scored exactly
+  from the (memory-mapped) float32 keys, so resident memory is ~48 B per key, not ~1.8 KB.
+
+The ann is made in a background thread (``build``, ``compact``, a load without one):
+until it is ready single queries are answered exactly, or by the previous ann while a
+compaction runs, and a newer base cancels an older build. Rows folded into the base
+while a build runs are added to the new ann when it is installed.
 
 Edits never rewrite the base: an upsert tombstones the old row and writes the delta,
 a removal tombstones (or drops a delta row). When the delta grows past a limit it is
-folded into the base (appended rows, added to the HNSW graph); ``compact()`` drops
-tombstoned rows and rebuilds the HNSW graph (the only full rebuild).
+folded into the base (appended rows, added to the ann); ``compact()`` drops tombstoned
+rows and rebuilds the ann (the only full rebuild; an IVF-PQ keeps its training), and
+starts by itself once a quarter of the base rows are tombstones.
 
 Exact results: candidates shortlisted in fp16 are re-scored in float32, so returned
 scores are float32 inner products and the ranking equals brute force unless two
@@ -31,10 +39,13 @@ import torch
 
 from engine.device import pick_device
 from engine.index import ann as ann_mod
+from engine.index import exact_backend
 
 log = logging.getLogger(__name__)
 
 DEFAULT_APPROX_THRESHOLD = 50_000
+# Past this many base rows the ann is IVF-PQ rather than HNSW (bench/RESULTS.md, "Ten million").
+DEFAULT_COMPRESSED_THRESHOLD = 1_000_000
 FP16_MIN_ROWS = 65_536  # below this the float32 scan is already fast (<3 ms)
 DELTA_FOLD_ROWS = 4_096
 BATCH_MIN = 8  # this many queries or more -> exact torch matmul (training batches)
@@ -90,6 +101,10 @@ class VectorIndex:
         hnsw_m: int = ann_mod.HNSW_M,
         ef_construction: int = ann_mod.EF_CONSTRUCTION,
         ef_search: int | None = None,
+        compressed_threshold: int = DEFAULT_COMPRESSED_THRESHOLD,
+        nprobe: int | None = None,
+        rerank: int | None = None,
+        background: bool = True,
     ) -> None:
         if int(dim) <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
@@ -99,9 +114,24 @@ class VectorIndex:
         self.hnsw_m, self.ef_construction = int(hnsw_m), int(ef_construction)
         #: HNSW beam width; None = chosen from the graph size (``ann.auto_ef_search``).
         self.ef_search: int | None = None if ef_search is None else int(ef_search)
+        self.compressed_threshold = int(compressed_threshold)
+        #: IVF lists scanned / shortlist rows re-scored; None = chosen from the size (ann.py).
+        self.nprobe: int | None = None if nprobe is None else int(nprobe)
+        self.rerank: int | None = None if rerank is None else int(rerank)
+        #: False: build() and compact() make the ann in the caller's thread (benchmarks, tools).
+        self.background = bool(background)
+        #: Called (from the build thread) when a new ann is installed: the owner saves the cache.
+        self.on_ann_ready = None
+        #: Why the last background build failed, or None.
+        self.last_build_error: str | None = None
         self._lock = threading.RLock()
         self._set_base(np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32), None, None, None)
+        self._lineage = uuid.uuid4().hex  # changes when the base is replaced (not when rows are folded in)
         self._ann = None
+        self._ann_uid: str | None = None
+        self._trained = None  # trained, empty IVF-PQ: compaction and rebuilds reuse it
+        self._trained_uid: str | None = None
+        self._build_stop: threading.Event | None = None
         self._ann_ready = threading.Event()
         self._ann_ready.set()
 
@@ -203,16 +233,119 @@ class VectorIndex:
         if len(d):
             raise ValueError(f"build: duplicate ids {d[:10].tolist()}")
         with self._lock:
-            self._ann_ready.wait()
             self._set_base(ids.copy(), keys.copy(), None, None, None)
-            self._ann = None
-            self._build_ann()
+            self._lineage = uuid.uuid4().hex
+            self._ann, self._ann_uid = None, None
+            self._start_ann()
 
-    def _build_ann(self) -> None:
-        if len(self._ids) >= self.approx_threshold and len(self._ids) > 0:
-            self._ann = ann_mod.build_hnsw(self._keys, self.hnsw_m, self.ef_construction)
+    # ------------------------------------------------------------------ the ann, made in the background
+    def _make_ann(self, keys: np.ndarray, trained, should_stop):
+        """(ann over ``keys`` [n, dim], trained IVF-PQ or None): HNSW, or IVF-PQ past the threshold."""
+        n = len(keys)
+        if n >= self.compressed_threshold:
+            if not ann_mod.trained_fits(trained, n, self.dim):
+                trained = ann_mod.train_ivfpq(keys, ann_mod.ivf_nlist(n))
+            if should_stop():
+                raise ann_mod.BuildCancelled
+            ann = ann_mod.empty_like(trained)
+            ann_mod.add_chunked(ann, keys, should_stop)
+            return ann, trained
+        return ann_mod.build_hnsw(keys, self.hnsw_m, self.ef_construction, should_stop), trained
+
+    def _start_ann(self, *, compact: bool = False) -> None:
+        """(Re)make the ann for the current base (under the lock); ``compact``: for its live rows only.
+
+        Runs in a thread of its own unless ``background`` is False; a build already running is
+        cancelled (its result would be for an older base). Queries meanwhile use the ann in place
+        (during a compaction) or the exact scan.
+        """
+        self._stop_build()
+        keep = np.flatnonzero(~self._dead) if compact else None
+        n = len(self._ids) if keep is None else len(keep)
+        if n == 0 or n < self.approx_threshold:
+            if compact:
+                self._install(None, self._trained, len(self._ids), keep, np.asarray(self._keys)[keep])
+            else:
+                self._ann, self._ann_uid = None, None
+            return
+        stop = threading.Event()
+        lineage, n0, keys0, trained = self._lineage, len(self._ids), self._keys, self._trained
+        self._build_stop = stop
+        self._ann_ready.clear()
+
+        def work() -> None:
+            try:
+                keys = keys0 if keep is None else np.asarray(keys0)[keep]  # [n, dim]
+                ann, tr = self._make_ann(keys, trained, stop.is_set)
+                with self._lock:
+                    if stop.is_set() or self._lineage != lineage:
+                        return
+                    self._install(ann, tr, n0, keep, keys if keep is not None else None)
+                    self.last_build_error = None
+                log.info("index: %s over %d rows ready", ann_mod.kind_of(ann), len(keys))
+                hook = self.on_ann_ready
+                if hook is not None:
+                    hook()
+            except ann_mod.BuildCancelled:
+                log.info("index: a background build was cancelled; the index keeps what it had")
+            except Exception as exc:  # noqa: BLE001 - a failed build costs speed, never answers
+                self.last_build_error = f"{type(exc).__name__}: {exc}"
+                log.warning("index: background build failed (%s); searching as before", self.last_build_error)
+            finally:
+                with self._lock:
+                    if self._build_stop is stop:
+                        self._build_stop = None
+                        self._ann_ready.set()
+
+        if self.background:
+            threading.Thread(target=work, name="index-build", daemon=True).start()
         else:
-            self._ann = None
+            work()
+
+    def _install(self, ann, trained, n0: int, keep: np.ndarray | None, kept_keys: np.ndarray | None) -> None:
+        """Put a finished ann in place (under the lock). It covers the first ``n0`` base rows
+        (``keep``: only those of a compaction); rows folded in since are added to it."""
+        extra = np.asarray(self._keys[n0:])  # [Nb - n0, dim] rows folded in while it was built
+        if keep is not None:
+            d_ids, d_keys = self._d_ids.copy(), self._d_keys.copy()
+            self._set_base(
+                np.concatenate([self._ids[keep], self._ids[n0:]]),
+                np.concatenate([kept_keys, extra]),
+                None,
+                None,
+                np.concatenate([self._dead[keep], self._dead[n0:]]),
+            )
+            self._set_delta(d_ids, d_keys)
+        if ann is not None and len(extra):
+            ann.add(np.ascontiguousarray(extra, dtype=np.float32))
+        self._ann, self._ann_uid = ann, (uuid.uuid4().hex if ann is not None else None)
+        if trained is not None and trained is not self._trained:
+            self._trained, self._trained_uid = trained, uuid.uuid4().hex
+
+    def _stop_build(self) -> None:
+        if self._build_stop is not None:
+            self._build_stop.set()
+            self._build_stop = None
+            self._ann_ready.set()
+
+    def cancel_build(self) -> bool:
+        """Stop a background build or compaction (within a chunk of work); True when one ran.
+        The index keeps the ann it had (or none: exact search)."""
+        with self._lock:
+            running = self._build_stop is not None
+            self._stop_build()
+            return running
+
+    @property
+    def building(self) -> bool:
+        """Whether a background build, compaction or ann load is in progress."""
+        return not self._ann_ready.is_set()
+
+    @property
+    def ann_kind(self) -> str | None:
+        """'hnsw', 'ivfpq', or None (exact search only)."""
+        ann = self._ann
+        return None if ann is None else ann_mod.kind_of(ann)
 
     def upsert(self, ids, keys) -> None:
         """Insert or replace: an id already present gets the new key."""
@@ -236,6 +369,7 @@ class VectorIndex:
             if new_ids:
                 self._delta_append(new_ids, keys[new_rows])
             self._maybe_fold()
+            self._maybe_compact()
 
     def remove(self, ids) -> int:
         """Remove these ids (unknown ids are ignored); returns how many were present."""
@@ -245,9 +379,18 @@ class VectorIndex:
             self._tombstone(rows)
             n = int((rows >= 0).sum())
             n += sum(self._delta_drop(i) for i in ids.tolist())
-            if self._ann is None and self._n_dead > 1024 and self._n_dead * 2 > len(self._ids):
+            if self._ann is None and not self.building and self._n_dead > 1024 and self._n_dead * 2 > len(self._ids):
                 self.compact()
+            else:
+                self._maybe_compact()
             return n
+
+    def _maybe_compact(self) -> None:
+        """Past the tombstone threshold, compact in the background (never twice at once)."""
+        if self.needs_compaction and self._ann is not None and not self.building:
+            log.info("index: %d of %d base rows are tombstones; compacting in the background",
+                     self._n_dead, len(self._ids))
+            self._start_ann(compact=True)
 
     def _maybe_fold(self) -> None:
         nd, nb = len(self._d_ids), len(self._ids)
@@ -257,8 +400,8 @@ class VectorIndex:
             self._fold()
 
     def _fold(self) -> None:
-        """Append the delta rows to the base (and to the HNSW graph); keep tombstones."""
-        self._ann_ready.wait()
+        """Append the delta rows to the base (and to the ann); keep tombstones. A build in
+        progress adds them to its ann when it is installed."""
         ann = self._ann
         d_ids, d_keys = self._d_ids.copy(), self._d_keys.copy()
         keys16 = None
@@ -273,20 +416,28 @@ class VectorIndex:
         )
         if ann is not None:
             ann.add(d_keys)
-            self._ann = ann
-        elif len(self._ids) >= self.approx_threshold:
-            self._build_ann()
+            self._ann, self._ann_uid = ann, uuid.uuid4().hex
+        elif len(self._ids) >= self.approx_threshold and not self.building:
+            self._start_ann()
         log.debug("folded %d delta rows into the base (%d rows)", len(d_ids), len(self._ids))
 
     def compact(self) -> None:
-        """Drop tombstoned rows and fold the delta; rebuilds the HNSW graph when there is one."""
+        """Drop tombstoned rows and rebuild the ann over the rest.
+
+        Small indexes (no ann) are compacted at once, delta folded in. With an ann the
+        compaction runs in the background (``background``): queries keep using the current
+        ann, and edits made meanwhile are carried over when the new one is installed.
+        """
         with self._lock:
-            self._ann_ready.wait()
-            alive = ~self._dead
-            ids = np.concatenate([self._ids[alive], self._d_ids])
-            keys = np.concatenate([np.asarray(self._keys)[alive], self._d_keys])
-            self._set_base(ids, keys, None, None, None)
-            self._build_ann()
+            if self._ann is None and not self.building:
+                alive = ~self._dead
+                ids = np.concatenate([self._ids[alive], self._d_ids])
+                keys = np.concatenate([np.asarray(self._keys)[alive], self._d_keys])
+                self._set_base(ids, keys, None, None, None)
+                self._lineage = uuid.uuid4().hex
+                self._start_ann()
+                return
+            self._start_ann(compact=True)
 
     @property
     def needs_compaction(self) -> bool:
@@ -326,11 +477,11 @@ class VectorIndex:
 
     @property
     def approximate(self) -> bool:
-        """Whether single queries go through the HNSW graph (it exists and is loaded)."""
-        return self._ann is not None and self._ann_ready.is_set()
+        """Whether single queries go through an ann (HNSW or IVF-PQ; built and loaded)."""
+        return self._ann is not None
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Wait for a background HNSW load (after ``load``); True when done."""
+        """Wait for a background build, compaction or ann load; True when none is running."""
         return self._ann_ready.wait(timeout)
 
     # ------------------------------------------------------------------ search
@@ -371,10 +522,25 @@ class VectorIndex:
 
     def _search_ann(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         bitmap = self._bitmap if self._n_dead else None
+        if ann_mod.kind_of(self._ann) == "ivfpq":
+            return self._search_compressed(q, k, bitmap)
         ef = self.ef_search if self.ef_search is not None else ann_mod.auto_ef_search(len(self._ids))
         scores, rows = ann_mod.search_hnsw(self._ann, q, k, ef, bitmap)
         scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
         return scores, rows.astype(np.int64)
+
+    def _search_compressed(self, q: np.ndarray, k: int, bitmap) -> tuple[np.ndarray, np.ndarray]:
+        """IVF-PQ shortlist, re-scored exactly from the float32 keys: (scores [n, r], rows [n, r])."""
+        nprobe = self.nprobe if self.nprobe is not None else ann_mod.ivf_nprobe(int(self._ann.nlist))
+        r = max(k, self.rerank if self.rerank is not None else max(ann_mod.RERANK_MIN, 10 * k))
+        rows = ann_mod.search_ivfpq(self._ann, q, r, nprobe, bitmap).astype(np.int64)  # [n, r]
+        scores = np.full(rows.shape, -np.inf, np.float32)
+        for i in range(len(q)):
+            ok = rows[i] >= 0
+            got = np.sort(rows[i][ok])  # ascending rows: the memory-mapped keys are read in order
+            rows[i, : len(got)], rows[i, len(got) :] = got, -1
+            scores[i, : len(got)] = np.asarray(self._keys[got]) @ q[i]  # [r] exact float32
+        return scores, rows
 
     def _search_base_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         nb = len(self._ids)
@@ -384,6 +550,8 @@ class VectorIndex:
         dead = self._dead_list()
         with torch.inference_mode():
             if self.device.type == "cpu" and n == 1 and nb >= FP16_MIN_ROWS:
+                if exact_backend.choose(self.dim) == "numpy32":
+                    return self._exact_one_numpy(q[0], k, dead)
                 return self._exact_one_fp16(q[0], k, dead)
             if self.device.type == "cpu" and nb < FP16_MIN_ROWS:
                 s = q @ np.asarray(self._keys).T  # [n, Nb]
@@ -394,11 +562,18 @@ class VectorIndex:
                 return np.take_along_axis(s, top, 1).astype(np.float32), top.astype(np.int64)
             return self._exact_torch(q, k, dead)
 
+    def _exact_one_numpy(self, q: np.ndarray, k: int, dead: np.ndarray):
+        s = exact_backend.score_numpy32(self._keys, q)  # [Nb] float32
+        if len(dead):
+            s[dead] = -np.inf
+        kk = min(k, len(s))
+        top = np.argpartition(-s, kk - 1)[:kk]
+        return s[top][None].astype(np.float32), top[None].astype(np.int64)
+
     def _exact_one_fp16(self, q: np.ndarray, k: int, dead: np.ndarray):
         if self._keys16 is None:
             self._keys16 = np.asarray(self._keys).astype(np.float16)
-        x16 = torch.from_numpy(self._keys16)  # [Nb, dim] fp16
-        s16 = torch.mv(x16, torch.from_numpy(q).half())  # [Nb] fp16 shortlist scores
+        s16 = exact_backend.score_torch16(self._keys16, q)  # [Nb] fp16 shortlist scores
         if len(dead):
             s16[torch.from_numpy(dead)] = float("-inf")
         kc = min(len(self._ids), 2 * k + 64)
@@ -441,7 +616,6 @@ class VectorIndex:
         from engine.index.cache import save_index
 
         with self._lock:
-            self._ann_ready.wait()
             save_index(self, Path(folder), stamp)
 
     @classmethod

@@ -41,6 +41,17 @@ def reference_search(model: dict, q, k):
     return brute(ids, keys, q, k)
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """The exact-backend choice is cached per machine: keep the tests' out of the user cache."""
+    from engine.index import exact_backend
+
+    monkeypatch.setenv("PLUGMEM_CACHE_DIR", str(tmp_path / "cache"))
+    exact_backend.forget()
+    yield
+    exact_backend.forget()
+
+
 @pytest.fixture()
 def rng():
     return np.random.default_rng(7)
@@ -119,7 +130,7 @@ def test_approximate_recall_and_removals(rng, monkeypatch, tmp_path):
     ids = np.arange(n, dtype=np.int64) * 2
     idx = VectorIndex(DIM, approx_threshold=1000)
     idx.build(ids, keys)
-    assert idx.approximate
+    assert idx.wait_ready(30) and idx.approximate
     gone = ids[rng.choice(n, 800, replace=False)]
     idx.remove(gone)
     model = {int(i): keys[j] for j, i in enumerate(ids) if i not in set(gone.tolist())}
