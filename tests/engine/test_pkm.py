@@ -158,6 +158,8 @@ def test_growing_lowers_the_loss_and_the_artefact_round_trips(tiny, corpus, tmp_
     assert meta["format"] == "plugmem-pkm" and meta["reader"] == tiny.fingerprint and meta["layer"] == 1
     assert meta["corpus"]["documents"] == 12 and len(meta["corpus"]["sha256"]) == 64
     assert meta["training"]["heldout_ppl_with"] == res["heldout_ppl_with"]
+    weights, counts = io.load_usage(tmp_path / "pkm", 256)  # what the usage view draws
+    assert math.isclose(float((weights > 0).mean()), res["usage"]["used"]) and counts.sum() > 0
 
     mech = PKMMechanism.load(tmp_path / "pkm", tiny)
     assert mech.memory.values.weight.abs().sum() > 0

@@ -20,7 +20,7 @@ from engine.artefacts import check_fields, check_shapes, module_shapes, read_for
 from engine.mechanisms.pkm.config import FORMAT, FORMAT_VERSION, PKMConfig, PKMError
 from engine.mechanisms.pkm.module import ProductKeyMemory
 
-CONFIG, WEIGHTS = "config.json", "model.safetensors"
+CONFIG, WEIGHTS, USAGE = "config.json", "model.safetensors", "usage.safetensors"
 _CHECKED_KEYS = ("architecture", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
 
 
@@ -129,3 +129,32 @@ def load(folder: str | Path, reader) -> tuple[ProductKeyMemory, dict[str, Any]]:
     memory.load_state_dict(state)
     memory.to(reader.device).eval()
     return memory, meta
+
+
+def save_usage(folder: str | Path, weights, counts) -> Path:
+    """The per-slot held-out weights and access counts (what the usage view draws), beside the layer."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path = Path(folder) / USAGE
+    data = {"weights": np.asarray(weights, dtype=np.float64), "counts": np.asarray(counts, dtype=np.int64)}
+    atomic_write(path, lambda p: save_file(data, str(p), metadata={"format": FORMAT}))
+    return path
+
+
+def load_usage(folder: str | Path, slots: int):
+    """(weights, counts) saved by :func:`save_usage`, or None when absent; ``PKMError`` for a bad file."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(folder) / USAGE
+    if not path.is_file():
+        return None
+    try:
+        data = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PKMError(f"{path} is unreadable: {exc}") from None
+    w, c = data.get("weights"), data.get("counts")
+    if w is None or c is None or w.shape != (slots,) or c.shape != (slots,):
+        raise PKMError(f"{path}: expected 'weights' and 'counts' of {slots:,} slots")
+    return w, c

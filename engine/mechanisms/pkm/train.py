@@ -400,6 +400,7 @@ def run(config: GrowConfig | dict[str, Any], progress: Callable[..., None] | Non
                 "heldout_ppl_with": result.heldout_ppl_with, "usage": result.usage,
                 "train_seconds": result.train_seconds, "cache_seconds": result.cache_seconds}
     io.save(memory, out, reader_fingerprint=reader.fingerprint, layer=layer, corpus=corpus_meta, training=training)
+    io.save_usage(out, counter.weights, counter.counts)
     say(1.0, f"grew {step:,} steps; held-out perplexity {result.heldout_ppl_without:.2f} -> "
              f"{result.heldout_ppl_with:.2f}; memory saved to {out}", loss=result.losses[-1] if result.losses else None,
         step=step)
