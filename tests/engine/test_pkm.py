@@ -34,9 +34,8 @@ def tiny():
     return make_tiny_reader(seed=0)  # fresh: tests attach to it and check it comes back
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    """A small domain: 12 elements (documents), 3 facts each."""
+def write_corpus(folder):
+    """A small domain: 12 elements (documents), 3 facts each, as a JSONL corpus file in ``folder``."""
     rows = []
     for i, (name, sym) in enumerate([("Hydrogen", "H"), ("Helium", "He"), ("Lithium", "Li"), ("Carbon", "C"),
                                      ("Nitrogen", "N"), ("Oxygen", "O"), ("Neon", "Ne"), ("Sodium", "Na"),
@@ -44,9 +43,14 @@ def corpus(tmp_path):
         for text in (f"The chemical symbol of {name.lower()} is {sym}.", f"{name} has the atomic number {i + 1}.",
                      f"The element with the symbol {sym} is {name.lower()}."):
             rows.append(json.dumps({"text": text, "title": name}))
-    p = tmp_path / "elements.jsonl"
+    p = folder / "elements.jsonl"
     p.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return p
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_corpus(tmp_path)
 
 
 def grow_cfg(tmp_path, corpus, **kw):
