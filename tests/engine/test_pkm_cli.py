@@ -109,3 +109,17 @@ def test_bad_input_is_one_line_and_status_2(capsys, grown, corpus, reader_dir, o
     # progress lines may come first (stderr is not a terminal here); the error is one line, the last
     assert code == 2 and len(errors) == 1 and match in errors[0] and err.strip().endswith(errors[0]), err
     assert "Traceback" not in err
+
+
+def test_eval_with_pkm_names_the_layer(capsys, grown, reader_dir, tmp_path):
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text(json.dumps({"prompt": "The chemical symbol of gold is", "answer": "Au", "relation": "symbol"})
+                      + "\n", encoding="utf-8")
+    out, _ = grown
+    code, text, err = run(capsys, "eval", probes, "--mode", "none", "--reader", reader_dir, "--pkm", out,
+                          "--no-paraphrases")
+    assert code == 0, err
+    assert f"product-key memory: {out} (part of the reader for every answer)" in text and "accuracy" in text
+    code, text, err = run(capsys, "eval", probes, "--mode", "none", "--reader", reader_dir, "--pkm", out,
+                          "--no-paraphrases", "--json")
+    assert code == 0 and json.loads(text)["pkm"] == str(out)
