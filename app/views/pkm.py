@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 GROW_TARGET = "engine.mechanisms.pkm.train:grow"
 
 #: Seconds per training step of the job's default 8 windows x 128 tokens (SmolLM2-135M, layer 20),
-#: measured on the development machine's 2 cores while shared with other jobs (an upper bound;
-#: bench/RESULTS.md, bench_pkm.py). 'large' (262k slots) is for a GPU and was not timed here.
-SECONDS_PER_STEP = {"quick": 70.0, "standard": 60.0}
+#: measured by ``bench/bench_pkm.py --step-time`` on the development machine's 2 cores while shared
+#: with other jobs (an upper bound; bench/RESULTS.md). 'large' (262k slots) is for a GPU: not timed.
+SECONDS_PER_STEP = {"quick": 72.8, "standard": 126.9}
 
 
 def default_pkm_dir(pack: str | Path) -> Path:
