@@ -30,7 +30,7 @@ def test_the_grow_dialog_gives_the_jobs_config_and_its_estimate(qtbot, make_ctx,
     ctx = make_ctx([small_pack])
     dlg = GrowPKMDialog(ctx, str(small_pack))
     qtbot.addWidget(dlg)
-    assert dlg.preset.currentData() == "standard" and "7.1 h on a 2-core CPU" in dlg.estimate.text()
+    assert dlg.preset.currentData() == "standard" and "7.0 h on a 2-core CPU" in dlg.estimate.text()
     dlg.preset.setCurrentIndex(2)
     assert "for a GPU" in dlg.estimate.text()
     dlg.preset.setCurrentIndex(0)
