@@ -178,6 +178,9 @@ def test_growing_lowers_the_loss_and_the_artefact_round_trips(tiny, corpus, tmp_
     assert grown < alone
     loo = mech.leave_one_out(tiny, "The chemical symbol of gold is", " Au")
     assert len(loo.logp_without) == len(loo.parts) > 0 and loo.parts[0].startswith("slot ")
+    top = mech.top_slots(tiny, "The chemical symbol of gold is", " Au")
+    words = mech.slot_tokens(tiny, top[0][0], n=3)
+    assert len(words) == 3 and all(isinstance(w, str) for w in words)
     mech.save(tmp_path / "copy")
     again = PKMMechanism.load(tmp_path / "copy", tiny)
     assert torch.equal(again.memory.values.weight, mech.memory.values.weight)

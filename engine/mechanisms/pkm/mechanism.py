@@ -50,6 +50,17 @@ class PKMMechanism(MechanismBase):
         top = total.topk(min(n, int((total > 0).sum())))
         return [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
 
+    @torch.no_grad()
+    def slot_tokens(self, reader, slot: int, n: int = 5) -> list[str]:
+        """The ``n`` tokens slot ``slot``'s value pushes the output towards, read through the final
+        norm and the unembedding (a logit-lens reading: the value enters the residual stream at
+        ``layer``, the layers above may change what it does)."""
+        value = self.memory.values.weight[slot].to(reader.device, reader.dtype)  # [d]
+        base = reader.model.model
+        normed = base.norm(value[None, None]) if hasattr(base, "norm") else value[None, None]
+        logits = reader.model.lm_head(normed)[0, 0].float()  # [V]
+        return [reader.tokenizer.decode([int(i)]) for i in logits.topk(n).indices]
+
     def leave_one_out(self, reader, prompt: str, answer: str, *, texts: Sequence[str] = (),
                       scores: Sequence[float] = ()) -> LeaveOneOut:
         """log p(answer) with the layer, and with each of the slots it read most for the answer
