@@ -81,6 +81,11 @@ class MainWindow(QMainWindow):
         # knowledge plugins: entities tab, map-tuning jobs, plugin checkboxes, the model host
         self.plugin_trainer = PluginTrainer(ctx, self)
         self.plugin_trainer.plugin_ready.connect(self._plugin_ready)
+        from app.views.pkm import PKMGrower
+
+        self.pkm_grower = PKMGrower(ctx, self)
+        self.pkm_grower.grown.connect(lambda pack, folder: self.ctx.notifier.info(
+            f"Product-key memory of {Path(pack).stem} grown into {folder}: Tools > Product-key memory usage shows it."))
         self.workspace_panel.map_tune_requested.connect(self.map_tune)
         self.workspace_panel.entities_requested.connect(self.show_entities)
         self.workspace_panel.plugin_toggled.connect(lambda p, on: self._sync_plugins())
@@ -190,6 +195,8 @@ class MainWindow(QMainWindow):
         self.act_entities = t.addAction("Entities and triples", lambda: self.show_entities(self.ctx.current))
         self.act_import_triples = t.addAction("Import triples…", self._import_triples)
         self.act_map_tune = t.addAction("Map-tune plugin…", lambda: self.map_tune(self.ctx.current))
+        self.act_grow_pkm = t.addAction("Grow a product-key memory…", lambda: self.grow_pkm(self.ctx.current))
+        self.act_pkm_usage = t.addAction("Product-key memory usage…", lambda: self.pkm_usage(self.ctx.current))
 
         from app.views import help as pages
 
@@ -343,6 +350,22 @@ class MainWindow(QMainWindow):
             self.jobs_dock.show()
             self.jobs_dock.raise_()
         return jid
+
+    def grow_pkm(self, path: str | None) -> str | None:
+        """Open the grow dialog for ``path`` and start its job (shown in the Jobs dock)."""
+        from app.views.pkm import run_dialog as grow_dialog
+
+        jid = grow_dialog(self.ctx, self.pkm_grower, path, self)
+        if jid is not None:
+            self.jobs_dock.show()
+            self.jobs_dock.raise_()
+        return jid
+
+    def pkm_usage(self, path: str | None):
+        from app.views.pkm import show_usage
+
+        self._pkm_usage_window = show_usage(self.ctx, path, self)
+        return self._pkm_usage_window
 
     def _sync_plugins(self) -> None:
         """Load (on the model thread) the plugins that are switched on; drop the others."""

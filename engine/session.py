@@ -25,17 +25,20 @@ DEFAULT = "default"
 class Session:
     """The loaded reader + what is active on it. ``close()`` (or ``with``) closes the entry store."""
 
-    def __init__(self, reader, branch=None, *, entry_store=None, plugins: Sequence[Any] = (), note: str = "") -> None:
+    def __init__(self, reader, branch=None, *, entry_store=None, plugins: Sequence[Any] = (), note: str = "",
+                 pkm=None) -> None:
         self.reader, self.branch, self.entry_store = reader, branch, entry_store
         self.plugins: list[Any] = list(plugins)
+        self.pkm = pkm  # a PKMMechanism (a grown product-key memory layer) or None
         self.note = note
 
     def mechanisms(self) -> list:
         """The active mechanisms as ``engine.mechanisms.base.Mechanism`` objects, in the
-        composition order (the branch, then the plugins); the context mode needs nothing loaded."""
+        composition order (the product-key layer, the branch, then the plugins); the context
+        mode needs nothing loaded."""
         from engine.mechanisms.base import composition_order
 
-        mechs: list = []
+        mechs: list = [] if self.pkm is None else [self.pkm]
         if self.branch is not None:
             from engine.mechanisms.dpm.mechanism import DPMMechanism
 
@@ -54,6 +57,13 @@ class Session:
         plugin = load_plugin(folder, self.reader, pack)
         self.plugins.append(plugin)
         return plugin
+
+    def add_pkm(self, folder: str | Path):
+        """Load the product-key memory in ``folder`` for this reader and make it active (one at a time)."""
+        from engine.mechanisms.pkm.mechanism import PKMMechanism
+
+        self.pkm = PKMMechanism.load(folder, self.reader)
+        return self.pkm
 
     def close(self) -> None:
         if self.entry_store is not None:
@@ -85,7 +95,7 @@ def open_entry_store(reader, branch, cache_dir: str | Path | None = None, *, req
 
 def open_session(reader: Any = None, *, device: str | None = None, branch: str | Path | None = DEFAULT,
                  need_branch: bool = True, entry_states: bool = False, cache_dir: str | Path | None = None,
-                 plugins: Sequence[str | Path] = (), pack=None) -> Session:
+                 plugins: Sequence[str | Path] = (), pack=None, pkm: str | Path | None = None) -> Session:
     """Load a session.
 
     ``reader``: a loaded reader, or a model folder / name for ``load_reader`` (None: the
@@ -93,7 +103,7 @@ def open_session(reader: Any = None, *, device: str | None = None, branch: str |
     ``need_branch``: a branch that cannot be loaded raises ``DPMError``; when False it is
     left out and ``note`` says why. ``entry_states``: open the entry-state store
     (``cache_dir`` overrides its folder). ``plugins``: plugin folders, loaded for the reader
-    (and checked against ``pack``)."""
+    (and checked against ``pack``). ``pkm``: a product-key memory folder grown for the reader."""
     if reader is None or isinstance(reader, (str, Path)):
         from engine.reader import load_reader
 
@@ -114,6 +124,8 @@ def open_session(reader: Any = None, *, device: str | None = None, branch: str |
     try:
         for folder in plugins:
             session.add_plugin(folder, pack)
+        if pkm is not None:
+            session.add_pkm(pkm)
     except BaseException:
         session.close()
         raise

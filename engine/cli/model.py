@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 
 from engine.cli.common import (EXIT_INTERRUPTED, CliError, Output, ProgressBar, StopFlag, add_command,
                                add_untrusted_arg, job_cancelled, model_errors, one_line, open_memory, run_job)
+from engine.cli.pkm import add_pkm_arg, pkm_attached, pkm_line
 from engine.cli_args import answer_tokens, non_negative, positive, retrieved
 
 
@@ -41,8 +42,9 @@ def _load_predictor(a, out: Output, modes: Sequence[str]):
         hf_logging.disable_progress_bar()  # one-line errors, clean --json output
     except ImportError:  # pragma: no cover
         pass
-    # entry_states: entries read in an earlier run are not read again
-    session = open_session(a.reader, branch=branch_dir, entry_states=True)
+    # entry_states: entries read in an earlier run are not read again (not with --pkm: a layer
+    # below the branch changes the entries' states, which must not go into the shared store)
+    session = open_session(a.reader, branch=branch_dir, entry_states=not getattr(a, "pkm", None))
     return Predictor.from_session(session)
 
 
@@ -166,8 +168,11 @@ def cmd_predict(a, out: Output) -> int:
         try:
             predictor = _load_predictor(a, out, modes)
             plugins = _load_plugins(a, predictor.reader, mems, out)
-            rec = predictor.predict(a.prompt, mems, mode=modes[0], k=a.k, max_new_tokens=a.max_new_tokens,
-                                    explain=not a.no_explain, plugins=plugins)
+            with pkm_attached(a, predictor.reader) as layer:
+                rec = predictor.predict(a.prompt, mems, mode=modes[0], k=a.k, max_new_tokens=a.max_new_tokens,
+                                        explain=not a.no_explain, plugins=plugins)
+            if layer is not None:
+                rec.mechanisms = ["pkm", *(rec.mechanisms or [])]
         except model_errors() as exc:
             raise CliError(str(exc)) from None
     finally:
@@ -178,6 +183,8 @@ def cmd_predict(a, out: Output) -> int:
         packs = ", ".join(rec.packs) or "none plugged"
         lines = [f"answer ({rec.mode}; {packs}):{rec.answer}", f"without memory:{rec.answer_without_memory}"]
         lines += _injected_lines(rec)
+        if layer is not None:
+            lines.append(pkm_line(a.pkm, layer))
         if rec.retrieved:
             lines.append(f"retrieved ({len(rec.retrieved)}):    score  weight  loo Δlogp")
             for r in rec.retrieved:
@@ -187,7 +194,10 @@ def cmd_predict(a, out: Output) -> int:
         lines.append(f"({rec.seconds:.2f} s)")
         return "\n".join(lines)
 
-    out.emit(rec.to_dict(), human)
+    data = rec.to_dict()
+    if layer is not None:
+        data["pkm"] = a.pkm
+    out.emit(data, human)
     return 0
 
 
@@ -243,17 +253,21 @@ def cmd_eval(a, out: Output) -> int:
     modes = _modes(a.mode)
 
     def run(predictor, mems, probes, mode, plugins, bar, stop):
-        return evaluate_probes(predictor, mems, probes, mode, k=a.k, limit=a.limit, paraphrases=not a.no_paraphrases,
-                               progress=bar, should_stop=stop, plugins=plugins)
+        with pkm_attached(a, predictor.reader):  # --pkm: the layer is part of the reader for every answer
+            return evaluate_probes(predictor, mems, probes, mode, k=a.k, limit=a.limit,
+                                   paraphrases=not a.no_paraphrases, progress=bar, should_stop=stop, plugins=plugins)
 
     results = _run_per_mode(a, out, modes, "eval", lambda: read_probes(a.probes), run)
     if results is None:
         return EXIT_INTERRUPTED
     data = _report(results, modes)
+    if a.pkm:
+        data["pkm"] = a.pkm
 
     def human() -> str:
         head = f"{'':<28}" + "".join(f"{m:>12}" for m in modes)
-        rows = [f"probes: {data['n']} from {a.probes} (k={a.k})", *_plugins_line(data), head]
+        layer = [f"product-key memory: {a.pkm} (part of the reader for every answer)"] if a.pkm else []
+        rows = [f"probes: {data['n']} from {a.probes} (k={a.k})", *_plugins_line(data), *layer, head]
         labels = [("accuracy", "accuracy with memory"), ("accuracy_without_memory", "accuracy without memory")]
         if data.get("plugins"):
             labels = [("accuracy", "accuracy with memory+plugins"), ("accuracy_without_plugins", "accuracy without plugins"),
@@ -372,6 +386,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--no-explain", action="store_true", help="skip the leave-one-out pass")
     model_args(sp)
     plugin_arg(sp)
+    add_pkm_arg(sp)
     add_untrusted_arg(sp)
 
     sp = add("prepare", cmd_prepare, "read every entry of packs through the reader once and keep its states on "
@@ -389,6 +404,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--no-paraphrases", action="store_true")
     model_args(sp)
     plugin_arg(sp)
+    add_pkm_arg(sp)
     add_untrusted_arg(sp)
 
     sp = add("eval-edits", cmd_eval_edits, "edit entries, measure efficacy / paraphrases / locality, then undo the edits")

@@ -39,6 +39,9 @@ MECHANISMS: tuple[MechanismSpec, ...] = (
     MechanismSpec("plugins", "input injection", "Knowledge plugins",
                   "Map-tuned entity vectors are placed before the entities the prompt mentions.",
                   brief="entity vectors before their mentions", artefact="knowledge plugin"),
+    MechanismSpec("pkm", "added layer", "Product-key memory",
+                  "A layer of learned slots grown on the domain's text, beside one feed-forward block of the reader.",
+                  brief="a grown product-key memory layer", artefact="product-key memory"),
 )
 _NONE = MechanismSpec("none", "none", "No memory", "The bare reader: nothing is retrieved.", brief="the bare reader")
 
