@@ -162,7 +162,7 @@ def test_save_load_roundtrip_and_refusals(reader, tmp_path, pack_path):
     ids = plugin.embeddings.entity_ids.tolist()
     assert torch.allclose(again.vectors(ids, reader.device), plugin.vectors(ids, reader.device))
     assert again.linker().link("Nippon")[0].entity_id == plugin.linker().link("Japan")[0].entity_id
-    with pytest.raises(PluginError, match="was trained for the reader 'tiny-llama-seed0', not the loaded 'tiny-llama-seed1'"):
+    with pytest.raises(PluginError, match="was trained for the reader 'tiny-llama-seed0', not the loaded reader 'tiny-llama-seed1'"):
         load_plugin(folder, make_tiny_reader(1))
     from engine.mechanisms.plugins.entities import import_triples
     from tests.engine.test_plugins_fixtures import write_jsonl

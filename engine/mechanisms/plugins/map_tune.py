@@ -35,7 +35,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from engine.mechanisms.plugins.embeddings import EntityEmbeddings, atomic_write, default_embeddings_dir
+from engine.artefacts import atomic_write
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings, default_embeddings_dir
 from engine.mechanisms.plugins.entities import EntityLinker
 from engine.mechanisms.plugins.errors import PluginError
 from engine.mechanisms.plugins.mapping import KnowledgePlugin, build_inputs_embeds, default_plugin_dir, mention_tokens, \

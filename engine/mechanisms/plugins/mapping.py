@@ -37,9 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.artefacts import (check_fields, check_shapes, check_size, config_from_dict, module_shapes,
-                              read_format_config, tensor_shapes)
-from engine.mechanisms.plugins.embeddings import EntityEmbeddings, atomic_write, check_entity_set, entity_set_fingerprint
+from engine.artefacts import Artefact, check_fields, check_shapes, check_size, config_from_dict, module_shapes
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings, check_entity_set
 from engine.mechanisms.plugins.entities import EntityLinker
 from engine.mechanisms.plugins.errors import PluginError
 
@@ -47,7 +46,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "plugmem-knowledge-plugin"
 FORMAT_VERSION = 1
-_CHECKED_READER_KEYS = ("architecture", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
 
 
 def default_plugin_dir(pack_path: str | Path) -> Path:
@@ -173,45 +171,34 @@ class KnowledgePlugin:
         return self.mapping(self.entity_table(device)[rows])
 
     def check_reader(self, reader, what: str | None = None) -> None:
-        _check_reader(self.reader_fingerprint, reader, what or f"The knowledge plugin {self.name!r}")
+        PluginFiles.check_reader(self.reader_fingerprint, reader, what or f"The knowledge plugin {self.name!r}")
 
     # ---------------------------------------------------------------- save / load
     def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name, "config": asdict(self.config),
-                "reader": self.reader_fingerprint, "entity_set": self.entity_set, "entities": len(self.embeddings),
-                "embeddings": {"source": self.embeddings.source, "meta": self.embeddings.meta},
-                "training": self.training}
+        fields = {"name": self.name, "config": asdict(self.config), "reader": self.reader_fingerprint,
+                  "entity_set": self.entity_set, "entities": len(self.embeddings),
+                  "embeddings": {"source": self.embeddings.source, "meta": self.embeddings.meta},
+                  "training": self.training}
         state = {f"mapping.{k}": v.detach().float().cpu().contiguous() for k, v in self.mapping.state_dict().items()}
         state["entity_vectors"] = torch.from_numpy(self.embeddings.vectors).contiguous()
         state["entity_ids"] = torch.from_numpy(self.embeddings.entity_ids).contiguous()
         ents = {"names": self.embeddings.names,
                 "aliases": [self.aliases.get(int(e), []) for e in self.embeddings.entity_ids.tolist()]}
-        atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
-        atomic_write(folder / "entities.json", lambda p: p.write_text(json.dumps(ents, ensure_ascii=False), encoding="utf-8"))
-        atomic_write(folder / "config.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8"))
-        return folder
+        return PluginFiles.save(folder, fields, state, files={"entities.json": json.dumps(ents, ensure_ascii=False)})
 
     @classmethod
     def load(cls, folder: str | Path, reader, pack=None) -> "KnowledgePlugin":
         """Load a plugin for ``reader`` (refused if made for another); with ``pack``, check its entity set."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         meta = read_plugin_config(folder)
-        _check_reader(meta["reader"], reader, f"The knowledge plugin in {folder}")
+        PluginFiles.check_reader(meta["reader"], reader, f"The knowledge plugin in {folder}")
         cfg = MappingConfig.from_dict(meta["config"])  # checked, naming the file, by read_plugin_config
-        weights = folder / "model.safetensors"
-        _check_weights(cfg, tensor_shapes(weights, PluginError), reader, folder)
+        _check_weights(cfg, PluginFiles.tensor_shapes(folder), reader, folder)
+        state = PluginFiles.read_tensors(folder)
         try:
-            state = load_file(str(weights))
             ents = json.loads((folder / "entities.json").read_text(encoding="utf-8"))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise PluginError(f"{folder}: the plugin's files are unreadable ({exc})") from None
+        except (OSError, ValueError) as exc:
+            raise PluginError(f"{folder / 'entities.json'} is unreadable ({exc})") from None
         check_fields(ents, {"names": "list", "aliases": "list"}, PluginError, str(folder / "entities.json"),
                      required=("names", "aliases"))
         names, aliases = ents["names"], ents["aliases"]
@@ -237,28 +224,28 @@ class KnowledgePlugin:
         return plugin
 
 
+class PluginFiles(Artefact):
+    """A knowledge-plugin folder (``engine.artefacts.Artefact``), with ``entities.json`` beside it."""
+
+    format, version = FORMAT, FORMAT_VERSION
+    what, error = "a knowledge plugin", PluginError
+    remake = "train one with `plugmem map-tune`"
+    reader_hint = "map-tune a plugin for this reader"
+    json_options = {"indent": 1, "ensure_ascii": False}
+
+    @classmethod
+    def check_fields(cls, meta: dict[str, Any], path: Path) -> None:
+        check_fields(meta, {"config": "dict", "reader": "dict", "entity_set": "str", "name": "str?",
+                            "embeddings": "dict?", "training": "dict?"}, PluginError, str(path),
+                     required=("config", "reader", "entity_set"))
+        check_fields(meta.get("embeddings") or {}, {"source": "str?", "meta": "dict?"}, PluginError,
+                     f"{path}: embeddings")
+        MappingConfig.from_dict(meta["config"], f"{path}: config")
+
+
 def read_plugin_config(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / "config.json"
-    meta, version = read_format_config(
-        path, FORMAT, "a knowledge plugin", PluginError,
-        f"{folder} is not a knowledge plugin folder: no config.json (train one with `plugmem map-tune`)")
-    if version > FORMAT_VERSION:
-        raise PluginError(f"{path}: format version {version} is newer than this program supports")
-    check_fields(meta, {"config": "dict", "reader": "dict", "entity_set": "str", "name": "str?",
-                        "embeddings": "dict?", "training": "dict?"}, PluginError, str(path),
-                 required=("config", "reader", "entity_set"))
-    check_fields(meta.get("embeddings") or {}, {"source": "str?", "meta": "dict?"}, PluginError, f"{path}: embeddings")
-    MappingConfig.from_dict(meta["config"], f"{path}: config")
-    return meta
-
-
-def _check_reader(exp: dict, reader, what: str) -> None:
-    mine = reader.fingerprint
-    diffs = [f"{k} {exp.get(k)!r} vs {mine.get(k)!r}" for k in _CHECKED_READER_KEYS if exp.get(k) != mine.get(k)]
-    if diffs:
-        raise PluginError(f"{what} was trained for the reader {exp.get('name', '?')!r}, not the loaded "
-                          f"{mine.get('name', '?')!r} ({'; '.join(diffs)}); map-tune a plugin for this reader")
+    """The checked ``config.json`` of a plugin folder (raises ``PluginError`` naming the file)."""
+    return PluginFiles.read_config(folder)
 
 
 def _check_weights(cfg: MappingConfig, shapes: dict[str, tuple[int, ...]], reader, folder: Path) -> None:
