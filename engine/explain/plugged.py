@@ -61,7 +61,7 @@ def prompt_row(prompt: str, texts: Sequence[str], mode: str, style: str = "facts
 class PluginFusion:
     """Answers and leave-one-out effects with knowledge plugins AND a memory mode on.
 
-    ``injector``: a :class:`engine.mechanisms.plugins.mapping.PluginInjector` for the reader.
+    ``injector``: a :class:`engine.mechanisms.plugins.attach.PluginInjector` for the reader.
     ``mode`` is 'dpm' (``fusion``: a ``DPMFusion``), 'context' (``fusion``: a
     ``ContextFusion``) or 'none' (the plugins alone).
     """

@@ -312,13 +312,14 @@ class Predictor:
     def plugin_injector(self, plugins: Sequence):
         """A ``PluginInjector`` of ``plugins`` (``KnowledgePlugin`` objects) for this reader (checked for it)."""
         from engine.mechanisms.plugins.errors import PluginError
-        from engine.mechanisms.plugins.mapping import KnowledgePlugin, PluginInjector
+        from engine.mechanisms.plugins.attach import PluginInjector
+        from engine.mechanisms.plugins.module import KnowledgePlugin
 
         plugins = tuple(plugins)
         for i, p in enumerate(plugins):
             if not isinstance(p, KnowledgePlugin):
                 raise PredictError(f"plugin #{i + 1} is a {type(p).__name__}, not a KnowledgePlugin: load it with "
-                                   "engine.mechanisms.plugins.mapping.load_plugin(folder, reader, pack)")
+                                   "engine.mechanisms.plugins.io.load_plugin(folder, reader, pack)")
         names = [p.name for p in plugins]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:

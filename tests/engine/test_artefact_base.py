@@ -19,7 +19,7 @@ from engine.mechanisms.base import MechanismError
 from engine.mechanisms.context.mechanism import ContextMechanism
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings
 from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
-from engine.mechanisms.plugins.mapping import load_plugin
+from engine.mechanisms.plugins.io import load_plugin
 
 OLD = Path(__file__).parent / "data" / "artefacts-v1"
 

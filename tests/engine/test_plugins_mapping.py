@@ -7,13 +7,9 @@ import torch
 
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings
 from engine.mechanisms.plugins.errors import PluginError
-from engine.mechanisms.plugins.mapping import (
-    KnowledgePlugin,
-    PluginInjector,
-    build_inputs_embeds,
-    build_inputs_embeds_loop,
-    load_plugin,
-)
+from engine.mechanisms.plugins.attach import PluginInjector, build_inputs_embeds, build_inputs_embeds_loop
+from engine.mechanisms.plugins.io import load_plugin
+from engine.mechanisms.plugins.module import KnowledgePlugin
 from engine.store import Pack
 from tests.engine.test_plugins_fixtures import make_pack
 
