@@ -36,10 +36,14 @@ class ContextMechanism(MechanismBase):
             raise MechanismError(f"unknown context style {style!r}; known: {', '.join(TEMPLATES)}")
         self.style = style
 
+    def fusion(self, reader) -> ContextFusion:
+        """The context fusion on ``reader`` (nothing to cache: it is made afresh)."""
+        return ContextFusion(reader, style=self.style)
+
     @contextmanager
     def attach(self, reader) -> Iterator[ContextFusion]:
         # Nothing on the reader changes: the entries go into the prompt.
-        yield ContextFusion(reader, style=self.style)
+        yield self.fusion(reader)
 
     def leave_one_out(self, reader, prompt: str, answer: str, *, texts: Sequence[str] = (),
                       scores: Sequence[float] = ()) -> LeaveOneOut:
