@@ -1,6 +1,6 @@
 """Every answer path's output on a fixed sample, as JSON: to check a refactoring changes no answer.
 
-    .venv/bin/python bench/answers_dump.py OUT.json [--n 12] [--k 5]
+    .venv/bin/python bench/answers_dump.py OUT.json [--n 12] [--k 5] [--variants dpm,context+plugins]
     diff <(python -m json.tool before.json) <(python -m json.tool after.json)
 
 On the demo geography pack, the real reader and the shipped branch: ``Predictor.predict``
@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=12, help="probes")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", default="", help="only these, e.g. 'dpm,context+plugins' (default: every mode, "
+                                                   "each without and with a plugin)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ws = ensure_demo_workspace()
@@ -66,8 +68,11 @@ def main() -> None:
     with Memory.open(pack_path) as mem:
         plugin = plugin_for(session.reader, mem.pack)
         variants = [("", ())] + ([("+plugins", (plugin,))] if plugin is not None else [])
+        wanted = set(a.variants.split(",")) if a.variants else None
         for mode in MODES:
             for suffix, plugins in variants:
+                if wanted is not None and mode + suffix not in wanted:
+                    continue
                 recs = []
                 for p in probes:
                     d = predictor.predict(p.prompt, [mem], mode=mode, k=a.k, max_new_tokens=8, plugins=plugins).to_dict()
@@ -77,8 +82,9 @@ def main() -> None:
                                           max_new_tokens=8, batch_size=8, plugins=plugins)
                 report[mode + suffix] = {"predict": recs, "answer_batch": answers}
                 print(mode + suffix, [r["answer"] for r in recs][:4], flush=True)
+                # written after each variant, so a long run that is stopped keeps what it did
+                Path(a.out).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     session.close()
-    Path(a.out).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 if __name__ == "__main__":
