@@ -66,25 +66,26 @@ class EvalStore:
         self.path = Path(folder) / FILE_NAME
 
     def load(self) -> list[EvalRun]:
+        """The saved runs; a damaged line is logged ('FILE:LINE: reason') and skipped, the others are kept."""
+        from engine.jsonl import JsonlError, json_lines, read_text
+
         if not self.path.exists():
             return []
-        runs: list[EvalRun] = []
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            log.warning("%s unreadable (%s); no past evaluations shown", self.path, exc)
+            text = read_text(self.path)
+        except JsonlError as exc:
+            log.warning("%s; no past evaluations shown", exc)
             return []
+        runs: list[EvalRun] = []
         known = set(EvalRun.__dataclass_fields__)
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+        for n, d in json_lines(self.path, text, expect="an evaluation record",
+                               skip=lambda exc: log.warning("%s (line skipped)", exc)):
             try:
-                d = json.loads(line)
-                if not isinstance(d, dict) or not isinstance(d.get("result"), dict):
+                if not isinstance(d.get("result"), dict):
                     raise ValueError("not an evaluation record")
                 runs.append(EvalRun(**{k: v for k, v in d.items() if k in known}))
             except (ValueError, TypeError) as exc:
-                log.warning("%s:%d skipped (%s)", self.path, n, exc)
+                log.warning("%s:%d: %s (line skipped)", self.path, n, exc)
         return runs
 
     def append(self, run: EvalRun, existing: list[EvalRun]) -> EvalRun:

@@ -71,7 +71,7 @@ class LoadedModel:
         do (a triples import added aliases it should link); plugins of packs no longer asked
         for are dropped, so unplugging frees them.
         """
-        from engine.mechanisms.plugins.mapping import default_plugin_dir, load_plugin
+        from engine.mechanisms.plugins.io import default_plugin_dir, load_plugin
         from engine.store import Pack, PackError
 
         plugins, notes = [], []

@@ -175,7 +175,7 @@ def _flag(v: Any, what: str) -> bool:
 
 def plugin_folder(pack_path: str | Path) -> Path:
     """Where the pack's knowledge plugin lives (``<pack>.plugin/``, the engine's default)."""
-    from engine.mechanisms.plugins.mapping import default_plugin_dir
+    from engine.mechanisms.plugins.io import default_plugin_dir
 
     return default_plugin_dir(pack_path)
 
@@ -186,7 +186,7 @@ def plugin_status(pack_path: str | Path) -> tuple[bool, str]:
     Reads only the plugin's ``config.json`` (cheap: called for every pack on refresh).
     """
     from engine.mechanisms.plugins.errors import PluginError
-    from engine.mechanisms.plugins.mapping import read_plugin_config
+    from engine.mechanisms.plugins.io import read_plugin_config
 
     folder = plugin_folder(pack_path)
     if not (folder / "config.json").is_file():

@@ -38,9 +38,9 @@ from engine.evaluate import evaluate_edits, evaluate_probes, read_edits, read_pr
 from engine.explain import Predictor  # noqa: E402
 from engine.memory import Memory  # noqa: E402
 from engine.mechanisms import dpm  # noqa: E402
-from engine.reader import load_reader
 from bench._results import publish  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
+from engine.session import open_session  # noqa: E402
 
 
 def sample(items: list, n: int, seed: int) -> list:
@@ -75,10 +75,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     ws = ensure_demo_workspace(folder=Path(a.workspace) if a.workspace else None)
-    reader = load_reader()
     branch_dir = Path(a.branch) if a.branch else dpm.default_branch_path()
-    branch = dpm.load(branch_dir, reader) if "dpm" in modes else None
-    predictor = Predictor(reader, branch)
+    predictor = Predictor.from_session(open_session(branch=branch_dir if "dpm" in modes else None))
     report: dict = {"branch": str(branch_dir), "k": a.k, "domains": {}}
     for domain in a.domains.split(","):
         pack = next(p for p in ws["packs"] if Path(p).stem == domain)

@@ -34,7 +34,8 @@ import torch  # noqa: E402
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings  # noqa: E402
 from engine.mechanisms.plugins.entities import EntityLinker, import_triples  # noqa: E402
 from engine.mechanisms.plugins.map_tune import make_examples  # noqa: E402
-from engine.mechanisms.plugins.mapping import KnowledgePlugin, build_inputs_embeds, build_inputs_embeds_loop  # noqa: E402
+from engine.mechanisms.plugins.attach import build_inputs_embeds, build_inputs_embeds_loop  # noqa: E402
+from engine.mechanisms.plugins.module import KnowledgePlugin  # noqa: E402
 from engine.store import Pack  # noqa: E402
 
 DEMO = ROOT / "resources" / "demo" / "geography"

@@ -48,13 +48,11 @@ from engine.evaluate import is_correct, read_edits, read_probes  # noqa: E402
 from engine.explain import Predictor, retrieve  # noqa: E402
 from engine.explain.predict import reset_statement_keys  # noqa: E402
 from engine.memory import Memory  # noqa: E402
-from engine.mechanisms import dpm  # noqa: E402
-from engine.reader import load_reader
 from engine.reader import generation, narrow  # noqa: E402
-from engine.mechanisms.dpm.entry_store import EntryStateStore  # noqa: E402
 from engine.reader.generation import greedy_generate  # noqa: E402
 from bench._results import publish  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
+from engine.session import open_session  # noqa: E402
 
 
 def ms(xs: list[float]) -> str:
@@ -88,11 +86,10 @@ def main() -> None:
 
     ws = ensure_demo_workspace(folder=Path(a.workspace) if a.workspace else None)
     pack = next(p for p in ws["packs"] if Path(p).stem == "geography")
-    reader = load_reader()
-    branch = dpm.load_default_branch(reader)
     # The bench's own store (a temporary folder): what the user's cache holds does not matter.
     tmp = tempfile.TemporaryDirectory(prefix="bench-states-")
-    store = EntryStateStore.for_branch(reader, branch, tmp.name)
+    session = open_session(entry_states=True, cache_dir=tmp.name)  # the reader, the shipped branch, its store
+    reader, branch = session.reader, session.branch
 
     def new_session(empty_key_store: bool = False) -> None:
         """No statement key in memory, as in a new process; keys from the bench's key store,
@@ -101,7 +98,7 @@ def main() -> None:
         reset_statement_keys()
 
     new_session()  # retrieval keeps statement keys in the bench's folder too
-    predictor = Predictor(reader, branch, entry_store=store)
+    predictor = Predictor.from_session(session)
     probes = [p for p in read_probes(demo_dir() / "geography" / "probes_heldout.jsonl")
               if p.split == "heldout_relation"][: a.n]
     edits = read_edits(demo_dir() / "geography" / "edits.jsonl")[: a.edits]
@@ -132,7 +129,7 @@ def main() -> None:
             for mode, temp in order:
                 if temp.startswith("stored"):
                     new_session("encoded" in temp)
-                who = Predictor(reader, branch, entry_store=store) if temp.startswith("stored") else predictor
+                who = Predictor.from_session(session) if temp.startswith("stored") else predictor
                 t = time.perf_counter()
                 rec = who.predict(p.prompt, [mem], mode=mode, k=a.k, max_new_tokens=8)
                 times[(mode, temp)].append(time.perf_counter() - t)
@@ -200,7 +197,7 @@ def main() -> None:
         "|---|---|",
     ] + [f"| {w} | {v} |" for w, v in rows]
     table = "\n".join(lines) + "\n"
-    store.close()
+    session.close()
     tmp.cleanup()
     publish(table, a.append)
 

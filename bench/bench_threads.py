@@ -42,13 +42,12 @@ from engine.demo import ensure_demo_workspace
 from engine.evaluate import read_probes
 from engine.explain import Predictor
 from engine.memory import Memory
-from engine.mechanisms import dpm
-from engine.reader import load_reader
 from engine.resources import demo_dir
+from engine.session import open_session
 ws = ensure_demo_workspace()
 pack = next(p for p in ws["packs"] if Path(p).stem == "geography")
-reader = load_reader()
-pred = Predictor(reader, dpm.load_default_branch(reader))
+pred = Predictor.from_session(open_session())  # the default reader and its shipped branch
+reader = pred.reader
 probes = [p for p in read_probes(demo_dir() / "geography" / "probes_heldout.jsonl") if p.split == "heldout_relation"]
 out = []
 with Memory.open(pack) as mem:

@@ -40,9 +40,9 @@ import importlib  # noqa: E402
 predict_mod = importlib.import_module("engine.explain.predict")  # the module (engine.explain.predict is also a function)
 from engine.memory import Memory  # noqa: E402
 from engine.mechanisms import dpm  # noqa: E402
-from engine.reader import load_reader
 from bench._results import publish  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
+from engine.session import open_session  # noqa: E402
 
 
 def excluded(n_items: int, n: int, seed: int) -> set[int]:
@@ -89,9 +89,9 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     ws = ensure_demo_workspace()
-    reader = load_reader()
     folder = Path(a.branch) if a.branch else dpm.default_branch_path()
-    branch = dpm.load(folder, reader)
+    session = open_session(branch=folder)
+    reader, branch = session.reader, session.branch
     data = {d: split(d) for d in ("geography", "chemistry")}
     packs = {d: next(p for p in ws["packs"] if Path(p).stem == d) for d in data}
     rows = []

@@ -1,12 +1,193 @@
-"""The ``config.json`` that describes a saved artefact folder (a DPM branch, a knowledge
-plugin, entity embeddings): read and checked the same way for each, each with its own
-error type and wording."""
+"""Saved artefact folders (a DPM branch, a knowledge plugin, entity embeddings, a context
+layout; next product-key memory and weight patches): one base, :class:`Artefact`, for all.
+
+A folder holds ``config.json`` (``format``, ``format_version``, then the kind's fields) and
+one safetensors weights file (``model.safetensors`` unless the kind says otherwise), plus
+any JSON side files the kind needs. Writing is atomic per file (temporary file in the same
+folder, fsync, ``os.replace``, fsync of the folder) and ``config.json`` is written last, so
+a folder with a config is a complete one. Reading checks the format and version, the
+kind's own fields, the reader fingerprint, the tensor shapes from the file header before
+anything is allocated, and finite values; every problem raises the kind's own error naming
+the file. The field and shape helpers below are what the kinds' checks are made of.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+#: The reader fingerprint fields an artefact must match (its name is informational).
+READER_KEYS = ("architecture", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, flushed to disk, then renamed
+    over ``path`` (a crash leaves the old file or the new one, never half of one). The
+    file is made readable by others (an artefact is meant to be shared)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; Windows cannot open a folder for this)."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_reader(expected: Mapping[str, Any], reader, what: str, error: type[Exception], hint: str) -> None:
+    """Raise ``error`` when an artefact made for the reader fingerprint ``expected`` does not
+    fit ``reader``: every field of :data:`READER_KEYS` must be equal."""
+    mine = reader.fingerprint
+    diffs = [f"{k} {expected.get(k)!r} vs {mine.get(k)!r}" for k in READER_KEYS if expected.get(k) != mine.get(k)]
+    if diffs:
+        raise error(f"{what} was trained for the reader {expected.get('name', '?')!r}, not the loaded reader "
+                    f"{mine.get('name', '?')!r} ({'; '.join(diffs)}); {hint}")
+
+
+class Artefact:
+    """One kind of artefact folder. A kind is a subclass setting the class attributes::
+
+        class BranchFiles(Artefact):
+            format, version = "plugmem-dpm-branch", 1
+            what, error = "a DPM branch", DPMError
+            remake = "train one with `plugmem train-branch`"
+
+    then ``BranchFiles.save(folder, fields, tensors)`` and ``meta = BranchFiles.read_config(folder)``,
+    ``BranchFiles.check_reader(meta["reader"], reader)``, ``BranchFiles.read_tensors(folder,
+    expected_shapes)``. ``check_fields`` (override) checks the kind's own fields of config.json.
+    """
+
+    format: ClassVar[str]  # config.json's "format"
+    version: ClassVar[int]  # the format_version written (and the newest read)
+    what: ClassVar[str]  # "a DPM branch": "... does not describe a DPM branch"
+    error: ClassVar[type[Exception]]  # this kind's error class
+    remake: ClassVar[str] = ""  # how to make a new one, said when there is none or it cannot be read
+    reader_hint: ClassVar[str] = ""  # what to do about an artefact of another reader
+    weights: ClassVar[str | None] = "model.safetensors"  # None: config.json alone
+    exact_version: ClassVar[bool] = False  # True: only ``version`` is read; False: any up to it
+    missing: ClassVar[str] = "{folder} is not {what} folder: no config.json"
+    json_options: ClassVar[dict[str, Any]] = {"indent": 2}  # how config.json is written (kept as it always was)
+
+    # ---------------------------------------------------------------- writing
+    @classmethod
+    def save(cls, folder: str | Path, fields: Mapping[str, Any], tensors: Mapping[str, Any] | None = None,
+             *, files: Mapping[str, str] | None = None) -> Path:
+        """Write ``tensors`` (torch tensors or numpy arrays) into the weights file, each of
+        ``files`` (name -> text), then ``config.json`` = format, version and ``fields``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if cls.weights is not None:
+            tensors = dict(tensors or {})
+            meta = {"format": cls.format}
+            if any(type(v).__module__.startswith("torch") for v in tensors.values()):
+                from safetensors.torch import save_file
+            else:
+                from safetensors.numpy import save_file
+            atomic_write(folder / cls.weights, lambda p: save_file(tensors, str(p), metadata=meta))
+        for name, text in (files or {}).items():
+            atomic_write(folder / name, lambda p, t=text: p.write_text(t, encoding="utf-8"))
+        config = {"format": cls.format, "format_version": cls.version, **fields}
+        atomic_write(folder / "config.json",
+                     lambda p: p.write_text(json.dumps(config, **cls.json_options), encoding="utf-8"))
+        return folder
+
+    # ---------------------------------------------------------------- reading
+    @classmethod
+    def read_config(cls, folder: str | Path) -> dict[str, Any]:
+        """``config.json`` of ``folder``, checked: format, version, then :meth:`check_fields`."""
+        folder = Path(folder)
+        path = folder / "config.json"  # a missing folder is told as a missing config.json
+        missing = cls.missing.format(folder=folder, what=cls.what)
+        meta, version = read_format_config(path, cls.format, cls.what, cls.error,
+                                           f"{missing}; {cls.remake}" if cls.remake else missing)
+        if version > cls.version or (cls.exact_version and version != cls.version):
+            why = "newer than this program reads" if version > cls.version else "not the one this program reads"
+            raise cls.error(f"{path}: format version {version} is {why} ({cls.version})"
+                            f"{'; ' + cls.remake if cls.remake else ''}")
+        cls.check_fields(meta, path)
+        return meta
+
+    @classmethod
+    def check_fields(cls, meta: dict[str, Any], path: Path) -> None:
+        """Check the kind's own fields of ``config.json`` (``path``); raise ``cls.error``."""
+
+    @classmethod
+    def check_reader(cls, expected: Mapping[str, Any], reader, what: str) -> None:
+        """Refuse ``reader`` unless it is the one ``expected`` (an artefact's "reader" field) names."""
+        check_reader(expected, reader, what, cls.error, cls.reader_hint)
+
+    @classmethod
+    def tensor_shapes(cls, folder: str | Path) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape from the weights file's header (nothing is read)."""
+        return tensor_shapes(cls._weights_path(folder), cls.error)
+
+    @classmethod
+    def read_tensors(cls, folder: str | Path, expected: dict[str, tuple[int, ...]] | None = None,
+                     *, framework: str = "pt") -> dict[str, Any]:
+        """The weights file's tensors (``framework``: 'pt' torch, 'np' numpy). With
+        ``expected`` (name -> shape) the header is checked first; non-finite values are refused."""
+        weights = cls._weights_path(folder)
+        if expected is not None:
+            check_shapes(expected, tensor_shapes(weights, cls.error), weights, cls.error)
+        from safetensors import SafetensorError
+
+        if framework == "np":
+            from safetensors.numpy import load_file
+        else:
+            from safetensors.torch import load_file
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise cls.error(f"{weights} is unreadable: {exc}") from None
+        bad = [k for k, v in state.items() if _is_float(v) and not _all_finite(v)]
+        if bad:
+            raise cls.error(f"{weights}: non-finite values in {bad[:3]}")
+        return state
+
+    @classmethod
+    def _weights_path(cls, folder: str | Path) -> Path:
+        weights = Path(folder) / str(cls.weights)
+        if not weights.is_file():
+            raise cls.error(f"{folder}: no {cls.weights}")
+        return weights
+
+
+def _is_float(v: Any) -> bool:
+    kind = getattr(v, "dtype", None)
+    return bool(getattr(kind, "is_floating_point", False)) or getattr(kind, "kind", "") == "f"
+
+
+def _all_finite(v: Any) -> bool:
+    if hasattr(v, "isfinite"):  # torch
+        return bool(v.isfinite().all())
+    import numpy as np
+
+    return bool(np.isfinite(v).all())
 
 
 def read_format_config(path: str | Path, fmt: str, what: str, error: type[Exception],

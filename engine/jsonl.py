@@ -63,12 +63,26 @@ def read_text(path: str | Path, error: type[JsonlError] = JsonlError) -> str:
 
 
 def json_lines(path: str | Path, text: str, *, expect: str = "a JSON object", error: type[JsonlError] = JsonlError,
-               tick: Callable[[int], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+               tick: Callable[[int], None] | None = None,
+               skip: Callable[[JsonlError], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of ``text`` (the content of ``path``).
 
     ``expect`` completes 'expected ..., got list' for a line that is JSON but not an
     object. ``tick(offset)`` is told the character offset reached, for progress.
+    ``skip``: a bad line is handed to it and passed over instead of raising (a history
+    file the app appends to, where one damaged line must not hide the others).
     """
+    for item in _json_lines(path, text, expect, error, tick):
+        if isinstance(item, JsonlError):
+            if skip is None:
+                raise item
+            skip(item)
+        else:
+            yield item
+
+
+def _json_lines(path: str | Path, text: str, expect: str, error: type[JsonlError],
+                tick: Callable[[int], None] | None) -> Iterator[tuple[int, dict[str, Any]] | JsonlError]:
     pos = 0
     for n, raw in enumerate(text.split("\n"), start=1):
         pos += len(raw) + 1
@@ -78,16 +92,20 @@ def json_lines(path: str | Path, text: str, *, expect: str = "a JSON object", er
         if not line.strip():
             continue
         if len(line) > MAX_LINE_CHARS:
-            raise error(path, n, f"line has {len(line):,} characters, more than the {MAX_LINE_CHARS:,} a line may "
+            yield error(path, n, f"line has {len(line):,} characters, more than the {MAX_LINE_CHARS:,} a line may "
                                  "hold (split it into several records)")
+            continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise error(path, n, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+            yield error(path, n, f"not valid JSON: {exc.msg} (column {exc.colno})")
+            continue
         except RecursionError:
-            raise error(path, n, "JSON nested too deeply to read") from None
+            yield error(path, n, "JSON nested too deeply to read")
+            continue
         if not isinstance(obj, dict):
-            raise error(path, n, f"expected {expect}, got {type(obj).__name__}")
+            yield error(path, n, f"expected {expect}, got {type(obj).__name__}")
+            continue
         yield n, obj
 
 

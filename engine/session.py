@@ -52,7 +52,7 @@ class Session:
     def add_plugin(self, folder: str | Path, pack=None):
         """Load the knowledge plugin in ``folder`` for this reader (checked against ``pack``'s
         entities when given) and make it active; returns it."""
-        from engine.mechanisms.plugins.mapping import load_plugin
+        from engine.mechanisms.plugins.io import load_plugin
 
         plugin = load_plugin(folder, self.reader, pack)
         self.plugins.append(plugin)

@@ -13,7 +13,6 @@ of a run are listed with their first line (the full continuation in the tooltip)
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -74,14 +73,14 @@ DEMO_FILES = [("probes_heldout.jsonl", "held-out probes"), ("probes_train.jsonl"
 
 
 def detect_kind(path: str | Path) -> str:
-    """'edits' when the file's first record has ``old_text``, else 'probes'."""
+    """'edits' when the file's first record has ``old_text``, else 'probes' (also for a file
+    that cannot be read: reading it for the run then says what is wrong, and where)."""
+    from engine.jsonl import JsonlError, read_jsonl
+
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    return "edits" if isinstance(rec, dict) and "old_text" in rec else "probes"
-    except (OSError, ValueError, UnicodeDecodeError):
+        for _, rec in read_jsonl(path):
+            return "edits" if "old_text" in rec else "probes"
+    except JsonlError:
         pass
     return "probes"
 

@@ -145,7 +145,7 @@ class PluginTrainer(QObject):
         return self._start_map_tune(pack, options)
 
     def _start_map_tune(self, pack: str, options: MapTuneOptions) -> str | None:
-        from engine.mechanisms.plugins.mapping import default_plugin_dir
+        from engine.mechanisms.plugins.io import default_plugin_dir
 
         out = default_plugin_dir(pack)
         config = {"pack": pack, "reader": self.ctx.workspace.reader, "lr": options.lr, "batch": options.batch,

@@ -82,7 +82,7 @@ def _pct(x: float | None) -> str:
 
 def _check_plugin_args(a) -> None:
     """Fail fast (before the reader loads) on a --plugin folder that is missing or is no plugin."""
-    from engine.mechanisms.plugins.mapping import read_plugin_config
+    from engine.mechanisms.plugins.io import read_plugin_config
 
     for d in a.plugin or []:
         if d == "auto":
@@ -103,7 +103,7 @@ def _load_plugins(a, reader, mems: Sequence, out: Output) -> list:
     or one made for another entity set, is refused (PluginError: exit 2).
     """
     from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
-    from engine.mechanisms.plugins.mapping import default_plugin_dir, load_plugin
+    from engine.mechanisms.plugins.io import default_plugin_dir, load_plugin
 
     plugins, seen = [], set()
     for d in a.plugin or []:

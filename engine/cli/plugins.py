@@ -155,8 +155,9 @@ def cmd_map_tune(a, out) -> int:
 def cmd_eval_plugin(a, out: Output) -> int:
     """A knowledge plugin on held-out entity probes (and their mention loss), on the bare reader."""
     from engine.evaluate.plugins import evaluate_probes, format_table, heldout_mention_loss, load_probes
+    from engine.mechanisms.plugins.attach import PluginInjector
+    from engine.mechanisms.plugins.io import default_plugin_dir, read_plugin_config
     from engine.mechanisms.plugins.map_tune import read_holdout
-    from engine.mechanisms.plugins.mapping import PluginInjector, default_plugin_dir, read_plugin_config
     from engine.session import open_session
     from engine.store import Pack
 

@@ -70,7 +70,6 @@ def answer_batch(
     ``plugins``: knowledge plugins whose vectors go before the prompts' mentions too.
     """
     from engine.progress import check
-    from engine.mechanisms.context import context_prompt
 
     if mode not in MODES:
         raise PredictError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
@@ -97,17 +96,13 @@ def answer_batch(
         idx = order[start:start + batch_size]
         texts = [[h.entry.text for _, h in hits[i]] for i in idx]
         mnt = max(budget[i] for i in idx)
+        scores = [[float(h.score) for _, h in hits[i]] for i in idx]
         if plugged is not None:
-            scores = [[float(h.score) for _, h in hits[i]] for i in idx]
-            got = plugged.generate([prompts[i] for i in idx], mnt, mode=mode, fusion=fusion, texts=texts, scores=scores)
+            got = plugged.generate([prompts[i] for i in idx], mnt, fusion=fusion, texts=texts, scores=scores)
         elif fusion is None or not any(texts):
             got = reader.generate([prompts[i] for i in idx], max_new_tokens=mnt, batch_size=batch_size)
-        elif mode == "dpm":
-            scores = [[float(h.score) for _, h in hits[i]] for i in idx]
+        else:  # the mode's fusion, whichever it is
             got = fusion.generate_many([prompts[i] for i in idx], texts, scores, mnt)
-        else:
-            ctx = [context_prompt(prompts[i], t, fusion.style) for i, t in zip(idx, texts)]
-            got = reader.generate(ctx, max_new_tokens=mnt, batch_size=batch_size)
         for i, a in zip(idx, got):
             answers[i] = a
         if progress:
@@ -173,7 +168,7 @@ def evaluate_probes(
     mnt = per_probe + [per_probe[i] for i in para_of]
     memories = list(memories)
     plugins = list(plugins or ())
-    use_memory = bool(memories) and mode != "none"
+    use_memory = bool(memories) and predictor.fusion(mode) is not None
     # passes: everything on; the memory alone (with plugins); the bare reader (with memory or plugins)
     passes = 1 + bool(plugins and use_memory) + bool(plugins or use_memory)
     cut = [i / passes for i in range(passes + 1)]

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Sequence
 
 from engine.explain.record import Explanation, RetrievedEntry
-from engine.mechanisms.registry import MODES
+from engine.mechanisms.base import ENTRY_KINDS
+from engine.mechanisms.registry import MODES, mechanism
 from engine.reader.lru import LRU
 
 log = logging.getLogger(__name__)
@@ -268,34 +269,39 @@ class Predictor:
         return cls(session.reader, session.branch, context_style=context_style, entry_store=session.entry_store)
 
     def __init__(self, reader, branch=None, *, context_style: str = "facts", entry_store=None) -> None:
-        from engine.mechanisms.context import ContextFusion
+        from engine.mechanisms.context.mechanism import ContextMechanism
 
         self.reader = reader
         self.branch = branch
         # The reader is frozen, so its answer without memory never changes: asking again
         # (after an edit, with other packs...) reuses it instead of generating it again.
         self._plain = LRU(256)  # (prompt, max_new_tokens) -> answer
-        self._context = ContextFusion(reader, style=context_style)
-        self._dpm = None
+        mechanisms = [ContextMechanism(context_style)]
         if branch is not None:
-            from engine.mechanisms.dpm import DPMError, DPMFusion
+            from engine.mechanisms.dpm.mechanism import DPMMechanism
 
+            mechanisms.append(DPMMechanism(branch, store=entry_store))
+        #: mode name -> the fusion that answers in it (its mechanism's handle on this reader)
+        self._fusions = {}
+        for m in mechanisms:
             try:
-                self._dpm = DPMFusion(reader, branch, store=entry_store)
-            except DPMError as exc:
+                self._fusions[m.name] = m.fusion(reader)
+            except ValueError as exc:  # DPMError: a branch of another reader
                 raise PredictError(str(exc)) from exc
+        self._dpm = self._fusions.get("dpm")  # the entry states it caches are warmed and forgotten below
 
     def fusion(self, mode: str):
-        """The fusion object of ``mode`` ('dpm' / 'context'), or None for 'none'."""
-        if mode == "dpm":
-            if self._dpm is None:
-                raise PredictError("Mode 'dpm' needs a trained memory branch: train or load one, or use mode 'context'.")
-            return self._dpm
-        if mode == "context":
-            return self._context
-        if mode == "none":
+        """The fusion that answers in ``mode`` (a mode of the registry), or None for 'none'."""
+        if mode not in MODES:
+            raise PredictError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+        spec = mechanism(mode)
+        if spec.kind not in ENTRY_KINDS:  # 'none': the bare reader
             return None
-        raise PredictError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+        fusion = self._fusions.get(mode)
+        if fusion is None:
+            raise PredictError(f"Mode {mode!r} needs a trained {spec.artefact}: train or load one, or use mode "
+                               f"{spec.fallback!r}.")
+        return fusion
 
     def warm_entries(self, texts: Sequence[str]) -> None:
         """Read entries' reader states now (e.g. right after an edit, in the background),
@@ -312,13 +318,14 @@ class Predictor:
     def plugin_injector(self, plugins: Sequence):
         """A ``PluginInjector`` of ``plugins`` (``KnowledgePlugin`` objects) for this reader (checked for it)."""
         from engine.mechanisms.plugins.errors import PluginError
-        from engine.mechanisms.plugins.mapping import KnowledgePlugin, PluginInjector
+        from engine.mechanisms.plugins.attach import PluginInjector
+        from engine.mechanisms.plugins.module import KnowledgePlugin
 
         plugins = tuple(plugins)
         for i, p in enumerate(plugins):
             if not isinstance(p, KnowledgePlugin):
                 raise PredictError(f"plugin #{i + 1} is a {type(p).__name__}, not a KnowledgePlugin: load it with "
-                                   "engine.mechanisms.plugins.mapping.load_plugin(folder, reader, pack)")
+                                   "engine.mechanisms.plugins.io.load_plugin(folder, reader, pack)")
         names = [p.name for p in plugins]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -404,12 +411,12 @@ class Predictor:
         from engine.explain.plugged import PluginFusion
 
         pf = PluginFusion(self.reader, injector)
-        used = mode if texts else "none"
-        answer = pf.generate([prompt], max_new_tokens, mode=used, fusion=fusion, texts=[texts], scores=[scores])[0]
+        used = fusion if texts else None
+        answer = pf.generate([prompt], max_new_tokens, fusion=used, texts=[texts], scores=[scores])[0]
         answer_ids = self.reader.tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
         logp_all = None
         if explain and answer_ids:
-            loo = pf.leave_one_out(prompt, answer_ids, mode=used, fusion=fusion, texts=texts, scores=scores)
+            loo = pf.leave_one_out(prompt, answer_ids, fusion=used, texts=texts, scores=scores)
             logp_all = loo.logp_all
             injected = loo.injected
             for i, r in enumerate(retrieved):
@@ -418,7 +425,7 @@ class Predictor:
         else:
             if explain:
                 log.info("Empty answer for %r: no leave-one-out effects to compute", prompt)
-            injected = pf.injected(prompt, used, fusion, texts)
+            injected = pf.injected(prompt, used, texts)
         return Explanation(prompt, answer, plain, mode, packs, retrieved, logp_all, time.perf_counter() - t0, k,
                            plugins=[p.name for p in plugins], injected=injected, answer_without_plugins=memory_answer)
 

@@ -19,7 +19,8 @@ from .conftest import ask, open_on_explain, wait_ready
 def make_plugin(pack: Path, reader, name: str = "geo") -> Path:
     """A tiny (untrained) knowledge plugin for the pack's entities, saved where the app looks."""
     from engine.mechanisms.plugins.embeddings import EntityEmbeddings
-    from engine.mechanisms.plugins.mapping import KnowledgePlugin, default_plugin_dir
+    from engine.mechanisms.plugins.io import default_plugin_dir
+    from engine.mechanisms.plugins.module import KnowledgePlugin
     from engine.store import Pack
 
     with Pack.open(pack, readonly=True) as pk:

@@ -15,7 +15,8 @@ from engine.mechanisms import dpm
 from engine.mechanisms.dpm import DPMConfig, DPMError, MemoryBranch
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings
 from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
-from engine.mechanisms.plugins.mapping import KnowledgePlugin, load_plugin
+from engine.mechanisms.plugins.io import load_plugin
+from engine.mechanisms.plugins.module import KnowledgePlugin
 from engine.store import Pack
 from tests.engine.test_plugins_fixtures import make_pack
 

@@ -116,3 +116,16 @@ def test_every_probe_reader_refuses_an_empty_answer_with_file_and_line(tmp_path,
         read(p)
     field = "new" if name == "edits" else "answer"
     assert str(info.value) == f"{p}:2: field {field!r} must be a non-empty string", name
+
+
+def test_skip_passes_bad_lines_over_and_names_each_by_file_and_line(tmp_path):
+    from engine.jsonl import json_lines
+
+    p = tmp_path / "h.jsonl"
+    text = '{"a": 1}\n{"a": \n[1]\n' + "[" * 100_000 + "\n" + '{"a": 2}\n'
+    bad: list[JsonlError] = []
+    got = list(json_lines(p, text, expect="a record", skip=bad.append))
+    assert got == [(1, {"a": 1}), (5, {"a": 2})]
+    assert [(e.line, e.reason.split(":")[0].split(" (")[0]) for e in bad] == [
+        (2, "not valid JSON"), (3, "expected a record, got list"), (4, "JSON nested too deeply to read")]
+    assert all(str(e).startswith(f"{p}:") for e in bad)

@@ -17,7 +17,7 @@ from engine.mechanisms.context.mechanism import ContextMechanism
 from engine.mechanisms.dpm import DPMError, DPMFusion
 from engine.mechanisms.dpm.mechanism import DPMMechanism
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings
-from engine.mechanisms.plugins.mapping import KnowledgePlugin
+from engine.mechanisms.plugins.module import KnowledgePlugin
 from engine.mechanisms.plugins.mechanism import PluginMechanism
 from engine.reader.tiny import make_tiny_reader
 from engine.session import Session, open_session

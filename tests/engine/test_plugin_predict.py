@@ -14,7 +14,9 @@ from engine.memory import Memory
 from engine.reader.tiny import make_tiny_reader
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings
 from engine.mechanisms.plugins.entities import import_triples
-from engine.mechanisms.plugins.mapping import KnowledgePlugin, PluginInjector, default_plugin_dir
+from engine.mechanisms.plugins.attach import PluginInjector
+from engine.mechanisms.plugins.io import default_plugin_dir
+from engine.mechanisms.plugins.module import KnowledgePlugin
 from engine.probe_files import Edit
 
 from .test_dpm import copy_branch

@@ -8,7 +8,8 @@ import torch
 
 from engine.mechanisms.plugins.errors import PluginError
 from engine.mechanisms.plugins.map_tune import Example, batch_losses, make_examples, map_tune
-from engine.mechanisms.plugins.mapping import build_inputs_embeds, load_plugin
+from engine.mechanisms.plugins.attach import build_inputs_embeds
+from engine.mechanisms.plugins.io import load_plugin
 from engine.mechanisms.plugins.transe import train_transe
 from engine.progress import JobCancelled
 from engine.store import Pack
@@ -56,7 +57,7 @@ def _full_losses(reader, plugin, batch, inject):
 def test_examples_and_prefix_cached_losses_match_a_full_pass(reader, pack_path):
     from engine.mechanisms.plugins.embeddings import EntityEmbeddings
     from engine.mechanisms.plugins.entities import EntityLinker
-    from engine.mechanisms.plugins.mapping import KnowledgePlugin
+    from engine.mechanisms.plugins.module import KnowledgePlugin
 
     with Pack.open(pack_path, readonly=True) as pack:
         linker = EntityLinker.from_pack(pack)
@@ -157,7 +158,7 @@ def test_bad_configs(reader, pack_path, tmp_path):
 
 def test_evaluation_on_held_out_entities(reader, pack_path, tmp_path):
     from engine.evaluate.plugins import evaluate_probes, format_table, heldout_mention_loss, load_probes
-    from engine.mechanisms.plugins.mapping import PluginInjector
+    from engine.mechanisms.plugins.attach import PluginInjector
 
     map_tune(_cfg(pack_path, max_steps=4), reader=reader)
     probes = tmp_path / "probes.jsonl"

@@ -7,13 +7,9 @@ import torch
 
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings
 from engine.mechanisms.plugins.errors import PluginError
-from engine.mechanisms.plugins.mapping import (
-    KnowledgePlugin,
-    PluginInjector,
-    build_inputs_embeds,
-    build_inputs_embeds_loop,
-    load_plugin,
-)
+from engine.mechanisms.plugins.attach import PluginInjector, build_inputs_embeds, build_inputs_embeds_loop
+from engine.mechanisms.plugins.io import load_plugin
+from engine.mechanisms.plugins.module import KnowledgePlugin
 from engine.store import Pack
 from tests.engine.test_plugins_fixtures import make_pack
 
@@ -162,7 +158,7 @@ def test_save_load_roundtrip_and_refusals(reader, tmp_path, pack_path):
     ids = plugin.embeddings.entity_ids.tolist()
     assert torch.allclose(again.vectors(ids, reader.device), plugin.vectors(ids, reader.device))
     assert again.linker().link("Nippon")[0].entity_id == plugin.linker().link("Japan")[0].entity_id
-    with pytest.raises(PluginError, match="was trained for the reader 'tiny-llama-seed0', not the loaded 'tiny-llama-seed1'"):
+    with pytest.raises(PluginError, match="was trained for the reader 'tiny-llama-seed0', not the loaded reader 'tiny-llama-seed1'"):
         load_plugin(folder, make_tiny_reader(1))
     from engine.mechanisms.plugins.entities import import_triples
     from tests.engine.test_plugins_fixtures import write_jsonl

@@ -11,7 +11,8 @@ pytestmark = pytest.mark.slow
 def test_plugin_injection_on_smollm2(tmp_path):
     from engine.reader import load_reader
     from engine.mechanisms.plugins.embeddings import EntityEmbeddings
-    from engine.mechanisms.plugins.mapping import KnowledgePlugin, PluginInjector
+    from engine.mechanisms.plugins.attach import PluginInjector
+    from engine.mechanisms.plugins.module import KnowledgePlugin
     from engine.store import Pack
     from tests.engine.test_plugins_fixtures import make_pack
 

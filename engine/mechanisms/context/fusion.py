@@ -9,7 +9,8 @@ way whatever the mode.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -97,6 +98,65 @@ class ContextFusion:
             att = torch.stack([a[0, :, q].float() for a in out.attentions]).mean((0, 1))  # [T]
             weights = [float(att[offset + s: offset + e].sum()) for s, e in spans]
         return LeaveOneOut(float(sums[0]), [float(x) for x in sums[1:]], weights)
+
+    # ---------------------------------------------------------------- the answer mode's common methods
+    # What ``engine.evaluate`` and ``engine.explain.plugged`` call on any mode's fusion
+    # (``DPMFusion`` has the same), so that they never ask which mode it is.
+    def generate_many(self, prompts: Sequence[str], texts: Sequence[Sequence[str]], scores: Sequence[Sequence[float]],
+                      max_new_tokens: int) -> list[str]:
+        """Greedy answers of several prompts, each with its own entries before it (one batch)."""
+        ctx = [context_prompt(p, t, self.style) for p, t in zip(prompts, texts)]
+        return self.reader.generate(ctx, max_new_tokens=max_new_tokens, batch_size=max(1, len(ctx)))
+
+    def reader_input(self, prompt: str, texts: Sequence[str]) -> tuple[str, int]:
+        """The text the reader reads for ``prompt`` with ``texts``, and where the prompt starts in it."""
+        if not texts:
+            return prompt, 0
+        full = context_prompt(prompt, list(texts), self.style)
+        if not full.endswith(prompt):  # every template ends with the prompt
+            raise ValueError(f"context style {self.style!r} does not end with the prompt")
+        return full, len(full) - len(prompt)
+
+    def leave_one_out_inputs(self, prompt: str, texts: Sequence[str]) -> list[tuple[str, int]]:
+        """The reader inputs without entry i, for each i."""
+        texts = list(texts)
+        return [self.reader_input(prompt, texts[:i] + texts[i + 1:]) for i in range(len(texts))]
+
+    @contextmanager
+    def entries_on(self, texts: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]) -> Iterator[None]:
+        """Nothing to switch on: the entries are in the reader's input text."""
+        yield
+
+    def leave_one_out_with(self, prompt: str, texts: Sequence[str], scores: Sequence[float],
+                           answer_len: int) -> Callable[[Callable[..., Any], Any], tuple[Any, list[float] | None]]:
+        """``run(forward, batch) -> (log p per row, entry weights)`` for a batch built by another
+        mechanism (``batch``: a plugin injector's; ``forward(**kw)`` its forward) whose rows are
+        ``reader_input`` (all entries), then ``leave_one_out_inputs``: each weight is the attention
+        mass the last prompt token of row 0 puts on the entry's tokens (eager attention, this pass)."""
+        texts = list(texts)
+
+        def run(forward: Callable[..., Any], batch: Any) -> tuple[Any, list[float] | None]:
+            r = self.reader
+            ids0 = r.tokenizer([self.reader_input(prompt, texts)[0]])["input_ids"][0]
+            spans = self._entry_spans(prompt, texts, list(ids0))
+            model = r.model
+            old = model.config._attn_implementation
+            try:
+                if spans is not None and old != "eager":
+                    model.set_attn_implementation("eager")
+                lp, out = forward(output_attentions=spans is not None)
+            finally:
+                if model.config._attn_implementation != old:
+                    model.set_attn_implementation(old)
+            attentions = getattr(out, "attentions", None)
+            if spans is None or not attentions:
+                return lp, None
+            cols = batch.inputs.token_col[0]  # [L]: column of each token of row 0
+            q = int(cols[batch.prompt_lens[0] - 1])  # the last prompt token
+            att = torch.stack([x[0, :, q].float() for x in attentions]).mean((0, 1)).cpu()  # [W]
+            return lp, [float(att[cols[s:e]].sum()) if e > s else 0.0 for s, e in spans]
+
+        return run
 
     def _entry_spans(self, prompt: str, texts: list[str], ids: list[int]) -> list[tuple[int, int]] | None:
         """Token span [start, end) of each entry inside the full-context prompt, via offsets."""

@@ -2,18 +2,28 @@
 its artefact is the prompt layout (``config.json`` alone)."""
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from engine.artefacts import check_fields, read_format_config
+from engine.artefacts import Artefact, check_fields
 from engine.mechanisms.base import LeaveOneOut, MechanismBase, MechanismError
 from engine.mechanisms.context.fusion import TEMPLATES, ContextFusion
 from engine.mechanisms.registry import mechanism
 
 FORMAT = "plugmem-context"
 FORMAT_VERSION = 1
+
+
+class LayoutFiles(Artefact):
+    """A context layout folder: ``config.json`` alone (no weights, made for any reader)."""
+
+    format, version, exact_version, weights = FORMAT, FORMAT_VERSION, True, None
+    what, error = "a context layout", MechanismError
+
+    @classmethod
+    def check_fields(cls, meta: dict, path: Path) -> None:
+        check_fields(meta, {"style": "str"}, MechanismError, str(path), required=("style",))
 
 
 class ContextMechanism(MechanismBase):
@@ -26,10 +36,14 @@ class ContextMechanism(MechanismBase):
             raise MechanismError(f"unknown context style {style!r}; known: {', '.join(TEMPLATES)}")
         self.style = style
 
+    def fusion(self, reader) -> ContextFusion:
+        """The context fusion on ``reader`` (nothing to cache: it is made afresh)."""
+        return ContextFusion(reader, style=self.style)
+
     @contextmanager
     def attach(self, reader) -> Iterator[ContextFusion]:
         # Nothing on the reader changes: the entries go into the prompt.
-        yield ContextFusion(reader, style=self.style)
+        yield self.fusion(reader)
 
     def leave_one_out(self, reader, prompt: str, answer: str, *, texts: Sequence[str] = (),
                       scores: Sequence[float] = ()) -> LeaveOneOut:
@@ -37,18 +51,8 @@ class ContextMechanism(MechanismBase):
         return ContextFusion(reader, style=self.style).leave_one_out(prompt, list(texts), list(scores), ids)
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "style": self.style}
-        (folder / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        return folder
+        return LayoutFiles.save(folder, {"style": self.style})
 
     @classmethod
     def load(cls, folder: str | Path, reader=None) -> "ContextMechanism":
-        path = Path(folder) / "config.json"
-        meta, version = read_format_config(path, FORMAT, "a context layout", MechanismError,
-                                           f"{folder} is not a context layout folder: no config.json")
-        if version != FORMAT_VERSION:
-            raise MechanismError(f"{path}: context layout version {version} is not {FORMAT_VERSION}")
-        check_fields(meta, {"style": "str"}, MechanismError, str(path), required=("style",))
-        return cls(meta["style"])
+        return cls(LayoutFiles.read_config(folder)["style"])

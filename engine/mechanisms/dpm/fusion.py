@@ -2,7 +2,8 @@
 the entry states cached by text (and on disk through an ``EntryStateStore``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -138,6 +139,51 @@ class DPMFusion:
         batch = r.encode_batch(list(prompts))
         with attach(r, self.branch), self.branch.memory(mem, sc), torch.inference_mode():
             return greedy(r, batch, max_new_tokens, texts, self.prompts)
+
+    # ---------------------------------------------------------------- the answer mode's common methods
+    # (``ContextFusion`` has the same; ``generate_many`` above is one of them)
+    def reader_input(self, prompt: str, texts: Sequence[str]) -> tuple[str, int]:
+        """The reader reads the prompt alone: the entries come in through the branch."""
+        return prompt, 0
+
+    def leave_one_out_inputs(self, prompt: str, texts: Sequence[str]) -> list[tuple[str, int]]:
+        """Without entry i the input is the same prompt (the entry is masked in the memory)."""
+        return [(prompt, 0)] * len(texts)
+
+    @contextmanager
+    def entries_on(self, texts: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]) -> Iterator[None]:
+        """The branch's hooks with row i's entries (``texts[i]``, ``scores[i]``) as its memory,
+        for forwards the caller builds (e.g. with plugin vectors in ``inputs_embeds``)."""
+        k = max(len(t) for t in texts)
+        sc = torch.zeros((len(texts), k), dtype=torch.float32)  # [b, k]; missing entries are masked
+        for i, row in enumerate(scores):
+            sc[i, : len(row)] = torch.tensor([float(x) for x in row], dtype=torch.float32)
+        mem = self.memory_for(texts)  # [b, k, L]
+        with attach(self.reader, self.branch), self.branch.memory(mem, sc):
+            yield
+
+    def leave_one_out_with(self, prompt: str, texts: Sequence[str], scores: Sequence[float],
+                           answer_len: int) -> Callable[[Callable[..., Any], Any], tuple[Any, list[float]]]:
+        """``run(forward, batch) -> (log p per row, entry weights)`` for a batch of ``n`` rows built
+        by another mechanism: row 0 reads every entry, row 1 + i all but entry i, the rest every
+        entry. The entry states are read now (outside inference mode, where they are cached)."""
+        mem = self.memory_for([list(texts)])  # [1, k, L]
+        k = len(texts)
+
+        def run(forward: Callable[..., Any], batch: Any) -> tuple[Any, list[float]]:
+            n = batch.inputs.inputs_embeds.shape[0]
+            mask = mem.mask.expand(n, *mem.mask.shape[1:]).clone()  # [n, k, L]
+            for i in range(k):
+                mask[1 + i, i] = False
+            sc = torch.tensor([[float(s) for s in scores]], dtype=torch.float32)  # [1, k]
+            # every row ends with the answer (left padding): its last prompt token is at -(answer_len+1)
+            with attach(self.reader, self.branch), \
+                    self.branch.memory(mem.with_mask(mask), sc, record_at=-(answer_len + 1)):
+                lp, _ = forward()
+                weights = [float(w) for w in self.branch.last_weights[0].float().cpu()]
+            return lp, weights
+
+        return run
 
     def generate(
         self, prompt: str, texts: Sequence[str], scores: Sequence[float], max_new_tokens: int, plain: str | None = None

@@ -30,8 +30,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -216,17 +214,6 @@ def _progress_fn(progress: Callable[..., None] | None) -> Callable[..., None]:
     return call
 
 
-def _atomic_torch_save(path: Path, state: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint (tensors and plain data only: ``weights_only=True``)."""
     try:
@@ -400,7 +387,7 @@ def train_memory_reader(
         return torch.nn.functional.cross_entropy(logits, torch.tensor(labels, device=dev))
 
     def checkpoint(at: int) -> None:
-        _atomic_torch_save(ckpt_path, {
+        _save_torch(ckpt_path, {
             "branch": branch.state_dict(),
             "optimizer": opt.state_dict(),
             "step": at,
@@ -565,7 +552,13 @@ def _precompute(cfg, reader, branch, examples, facts, fact_of, prompt_ids, answe
         "fact_keys_off": fact_keys_off,
     }
     if cfg.keep_precomputed:
-        _atomic_torch_save(path, pre)
+        _save_torch(path, pre)
     pre["own_answer"] = own_answer
     pre["lower_key"] = {key: j for j, key in enumerate(keys)}
     return pre
+
+
+def _save_torch(path: Path, state: dict[str, Any]) -> None:
+    from engine.artefacts import atomic_write
+
+    atomic_write(path, lambda p: torch.save(state, str(p)))

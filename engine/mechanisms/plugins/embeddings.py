@@ -14,15 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from engine.artefacts import check_fields, check_size, read_format_config, tensor_shapes
+from engine.artefacts import Artefact, check_fields, check_size
 from engine.jsonl import JsonlError, read_text
 from engine.mechanisms.plugins.errors import EmbeddingError
 
@@ -47,17 +45,21 @@ def entity_set_fingerprint(ids: Sequence[int], names: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class EmbeddingFiles(Artefact):
+    """An entity-embeddings folder (``engine.artefacts.Artefact``); made for no reader."""
+
+    format, version, weights = FORMAT, FORMAT_VERSION, WEIGHTS
+    what, error = "entity embeddings", EmbeddingError
+    missing = "{folder}: no entity embeddings here (no config.json)"
+    remake = "train them with `plugmem train-transe` or import them"
+    json_options = {"ensure_ascii": False, "indent": 1}
+
+    @classmethod
+    def check_fields(cls, meta: dict[str, Any], path: Path) -> None:
+        check_fields(meta, {"names": "list", "dim": "int?", "count": "int?", "source": "str?", "entity_set": "str?",
+                            "meta": "dict?"}, EmbeddingError, str(path), required=("names",))
+        if not all(isinstance(n, str) for n in meta["names"]):
+            raise EmbeddingError(f"{path}: field 'names' must be a list of strings")
 
 
 def check_entity_set(ids: Sequence[int], names: Sequence[str], pack, what: str) -> list[int]:
@@ -107,40 +109,18 @@ class EntityEmbeddings:
         return entity_set_fingerprint(self.entity_ids.tolist(), self.names)
 
     def save(self, folder: str | Path) -> Path:
-        from safetensors.numpy import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": self.source, "dim": self.dim,
-               "count": len(self), "entity_set": self.fingerprint, "names": self.names, "meta": self.meta}
-        tensors = {"vectors": self.vectors, "entity_ids": self.entity_ids}
-        atomic_write(folder / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
-        atomic_write(folder / CONFIG, lambda p: p.write_text(json.dumps(cfg, ensure_ascii=False, indent=1), encoding="utf-8"))
-        return folder
+        fields = {"source": self.source, "dim": self.dim, "count": len(self), "entity_set": self.fingerprint,
+                  "names": self.names, "meta": self.meta}
+        return EmbeddingFiles.save(folder, fields, {"vectors": self.vectors, "entity_ids": self.entity_ids})
 
     @classmethod
     def load(cls, folder: str | Path) -> "EntityEmbeddings":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
         folder = Path(folder)
-        cfg_path = folder / CONFIG
-        cfg, version = read_format_config(
-            cfg_path, FORMAT, "entity embeddings", EmbeddingError,
-            f"{folder}: no entity embeddings here (no {CONFIG}); train them with `plugmem train-transe` or import them")
-        if version > FORMAT_VERSION:
-            raise EmbeddingError(f"{cfg_path}: format version {version} is newer than this program")
-        check_fields(cfg, {"names": "list", "dim": "int?", "count": "int?", "source": "str?", "entity_set": "str?",
-                           "meta": "dict?"}, EmbeddingError, str(cfg_path), required=("names",))
-        names = cfg["names"]
-        if not all(isinstance(n, str) for n in names):
-            raise EmbeddingError(f"{cfg_path}: field 'names' must be a list of strings")
-        _check_header(cfg, tensor_shapes(folder / WEIGHTS, EmbeddingError), cfg_path, folder / WEIGHTS)
-        try:
-            t = load_file(str(folder / WEIGHTS))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise EmbeddingError(f"{folder / WEIGHTS} is unreadable: {exc}") from None
-        emb = cls(t["entity_ids"], names, t["vectors"], str(cfg.get("source") or "imported"), dict(cfg.get("meta") or {}))
+        cfg = EmbeddingFiles.read_config(folder)
+        _check_header(cfg, EmbeddingFiles.tensor_shapes(folder), folder / CONFIG, folder / WEIGHTS)
+        t = EmbeddingFiles.read_tensors(folder, framework="np")
+        emb = cls(t["entity_ids"], cfg["names"], t["vectors"], str(cfg.get("source") or "imported"),
+                  dict(cfg.get("meta") or {}))
         if cfg.get("entity_set") and cfg["entity_set"] != emb.fingerprint:
             raise EmbeddingError(f"{folder}: {CONFIG} and {WEIGHTS} disagree on the entity set (damaged folder)")
         return emb

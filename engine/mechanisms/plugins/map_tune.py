@@ -35,11 +35,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from engine.mechanisms.plugins.embeddings import EntityEmbeddings, atomic_write, default_embeddings_dir
+from engine.artefacts import atomic_write
+from engine.mechanisms.plugins.embeddings import EntityEmbeddings, default_embeddings_dir
 from engine.mechanisms.plugins.entities import EntityLinker
 from engine.mechanisms.plugins.errors import PluginError
-from engine.mechanisms.plugins.mapping import KnowledgePlugin, build_inputs_embeds, default_plugin_dir, mention_tokens, \
-    read_plugin_config, tokens_with_offsets
+from engine.mechanisms.plugins.attach import build_inputs_embeds, mention_tokens, tokens_with_offsets
+from engine.mechanisms.plugins.io import default_plugin_dir, read_plugin_config
+from engine.mechanisms.plugins.module import KnowledgePlugin
 from engine.probe_files import EvalDataError, read_probes
 from engine.progress import JobCancelled, wrap_progress
 

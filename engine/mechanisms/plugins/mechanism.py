@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from engine.mechanisms.base import LeaveOneOut, MechanismBase, MechanismError
-from engine.mechanisms.plugins.mapping import KnowledgePlugin, PluginInjector, load_plugin
+from engine.mechanisms.plugins.attach import PluginInjector
+from engine.mechanisms.plugins.io import load_plugin
+from engine.mechanisms.plugins.module import KnowledgePlugin
 from engine.mechanisms.registry import mechanism
 
 

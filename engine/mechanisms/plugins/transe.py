@@ -27,8 +27,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from engine.artefacts import check_size
-from engine.mechanisms.plugins.embeddings import CONFIG, EntityEmbeddings, atomic_write, default_embeddings_dir
+from engine.artefacts import atomic_write, check_size
+from engine.mechanisms.plugins.embeddings import CONFIG, EntityEmbeddings, default_embeddings_dir
 from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
 from engine.progress import JobCancelled, wrap_progress
 

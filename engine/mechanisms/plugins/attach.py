@@ -1,24 +1,16 @@
-"""The knowledge plugin: a mapping network from entity embeddings into the reader's input space.
+"""Putting a knowledge plugin's vectors into a prompt, and answering with them.
 
-For every linked mention in a prompt, the plugin maps the entity's embedding
-(TransE or imported) to ONE vector of the reader's input-embedding space and inserts
-it as an extra input position just before the mention's first token::
+For every linked mention in a prompt, the plugin's vector for the entity is inserted as
+an extra input position just before the mention's first token::
 
     "The capital of Afghanistan is"  ->  The | capital | of | [M(e_Afghanistan)] | Afghanistan | is
 
-The reader is frozen and reads ``inputs_embeds``. The mapping is a linear map (or a
-one-hidden-layer MLP) whose output is rescaled to the mean norm of the reader's token
-embeddings (``fix_norm``), so an inserted vector is as loud as a word, never louder.
-
-Input building is vectorised (:func:`build_inputs_embeds`): the new column of every
-token and inserted vector comes from a cumulative count of insertions per row, and
-both are written with one indexed assignment each; no Python loop runs over tokens.
-:func:`build_inputs_embeds_loop` is the per-token reference it is tested and
+The reader is frozen and reads ``inputs_embeds``: nothing on it changes, so there is
+nothing to undo. Input building is vectorised (:func:`build_inputs_embeds`): the new
+column of every token and inserted vector comes from a cumulative count of insertions per
+row, and both are written with one indexed assignment each; no Python loop runs over
+tokens. :func:`build_inputs_embeds_loop` is the per-token reference it is tested and
 benchmarked against.
-
-A plugin is saved as ``config.json`` + ``model.safetensors`` (+ ``entities.json``: the
-names and aliases it links) in a folder beside its pack (default ``<pack>.plugin/``);
-loading checks the reader's fingerprint and, given the pack, the entity set.
 
 :class:`PluginInjector` is what prediction and evaluation use: prompt(s) in, inputs
 (``inputs_embeds``, attention mask, position ids) + the list of injected entities
@@ -27,262 +19,17 @@ leave-one-out effects of each injected vector, all batched.
 """
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Collection, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from engine.artefacts import (check_fields, check_shapes, check_size, config_from_dict, module_shapes,
-                              read_format_config, tensor_shapes)
-from engine.mechanisms.plugins.embeddings import EntityEmbeddings, atomic_write, check_entity_set, entity_set_fingerprint
-from engine.mechanisms.plugins.entities import EntityLinker
 from engine.mechanisms.plugins.errors import PluginError
-
-log = logging.getLogger(__name__)
-
-FORMAT = "plugmem-knowledge-plugin"
-FORMAT_VERSION = 1
-_CHECKED_READER_KEYS = ("architecture", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
+from engine.mechanisms.plugins.module import KnowledgePlugin
 
 
-def default_plugin_dir(pack_path: str | Path) -> Path:
-    p = Path(pack_path)
-    return p.with_name(p.name + ".plugin")
-
-
-# --------------------------------------------------------------------------- the network
-@dataclass
-class MappingConfig:
-    embed_dim: int  # entity embedding size
-    hidden_size: int  # the reader's input-embedding size
-    hidden: int = 0  # 0: linear map; > 0: MLP with one hidden layer of this width
-    fix_norm: bool = True  # rescale outputs to target_norm
-    target_norm: float = 1.0  # mean norm of the reader's token embeddings (set at creation)
-
-    def validate(self, where: str = "plugin config") -> None:
-        check_size(self.embed_dim, "embed_dim", PluginError, where)
-        check_size(self.hidden_size, "hidden_size", PluginError, where)
-        check_size(self.hidden, "hidden", PluginError, where, low=0)
-        if not isinstance(self.target_norm, (int, float)) or not 0 < self.target_norm < float("inf"):
-            raise PluginError(f"{where}: target_norm must be a finite number > 0, got {self.target_norm!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "plugin config") -> "MappingConfig":
-        return config_from_dict(cls, d, PluginError, where)
-
-
-class MappingNetwork(nn.Module):
-    """``[n, embed_dim] -> [n, hidden_size]``: one vector of the reader's input space per entity."""
-
-    def __init__(self, config: MappingConfig) -> None:
-        super().__init__()
-        config.validate()
-        self.config = config
-        if config.hidden:
-            self.net = nn.Sequential(nn.Linear(config.embed_dim, config.hidden), nn.GELU(),
-                                     nn.Linear(config.hidden, config.hidden_size))
-        else:
-            self.net = nn.Linear(config.embed_dim, config.hidden_size)
-
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        v = self.net(e)  # [n, d]
-        if self.config.fix_norm:
-            v = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-6) * self.config.target_norm
-        return v
-
-
-def token_embedding_norm(reader) -> float:
-    """Mean L2 norm of the reader's input token embeddings (the loudness of a word)."""
-    w = reader.model.get_input_embeddings().weight
-    return float(w.detach().float().norm(dim=-1).mean())
-
-
-# --------------------------------------------------------------------------- the plugin
-class KnowledgePlugin:
-    """Mapping network + the entity embeddings it reads + what it was made for."""
-
-    def __init__(self, mapping: MappingNetwork, embeddings: EntityEmbeddings, *, reader_fingerprint: dict,
-                 aliases: dict[int, list[str]] | None = None, name: str = "plugin",
-                 training: dict[str, Any] | None = None) -> None:
-        if embeddings.dim != mapping.config.embed_dim:
-            raise PluginError(f"plugin: entity embeddings have dimension {embeddings.dim}, the mapping expects "
-                              f"{mapping.config.embed_dim}")
-        self.mapping = mapping
-        self.embeddings = embeddings
-        self.reader_fingerprint = dict(reader_fingerprint)
-        self.aliases = {int(k): list(v) for k, v in (aliases or {}).items()}
-        self.name = name
-        self.training = dict(training or {})
-        self._row = {int(eid): i for i, eid in enumerate(embeddings.entity_ids.tolist())}
-        self._table: torch.Tensor | None = None
-        self._linker: EntityLinker | None = None
-
-    @classmethod
-    def create(cls, reader, embeddings: EntityEmbeddings, *, hidden: int = 0, fix_norm: bool = True,
-               aliases: dict[int, list[str]] | None = None, name: str = "plugin", seed: int = 0) -> "KnowledgePlugin":
-        cfg = MappingConfig(embeddings.dim, reader.hidden_size, hidden, fix_norm, token_embedding_norm(reader))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            mapping = MappingNetwork(cfg)
-        mapping.to(reader.device)
-        return cls(mapping, embeddings, reader_fingerprint=reader.fingerprint, aliases=aliases, name=name)
-
-    @property
-    def config(self) -> MappingConfig:
-        return self.mapping.config
-
-    @property
-    def entity_set(self) -> str:
-        return self.embeddings.fingerprint
-
-    def has(self, entity_id: int) -> bool:
-        return int(entity_id) in self._row
-
-    def linker(self) -> EntityLinker:
-        """Links the plugin's entities only (names + aliases recorded at training or set from the pack)."""
-        if self._linker is None:
-            ents = [(eid, n, self.aliases.get(int(eid), [])) for eid, n in
-                    zip(self.embeddings.entity_ids.tolist(), self.embeddings.names)]
-            self._linker = EntityLinker(ents)
-        return self._linker
-
-    def use_pack_aliases(self, pack) -> list[int]:
-        """Check the entity set against ``pack`` and link with the pack's current aliases.
-
-        Returns the pack entities the plugin does not cover (they are not injected).
-        """
-        missing = check_entity_set(self.embeddings.entity_ids.tolist(), self.embeddings.names, pack,
-                                   f"The knowledge plugin {self.name!r}")
-        self.aliases = {int(e["id"]): list(e["aliases"]) for e in pack.entities() if int(e["id"]) in self._row}
-        self._linker = None
-        return missing
-
-    def entity_table(self, device: torch.device) -> torch.Tensor:
-        if self._table is None or self._table.device != device:
-            self._table = torch.from_numpy(self.embeddings.vectors).to(device)  # [n, embed_dim]
-        return self._table
-
-    def vectors(self, entity_ids: Sequence[int], device: torch.device) -> torch.Tensor:
-        """Mapped vectors ``[m, hidden_size]`` for entity ids (with gradients when the mapping trains)."""
-        rows = torch.tensor([self._row[int(e)] for e in entity_ids], dtype=torch.long, device=device)
-        return self.mapping(self.entity_table(device)[rows])
-
-    def check_reader(self, reader, what: str | None = None) -> None:
-        _check_reader(self.reader_fingerprint, reader, what or f"The knowledge plugin {self.name!r}")
-
-    # ---------------------------------------------------------------- save / load
-    def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name, "config": asdict(self.config),
-                "reader": self.reader_fingerprint, "entity_set": self.entity_set, "entities": len(self.embeddings),
-                "embeddings": {"source": self.embeddings.source, "meta": self.embeddings.meta},
-                "training": self.training}
-        state = {f"mapping.{k}": v.detach().float().cpu().contiguous() for k, v in self.mapping.state_dict().items()}
-        state["entity_vectors"] = torch.from_numpy(self.embeddings.vectors).contiguous()
-        state["entity_ids"] = torch.from_numpy(self.embeddings.entity_ids).contiguous()
-        ents = {"names": self.embeddings.names,
-                "aliases": [self.aliases.get(int(e), []) for e in self.embeddings.entity_ids.tolist()]}
-        atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
-        atomic_write(folder / "entities.json", lambda p: p.write_text(json.dumps(ents, ensure_ascii=False), encoding="utf-8"))
-        atomic_write(folder / "config.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8"))
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path, reader, pack=None) -> "KnowledgePlugin":
-        """Load a plugin for ``reader`` (refused if made for another); with ``pack``, check its entity set."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        meta = read_plugin_config(folder)
-        _check_reader(meta["reader"], reader, f"The knowledge plugin in {folder}")
-        cfg = MappingConfig.from_dict(meta["config"])  # checked, naming the file, by read_plugin_config
-        weights = folder / "model.safetensors"
-        _check_weights(cfg, tensor_shapes(weights, PluginError), reader, folder)
-        try:
-            state = load_file(str(weights))
-            ents = json.loads((folder / "entities.json").read_text(encoding="utf-8"))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise PluginError(f"{folder}: the plugin's files are unreadable ({exc})") from None
-        check_fields(ents, {"names": "list", "aliases": "list"}, PluginError, str(folder / "entities.json"),
-                     required=("names", "aliases"))
-        names, aliases = ents["names"], ents["aliases"]
-        if len(names) != len(state["entity_ids"]) or len(aliases) != len(names) \
-                or not all(isinstance(a, list) and all(isinstance(x, str) for x in a) for a in aliases):
-            raise PluginError(f"{folder / 'entities.json'} does not match model.safetensors (damaged plugin)")
-        source = meta.get("embeddings") or {}
-        emb = EntityEmbeddings(state["entity_ids"].numpy(), [str(n) for n in names], state["entity_vectors"].numpy(),
-                               str(source.get("source") or "imported"), dict(source.get("meta") or {}))
-        if meta.get("entity_set") != emb.fingerprint:
-            raise PluginError(f"{folder}: config.json and model.safetensors disagree on the entity set (damaged plugin)")
-        mapping = MappingNetwork(cfg)  # its shapes were checked against the file above
-        mapping.load_state_dict({k[len("mapping."):]: v for k, v in state.items() if k.startswith("mapping.")})
-        plugin = cls(mapping, emb, reader_fingerprint=meta["reader"],
-                     aliases={int(e): list(a) for e, a in zip(emb.entity_ids.tolist(), aliases)},
-                     name=str(meta.get("name") or folder.name), training=meta.get("training") or {})
-        mapping.to(reader.device).eval()
-        if pack is not None:
-            missing = plugin.use_pack_aliases(pack)
-            if missing:
-                log.info("%s: %d entities of %s have no embedding in the plugin; they are not injected",
-                         folder, len(missing), pack.path)
-        return plugin
-
-
-def read_plugin_config(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / "config.json"
-    meta, version = read_format_config(
-        path, FORMAT, "a knowledge plugin", PluginError,
-        f"{folder} is not a knowledge plugin folder: no config.json (train one with `plugmem map-tune`)")
-    if version > FORMAT_VERSION:
-        raise PluginError(f"{path}: format version {version} is newer than this program supports")
-    check_fields(meta, {"config": "dict", "reader": "dict", "entity_set": "str", "name": "str?",
-                        "embeddings": "dict?", "training": "dict?"}, PluginError, str(path),
-                 required=("config", "reader", "entity_set"))
-    check_fields(meta.get("embeddings") or {}, {"source": "str?", "meta": "dict?"}, PluginError, f"{path}: embeddings")
-    MappingConfig.from_dict(meta["config"], f"{path}: config")
-    return meta
-
-
-def _check_reader(exp: dict, reader, what: str) -> None:
-    mine = reader.fingerprint
-    diffs = [f"{k} {exp.get(k)!r} vs {mine.get(k)!r}" for k in _CHECKED_READER_KEYS if exp.get(k) != mine.get(k)]
-    if diffs:
-        raise PluginError(f"{what} was trained for the reader {exp.get('name', '?')!r}, not the loaded "
-                          f"{mine.get('name', '?')!r} ({'; '.join(diffs)}); map-tune a plugin for this reader")
-
-
-def _check_weights(cfg: MappingConfig, shapes: dict[str, tuple[int, ...]], reader, folder: Path) -> None:
-    """Refuse a plugin whose config does not fit ``reader`` or whose tensors (from the
-    file header) are not the shapes its config implies, before anything is allocated."""
-    path, weights = folder / "config.json", folder / "model.safetensors"
-    if cfg.hidden_size != reader.hidden_size:
-        raise PluginError(f"{path}: config.hidden_size is {cfg.hidden_size}, but the reader reads "
-                          f"{reader.hidden_size}-d vectors")
-    vec, ids = shapes.get("entity_vectors"), shapes.get("entity_ids")
-    if vec is None or ids is None:
-        raise PluginError(f"{weights}: no {'entity_vectors' if vec is None else 'entity_ids'!r} tensor (damaged plugin)")
-    if len(vec) != 2 or vec[1] != cfg.embed_dim or ids != vec[:1]:
-        raise PluginError(f"{weights}: entity_vectors {list(vec)} and entity_ids {list(ids)} do not fit "
-                          f"config.embed_dim {cfg.embed_dim} in {path}")
-    expected = {f"mapping.{k}": v for k, v in module_shapes(lambda: MappingNetwork(cfg)).items()}
-    check_shapes(expected, {k: v for k, v in shapes.items() if k.startswith("mapping.")}, weights, PluginError)
-
-
-def load_plugin(folder: str | Path, reader, pack=None) -> KnowledgePlugin:
-    return KnowledgePlugin.load(folder, reader, pack)
-
-
-# --------------------------------------------------------------------------- input building
 @dataclass
 class BuiltInputs:
     inputs_embeds: torch.Tensor  # [b, W, d], left-padded
