@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -78,7 +77,6 @@ def test_an_edit_changes_the_next_prediction_without_rebuilding_the_index(tiny, 
     p = Predictor(tiny, copy_branch(tiny))
     assert p.predict(PROMPT, [zoo], k=3, max_new_tokens=3).answer.startswith(" Rome")
     monkeypatch.setattr(Memory, "rebuild_index", lambda *a, **k: pytest.fail("the index was rebuilt"))
-    t0 = time.perf_counter()
     zoo.edit(entry_id(zoo, ROME), text=OSLO)
     p.warm_entries([OSLO])  # what the app does in the background right after an edit
     assert p._dpm.cache.get(OSLO) is not None
@@ -87,7 +85,6 @@ def test_an_edit_changes_the_next_prediction_without_rebuilding_the_index(tiny, 
     p.forget_entries([OSLO])
     assert p._dpm.cache.get(OSLO) is None
     assert p.predict(PROMPT, [zoo], k=3, max_new_tokens=3, explain=False).answer == rec.answer
-    assert time.perf_counter() - t0 < 5.0
     zoo.undo()
     assert p.predict(PROMPT, [zoo], k=3, max_new_tokens=3).answer.startswith(" Rome")
     zoo.set_status([entry_id(zoo, ROME)], "disabled")
