@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import mmap
 import os
 import threading
 import uuid
@@ -199,19 +198,6 @@ def _corrupt(folder: Path, msg: str) -> IndexCorruptError:
     return IndexCorruptError(f"index cache {folder}: {msg}")
 
 
-def _random_access(a: np.ndarray) -> np.ndarray:
-    """Tell the kernel the float32 keys are read row by row (the compressed index re-scores a
-    shortlist): without it each touched row maps its 64 KiB neighbourhood too, and after a few
-    hundred queries the whole file counts as resident (measured: 1.5 GB at 1M keys)."""
-    mm = getattr(a, "_mmap", None)
-    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-        try:
-            mm.madvise(mmap.MADV_RANDOM)
-        except OSError as exc:
-            log.debug("madvise(MADV_RANDOM) refused: %s", exc)
-    return a
-
-
 def load_index(cls, folder: Path, stamp: dict, *, device=None, approx_threshold=None):
     if not (folder / STAMP).is_file():
         raise IndexMissingError(f"no index cache at {folder}")
@@ -258,7 +244,7 @@ def _load_locked(cls, folder: Path, stamp: dict, *, device=None, approx_threshol
             return a
 
         ids = arr("base_ids.npy", np.int64, (nb,))
-        keys = _random_access(arr("base_keys.npy", np.float32, (nb, dim), mmap=True))
+        keys = arr("base_keys.npy", np.float32, (nb, dim), mmap=True)
         keys16 = arr("base_keys16.npy", np.float16, (nb, dim), mmap=True)
         order = arr("base_order.npy", np.int64, (nb,))
         dead = np.unpackbits(arr("dead.npy", np.uint8, ((nb + 7) // 8,)), count=nb, bitorder="little").astype(bool)

@@ -214,20 +214,20 @@ def test_killed_build_leaves_the_saved_index_usable(rng, data, tmp_path):
     idx.save(folder, {"cv": 1})
     gone = ids[: N // 2]
     child = textwrap.dedent(f"""
-        import sys, time
+        import os, sys, time
         import numpy as np
         import engine.index.ann as ann_mod
         from engine.index import VectorIndex
         ann_mod.PQ_M, ann_mod.PQ_NBITS = 8, 4
         real = ann_mod.add_chunked
         def slow(*a, **kw):  # a build that takes long enough to be killed in the middle
-            print("building", flush=True); time.sleep(60); return real(*a, **kw)
+            os.write(1, b"building\\n"); time.sleep(60); return real(*a, **kw)  # os.write: two threads print
         ann_mod.add_chunked = slow
         ix = VectorIndex.load({str(folder)!r}, {{"cv": 1}})
         ix.wait_ready(60)
         ix.remove(np.asarray({gone.tolist()!r}, dtype=np.int64))  # starts a background compaction
         ix.save({str(folder)!r}, {{"cv": 2}})  # the tombstones, with the previous ann
-        print("saved", flush=True)
+        os.write(1, b"saved\\n")
         time.sleep(60)
     """)
     proc = subprocess.Popen([sys.executable, "-c", child], cwd=ROOT, stdout=subprocess.PIPE, text=True,
