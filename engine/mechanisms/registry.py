@@ -39,6 +39,10 @@ MECHANISMS: tuple[MechanismSpec, ...] = (
     MechanismSpec("plugins", "input injection", "Knowledge plugins",
                   "Map-tuned entity vectors are placed before the entities the prompt mentions.",
                   brief="entity vectors before their mentions", artefact="knowledge plugin"),
+    MechanismSpec("weight_patches", "weight change", "Weight patches",
+                  "Facts written into the reader's own weights by constrained fine-tuning; applied in order, "
+                  "removed exactly.",
+                  brief="facts fine-tuned into the weights", artefact="weight patch"),
 )
 _NONE = MechanismSpec("none", "none", "No memory", "The bare reader: nothing is retrieved.", brief="the bare reader")
 
