@@ -15,6 +15,7 @@ _USER_ERRORS = (
     ("engine.encode", ("EncoderError",)),
     ("engine.reader", ("ReaderError",)),
     ("engine.mechanisms.plugins.errors", ("PluginError",)),
+    ("engine.mechanisms.weight_patches.config", ("PatchError",)),
 )
 
 

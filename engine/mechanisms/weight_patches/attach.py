@@ -122,6 +122,13 @@ class PatchStack:
                     params[n].copy_(t)
 
 
+def state_key(reader) -> tuple[int, ...]:
+    """Identifies the patches applied to ``reader`` now (empty: none), for caches of answers
+    that assumed a frozen reader."""
+    stack = getattr(reader, _ATTR, None)
+    return tuple(id(p) for p in stack.patches) if stack is not None else ()
+
+
 @contextmanager
 def applied(reader, patches: Sequence[WeightPatch]) -> Iterator[PatchStack]:
     """Apply ``patches`` in order for the ``with``; all or none (a refused one undoes the
