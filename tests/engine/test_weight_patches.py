@@ -367,3 +367,13 @@ def test_missing_folder_and_files(tmp_path, tiny, saved):
     (folder / "delta.safetensors").unlink()
     with pytest.raises(PatchError, match="delta.safetensors: missing"):
         load(folder, tiny)
+
+
+def test_training_from_the_frozen_blocks_states_gives_the_full_loss(tiny):
+    from engine.mechanisms.weight_patches.train import _answer_loss, _batch, _frozen_prefix
+
+    b = _batch(tiny, [FACT, OTHER])
+    cached = dict(b)
+    _frozen_prefix(tiny, cached, 1)  # block 0 is not trained: its output is computed once
+    with torch.no_grad():
+        assert torch.allclose(_answer_loss(tiny, b), _answer_loss(tiny, cached), atol=1e-5)
