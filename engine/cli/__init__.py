@@ -14,6 +14,7 @@ Layout: one module per group of commands, each holding its parsers and their han
     model.py    predict, prepare, eval, eval-edits, train-branch
     plugins.py  triples, entities, embeddings, train-transe, map-tune
     probes.py   probes make
+    patch.py    patch create|list|show|apply|remove, compare (weight patches, issue 18)
 
 To add a group: write ``engine/cli/<group>.py`` with ``add_parsers(sub, common)``, which
 registers its commands on ``sub`` with ``add_command(sub, [common], name, fn, help)``
@@ -31,7 +32,7 @@ import sqlite3
 import sys
 from typing import Sequence
 
-from engine.cli import demo, model, pack, plugins, probes
+from engine.cli import demo, model, pack, patch, plugins, probes
 from engine.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError, Output
 from engine.cli_args import OneLineParser
 from engine.terminal import terminal_safe
@@ -45,6 +46,7 @@ GROUPS = (
     model,
     plugins,
     probes,
+    patch,
 )
 
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 
 from engine.cli.common import (EXIT_INTERRUPTED, CliError, Output, ProgressBar, StopFlag, add_command,
                                add_untrusted_arg, job_cancelled, model_errors, one_line, open_memory, run_job)
+from engine.cli.patch import add_patch_arg, apply_patch_args, check_patch_args
 from engine.cli_args import answer_tokens, non_negative, positive, retrieved
 
 
@@ -41,8 +42,11 @@ def _load_predictor(a, out: Output, modes: Sequence[str]):
         hf_logging.disable_progress_bar()  # one-line errors, clean --json output
     except ImportError:  # pragma: no cover
         pass
-    # entry_states: entries read in an earlier run are not read again
-    session = open_session(a.reader, branch=branch_dir, entry_states=True)
+    # entry_states: entries read in an earlier run are not read again (not with weight patches:
+    # the states on disk are the unpatched reader's)
+    check_patch_args(a)
+    session = open_session(a.reader, branch=branch_dir, entry_states=not getattr(a, "patch", None))
+    a.patch_names = apply_patch_args(a, session.reader)  # on for the rest of this command
     return Predictor.from_session(session)
 
 
@@ -174,9 +178,15 @@ def cmd_predict(a, out: Output) -> int:
         for m in mems:
             m.close()
 
+    data = rec.to_dict()
+    if getattr(a, "patch_names", None):
+        data["weight_patches"] = a.patch_names
+
     def human() -> str:
         packs = ", ".join(rec.packs) or "none plugged"
         lines = [f"answer ({rec.mode}; {packs}):{rec.answer}", f"without memory:{rec.answer_without_memory}"]
+        if getattr(a, "patch_names", None):
+            lines.append(f"weight patches: {', '.join(a.patch_names)} (both answers read the patched weights)")
         lines += _injected_lines(rec)
         if rec.retrieved:
             lines.append(f"retrieved ({len(rec.retrieved)}):    score  weight  loo Δlogp")
@@ -187,7 +197,7 @@ def cmd_predict(a, out: Output) -> int:
         lines.append(f"({rec.seconds:.2f} s)")
         return "\n".join(lines)
 
-    out.emit(rec.to_dict(), human)
+    out.emit(data, human)
     return 0
 
 
@@ -234,7 +244,10 @@ def _report(results: dict[str, dict[str, Any]], modes: Sequence[str]) -> dict[st
 
 
 def _plugins_line(data: dict[str, Any]) -> list[str]:
-    return [f"knowledge plugins: {', '.join(data['plugins'])}"] if data.get("plugins") else []
+    lines = [f"knowledge plugins: {', '.join(data['plugins'])}"] if data.get("plugins") else []
+    if data.get("weight_patches"):
+        lines.append(f"weight patches: {', '.join(data['weight_patches'])}")
+    return lines
 
 
 def cmd_eval(a, out: Output) -> int:
@@ -250,6 +263,8 @@ def cmd_eval(a, out: Output) -> int:
     if results is None:
         return EXIT_INTERRUPTED
     data = _report(results, modes)
+    if getattr(a, "patch_names", None):
+        data["weight_patches"] = a.patch_names
 
     def human() -> str:
         head = f"{'':<28}" + "".join(f"{m:>12}" for m in modes)
@@ -293,6 +308,8 @@ def cmd_eval_edits(a, out: Output) -> int:
     if results is None:
         return EXIT_INTERRUPTED
     data = _report(results, modes)
+    if getattr(a, "patch_names", None):
+        data["weight_patches"] = a.patch_names
 
     def human() -> str:
         rows = [f"edits: {data['n']} from {a.edits}; locality probes: {data['n_locality']} (k={a.k})",
@@ -373,6 +390,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     model_args(sp)
     plugin_arg(sp)
     add_untrusted_arg(sp)
+    add_patch_arg(sp)
 
     sp = add("prepare", cmd_prepare, "read every entry of packs through the reader once and keep its states on "
                                      "disk: the first dpm answer that retrieves them is faster (resumable)")
@@ -390,6 +408,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     model_args(sp)
     plugin_arg(sp)
     add_untrusted_arg(sp)
+    add_patch_arg(sp)
 
     sp = add("eval-edits", cmd_eval_edits, "edit entries, measure efficacy / paraphrases / locality, then undo the edits")
     sp.add_argument("edits", metavar="EDITS.jsonl")
@@ -402,6 +421,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     model_args(sp)
     plugin_arg(sp)
     add_untrusted_arg(sp)
+    add_patch_arg(sp)
 
     # train-branch: it trains the memory branch, not the reader; the old name stays an alias.
     sp = add("train-branch", cmd_train_memory_reader,
