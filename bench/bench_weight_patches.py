@@ -143,6 +143,8 @@ GRIDS = {
     # default (one early down-projection) and the paper's first + last blocks.
     "small": [([29], 2e-3, 25, 5e-3), ([29], 1e-2, 25, 5e-3), ([25, 26, 27, 28, 29], 2e-3, 25, 5e-3),
               ([3], 5e-3, 25, 5e-3), ([0, 29], 1e-3, 25, 5e-3)],
+    # early blocks (run beside "small" once the last block proved non-local)
+    "early": [([0], 5e-3, 25, 5e-3), ([1, 2, 3], 5e-3, 25, 5e-3), ([3], 2e-2, 25, 5e-3)],
 }
 
 

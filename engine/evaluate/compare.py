@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.evaluate.edits import AUTHOR, _evaluating, _mentions, _text_index, evaluate_edits
+from engine.evaluate.probes import max_tokens_for
 from engine.explain.predict import PredictError
 from engine.probe_files import Edit, EvalDataError, Probe, is_correct
 
@@ -95,10 +96,18 @@ def _patch_row(reader, edits, locality, sequential: bool, config, *, progress, s
     facts = [Fact(e.prompt, e.new, paraphrase=e.paraphrase, old=e.old, source=e.where) for e in edits]
     paras = [(i, e.paraphrase) for i, e in enumerate(edits) if e.paraphrase.strip()]
     prompts = [e.prompt for e in edits] + [q for _, q in paras] + [p.prompt for p in locality]
-    budget = _budget(reader, [e.new for e in edits] + [p.answer for p in locality])
+    # The token budgets evaluate_edits gives the same prompts, so the rows compare alike.
+    edit_budget = [max(a, b) for a, b in zip(max_tokens_for(reader, [e.new for e in edits]),
+                                               max_tokens_for(reader, [e.old or e.new for e in edits]))]
+    budgets = edit_budget + [edit_budget[i] for i, _ in paras] + max_tokens_for(reader, [p.answer for p in locality])
 
     def answers() -> list[str]:
-        return reader.generate(prompts, max_new_tokens=budget)
+        out = [""] * len(prompts)
+        for b in sorted(set(budgets)):
+            idx = [i for i, x in enumerate(budgets) if x == b]
+            for i, text in zip(idx, reader.generate([prompts[i] for i in idx], max_new_tokens=b)):
+                out[i] = text
+        return out
 
     names = config.tensor_names()
     params = dict(reader.model.named_parameters())

@@ -93,3 +93,22 @@ def test_compare_prints_a_table_per_mechanism(cli_models, zoo, tmp_path, capsys)
     assert "memory edit + plugins: skipped (no knowledge plugin plugged)" in out
     code, out, err = run_cli(capsys, "compare", edits, "--memory", pack, "--reader", reader, "--mechanisms", "magic")
     assert code == 2 and "--mechanisms: magic: choose from" in err
+
+
+def test_the_job_writes_a_patch_and_a_cancelled_job_writes_nothing(cli_models, tmp_path):  # noqa: F811
+    from engine.mechanisms.weight_patches import load
+    from engine.mechanisms.weight_patches.train import run
+    from engine.progress import JobCancelled
+    from engine.reader import load_reader
+
+    reader, _ = cli_models
+    cfg = {"reader": reader, "facts": [{"prompt": PROMPT, "answer": "Porto-Novo"}], "out": str(tmp_path / "job"),
+           "patch": {"layers": [0, 1], "delta": 0.05, "lr": 0.02, "steps": 12}}
+    res = run(cfg, progress=lambda f, m="", **k: None, should_stop=lambda: False)
+    assert res["out"] == str(tmp_path / "job") and res["metrics"]["efficacy"] == 1.0
+    assert load(tmp_path / "job", load_reader(reader)).facts[0].answer == "Porto-Novo"
+    with pytest.raises(JobCancelled):
+        run({**cfg, "out": str(tmp_path / "stopped")}, should_stop=lambda: True)
+    assert not (tmp_path / "stopped").exists()
+    with pytest.raises(ValueError, match="patch job: field 'patch': field 'delta' must be a number"):
+        run({**cfg, "patch": {"delta": "big"}})
