@@ -31,14 +31,15 @@ def tensor_name(layer: int, target: str) -> str:
 
 @dataclass
 class PatchConfig:
-    """What is fine-tuned and how. Defaults calibrated for SmolLM2-135M on a validation split
-    of the demo edits (bench/RESULTS.md, "Weight patches": the calibration)."""
+    """What is fine-tuned and how. The defaults are the FT-L setting of ROME/EasyEdit (one
+    early MLP down-projection, lr 5e-3, ~25 steps); the calibration for SmolLM2-135M did not
+    finish (bench/RESULTS.md, "Weight patches"), so they are not yet measured choices."""
 
     layers: list = field(default_factory=lambda: [3])  # decoder blocks whose ``targets`` are trained
     targets: list = field(default_factory=lambda: ["mlp.down_proj"])
     delta: float = 5e-3  # the L-infinity bound on each trained weight's change
     lr: float = 5e-3  # Adam
-    steps: int = 40  # at most; training stops early once every answer token is likely (stop_loss)
+    steps: int = 25  # at most; training stops early once every answer token is likely (stop_loss)
     stop_loss: float = 0.05  # mean answer-token cross-entropy at which the edit is done
     locality_weight: float = 0.0  # weight of the KL term on the locality prompts (0: off)
 
