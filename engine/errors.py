@@ -16,6 +16,7 @@ _USER_ERRORS = (
     ("engine.reader", ("ReaderError",)),
     ("engine.mechanisms.plugins.errors", ("PluginError",)),
     ("engine.mechanisms.pkm.config", ("PKMError",)),
+    ("engine.mechanisms.weight_patches.config", ("PatchError",)),
 )
 
 

@@ -1,5 +1,5 @@
-"""A reader and its active mechanisms (memory branch, entry-state store, knowledge plugins),
-assembled once.
+"""A reader and its active mechanisms (memory branch, entry-state store, knowledge plugins,
+weight patches), assembled once.
 
 The CLI's model commands, the app's model thread, the bundle's self-test, the prepare job
 and the plugin evaluation all load the same things in the same order: the reader, then
@@ -26,19 +26,24 @@ class Session:
     """The loaded reader + what is active on it. ``close()`` (or ``with``) closes the entry store."""
 
     def __init__(self, reader, branch=None, *, entry_store=None, plugins: Sequence[Any] = (), note: str = "",
-                 pkm=None) -> None:
+                 pkm=None, patches: Sequence[Any] = ()) -> None:
         self.reader, self.branch, self.entry_store = reader, branch, entry_store
         self.plugins: list[Any] = list(plugins)
         self.pkm = pkm  # a PKMMechanism (a grown product-key memory layer) or None
+        self.patches: list[Any] = list(patches)  # WeightPatch objects, in the order they are applied
         self.note = note
 
     def mechanisms(self) -> list:
         """The active mechanisms as ``engine.mechanisms.base.Mechanism`` objects, in the
-        composition order (the product-key layer, the branch, then the plugins); the context
-        mode needs nothing loaded."""
+        composition order (the weight patches, the product-key layer, the branch, then the
+        plugins); the context mode needs nothing loaded."""
         from engine.mechanisms.base import composition_order
 
         mechs: list = [] if self.pkm is None else [self.pkm]
+        if self.patches:
+            from engine.mechanisms.weight_patches.mechanism import WeightPatchMechanism
+
+            mechs.append(WeightPatchMechanism(self.patches))
         if self.branch is not None:
             from engine.mechanisms.dpm.mechanism import DPMMechanism
 
@@ -64,6 +69,24 @@ class Session:
 
         self.pkm = PKMMechanism.load(folder, self.reader)
         return self.pkm
+
+    def add_patch(self, folder: str | Path):
+        """Load the weight patch in ``folder`` for this reader and make it active (applied
+        after those already active, whenever the session's mechanisms are attached); returns it."""
+        from engine.mechanisms.weight_patches import load
+
+        patch = load(folder, self.reader)
+        self.patches.append(patch)
+        return patch
+
+    def patches_mechanism(self):
+        """The active weight patches as one mechanism (None when there are none): attach it
+        around a whole prediction or evaluation (``engine.mechanisms.base.attached``)."""
+        if not self.patches:
+            return None
+        from engine.mechanisms.weight_patches.mechanism import WeightPatchMechanism
+
+        return WeightPatchMechanism(self.patches)
 
     def close(self) -> None:
         if self.entry_store is not None:
@@ -95,7 +118,8 @@ def open_entry_store(reader, branch, cache_dir: str | Path | None = None, *, req
 
 def open_session(reader: Any = None, *, device: str | None = None, branch: str | Path | None = DEFAULT,
                  need_branch: bool = True, entry_states: bool = False, cache_dir: str | Path | None = None,
-                 plugins: Sequence[str | Path] = (), pack=None, pkm: str | Path | None = None) -> Session:
+                 plugins: Sequence[str | Path] = (), pack=None, pkm: str | Path | None = None,
+                 patches: Sequence[str | Path] = ()) -> Session:
     """Load a session.
 
     ``reader``: a loaded reader, or a model folder / name for ``load_reader`` (None: the
@@ -103,7 +127,8 @@ def open_session(reader: Any = None, *, device: str | None = None, branch: str |
     ``need_branch``: a branch that cannot be loaded raises ``DPMError``; when False it is
     left out and ``note`` says why. ``entry_states``: open the entry-state store
     (``cache_dir`` overrides its folder). ``plugins``: plugin folders, loaded for the reader
-    (and checked against ``pack``). ``pkm``: a product-key memory folder grown for the reader."""
+    (and checked against ``pack``). ``pkm``: a product-key memory folder grown for the reader.
+    ``patches``: weight patch folders, in the order they are applied."""
     if reader is None or isinstance(reader, (str, Path)):
         from engine.reader import load_reader
 
@@ -126,6 +151,8 @@ def open_session(reader: Any = None, *, device: str | None = None, branch: str |
             session.add_plugin(folder, pack)
         if pkm is not None:
             session.add_pkm(pkm)
+        for folder in patches:
+            session.add_patch(folder)
     except BaseException:
         session.close()
         raise

@@ -15,6 +15,7 @@ Layout: one module per group of commands, each holding its parsers and their han
     plugins.py  triples, entities, embeddings, train-transe, map-tune
     probes.py   probes make
     pkm.py      pkm grow, pkm usage, pkm eval (and --pkm DIR for predict and eval)
+    patch.py    patch create|list|show|apply|remove, compare (weight patches, issue 18)
 
 To add a group: write ``engine/cli/<group>.py`` with ``add_parsers(sub, common)``, which
 registers its commands on ``sub`` with ``add_command(sub, [common], name, fn, help)``
@@ -32,7 +33,7 @@ import sqlite3
 import sys
 from typing import Sequence
 
-from engine.cli import demo, model, pack, pkm, plugins, probes
+from engine.cli import demo, model, pack, patch, pkm, plugins, probes
 from engine.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError, Output
 from engine.cli_args import OneLineParser
 from engine.terminal import terminal_safe
@@ -47,6 +48,7 @@ GROUPS = (
     plugins,
     probes,
     pkm,
+    patch,
 )
 
 

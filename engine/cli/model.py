@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 from engine.cli.common import (EXIT_INTERRUPTED, CliError, Output, ProgressBar, StopFlag, add_command,
                                add_untrusted_arg, job_cancelled, model_errors, one_line, open_memory, run_job)
 from engine.cli.pkm import add_pkm_arg, pkm_attached, pkm_line
+from engine.cli.patch import add_patch_arg, apply_patch_args, check_patch_args
 from engine.cli_args import answer_tokens, non_negative, positive, retrieved
 
 
@@ -42,9 +43,12 @@ def _load_predictor(a, out: Output, modes: Sequence[str]):
         hf_logging.disable_progress_bar()  # one-line errors, clean --json output
     except ImportError:  # pragma: no cover
         pass
-    # entry_states: entries read in an earlier run are not read again (not with --pkm: a layer
-    # below the branch changes the entries' states, which must not go into the shared store)
-    session = open_session(a.reader, branch=branch_dir, entry_states=not getattr(a, "pkm", None))
+    # entry_states: entries read in an earlier run are not read again (not with --pkm or weight
+    # patches: they change the entries' states, and the states on disk are the bare reader's)
+    check_patch_args(a)
+    session = open_session(a.reader, branch=branch_dir,
+                           entry_states=not (getattr(a, "pkm", None) or getattr(a, "patch", None)))
+    a.patch_names = apply_patch_args(a, session.reader)  # on for the rest of this command
     return Predictor.from_session(session)
 
 
@@ -179,9 +183,15 @@ def cmd_predict(a, out: Output) -> int:
         for m in mems:
             m.close()
 
+    data = rec.to_dict()
+    if getattr(a, "patch_names", None):
+        data["weight_patches"] = a.patch_names
+
     def human() -> str:
         packs = ", ".join(rec.packs) or "none plugged"
         lines = [f"answer ({rec.mode}; {packs}):{rec.answer}", f"without memory:{rec.answer_without_memory}"]
+        if getattr(a, "patch_names", None):
+            lines.append(f"weight patches: {', '.join(a.patch_names)} (both answers read the patched weights)")
         lines += _injected_lines(rec)
         if layer is not None:
             lines.append(pkm_line(a.pkm, layer))
@@ -194,7 +204,6 @@ def cmd_predict(a, out: Output) -> int:
         lines.append(f"({rec.seconds:.2f} s)")
         return "\n".join(lines)
 
-    data = rec.to_dict()
     if layer is not None:
         data["pkm"] = a.pkm
     out.emit(data, human)
@@ -244,7 +253,10 @@ def _report(results: dict[str, dict[str, Any]], modes: Sequence[str]) -> dict[st
 
 
 def _plugins_line(data: dict[str, Any]) -> list[str]:
-    return [f"knowledge plugins: {', '.join(data['plugins'])}"] if data.get("plugins") else []
+    lines = [f"knowledge plugins: {', '.join(data['plugins'])}"] if data.get("plugins") else []
+    if data.get("weight_patches"):
+        lines.append(f"weight patches: {', '.join(data['weight_patches'])}")
+    return lines
 
 
 def cmd_eval(a, out: Output) -> int:
@@ -263,6 +275,8 @@ def cmd_eval(a, out: Output) -> int:
     data = _report(results, modes)
     if a.pkm:
         data["pkm"] = a.pkm
+    if getattr(a, "patch_names", None):
+        data["weight_patches"] = a.patch_names
 
     def human() -> str:
         head = f"{'':<28}" + "".join(f"{m:>12}" for m in modes)
@@ -307,6 +321,8 @@ def cmd_eval_edits(a, out: Output) -> int:
     if results is None:
         return EXIT_INTERRUPTED
     data = _report(results, modes)
+    if getattr(a, "patch_names", None):
+        data["weight_patches"] = a.patch_names
 
     def human() -> str:
         rows = [f"edits: {data['n']} from {a.edits}; locality probes: {data['n_locality']} (k={a.k})",
@@ -388,6 +404,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     plugin_arg(sp)
     add_pkm_arg(sp)
     add_untrusted_arg(sp)
+    add_patch_arg(sp)
 
     sp = add("prepare", cmd_prepare, "read every entry of packs through the reader once and keep its states on "
                                      "disk: the first dpm answer that retrieves them is faster (resumable)")
@@ -406,6 +423,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     plugin_arg(sp)
     add_pkm_arg(sp)
     add_untrusted_arg(sp)
+    add_patch_arg(sp)
 
     sp = add("eval-edits", cmd_eval_edits, "edit entries, measure efficacy / paraphrases / locality, then undo the edits")
     sp.add_argument("edits", metavar="EDITS.jsonl")
@@ -418,6 +436,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     model_args(sp)
     plugin_arg(sp)
     add_untrusted_arg(sp)
+    add_patch_arg(sp)
 
     # train-branch: it trains the memory branch, not the reader; the old name stays an alias.
     sp = add("train-branch", cmd_train_memory_reader,

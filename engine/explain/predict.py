@@ -372,7 +372,9 @@ class Predictor:
         reader = self.reader
 
         hits = retrieve(prompt, memories, k) if (memories and fusion is not None) else []
-        key = (prompt, max_new_tokens)
+        from engine.mechanisms.weight_patches.attach import state_key
+
+        key = (prompt, max_new_tokens, state_key(reader))  # a weight patch changes the bare answer too
         known = self._plain.get(key)
         texts = [h.entry.text for _, h in hits]
         scores = [float(h.score) for _, h in hits]

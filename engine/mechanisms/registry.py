@@ -42,6 +42,10 @@ MECHANISMS: tuple[MechanismSpec, ...] = (
     MechanismSpec("pkm", "added layer", "Product-key memory",
                   "A layer of learned slots grown on the domain's text, beside one feed-forward block of the reader.",
                   brief="a grown product-key memory layer", artefact="product-key memory"),
+    MechanismSpec("weight_patches", "weight change", "Weight patches",
+                  "Facts written into the reader's own weights by constrained fine-tuning; applied in order, "
+                  "removed exactly.",
+                  brief="facts fine-tuned into the weights", artefact="weight patch"),
 )
 _NONE = MechanismSpec("none", "none", "No memory", "The bare reader: nothing is retrieved.", brief="the bare reader")
 

@@ -1,24 +1,31 @@
-"""Weight patches by constrained fine-tuning (DESIGN.md, "The four knowledge mechanisms",
-item 4): no code yet. Not "edits": entry edits are a pack's thing.
+"""Weight patches: facts rewritten inside the reader by constrained fine-tuning (DESIGN.md,
+"The four knowledge mechanisms", item 4; Zhu et al. 2020, "Modifying Memories in
+Transformer Models"). Not "edits": entry edits are a pack's thing.
 
-What goes here: rewrite chosen facts by fine-tuning chosen layers under an L-infinity bound
-delta on the change; keep the change as a reversible patch (the difference of the touched
-tensors); report efficacy (the modified facts), generalisation (paraphrases) and locality
-(unmodified facts), before and after.
+Chosen tensors of the reader (``PatchConfig.layers`` x ``targets``, default the MLP
+down-projection of one early block) are fine-tuned on the facts' answer tokens by
+projected gradient descent: after every step each tensor is clamped into
+[theta0 - delta, theta0 + delta]. The change is kept as a **weight patch**, the deltas of
+the touched tensors only, reversible exactly.
 
-Checklist (docs/ENGINE.md, "How to add a mechanism"), all inside this folder:
+* ``config.py``: ``PatchConfig`` (layers, targets, delta, lr, steps, stop_loss,
+  locality_weight), validated; ``PatchError``; the format names;
+* ``module.py``: ``Fact`` and ``WeightPatch`` (``{tensor name: delta}``, the base tensors'
+  sha256, the reader's fingerprint, the facts, who, when, metrics);
+* ``attach.py``: ``PatchStack`` (the patches applied to one reader, in order; removing one
+  restores from copies bit for bit and re-checks the later ones) and ``applied(reader, patches)``;
+* ``io.py``: ``config.json`` + ``delta.safetensors``, atomic write, every field checked;
+* ``train.py``: ``make_patch`` (a batch of facts), ``make_sequential`` (one patch per fact,
+  each on top of the earlier ones), and the job ``run(config, progress, should_stop)``;
+* ``mechanism.py``: ``WeightPatchMechanism`` (kind "weight change": composed first).
 
-* ``config.py``: a ``PatchConfig`` (layers, delta, steps, lr), validated;
-* ``module.py``: the patch itself: ``{parameter name: delta tensor}`` with its bound checked;
-* ``attach.py``: add the deltas in place under ``torch.no_grad()`` and subtract them on
-  detach; keep a copy of the touched tensors to restore them exactly (float rounding of
-  ``w + d - d`` is not bit for bit), which the base interface's test demands;
-* ``io.py``: ``config.json`` (format ``plugmem-weight-patch``, version, the reader
-  fingerprint, the facts) + ``model.safetensors`` of the deltas; another reader's is refused;
-* ``train.py``: the constrained fine-tuning job ``run(config, progress, should_stop)``;
-* ``mechanism.py``: a ``WeightPatchMechanism(MechanismBase)`` with
-  ``spec = mechanism("weight_patches")``, ``attach``, ``leave_one_out`` (each patched
-  tensor left out in turn), ``save``/``load``;
-* and one ``MechanismSpec("weight_patches", "weight change", ...)`` in
-  ``engine/mechanisms/registry.py``; the evaluation's edit metrics live in ``engine/evaluate``.
+Edit metrics across mechanisms live in ``engine/evaluate`` (``compare.py``).
 """
+from engine.mechanisms.weight_patches.attach import PatchStack, applied
+from engine.mechanisms.weight_patches.config import FORMAT, PatchConfig, PatchError
+from engine.mechanisms.weight_patches.io import is_patch_folder, load, save
+from engine.mechanisms.weight_patches.module import Fact, WeightPatch
+from engine.mechanisms.weight_patches.train import make_patch, make_sequential
+
+__all__ = ["FORMAT", "Fact", "PatchConfig", "PatchError", "PatchStack", "WeightPatch", "applied",
+           "is_patch_folder", "load", "make_patch", "make_sequential", "save"]

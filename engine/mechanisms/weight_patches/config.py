@@ -1,0 +1,80 @@
+"""A weight patch's configuration and file format names (see engine.mechanisms.weight_patches)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.artefacts import config_from_dict
+
+FORMAT = "plugmem-weight-patch"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+DELTA_FILE = "delta.safetensors"
+
+#: Where a patch's tensors sit in each decoder block (``model.layers.{i}.{target}.weight``).
+TARGETS = ("mlp.down_proj", "mlp.up_proj", "mlp.gate_proj",
+           "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+
+#: The bound is on each weight's change; SmolLM2's weights are ~0.02-0.1 in size, so a
+#: bound above this is no constraint at all (the model would simply be retrained).
+MAX_DELTA = 0.1
+
+
+class PatchError(ValueError):
+    """A weight patch cannot be made, read or applied (the message names the file and field)."""
+
+
+def tensor_name(layer: int, target: str) -> str:
+    return f"model.layers.{layer}.{target}.weight"
+
+
+@dataclass
+class PatchConfig:
+    """What is fine-tuned and how. The defaults are the FT-L setting of ROME/EasyEdit (one
+    early MLP down-projection, lr 5e-3, ~25 steps); the calibration for SmolLM2-135M did not
+    finish (bench/RESULTS.md, "Weight patches"), so they are not yet measured choices."""
+
+    layers: list = field(default_factory=lambda: [3])  # decoder blocks whose ``targets`` are trained
+    targets: list = field(default_factory=lambda: ["mlp.down_proj"])
+    delta: float = 5e-3  # the L-infinity bound on each trained weight's change
+    lr: float = 5e-3  # Adam
+    steps: int = 25  # at most; training stops early once every answer token is likely (stop_loss)
+    stop_loss: float = 0.05  # mean answer-token cross-entropy at which the edit is done
+    locality_weight: float = 0.0  # weight of the KL term on the locality prompts (0: off)
+
+    def validate(self, where: str = "patch config") -> None:
+        if not isinstance(self.layers, list) or not self.layers:
+            raise PatchError(f"{where}: field 'layers' must be a non-empty list of block numbers, got {self.layers!r}")
+        for v in self.layers:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise PatchError(f"{where}: field 'layers' holds {v!r}, not a block number (0, 1, ...)")
+        if len(set(self.layers)) != len(self.layers):
+            raise PatchError(f"{where}: field 'layers' names a block twice: {self.layers}")
+        if not isinstance(self.targets, list) or not self.targets:
+            raise PatchError(f"{where}: field 'targets' must be a non-empty list, got {self.targets!r}")
+        for t in self.targets:
+            if t not in TARGETS:
+                raise PatchError(f"{where}: field 'targets' holds the unknown tensor {t!r}; known: {', '.join(TARGETS)}")
+        _number(self.delta, "delta", where, 0.0, MAX_DELTA, open_low=True)
+        _number(self.lr, "lr", where, 0.0, 1.0, open_low=True)
+        _number(self.stop_loss, "stop_loss", where, 0.0, 10.0)
+        _number(self.locality_weight, "locality_weight", where, 0.0, 100.0)
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not 1 <= self.steps <= 10_000:
+            raise PatchError(f"{where}: field 'steps' must be a whole number from 1 to 10,000, got {self.steps!r}")
+
+    def tensor_names(self) -> list[str]:
+        """The reader parameters this config trains, in a stable order."""
+        return [tensor_name(i, t) for i in sorted(self.layers) for t in self.targets]
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "patch config") -> "PatchConfig":
+        return config_from_dict(cls, d, PatchError, where)
+
+
+def _number(v: Any, name: str, where: str, low: float, high: float, *, open_low: bool = False) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    ok = ok and (low < float(v) if open_low else low <= float(v)) and float(v) <= high
+    if not ok:
+        bracket = "(" if open_low else "["
+        raise PatchError(f"{where}: field {name!r} must be a number in {bracket}{low:g}, {high:g}], got {v!r}")

@@ -1,0 +1,379 @@
+"""Weight patches (engine.mechanisms.weight_patches) on the tiny reader: made by projected
+gradient descent, applied and removed bit for bit, stacked in order, saved and refused."""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from engine.mechanisms.base import Mechanism, attached
+from engine.mechanisms.weight_patches import (Fact, PatchConfig, PatchError, PatchStack, applied, load, make_patch,
+                                              make_sequential, save)
+from engine.mechanisms.weight_patches.mechanism import WeightPatchMechanism
+from engine.progress import JobCancelled
+from engine.reader.tiny import make_tiny_reader
+
+# The tiny reader's answers are gibberish; these are not what it says.
+FACT = Fact("Zebra facts: the capital of Zebraland is", "Porto-Novo", paraphrase="Zebraland's capital is")
+OTHER = Fact("Lion facts: the colour of lions is", "violet")
+# Big bound and lr: the tiny reader's weights are ~0.2 in size; few steps keep the test fast.
+CFG = PatchConfig(layers=[0, 1], delta=0.05, lr=0.02, steps=12, stop_loss=0.05)
+
+
+@pytest.fixture(scope="module")
+def base_reader():
+    return make_tiny_reader(seed=0)
+
+
+@pytest.fixture
+def tiny(base_reader):
+    yield base_reader
+    # Every test must give the reader back unpatched.
+    assert PatchStack.of(base_reader).names() == []
+
+
+@pytest.fixture(scope="module")
+def patch(base_reader):
+    return make_patch(base_reader, [FACT], CFG, name="zebra")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, patch):
+    return save(patch, tmp_path_factory.mktemp("patches") / "zebra")
+
+
+def state(reader):
+    return {k: v.detach().clone() for k, v in reader.model.state_dict().items()}
+
+
+def same(reader, before) -> bool:
+    now = reader.model.state_dict()
+    return now.keys() == before.keys() and all(torch.equal(now[k], before[k]) for k in before)
+
+
+def copy_patch(saved, tmp_path, name="p"):
+    dst = tmp_path / name
+    shutil.copytree(saved, dst)
+    return dst
+
+
+def edit_config(folder, change):
+    p = folder / "config.json"
+    meta = json.loads(p.read_text())
+    change(meta)
+    p.write_text(json.dumps(meta))
+
+
+# ----------------------------------------------------------------------------- making a patch
+
+def test_a_patch_writes_the_fact_within_the_bound_and_leaves_the_reader_as_it_was(tiny, patch):
+    before = state(tiny)
+    assert not tiny.generate(FACT.prompt, 6).strip().startswith("Porto")
+    assert patch.metrics["efficacy"] == 1.0  # measured when it was made
+    assert patch.metrics["loss_last"] < patch.metrics["loss_first"]
+    assert sorted(patch.deltas) == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
+    assert 0 < patch.max_abs() <= CFG.delta * (1 + 1e-6)  # the clamp held
+    assert same(tiny, before)  # training gave the reader back
+    assert not any(p.requires_grad for p in tiny.model.parameters())
+    with applied(tiny, [patch]):
+        assert tiny.generate(FACT.prompt, 6).strip().startswith("Porto-Novo")
+    assert same(tiny, before)
+
+
+def test_apply_and_remove_restore_every_tensor_bit_for_bit(tiny, patch):
+    before = state(tiny)
+    stack = PatchStack.of(tiny)
+    for _ in range(3):
+        stack.apply(patch)
+        assert not same(tiny, before)
+        stack.remove(patch)
+        assert same(tiny, before)
+
+
+def test_the_loss_is_on_the_answer_tokens_only(tiny):
+    from engine.mechanisms.weight_patches.train import _batch
+
+    b = _batch(tiny, [FACT, OTHER])
+    n_answer = [len(tiny.tokenizer(f.target, add_special_tokens=False)["input_ids"]) for f in (FACT, OTHER)]
+    assert [(row != -100).sum().item() for row in b["labels"]] == n_answer
+    assert all((row[-n:] == ids[-n:]).all() for row, ids, n in zip(b["labels"], b["input_ids"], n_answer))
+
+
+def test_a_fact_the_reader_already_answers_makes_no_patch(tiny):
+    said = tiny.generate(FACT.prompt, 3).strip().split()[0]
+    with pytest.raises(PatchError, match="already answers .* no patch made"):
+        make_patch(tiny, [Fact(FACT.prompt, said)], CFG)
+    # In a batch it refuses the whole batch, or leaves that fact out when asked to.
+    with pytest.raises(PatchError, match="already answers"):
+        make_patch(tiny, [OTHER, Fact(FACT.prompt, said)], CFG)
+
+
+@pytest.mark.parametrize("fact, message", [
+    (Fact("", "Paris"), "field 'prompt' must be a non-empty string"),
+    (Fact("  ", "Paris"), "field 'prompt' must be a non-empty string"),
+    (Fact("The capital is", ""), "field 'answer' must be a non-empty string"),
+])
+def test_empty_prompts_and_answers_are_refused(tiny, fact, message):
+    with pytest.raises(PatchError, match=message):
+        make_patch(tiny, [fact], CFG)
+    with pytest.raises(PatchError, match="no facts"):
+        make_patch(tiny, [], CFG)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"delta": 0.0}, "'delta' must be a number in \\(0, 0.1\\]"),
+    ({"delta": -1e-3}, "'delta' must be a number"),
+    ({"delta": 5.0}, "'delta' must be a number"),
+    ({"delta": math.nan}, "'delta' must be a number"),
+    ({"steps": 0}, "'steps' must be a whole number"),
+    ({"lr": 0}, "'lr' must be a number"),
+    ({"layers": []}, "'layers' must be a non-empty list"),
+    ({"layers": [0, 0]}, "names a block twice"),
+    ({"targets": ["mlp.nonsense"]}, "unknown tensor 'mlp.nonsense'"),
+])
+def test_bad_configs_are_refused_naming_the_field(change, message):
+    cfg = PatchConfig(**{**CFG.__dict__, **change})
+    with pytest.raises(PatchError, match=message):
+        cfg.validate()
+
+
+def test_a_block_the_reader_does_not_have_is_refused(tiny):
+    with pytest.raises(PatchError, match="field 'layers' names block 7, but the reader has blocks 0 to 1"):
+        make_patch(tiny, [FACT], PatchConfig(layers=[7]))
+
+
+def test_cancel_stops_within_a_step_and_leaves_no_patch(tiny):
+    before = state(tiny)
+    seen = []
+    with pytest.raises(JobCancelled, match="no patch made"):
+        make_patch(tiny, [FACT], PatchConfig(**{**CFG.__dict__, "steps": 500, "stop_loss": 0.0}),
+                   progress=lambda f, m="", **k: seen.append(k.get("step")), should_stop=lambda: len(seen) >= 2)
+    assert len(seen) == 2  # stopped at the next step
+    assert same(tiny, before)
+    assert not any(p.requires_grad for p in tiny.model.parameters())
+
+
+def test_the_locality_term_keeps_unrelated_prompts_closer(tiny):
+    from engine.mechanisms.weight_patches.train import _last_logp
+
+    unrelated = ["Lion facts: the colour of lions is", "Water boils at", "The Nile is the longest river in"]
+    cfg = PatchConfig(**{**CFG.__dict__, "steps": 8, "stop_loss": 0.0})
+    batch = tiny.encode_batch(unrelated)
+    with torch.no_grad():
+        ref = _last_logp(tiny, batch)
+
+    def drift(p):
+        with applied(tiny, [p]), torch.no_grad():
+            return float(torch.nn.functional.kl_div(_last_logp(tiny, batch), ref, log_target=True, reduction="batchmean"))
+
+    free = make_patch(tiny, [FACT], cfg, measure=False)
+    kept = make_patch(tiny, [FACT], PatchConfig(**{**cfg.__dict__, "locality_weight": 10.0}), locality=unrelated,
+                      measure=False)
+    assert drift(kept) < drift(free)
+
+
+# ----------------------------------------------------------------------------- several patches
+
+def test_sequential_patches_stack_in_order_and_removing_one_rechecks_the_rest(tiny):
+    before = state(tiny)
+    p1, p2 = make_sequential(tiny, [FACT, OTHER], CFG, prefix="seq")
+    assert (p1.on_top_of, p2.on_top_of) == ([], ["seq-1"])
+    assert same(tiny, before)
+    stack = PatchStack.of(tiny)
+    with pytest.raises(PatchError, match="base of .* does not match.*made on top of seq-1.*no patch is applied"):
+        stack.apply(p2)  # its base is the reader with seq-1
+    assert same(tiny, before)  # nothing applied partially
+    stack.apply(p1)
+    stack.apply(p2)
+    assert tiny.generate(FACT.prompt, 6).strip().startswith("Porto")
+    dropped = stack.remove("seq-1")
+    assert [n for n, _ in dropped] == ["seq-2"]  # re-checked: it no longer fits
+    assert stack.names() == [] and same(tiny, before)
+
+
+def test_independent_patches_come_off_in_any_order(tiny, patch):
+    before = state(tiny)
+    other = make_patch(tiny, [OTHER], PatchConfig(**{**CFG.__dict__, "layers": [1]}), name="lion", measure=False)
+    stack = PatchStack.of(tiny)
+    stack.apply(patch)
+    with pytest.raises(PatchError, match="base of model.layers.1.mlp.down_proj.weight does not match"):
+        stack.apply(other)  # zebra changed block 1 too
+    stack.remove(patch)
+    stack.apply(other)
+    with_other = state(tiny)
+    assert stack.remove("lion") == []
+    assert same(tiny, before)
+    assert not same(tiny, with_other)
+    with pytest.raises(PatchError, match="'lion' is not applied"):
+        stack.remove("lion")
+
+
+def test_the_mechanism_composes_and_detaches_exactly(tiny, patch):
+    mech = WeightPatchMechanism([patch])
+    assert isinstance(mech, Mechanism) and mech.kind == "weight change"
+    before = state(tiny)
+    with attached(tiny, [mech]) as handles:
+        assert handles["weight_patches"].names() == ["zebra"]
+        assert tiny.generate(FACT.prompt, 6).strip().startswith("Porto-Novo")
+    assert same(tiny, before)
+    loo = mech.leave_one_out(tiny, FACT.prompt, FACT.target)
+    assert loo.parts == ["zebra"] and loo.logp_all > loo.logp_without[0]
+    assert same(tiny, before)
+
+
+def test_a_refused_patch_in_a_list_applies_none_of_them(tiny, patch):
+    before = state(tiny)
+    bad = make_patch(tiny, [OTHER], CFG, name="lion", measure=False)  # same tensors, same base: fits alone only
+    with pytest.raises(PatchError, match="'lion'.*base"):
+        with applied(tiny, [patch, bad]):
+            pass
+    assert same(tiny, before)
+
+
+# ----------------------------------------------------------------------------- the folder
+
+def test_save_and_load_round_trip(tiny, patch, saved):
+    files = sorted(p.name for p in saved.iterdir())
+    assert files == ["config.json", "delta.safetensors"]
+    meta = json.loads((saved / "config.json").read_text())
+    assert meta["format"] == "plugmem-weight-patch" and meta["format_version"] == 1
+    assert meta["reader"]["weights_sha256"] == tiny.fingerprint["weights_sha256"]
+    assert set(meta["tensors"]) == set(patch.deltas) and meta["facts"][0]["prompt"] == FACT.prompt
+    assert meta["who"] is not None and meta["when"] and meta["metrics"]["efficacy"] == 1.0
+    back = load(saved, tiny)
+    assert all(torch.equal(back.deltas[n], patch.deltas[n]) for n in patch.deltas)
+    assert back.base == patch.base and back.facts == patch.facts
+    m = WeightPatchMechanism.load(saved, tiny)
+    assert m.patches[0].name == "zebra"
+
+
+def test_another_readers_patch_is_refused_naming_both(saved):
+    other = make_tiny_reader(seed=1)
+    with pytest.raises(PatchError, match="made for the reader 'tiny-llama-seed0', not the loaded 'tiny-llama-seed1'"):
+        load(saved, other)
+
+
+def _delta_file(folder, tensors):
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(folder / "delta.safetensors"))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "missing \\['model.layers.1.mlp.down_proj.weight'\\]"),
+    ("extra", "unexpected \\['model.layers.0.mlp.up_proj.weight'\\]"),
+    ("shape", "wrong shape: model.layers.0.mlp.down_proj.weight \\[64, 64\\]"),
+    ("nan", "holds NaN or Inf"),
+    ("inf", "holds NaN or Inf"),
+    ("beyond", "changes a weight by 0.5, beyond the bound delta 0.05"),
+    ("float64", "is torch.float64"),
+])
+def test_bad_delta_files_are_refused_naming_the_file(tiny, saved, tmp_path, case, message):
+    from safetensors.torch import load_file
+
+    folder = copy_patch(saved, tmp_path)
+    t = load_file(str(folder / "delta.safetensors"))
+    n0, n1 = "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"
+    if case == "missing":
+        del t[n1]
+    elif case == "extra":
+        t["model.layers.0.mlp.up_proj.weight"] = torch.zeros(128, 64)
+    elif case == "shape":
+        t[n0] = torch.zeros(64, 64)
+    elif case in ("nan", "inf"):
+        t[n0][3, 5] = math.nan if case == "nan" else math.inf
+    elif case == "beyond":
+        t[n0][0, 0] = 0.5
+    elif case == "float64":
+        t[n0] = t[n0].double()
+    _delta_file(folder, t)
+    before = state(tiny)
+    with pytest.raises(PatchError, match=message) as err:
+        load(folder, tiny)
+    assert "delta.safetensors" in str(err.value)
+    assert same(tiny, before)
+
+
+def test_a_pickle_in_place_of_safetensors_is_refused_without_running_it(saved, tmp_path, tiny):
+    folder = copy_patch(saved, tmp_path)
+    ran = tmp_path / "ran"
+
+    class Boom:
+        def __reduce__(self):
+            return (ran.touch, ())
+
+    (folder / "delta.safetensors").write_bytes(pickle.dumps({"w": Boom()}))
+    with pytest.raises(PatchError, match="delta.safetensors is unreadable"):
+        load(folder, tiny)
+    (folder / "delta.safetensors").unlink()
+    torch.save({"w": torch.zeros(1)}, folder / "delta.pt")
+    with pytest.raises(PatchError, match="only pickle files \\(delta.pt\\), which can run code"):
+        load(folder, tiny)
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(format="plugmem-dpm"), "does not describe a weight patch"),
+    (lambda m: m.update(format_version=9), "'format_version' is 9"),
+    (lambda m: m.update(format_version="one"), "format_version 'one' is not a number"),
+    (lambda m: m["config"].update(delta="0.05"), "field 'config': field 'delta' must be a number, got a string"),
+    (lambda m: m["config"].update(delta=-1), "'delta' must be a number in \\(0"),
+    (lambda m: m["config"].update(steps=2.5), "field 'steps' must be a whole number"),
+    (lambda m: m["config"].update(layers=[0, 9]), "field 'tensors' names .* but the config's layers"),
+    (lambda m: m["config"].update(speed=3), "unknown field\\(s\\) speed"),
+    (lambda m: m.update(reader="tiny"), "field 'reader' must be an object"),
+    (lambda m: m.update(facts=[]), "field 'facts' is empty"),
+    (lambda m: m.update(facts=[{"prompt": "Q", "answer": 3}]), "'facts'\\[0\\]: field 'answer' must be a string"),
+    (lambda m: m.update(facts=[{"prompt": "", "answer": "A"}]), "'facts'\\[0\\]: field 'prompt' must be a non-empty"),
+    (lambda m: next(iter(m["tensors"].values())).update(base_sha256="zz"), "'base_sha256' must be 64 hexadecimal"),
+    (lambda m: next(iter(m["tensors"].values())).update(shape=[64, -1]), "'shape' must be a list of positive"),
+    (lambda m: m.pop("tensors"), "missing field\\(s\\) 'tensors'"),
+])
+def test_bad_configs_on_disk_are_refused_naming_file_and_field(tiny, saved, tmp_path, change, message):
+    folder = copy_patch(saved, tmp_path)
+    edit_config(folder, change)
+    with pytest.raises(PatchError, match=message) as err:
+        load(folder, tiny)
+    assert "config.json" in str(err.value)
+
+
+def test_unknown_tensors_and_a_changed_base_are_refused(tiny, patch, saved, tmp_path):
+    # a tensor name the reader lacks (a config of another architecture that slipped through)
+    folder = copy_patch(saved, tmp_path)
+    bogus = WeightPatchMechanism([patch]).patches[0]
+    renamed = type(bogus)(config=bogus.config, deltas={"model.layers.0.mlp.w9.weight": bogus.deltas[
+        "model.layers.0.mlp.down_proj.weight"]}, base={"model.layers.0.mlp.w9.weight": "0" * 64},
+        reader=bogus.reader, facts=bogus.facts, name="bogus")
+    with pytest.raises(PatchError, match="the reader has no tensor 'model.layers.0.mlp.w9.weight'"):
+        PatchStack.of(tiny).apply(renamed)
+    # the base tensors changed under the patch (another patch, or another fine-tune)
+    edit_config(folder, lambda m: next(iter(m["tensors"].values())).update(base_sha256="a" * 64))
+    changed = load(folder, tiny)
+    with pytest.raises(PatchError, match="does not match: the patch expects sha256 aaaaaaaaaaaa…, the reader has"):
+        PatchStack.of(tiny).apply(changed)
+
+
+def test_missing_folder_and_files(tmp_path, tiny, saved):
+    with pytest.raises(PatchError, match="weight patch folder not found"):
+        load(tmp_path / "nope", tiny)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PatchError, match="not a weight patch folder: no config.json"):
+        load(tmp_path / "empty", tiny)
+    folder = copy_patch(saved, tmp_path)
+    (folder / "delta.safetensors").unlink()
+    with pytest.raises(PatchError, match="delta.safetensors: missing"):
+        load(folder, tiny)
+
+
+def test_training_from_the_frozen_blocks_states_gives_the_full_loss(tiny):
+    from engine.mechanisms.weight_patches.train import _answer_loss, _batch, _frozen_prefix
+
+    b = _batch(tiny, [FACT, OTHER])
+    cached = dict(b)
+    _frozen_prefix(tiny, cached, 1)  # block 0 is not trained: its output is computed once
+    with torch.no_grad():
+        assert torch.allclose(_answer_loss(tiny, b), _answer_loss(tiny, cached), atol=1e-5)
