@@ -207,3 +207,96 @@ def test_scores_match_the_injector_and_the_sign_test(reader, setup):
     assert sign_test(10, 0) == pytest.approx(2 / 2 ** 10)
     c = compare(score_answers(inj, prompts, answers, enabled=False), score_answers(inj, prompts, answers))
     assert c["n"] == 3 and 0 <= c["p_logp"] <= 1 and c["logp_up"] + c["logp_down"] <= 3
+
+
+# --------------------------------------------------------------------------- the answer slot
+def _slot_plugin(reader, pack_path):
+    from engine.mechanisms.plugins.answer_slot import SlotPlugin
+    from engine.mechanisms.plugins.embeddings import EntityEmbeddings
+
+    emb = EntityEmbeddings.load(pack_path.with_name(pack_path.name + ".embeddings"))
+    with Pack.open(pack_path, readonly=True) as pack:
+        base = KnowledgePlugin.create(reader, emb, aliases={int(e["id"]): e["aliases"] for e in pack.entities()})
+    sp = SlotPlugin.from_plugin(base)
+    with torch.no_grad():
+        for p in sp.slot_mapping.parameters():
+            p.add_(torch.randn_like(p) * 0.5)  # a slot mapping unlike the mention one
+    return sp
+
+
+def test_the_answer_slot_vector_goes_right_after_the_prompt(reader, setup):
+    from engine.mechanisms.plugins.answer_slot import AnswerSlotInjector
+    from engine.mechanisms.plugins.mapping import build_inputs_embeds, mention_tokens, tokens_with_offsets
+
+    pack_path, _ = setup
+    sp = _slot_plugin(reader, pack_path)
+    inj = AnswerSlotInjector(reader, sp)
+    prompts = ["The capital of France is", "Nothing to link here, is it", "Where does Japan lie? In"]
+    ans = inj._answer_ids([" Paris", " no", " Asia"])
+    got = inj.build(prompts, ans)
+    # Reference: the per-row insertions written out, through the plain vectorised builder.
+    ids, ends = tokens_with_offsets(reader.tokenizer, prompts)
+    ir, it, vecs = [], [], []
+    for i, p in enumerate(prompts):
+        links = inj.link(p)
+        for x in links:
+            ir.append(i)
+            it.append(int(mention_tokens(ends[i], [x.start])[0]))
+            vecs.append(sp.vectors([x.entity_id], reader.device)[0])
+        if links:
+            ir.append(i)
+            it.append(len(ids[i]))  # before the first answer token
+            vecs.append(sp.slot_vectors([links[-1].entity_id], reader.device)[0])
+    ref = build_inputs_embeds(reader.model.get_input_embeddings(), [r + a for r, a in zip(ids, ans)],
+                              torch.tensor(ir), torch.tensor(it), torch.stack(vecs), int(reader.tokenizer.pad_token_id))
+    m = ref.attention_mask.bool()
+    W = ref.inputs_embeds.shape[1]
+    assert torch.equal(got.inputs.attention_mask[:, -W:], ref.attention_mask)
+    assert not got.inputs.attention_mask[:, :-W].any()  # only padding before
+    assert torch.allclose(got.inputs.inputs_embeds[:, -W:][m], ref.inputs_embeds[m], atol=1e-6)
+    assert torch.equal(got.inputs.position_ids[:, -W:][m], ref.position_ids[m])
+    valid = ref.token_col >= 0
+    off = got.inputs.inputs_embeds.shape[1] - W
+    assert torch.equal(got.inputs.token_col[valid], ref.token_col[valid] + off)
+    lp = inj.logprob_rows(got, ans).detach()
+    ref_lp = []
+    with torch.no_grad():
+        h = reader.model(**ref.model_kwargs()).logits.float().log_softmax(-1)
+    for i, (row, a) in enumerate(zip(ids, ans)):
+        ref_lp.append(sum(float(h[i, int(ref.token_col[i, len(row) + j]) - 1, t]) for j, t in enumerate(a)))
+    assert lp.tolist() == pytest.approx(ref_lp, abs=1e-4)
+    plain = PluginInjector(reader, sp).build(prompts, ans)
+    assert not torch.allclose(inj.logprob_rows(plain, ans)[[0, 2]], lp[[0, 2]])  # the slot changes linked rows
+    assert float(inj.logprob_rows(plain, ans)[1]) == pytest.approx(float(lp[1]), abs=1e-4)  # and no other
+
+
+def test_slot_plugins_round_trip_as_version_2_and_old_plugins_still_load(reader, setup, tmp_path):
+    from engine.mechanisms.plugins.answer_slot import load_slot_plugin
+
+    pack_path, _ = setup
+    sp = _slot_plugin(reader, pack_path)
+    sp.save(tmp_path / "slot.plugin")
+    with pytest.raises(PluginError, match="newer than this program supports"):
+        load_plugin(tmp_path / "slot.plugin", reader)  # a version-1 loader never drops the slot silently
+    back = load_slot_plugin(tmp_path / "slot.plugin", reader)
+    e = [int(sp.embeddings.entity_ids[0])]
+    assert torch.allclose(back.slot_vectors(e, reader.device), sp.slot_vectors(e, reader.device))
+    assert torch.allclose(back.vectors(e, reader.device), sp.vectors(e, reader.device))
+    KnowledgePlugin.save(sp, tmp_path / "v1.plugin")  # a plain (version-1) plugin
+    old = load_slot_plugin(tmp_path / "v1.plugin", reader)
+    assert torch.allclose(old.slot_vectors(e, reader.device), old.vectors(e, reader.device))
+    (tmp_path / "slot.plugin" / "config.json").write_text(
+        (tmp_path / "slot.plugin" / "config.json").read_text().replace('"format_version": 2', '"format_version": 3'))
+    with pytest.raises(PluginError, match="version 3 is newer"):
+        load_slot_plugin(tmp_path / "slot.plugin", reader)
+
+
+def test_task_tuning_with_the_answer_slot_learns_and_saves(reader, setup):
+    from engine.mechanisms.plugins.answer_slot import load_slot_plugin
+
+    pack_path, probes = setup
+    res = task_tune(_cfg(pack_path, probes, answer_slot=True), reader=reader)
+    assert res["train_losses"][-1][1] < res["train_losses"][0][1]
+    out = pack_path.with_name(pack_path.name + ".task-plugin")
+    assert json.loads((out / "config.json").read_text())["format_version"] == 2
+    assert load_slot_plugin(out, reader).training["objective"] == "task"

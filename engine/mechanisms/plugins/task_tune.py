@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from engine.mechanisms.plugins.answer_slot import AnswerSlotInjector, SlotPlugin, load_slot_plugin
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings, atomic_write, default_embeddings_dir
 from engine.mechanisms.plugins.errors import PluginError
 from engine.mechanisms.plugins.map_tune import read_holdout
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 OBJECTIVE = "task"
 WORDINGS = ("prompt", "all")
-_MODEL_FIELDS = ("start", "hidden", "lr", "batch", "seed", "val_fraction", "fact_fraction", "wordings", "relations",
+_MODEL_FIELDS = ("start", "hidden", "answer_slot", "lr", "batch", "seed", "val_fraction", "fact_fraction", "wordings", "relations",
                  "weight_decay")
 
 
@@ -77,6 +78,7 @@ class TaskTuneConfig:
     relations: list[str] = field(default_factory=list)  # only these (default: every relation with a template)
     wordings: str = "prompt"  # "prompt": each probe's prompt; "all": its paraphrases too
     hidden: int = 0  # a fresh mapping's MLP width (0: linear)
+    answer_slot: bool = False  # also a vector of the subject where the answer begins (answer_slot.py)
     lr: float = 2e-3
     weight_decay: float = 0.0
     batch: int = 32
@@ -302,6 +304,16 @@ def _fingerprint(parts: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
+def _state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """The trained modules' tensors in one flat dict (``mapping.*``, ``slot.*``), on the CPU."""
+    return {f"{name}.{k}": t.detach().cpu() for name, m in modules.items() for k, t in m.state_dict().items()}
+
+
+def _load_state(modules: dict[str, torch.nn.Module], state: dict[str, torch.Tensor]) -> None:
+    for name, m in modules.items():
+        m.load_state_dict({k[len(name) + 1:]: t for k, t in state.items() if k.startswith(name + ".")})
+
+
 def _sample(examples: list[TaskExample], n: int, seed: int) -> list[TaskExample]:
     if len(examples) <= n:
         return examples
@@ -348,19 +360,22 @@ def task_tune(
             if not (start / "config.json").is_file():
                 raise PluginError(f"{start}: no general plugin to start from (train one with `plugmem map-tune "
                                   f"{cfg.pack}`, or start from a fresh mapping with start='none')")
-            plugin = KnowledgePlugin.load(start, reader, pack)
+            plugin = load_slot_plugin(start, reader, pack) if cfg.answer_slot else KnowledgePlugin.load(start, reader, pack)
         else:
             emb_dir = Path(cfg.embeddings) if cfg.embeddings else default_embeddings_dir(cfg.pack)
             emb = EntityEmbeddings.load(emb_dir)
             emb.check_pack(pack, f"The entity embeddings in {emb_dir}")
             plugin = KnowledgePlugin.create(reader, emb, hidden=cfg.hidden, name=pack.name, seed=cfg.seed,
                                             aliases={int(e["id"]): list(e["aliases"]) for e in pack.entities()})
+            if cfg.answer_slot:
+                plugin = SlotPlugin.from_plugin(plugin)
     if skipped:
         log.info("task-tune: relations without a probe template are skipped: %s", ", ".join(skipped))
     has_emb = {int(i) for i in plugin.embeddings.entity_ids.tolist()}
     train, val_e, val_f, val_ents = split_examples(examples, held, has_emb, val_fraction=cfg.val_fraction,
                                                    fact_fraction=cfg.fact_fraction, seed=cfg.seed)
-    injector = PluginInjector(reader, plugin)
+    injector = AnswerSlotInjector(reader, plugin) if cfg.answer_slot else PluginInjector(reader, plugin)
+    modules = {"mapping": plugin.mapping, **({"slot": plugin.slot_mapping} if cfg.answer_slot else {})}
     train, dropped = linked_examples(injector, train)
     val_e, _ = linked_examples(injector, val_e)
     val_f, _ = linked_examples(injector, val_f)
@@ -375,13 +390,13 @@ def task_tune(
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     train_ids = injector._answer_ids([" " + ex.answer for ex in train])
-    params = list(plugin.mapping.parameters())
+    params = [p for m in modules.values() for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model_cfg = {k: (str(getattr(cfg, k)) if k == "start" else getattr(cfg, k)) for k in _MODEL_FIELDS}
-    start_fp = hashlib.sha256(b"".join(t.detach().float().cpu().numpy().tobytes()
-                                       for t in plugin.mapping.state_dict().values())).hexdigest()
+    start_fp = hashlib.sha256(b"".join(t.detach().float().cpu().numpy().tobytes() for m in modules.values()
+                                       for t in m.state_dict().values())).hexdigest()
     data_fp = _fingerprint([plugin.entity_set, sorted(held), reader.fingerprint.get("weights_sha256"), start_fp,
                             [(ex.prompt, ex.answer) for ex in train[:200]], len(train), len(val_e), len(val_f)])
     result = TaskTuneResult(out=str(out), steps_done=0, best_step=0, best_val_loss=None, val_loss_start=None,
@@ -405,7 +420,7 @@ def task_tune(
         if ck.get("model") != model_cfg or ck.get("data") != data_fp:
             raise PluginError(f"{ckpt} is a checkpoint of another task-tuning run (other options, data, start plugin "
                               "or reader); use the same options, --force to start over, or another --out")
-        plugin.mapping.load_state_dict(ck["mapping"])
+        _load_state(modules, ck["mapping"])
         opt.load_state_dict(ck["opt"])
         step, bad, best_state = int(ck["step"]), int(ck["bad"]), ck.get("best_state")
         for k in ("best_step", "best_val_loss", "val_loss_start", "val_loss_without_plugin", "val_fact_loss",
@@ -417,7 +432,7 @@ def task_tune(
         say(step / total, f"resumed from step {step}")
 
     def checkpoint() -> None:
-        state = {"mapping": plugin.mapping.state_dict(), "opt": opt.state_dict(), "step": step, "bad": bad,
+        state = {"mapping": _state(modules), "opt": opt.state_dict(), "step": step, "bad": bad,
                  "best_state": best_state, "model": model_cfg, "data": data_fp,
                  "train_losses": [list(x) for x in result.train_losses],
                  "val_losses": [list(x) for x in result.val_losses],
@@ -426,10 +441,12 @@ def task_tune(
         atomic_write(ckpt, lambda p: torch.save(state, str(p)))
 
     def validate() -> tuple[float, float | None]:
-        plugin.mapping.eval()
+        for m in modules.values():
+            m.eval()
         v = mean_answer_loss(injector, val_e, batch_size=cfg.batch)
         f = mean_answer_loss(injector, val_f, batch_size=cfg.batch)
-        plugin.mapping.train()
+        for m in modules.values():
+            m.train()
         return float(v), f
 
     if result.val_loss_without_plugin is None:
@@ -438,7 +455,8 @@ def task_tune(
         result.val_loss_start = validate()[0]
     warmup = max(1, min(cfg.warmup_steps, total))
     window: list[float] = []
-    plugin.mapping.train()
+    for m in modules.values():
+        m.train()
     try:
         while step < total and not result.stopped_early:
             if stop():
@@ -469,7 +487,7 @@ def task_tune(
                 result.val_losses.append((step, round(v, 5)))
                 if result.best_val_loss is None or v < result.best_val_loss - 1e-4:
                     result.best_val_loss, result.best_step, result.val_fact_loss, bad = v, step, f, 0
-                    best_state = copy.deepcopy({n: t.detach().cpu() for n, t in plugin.mapping.state_dict().items()})
+                    best_state = copy.deepcopy(_state(modules))
                 else:
                     bad += 1
                     result.stopped_early = bad >= cfg.patience
@@ -479,7 +497,8 @@ def task_tune(
             if step % cfg.checkpoint_every == 0:
                 checkpoint()
     finally:
-        plugin.mapping.eval()
+        for m in modules.values():
+            m.eval()
         for p in params:
             p.requires_grad_(False)
     if best_state is None or (result.val_losses and result.val_losses[-1][0] != step):
@@ -487,10 +506,10 @@ def task_tune(
         result.val_losses.append((step, round(v, 5)))
         if result.best_val_loss is None or v < result.best_val_loss:
             result.best_val_loss, result.best_step, result.val_fact_loss = v, step, f
-            best_state = {n: t.detach().cpu().clone() for n, t in plugin.mapping.state_dict().items()}
+            best_state = copy.deepcopy(_state(modules))
     result.steps_done = step
     checkpoint()
-    plugin.mapping.load_state_dict(best_state)
+    _load_state(modules, best_state)
     result.seconds = round(time.perf_counter() - t0, 1)
     plugin.training = {"objective": OBJECTIVE, "config": {k: v for k, v in asdict(cfg).items() if k != "force"},
                        "general": plugin.training if start is not None else None,
