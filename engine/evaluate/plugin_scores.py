@@ -103,10 +103,10 @@ def compare(base: Sequence[AnswerScore], new: Sequence[AnswerScore], eps: float 
     return {
         "n": n,
         "acc_base": round(sum(x.greedy for x in base) / n, 4), "acc_new": round(sum(x.greedy for x in new) / n, 4),
-        "won": won, "lost": lost, "p_acc": round(sign_test(won, lost), 6),
+        "won": won, "lost": lost, "p_acc": sign_test(won, lost),
         "mean_logp_base": round(sum(d[0]) / n, 4), "mean_logp_new": round(sum(d[1]) / n, 4),
         "mean_delta_logp": round(sum(deltas) / n, 4), "median_delta_logp": round(deltas[n // 2], 4),
-        "logp_up": up, "logp_down": down, "p_logp": round(sign_test(up, down), 6),
+        "logp_up": up, "logp_down": down, "p_logp": sign_test(up, down),
         "mrr_base": round(sum(1 / (1 + x.rank) for x in base) / n, 4),
         "mrr_new": round(sum(1 / (1 + x.rank) for x in new) / n, 4),
         "top1_changes": sum(1 for a, b in zip(base, new) if a.top1 != b.top1),
