@@ -10,15 +10,12 @@
   held-out entities' mentions in the pack's sentences, predicted from the inserted
   vector, against the bare reader on the same sentences.
 
-``python -m engine.plugins.evaluate PACK --plugin DIR --probes FILE`` runs both and
-prints a table (or JSON with ``--json``).
+``plugmem eval-plugin PACK --probes FILE [--plugin DIR]`` runs both and prints
+:func:`format_table` (engine/cli/plugins.py).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -168,78 +165,3 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"| {rel} | {s['n']} | {s['linked']:.2f} | " + " | ".join(f"{s[f'acc_{c}']:.3f}" for c in conds)
                      + f" | {s['delta_logp']:+.3f} |")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.plugins.evaluate",
-                                 description="Evaluate a knowledge plugin on held-out entity probes.")
-    ap.add_argument("pack")
-    ap.add_argument("--plugin", help="plugin folder (default: <pack>.plugin)")
-    ap.add_argument("--probes", required=True, help="probes JSONL (e.g. resources/demo/geography/probes_heldout.jsonl)")
-    ap.add_argument("--splits", default="heldout_entity,heldout_both", help="comma-separated probe splits ('' = all)")
-    ap.add_argument("--paraphrases", action="store_true", help="also ask every paraphrase")
-    ap.add_argument("--memory", action="store_true", help="also evaluate with the pack as context memory (top-k)")
-    ap.add_argument("-k", type=int, default=3)
-    ap.add_argument("--reader", default=None)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--sample", type=int, default=0, help="evaluate a seeded random sample of N probes")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--mention-sentences", type=int, default=200,
-                    help="held-out sentences for the mention loss (seeded sample; 0 = skip it)")
-    ap.add_argument("--json", metavar="OUT", help="write the full report (every probe) to this JSON file")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    from engine.mechanisms.plugins.map_tune import read_holdout
-    from engine.mechanisms.plugins.mapping import PluginInjector, default_plugin_dir
-    from engine.session import open_session
-    from engine.store import Pack
-
-    try:
-        probes = load_probes(a.probes, [s for s in a.splits.split(",") if s] or None, paraphrases=a.paraphrases)
-        if a.sample and len(probes) > a.sample:
-            import numpy as np
-
-            pick = np.random.default_rng(a.seed).choice(len(probes), size=a.sample, replace=False)
-            probes = [probes[i] for i in sorted(pick.tolist())]
-        session = open_session(a.reader, branch=None)  # the plugin alone, on the bare reader
-        reader = session.reader
-        folder = Path(a.plugin) if a.plugin else default_plugin_dir(a.pack)
-        with Pack.open(a.pack, readonly=True) as pack:
-            plugin = session.add_plugin(folder, pack)
-            held = read_holdout(pack, [], [a.probes])
-            mention: dict[str, Any] = {}
-            if a.mention_sentences > 0:
-                t0 = time.perf_counter()
-                mention = heldout_mention_loss(reader, plugin, pack, held, max_sentences=a.mention_sentences,
-                                               seed=a.seed)
-                mention["seconds"] = round(time.perf_counter() - t0, 1)
-        memory = None
-        if a.memory:
-            from engine.memory import Memory
-
-            memory = Memory.open(a.pack, on_message=lambda m: print(m, file=sys.stderr))
-        injector = PluginInjector(reader, plugin)
-        bar = lambda f, m="", **kw: print(f"\r{f * 100:5.1f}% {m[:70]:<70}", end="", file=sys.stderr)  # noqa: E731
-        report = evaluate_probes(injector, probes, memory=memory, k=a.k, progress=bar)
-        print(file=sys.stderr)
-        if memory is not None:
-            memory.close()
-    except (PluginError, EvalDataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    report["mention_loss"] = mention
-    report["plugin"] = {"folder": str(folder), "training": plugin.training}
-    print(format_table(report))
-    if mention:
-        print(f"\nheld-out mention loss: plugin {mention['mention_loss_plugin']:.4f}, bare reader "
-              f"{mention['mention_loss_reader']:.4f} over {mention['sentences']} sentences; loss on the rest of "
-              f"those sentences (facts): plugin {mention['fact_loss_plugin']:.4f}, bare reader {mention['fact_loss_reader']:.4f}")
-    if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -214,11 +214,11 @@ def test_console_script_runs(tmp_path):
 def test_progress_in_a_log_file_shows_long_phases_without_flooding(capsys, monkeypatch):
     """Off a terminal: a line per 10 %, plus a line when a phase's message changes after
     quiet_s seconds with the fraction not moving (a training job's preparation)."""
-    from engine import cli
+    from engine.cli import common
 
     clock = [100.0]
-    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
-    bar = cli.ProgressBar("train", quiet_s=30.0)
+    monkeypatch.setattr(common.time, "monotonic", lambda: clock[0])
+    bar = common.ProgressBar("train", quiet_s=30.0)
     bar(0.0, "encoding keys")
     clock[0] += 40
     bar(0.0, "encoding keys")  # the line shown last: nothing new to say

@@ -27,6 +27,7 @@ COVERED_ELSEWHERE = {
     "embeddings": "test_plugins_cli.py",
     "train-transe": "test_plugins_cli.py",
     "map-tune": "test_plugins_cli.py",
+    "eval-plugin": "test_plugins_cli.py::test_train_transe_then_map_tune_then_eval_plugin",
     "probes": "test_cloze.py",
 }
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.plugins.cli import main, register
+from engine.cli import main
 from tests.engine.test_plugins_fixtures import triples, write_jsonl
 
 
@@ -70,7 +70,7 @@ def test_embeddings_import_and_wrong_dimension(pack, tmp_path, capsys):
     assert code == 2 and "not overwritten" in err
 
 
-def test_train_transe_then_map_tune(pack, tmp_path, capsys):
+def test_train_transe_then_map_tune_then_eval_plugin(pack, tmp_path, capsys):
     from engine.reader.tiny import make_tiny_reader
 
     code, out, _ = _run(capsys, "train-transe", pack, "--dim", "8", "--epochs", "5", "--json")
@@ -83,18 +83,44 @@ def test_train_transe_then_map_tune(pack, tmp_path, capsys):
     res = json.loads(out)
     assert res["steps_done"] == 2 and res["entities"]["held_out"] == 1
     assert (pack.parent / "geo.plugmem.plugin" / "model.safetensors").is_file()
+    # `plugmem eval-plugin` (was `python -m engine.plugins.evaluate`) on the held-out entity
+    probes = write_jsonl(tmp_path / "probes.jsonl", [
+        {"prompt": "The capital of Kenya is", "answer": "Nairobi", "relation": "capital", "subject": "Kenya",
+         "split": "heldout_entity"},
+        {"prompt": "The capital of France is", "answer": "Paris", "relation": "capital", "subject": "France",
+         "split": "heldout_relation"}])
+    code, out, err = _run(capsys, "eval-plugin", pack, "--probes", probes, "--reader", reader_dir,
+                          "--report", tmp_path / "report.json")
+    assert code == 0, err
+    assert "| capital | 1 | 1.00 |" in out and "held-out mention loss: plugin" in out, out
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert [p["subject"] for p in report["probes"]] == ["Kenya"] and report["mention_loss"]["sentences"] == 1
+    code, out, _ = _run(capsys, "eval-plugin", pack, "--probes", probes, "--reader", reader_dir,
+                        "--mention-sentences", "0", "--json")
+    assert code == 0 and json.loads(out)["overall"]["n"] == 1 and json.loads(out)["mention_loss"] == {}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "The capital of Kenya is"}\n', encoding="utf-8")
+    code, out, err = _run(capsys, "eval-plugin", pack, "--probes", bad, "--reader", reader_dir)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "bad.jsonl:1" in err, err
+    code, _, err = _run(capsys, "eval-plugin", tmp_path / "none.plugmem", "--probes", probes)
+    assert code == 2 and err.strip() == f"plugmem: error: {tmp_path / 'none.plugmem'}: no such pack", err
+    code, _, err = _run(capsys, "eval-plugin", pack, "--probes", probes, "--plugin", tmp_path)
+    assert code == 2 and err.count("\n") == 1 and str(tmp_path) in err, err
 
 
-def test_register_adds_the_commands_to_a_parser_with_common_options():
+def test_add_parsers_adds_the_commands_to_a_parser_with_common_options():
+    from engine.cli.plugins import add_parsers
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true")
     common.add_argument("-q", "--quiet", action="store_true")
     p = argparse.ArgumentParser(prog="plugmem")
     sub = p.add_subparsers(dest="cmd", required=True)
-    register(sub, parents=[common])
+    add_parsers(sub, common)
     a = p.parse_args(["triples", "import", "x.plugmem", "t.jsonl", "--json"])
     assert a.json and a.files == ["t.jsonl"] and callable(a.fn)
     a = p.parse_args(["map-tune", "x.plugmem", "--fact-weight", "0.5", "--holdout-probes", "p.jsonl"])
     assert a.fact_weight == 0.5 and a.holdout_probes == ["p.jsonl"]
     for cmd in (["train-transe", "x"], ["entities", "x"], ["embeddings", "import", "x", "e.npy"], ["triples", "list", "x"]):
         assert callable(p.parse_args(cmd).fn)
+

@@ -1,6 +1,4 @@
-"""`plugmem` subcommands of the knowledge-plugin mechanism.
-
-``register(subparsers, parents=[common])`` adds::
+"""The knowledge-plugin commands (the mechanism is engine.mechanisms.plugins)::
 
     plugmem triples import PACK FILE... [--no-new-entities]
     plugmem triples list PACK [--entity NAME] [--limit N]
@@ -8,42 +6,40 @@
     plugmem embeddings import PACK FILE [--ids IDS] [--by-id] [--dim N] [--out DIR] [--force]
     plugmem train-transe PACK [--dim 64] [--epochs 300] ... [--out DIR] [--force]
     plugmem map-tune PACK [--holdout-probes FILE] [--fact-weight W] [--max-steps N] ... [--out DIR]
+    plugmem eval-plugin PACK --probes FILE [--plugin DIR] [--memory] [--sample N] [--report OUT]
 
-Each command prints human text, or one JSON document with ``--json``; bad input
-raises ``engine.cli.CliError`` (exit 2, one line); Ctrl+C stops a training job at its
-next step with a checkpoint (exit 130), and the same command resumes it.
-``python -m engine.plugins.cli ...`` runs the same commands standalone.
+The mechanism's errors (PluginError) become the one-line bad input (exit 2); Ctrl+C
+stops a training job at its next step with a checkpoint (exit 130), and the same
+command resumes it.
 """
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
-from typing import Any, Sequence
+import time
+from pathlib import Path
+from typing import Any
 
-from engine.cli_args import OneLineParser, non_negative, positive
+from engine.cli.common import EXIT_INTERRUPTED, CliError, Output, ProgressBar, StopFlag, add_command
+from engine.cli_args import non_negative, positive, retrieved
 from engine.mechanisms.plugins.errors import PluginError
-
-
-def _cli():
-    import engine.cli as cli
-
-    return cli
+from engine.probe_files import EvalDataError
 
 
 def _open_pack(path: str, readonly: bool = False):
+    """The pack as the mechanism opens it: a missing file is the store's own error, read-only where only read."""
     from engine.store import Pack
 
     return Pack.open(path, readonly=readonly)
 
 
-def _run_job(label: str, a, fn, config: dict[str, Any], **kw: Any):
-    """Run a job in-process with a progress bar and Ctrl+C → should_stop; returns its result or None if cancelled."""
+def _run_training(label: str, a, fn, config: dict[str, Any], **kw: Any):
+    """Run a training job in-process with a progress bar and Ctrl+C -> should_stop; its result, or None if cancelled."""
     from engine.progress import JobCancelled
 
-    cli = _cli()
-    bar = cli.ProgressBar(label, enabled=not a.json and not a.quiet)
-    stop = cli._StopFlag()
+    bar = ProgressBar(label, enabled=not a.json and not a.quiet)
+    stop = StopFlag()
     try:
         with stop:
             return fn(config, progress=bar, should_stop=stop, **kw)
@@ -55,8 +51,7 @@ def _run_job(label: str, a, fn, config: dict[str, Any], **kw: Any):
         bar.close()
 
 
-# ---------------------------------------------------------------------------- commands
-def cmd_triples_import(a, out) -> int:
+def cmd_triples_import(a, out: Output) -> int:
     from engine.mechanisms.plugins.entities import import_triples
 
     with _open_pack(a.pack) as pack:
@@ -126,9 +121,9 @@ def cmd_train_transe(a, out) -> int:
     cfg = {"pack": a.pack, "out": a.out, "dim": a.dim, "epochs": a.epochs, "batch": a.batch, "lr": a.lr,
            "margin": a.margin, "p_norm": a.p_norm, "negatives": a.negatives, "seed": a.seed, "device": a.device,
            "force": a.force}
-    res = _run_job("train-transe", a, train_transe, cfg)
+    res = _run_training("train-transe", a, train_transe, cfg)
     if res is None:
-        return _cli().EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     out.emit(res, lambda: (f"TransE: {res['entities']:,} entities + {res['literals']:,} literal nodes, "
                            f"{res['relations']} relations, {res['triples']:,} triples; {res['epochs_done']} epochs, "
                            f"final loss {res['losses'][-1]:.4f}, tail hits@10 {res['tail_hits_at_10']:.3f}; "
@@ -145,9 +140,9 @@ def cmd_map_tune(a, out) -> int:
            "holdout_entities": [s.strip() for s in (a.holdout_entities or "").split(",") if s.strip()],
            "val_fraction": a.val_fraction, "eval_every": a.eval_every, "patience": a.patience, "seed": a.seed,
            "device": a.device, "threads": a.threads, "max_minutes": a.max_minutes, "force": a.force}
-    res = _run_job("map-tune", a, map_tune, cfg)
+    res = _run_training("map-tune", a, map_tune, cfg)
     if res is None:
-        return _cli().EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     out.emit(res, lambda: (f"map-tuned {res['steps_done']} steps on {res['examples']['train']:,} sentences "
                            f"({res['entities']['training']} training, {res['entities']['validation']} validation, "
                            f"{res['entities']['held_out']} held-out entities); validation mention loss "
@@ -157,36 +152,91 @@ def cmd_map_tune(a, out) -> int:
     return 0
 
 
+def cmd_eval_plugin(a, out: Output) -> int:
+    """A knowledge plugin on held-out entity probes (and their mention loss), on the bare reader."""
+    from engine.evaluate.plugins import evaluate_probes, format_table, heldout_mention_loss, load_probes
+    from engine.mechanisms.plugins.map_tune import read_holdout
+    from engine.mechanisms.plugins.mapping import PluginInjector, default_plugin_dir, read_plugin_config
+    from engine.session import open_session
+    from engine.store import Pack
+
+    # a wrong pack or plugin folder fails here, before the reader loads
+    if not Path(a.pack).is_file():
+        raise CliError(f"{a.pack}: no such pack")
+    folder = Path(a.plugin) if a.plugin else default_plugin_dir(a.pack)
+    if not folder.is_dir():
+        raise CliError(f"{folder}: no such plugin folder (train one with `plugmem map-tune {a.pack}`)")
+    read_plugin_config(folder)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    probes = load_probes(a.probes, [s for s in a.splits.split(",") if s] or None, paraphrases=a.paraphrases)
+    if a.sample and len(probes) > a.sample:
+        import numpy as np
+
+        pick = np.random.default_rng(a.seed).choice(len(probes), size=a.sample, replace=False)
+        probes = [probes[i] for i in sorted(pick.tolist())]
+    session = open_session(a.reader, branch=None)  # the plugin alone, on the bare reader
+    with Pack.open(a.pack, readonly=True) as pack:
+        plugin = session.add_plugin(folder, pack)
+        held = read_holdout(pack, [], [a.probes])
+        mention: dict[str, Any] = {}
+        if a.mention_sentences > 0:
+            t0 = time.perf_counter()
+            mention = heldout_mention_loss(session.reader, plugin, pack, held, max_sentences=a.mention_sentences,
+                                           seed=a.seed)
+            mention["seconds"] = round(time.perf_counter() - t0, 1)
+    memory = None
+    if a.memory:
+        from engine.memory import Memory
+
+        memory = Memory.open(a.pack, on_message=out.info)
+    bar = ProgressBar("eval-plugin", enabled=not a.json and not a.quiet)
+    try:
+        report = evaluate_probes(PluginInjector(session.reader, plugin), probes, memory=memory, k=a.k, progress=bar)
+    finally:
+        bar.close()
+        if memory is not None:
+            memory.close()
+    report["mention_loss"] = mention
+    report["plugin"] = {"folder": str(folder), "training": plugin.training}
+    if a.report:
+        try:
+            Path(a.report).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"{a.report}: cannot write the report ({exc.strerror or exc})") from None
+
+    def human() -> str:
+        text = format_table(report)
+        if mention:
+            text += (f"\n\nheld-out mention loss: plugin {mention['mention_loss_plugin']:.4f}, bare reader "
+                     f"{mention['mention_loss_reader']:.4f} over {mention['sentences']} sentences; loss on the rest "
+                     f"of those sentences (facts): plugin {mention['fact_loss_plugin']:.4f}, bare reader "
+                     f"{mention['fact_loss_reader']:.4f}")
+        return text
+
+    out.emit(report, human)
+    return 0
+
+
 def _guard(fn):
     """Turn this mechanism's errors into the CLI's one-line bad-input failure."""
 
     def run(a, out) -> int:
         try:
             return fn(a, out)
-        except PluginError as exc:
-            raise _cli().CliError(str(exc)) from None
+        except (PluginError, EvalDataError) as exc:
+            raise CliError(str(exc)) from None
 
     run.__name__ = fn.__name__
     return run
 
 
-# ---------------------------------------------------------------------------- parser
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print one JSON document")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress or notices on stderr")
-    common.add_argument("--author", default=os.environ.get("PLUGMEM_AUTHOR"), help="name recorded in history")
-    return common
-
-
-def register(subparsers, parents: Sequence[argparse.ArgumentParser] | None = None) -> None:
-    """Add the knowledge-plugin commands to ``plugmem``'s subparsers (``parents``: its common options)."""
-    parents = list(parents) if parents else [_common()]
-
+# ---------------------------------------------------------------------------- parsers
+def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     def add(sub, name: str, fn, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, parents=parents, help=help, description=help)
-        sp.set_defaults(fn=_guard(fn))
-        return sp
+        return add_command(sub, [common], name, _guard(fn), help)
 
     tp = subparsers.add_parser("triples", help="entities and triples of a pack (import, list)",
                                description="entities and triples of a pack")
@@ -258,31 +308,21 @@ def register(subparsers, parents: Sequence[argparse.ArgumentParser] | None = Non
     sp.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long, keeping the best state")
     sp.add_argument("--force", action="store_true", help="start over; replace a plugin already in --out")
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import logging
-
-    cli = _cli()
-    logging.basicConfig(level=os.environ.get("PLUGMEM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    p = OneLineParser(prog="python -m engine.plugins.cli", description="PlugMem knowledge plugins")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    register(sub)
-    a = p.parse_args(argv)
-    out = cli.Output(a.json, a.quiet)
-    from engine.errors import user_errors
-
-    try:
-        return a.fn(a, out)
-    except cli.CliError as exc:
-        print(cli.terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
-        return cli.EXIT_BAD_INPUT
-    except user_errors() as exc:
-        print(cli.terminal_safe(f"plugmem: error: {exc}"), file=sys.stderr)
-        return cli.EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("plugmem: interrupted", file=sys.stderr)
-        return cli.EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    # was `python -m engine.plugins.evaluate`; the full report goes to --report OUT (it was --json OUT)
+    sp = add(subparsers, "eval-plugin", cmd_eval_plugin,
+             "a knowledge plugin on held-out entity probes: accuracy with and without it, per relation, "
+             "and the held-out mention loss (bare reader, no DPM branch)")
+    sp.add_argument("pack")
+    sp.add_argument("--plugin", help="plugin folder (default: <pack>.plugin)")
+    sp.add_argument("--probes", required=True, help="probes JSONL (e.g. resources/demo/geography/probes_heldout.jsonl)")
+    sp.add_argument("--splits", default="heldout_entity,heldout_both", help="comma-separated probe splits ('' = all)")
+    sp.add_argument("--paraphrases", action="store_true", help="also ask every paraphrase")
+    sp.add_argument("--memory", action="store_true", help="also evaluate with the pack as context memory (top-k)")
+    sp.add_argument("-k", type=retrieved, default=3)
+    sp.add_argument("--reader", default=None, help="reader model folder (default: SmolLM2-135M-Instruct)")
+    sp.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
+    sp.add_argument("--sample", type=non_negative, default=0, help="evaluate a seeded random sample of N probes")
+    sp.add_argument("--seed", type=non_negative, default=0)
+    sp.add_argument("--mention-sentences", type=non_negative, default=200,
+                    help="held-out sentences for the mention loss (seeded sample; 0 = skip it)")
+    sp.add_argument("--report", metavar="OUT", help="also write the full report (every probe) to this JSON file")

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
 
+from engine.cli.common import CliError, Output, add_command, open_pack
 from engine.cli_args import positive
 
 
-def cmd_probes_make(a, out) -> int:
-    from engine.cli import CliError, _open_pack
+def cmd_probes_make(a, out: Output) -> int:
     from engine.evaluate.cloze import make_probes, write_probes
 
-    with _open_pack(a.pack) as pack:
+    with open_pack(a.pack) as pack:
         probes = make_probes(pack, sample=a.sample, seed=a.seed)
     if not probes:
         raise CliError(f"{a.pack}: no active entry long enough to make a probe from")
@@ -32,14 +31,12 @@ def cmd_probes_make(a, out) -> int:
     return 0
 
 
-def register(subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
-    """Add `probes make` to ``plugmem``'s subparsers (``parents``: its common options)."""
-    pp = subparsers.add_parser("probes", help="fact probes made from a pack's own entries",
-                               description="fact probes made from a pack's own entries")
+def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    pp = sub.add_parser("probes", help="fact probes made from a pack's own entries",
+                        description="fact probes made from a pack's own entries")
     psub = pp.add_subparsers(dest="probes_cmd", required=True, metavar="ACTION")
     help = "write one cloze probe per active entry (or a sample): the entry with its object cut off"
-    sp = psub.add_parser("make", parents=list(parents), help=help, description=help)
-    sp.set_defaults(fn=cmd_probes_make)
+    sp = add_command(psub, [common], "make", cmd_probes_make, help)
     sp.add_argument("pack")
     sp.add_argument("--out", required=True, metavar="PROBES.jsonl")
     sp.add_argument("--sample", type=positive, metavar="N", help="a reproducible sample of N active entries")
