@@ -300,3 +300,23 @@ def test_task_tuning_with_the_answer_slot_learns_and_saves(reader, setup):
     out = pack_path.with_name(pack_path.name + ".task-plugin")
     assert json.loads((out / "config.json").read_text())["format_version"] == 2
     assert load_slot_plugin(out, reader).training["objective"] == "task"
+
+
+# --------------------------------------------------------------------------- the command
+def test_the_task_tune_command_prints_what_it_did_and_refuses_bad_input(setup, tmp_path, capsys):
+    from engine.cli import main
+    from engine.reader.tiny import make_tiny_reader
+
+    pack_path, probes = setup
+    reader_dir = make_tiny_reader(0).save(tmp_path / "tiny-reader")
+    args = ["task-tune", str(pack_path), "--probes", str(probes), "--start", "none", "--reader", str(reader_dir),
+            "--holdout-entities", "Kenya", "--val-fraction", "0.2", "--max-steps", "2", "--batch", "4", "-q"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("task-tuned 2 steps on ") and "questions of 2 relations" in out
+    assert "skipped (no probe asks them): borders" in out and "geo.plugmem.task-plugin" in out, out
+    assert main(args + ["--out", str(tmp_path / "j.plugin"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps_done"] == 2
+    assert main(args + ["--relations", "borders", "--out", str(tmp_path / "x.plugin")]) == 2
+    err = capsys.readouterr().err
+    assert "relation 'borders' has no probe" in err and len(err.strip().splitlines()) == 1, err
