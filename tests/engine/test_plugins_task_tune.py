@@ -35,7 +35,7 @@ def _probes(tmp_path):
 @pytest.fixture
 def setup(tmp_path):
     path = make_pack(tmp_path, with_facts=False)
-    train_transe({"pack": str(path), "dim": 16, "epochs": 20, "batch": 8})
+    train_transe({"pack": str(path), "dim": 16, "epochs": 5, "batch": 8})
     return path, _probes(tmp_path)
 
 
@@ -82,7 +82,7 @@ def test_the_loss_is_on_the_answer_tokens_only(reader, setup):
     assert float(loss.detach()) == pytest.approx(float(ref.detach()), abs=1e-4)
     # Another prompt of the same answer changes the loss; another answer changes it: both are read, only one is scored.
     other = answer_loss(inj, ["The capital of France is"], inj._answer_ids([" Rome"]))[0].detach()
-    assert float(other) != pytest.approx(float(loss))
+    assert float(other) != pytest.approx(float(loss.detach()))
     loss.backward()
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in plugin.mapping.parameters())
     assert all(p.grad is None for p in reader.model.parameters())  # the reader is frozen
