@@ -347,24 +347,27 @@ def task_tune(
         read_plugin_config(out)
         raise PluginError(f"{out} already holds a trained plugin; not overwritten (use --force or another --out)")
     templates = relation_templates(cfg.probes, wordings=cfg.wordings)
+    start = cfg.start_dir()
+    # Everything the user can get wrong is checked before the reader loads.
+    with Pack.open(cfg.pack, readonly=True) as pack:
+        examples, used, skipped = build_examples(pack, templates, cfg.relations)
+        held = read_holdout(pack, cfg.holdout_entities, cfg.holdout_probes)
+        if start is not None and not (start / "config.json").is_file():
+            raise PluginError(f"{start}: no general plugin to start from (train one with `plugmem map-tune "
+                              f"{cfg.pack}`, or start from a fresh mapping with start='none')")
+        if start is None:
+            emb_dir = Path(cfg.embeddings) if cfg.embeddings else default_embeddings_dir(cfg.pack)
+            emb = EntityEmbeddings.load(emb_dir)
+            emb.check_pack(pack, f"The entity embeddings in {emb_dir}")
     if reader is None:
         from engine.reader.reader import load_reader
 
         say(0.0, "loading the reader")
         reader = load_reader(cfg.reader, cfg.device)
-    start = cfg.start_dir()
     with Pack.open(cfg.pack, readonly=True) as pack:
-        examples, used, skipped = build_examples(pack, templates, cfg.relations)
-        held = read_holdout(pack, cfg.holdout_entities, cfg.holdout_probes)
         if start is not None:
-            if not (start / "config.json").is_file():
-                raise PluginError(f"{start}: no general plugin to start from (train one with `plugmem map-tune "
-                                  f"{cfg.pack}`, or start from a fresh mapping with start='none')")
             plugin = load_slot_plugin(start, reader, pack) if cfg.answer_slot else KnowledgePlugin.load(start, reader, pack)
         else:
-            emb_dir = Path(cfg.embeddings) if cfg.embeddings else default_embeddings_dir(cfg.pack)
-            emb = EntityEmbeddings.load(emb_dir)
-            emb.check_pack(pack, f"The entity embeddings in {emb_dir}")
             plugin = KnowledgePlugin.create(reader, emb, hidden=cfg.hidden, name=pack.name, seed=cfg.seed,
                                             aliases={int(e["id"]): list(e["aliases"]) for e in pack.entities()})
             if cfg.answer_slot:
