@@ -6,6 +6,7 @@
     plugmem embeddings import PACK FILE [--ids IDS] [--by-id] [--dim N] [--out DIR] [--force]
     plugmem train-transe PACK [--dim 64] [--epochs 300] ... [--out DIR] [--force]
     plugmem map-tune PACK [--holdout-probes FILE] [--fact-weight W] [--max-steps N] ... [--out DIR]
+    plugmem task-tune PACK --probes FILE [--holdout-probes FILE] [--start DIR|none] [--answer-slot] ... [--out DIR]
     plugmem eval-plugin PACK --probes FILE [--plugin DIR] [--memory] [--sample N] [--report OUT]
 
 The mechanism's errors (PluginError) become the one-line bad input (exit 2); Ctrl+C
@@ -149,6 +150,31 @@ def cmd_map_tune(a, out) -> int:
                            f"{res['best_val_loss']:.4f} at step {res['best_step']} vs {res['val_loss_without_plugin']:.4f} "
                            f"without the plugin{'; stopped early' if res['stopped_early'] else ''}; "
                            f"{res['seconds']:.0f} s; plugin saved to {res['out']}"))
+    return 0
+
+
+def cmd_task_tune(a, out) -> int:
+    from engine.mechanisms.plugins.task_tune import task_tune
+
+    cfg = {"pack": a.pack, "probes": a.probes, "holdout_probes": a.holdout_probes or [],
+           "holdout_entities": [s.strip() for s in (a.holdout_entities or "").split(",") if s.strip()],
+           "start": a.start, "embeddings": a.embeddings, "out": a.out, "reader": a.reader,
+           "relations": [s.strip() for s in (a.relations or "").split(",") if s.strip()], "wordings": a.wordings,
+           "hidden": a.hidden, "answer_slot": a.answer_slot, "lr": a.lr, "batch": a.batch, "epochs": a.epochs,
+           "max_steps": a.max_steps, "val_fraction": a.val_fraction, "fact_fraction": a.fact_fraction,
+           "eval_every": a.eval_every, "patience": a.patience, "seed": a.seed, "device": a.device,
+           "threads": a.threads, "max_minutes": a.max_minutes, "force": a.force}
+    res = _run_training("task-tune", a, task_tune, cfg)
+    if res is None:
+        return EXIT_INTERRUPTED
+    skipped = f"; skipped (no probe asks them): {', '.join(res['skipped_relations'])}" if res["skipped_relations"] else ""
+    out.emit(res, lambda: (f"task-tuned {res['steps_done']} steps on {res['examples']['train']:,} questions of "
+                           f"{len(res['relations'])} relations ({res['entities']['training']} training, "
+                           f"{res['entities']['validation']} validation, {res['entities']['held_out']} held-out "
+                           f"entities); validation answer loss {res['best_val_loss']:.4f} at step {res['best_step']} "
+                           f"(start {res['val_loss_start']:.4f}, bare reader {res['val_loss_without_plugin']:.4f})"
+                           f"{'; stopped early' if res['stopped_early'] else ''}{skipped}; {res['seconds']:.0f} s; "
+                           f"plugin saved to {res['out']}"))
     return 0
 
 
@@ -302,6 +328,37 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--holdout-entities", help="comma-separated entity names to hold out")
     sp.add_argument("--val-fraction", type=float, default=0.1)
     sp.add_argument("--eval-every", type=positive, default=50)
+    sp.add_argument("--patience", type=positive, default=4)
+    sp.add_argument("--seed", type=non_negative, default=0)
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
+    sp.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long, keeping the best state")
+    sp.add_argument("--force", action="store_true", help="start over; replace a plugin already in --out")
+
+    sp = add(subparsers, "task-tune", cmd_task_tune,
+             "train a knowledge plugin to answer: questions from the pack's triples and the probes' templates, "
+             "loss on the answers, reader frozen, starting from the general plugin (resumable)")
+    sp.add_argument("pack")
+    sp.add_argument("--probes", nargs="+", required=True, metavar="FILE",
+                    help="probe files whose prompts give each relation's question (e.g. probes_train.jsonl)")
+    sp.add_argument("--holdout-probes", nargs="*", metavar="FILE", help="probes whose held-out subjects are held out")
+    sp.add_argument("--holdout-entities", help="comma-separated entity names to hold out")
+    sp.add_argument("--start", help="general plugin to start from (default: <pack>.plugin; 'none': a fresh mapping)")
+    sp.add_argument("--embeddings", help="entity embeddings for a fresh mapping (default: <pack>.embeddings)")
+    sp.add_argument("--out", help="plugin folder (default: <pack>.task-plugin)")
+    sp.add_argument("--reader", help="reader model folder (default: SmolLM2-135M-Instruct)")
+    sp.add_argument("--relations", help="comma-separated relations to train on (default: every one a probe asks)")
+    sp.add_argument("--wordings", choices=["prompt", "all"], default="prompt",
+                    help="questions from each probe's prompt, or its paraphrases too")
+    sp.add_argument("--hidden", type=non_negative, default=0, help="a fresh mapping's MLP hidden width (0: linear)")
+    sp.add_argument("--answer-slot", action="store_true", help="also a vector of the subject where the answer begins")
+    sp.add_argument("--lr", type=float, default=2e-3)
+    sp.add_argument("--batch", type=positive, default=32)
+    sp.add_argument("--epochs", type=positive, default=3)
+    sp.add_argument("--max-steps", type=non_negative, default=0)
+    sp.add_argument("--val-fraction", type=float, default=0.1)
+    sp.add_argument("--fact-fraction", type=float, default=0.1, help="training entities' facts kept out for validation")
+    sp.add_argument("--eval-every", type=positive, default=25)
     sp.add_argument("--patience", type=positive, default=4)
     sp.add_argument("--seed", type=non_negative, default=0)
     sp.add_argument("--device", default=None)

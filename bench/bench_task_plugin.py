@@ -1,0 +1,139 @@
+"""Task-specific vs general knowledge plugin on held-out entities: accuracy, log p, rank, sign tests (issue 21).
+
+Probes: the held-out-entity probes (splits heldout_entity + heldout_both) of a probe file;
+their subjects were held out of both map-tunings (never a prompt, never a target), and
+the heldout_both ones also ask relations the task-tuning never trained on. With
+``--paraphrases`` their paraphrases are scored too (a wording the task-tuning saw only
+when it was trained with ``wordings="all"``).
+
+    python bench/bench_task_plugin.py PACK --probes resources/demo/geography/probes_heldout.jsonl \
+        --general PACK.plugin --task PACK.task-plugin [--paraphrases] [--threads 2] [--write]
+
+Conditions, scored teacher-forced on the same probes (``engine/evaluate/plugin_scores.py``):
+the bare reader, the general (mention-objective) plugin, the task-specific plugin.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench._plugin_probes import comparison_table, heldout_probes  # noqa: E402
+from bench._results import publish  # noqa: E402
+from engine.evaluate.plugin_scores import AnswerScore, score_answers  # noqa: E402
+from engine.mechanisms.plugins.answer_slot import AnswerSlotInjector, load_slot_plugin  # noqa: E402
+from engine.mechanisms.plugins.attach import PluginInjector  # noqa: E402
+from engine.mechanisms.plugins.io import load_plugin  # noqa: E402
+from engine.store import Pack  # noqa: E402
+
+
+def _training_line(name: str, plugin) -> str:
+    t = plugin.training or {}
+    cfg = t.get("config", {})
+    keys = ("lr", "batch", "max_steps", "epochs", "wordings", "hidden", "start")
+    return (f"{name}: objective {t.get('objective', 'mention')}, {t.get('steps_done', '?')} steps (best at "
+            f"{t.get('best_step', '?')}), {t.get('seconds', '?')} s; "
+            + ", ".join(f"{k} {cfg[k]}" for k in keys if k in cfg))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("pack")
+    ap.add_argument("--probes", required=True)
+    ap.add_argument("--general", required=True, help="general plugin folder")
+    ap.add_argument("--task", required=True, help="task-specific plugin folder")
+    ap.add_argument("--slot", help="task-specific answer-slot plugin folder (format version 2), scored too")
+    ap.add_argument("--paraphrases", action="store_true")
+    ap.add_argument("--reader")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--baseline", help="scores of the bare reader and the general plugin from "
+                    "bench_plugin_diagnosis.py --json (same plugin): reused instead of recomputed")
+    ap.add_argument("--json", help="write every probe's scores here")
+    ap.add_argument("--write", action="store_true", help="append the section to bench/RESULTS.md")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from engine.reader.reader import load_reader
+
+    t0 = time.perf_counter()
+    reader = load_reader(a.reader)
+    with Pack.open(a.pack, readonly=True) as pack:
+        probes = heldout_probes(a.probes, pack, paraphrases=a.paraphrases)
+        general = load_plugin(a.general, reader, pack)
+        task = load_plugin(a.task, reader, pack)
+        slot = load_slot_plugin(a.slot, reader, pack) if a.slot else None
+    prompts, answers = [p["prompt"] for p in probes], [p["answer"] for p in probes]
+    gi, ti = PluginInjector(reader, general), PluginInjector(reader, task)
+    known: dict = {}
+    if a.baseline:
+        base = json.loads(Path(a.baseline).read_text(encoding="utf-8"))
+        if Path(base["plugin"]).resolve() != Path(a.general).resolve():
+            raise SystemExit(f"{a.baseline} scored the plugin {base['plugin']}, not {a.general}")
+        known = {(r["prompt"], r["answer"]): r for r in base["probes"]}
+    todo = [i for i, key in enumerate(zip(prompts, answers)) if key not in known]
+    off: list = [None] * len(probes)
+    gen: list = [None] * len(probes)
+    for i, key in enumerate(zip(prompts, answers)):
+        if key in known:
+            off[i], gen[i] = AnswerScore(**known[key]["reader"]), AnswerScore(**known[key]["general"])
+    if todo:
+        sub_p, sub_a = [prompts[i] for i in todo], [answers[i] for i in todo]
+        for i, o, g in zip(todo, score_answers(gi, sub_p, sub_a, enabled=False, batch_size=a.batch),
+                           score_answers(gi, sub_p, sub_a, batch_size=a.batch)):
+            off[i], gen[i] = o, g
+    tsk = score_answers(ti, prompts, answers, batch_size=a.batch)
+    slt = score_answers(AnswerSlotInjector(reader, slot), prompts, answers, batch_size=a.batch) if slot else None
+    secs = time.perf_counter() - t0
+    sections = []
+    for label, sel in (("probes (the prompt wording)", [i for i, p in enumerate(probes) if not p["paraphrase"]]),
+                       ("paraphrases", [i for i, p in enumerate(probes) if p["paraphrase"]])):
+        if not sel:
+            continue
+        pr = [probes[i] for i in sel]
+        o, g, t = [off[i] for i in sel], [gen[i] for i in sel], [tsk[i] for i in sel]
+        if slt is not None:
+            sl = [slt[i] for i in sel]
+            sections.append(f"**{label}: answer-slot plugin vs the bare reader**\n\n"
+                            f"{comparison_table(pr, o, sl, 'reader', 'slot')}\n\n"
+                            f"**{label}: answer-slot vs task-specific plugin**\n\n"
+                            f"{comparison_table(pr, t, sl, 'task', 'slot')}")
+        sections.append(f"**{label}: task-specific plugin vs the bare reader**\n\n{comparison_table(pr, o, t, 'reader', 'task')}"
+                        f"\n\n**{label}: task-specific vs general plugin**\n\n{comparison_table(pr, g, t, 'general', 'task')}"
+                        f"\n\n**{label}: general plugin vs the bare reader**\n\n{comparison_table(pr, o, g, 'reader', 'general')}")
+    body = "\n\n".join(sections)
+    text = f"""### bench_task_plugin.py — task-specific map-tuning on held-out entities (issue 21)
+
+Machine: the shared 2-core dev box ({platform.processor() or platform.machine()}, other engineers' jobs running: times are upper bounds). {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Reader: {reader.fingerprint.get('name')}, frozen, CPU. Pack: {Path(a.pack).name}; {len(probes)} scored prompts from {a.probes} (held-out entities{', with paraphrases' if a.paraphrases else ''}). Teacher-forced scores: acc = greedy gives exactly the gold tokens; won/lost = probes turned right/wrong, p = two-sided sign test; up/down = probes whose log p(gold) rose/fell; MRR of the gold first token.
+
+- {_training_line('general', general)}
+- {_training_line('task', task)}
+{f"- {_training_line('slot', slot)}" if slot else ""}
+
+{body}
+
+{len(probes) * (2 if slot else 1) + 2 * len(todo)} rows scored in this run ({len(probes) - len(todo)} probes' reader and general scores reused from {a.baseline}), {secs:.0f} s.
+"""
+    publish(text, a.write)
+    if a.json:
+        rows = [{**{k: p[k] for k in ("prompt", "answer", "relation", "subject", "split", "paraphrase", "entity_answer")},
+                 "reader": o.to_dict(), "general": g.to_dict(), "task": t.to_dict(),
+                 **({"slot": slt[i].to_dict()} if slt else {})}
+                for i, (p, o, g, t) in enumerate(zip(probes, off, gen, tsk))]
+        Path(a.json).write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
