@@ -278,7 +278,7 @@ def test_slot_plugins_round_trip_as_version_2_and_old_plugins_still_load(reader,
     pack_path, _ = setup
     sp = _slot_plugin(reader, pack_path)
     sp.save(tmp_path / "slot.plugin")
-    with pytest.raises(PluginError, match="newer than this program supports"):
+    with pytest.raises(PluginError, match="newer than this program reads"):
         load_plugin(tmp_path / "slot.plugin", reader)  # a version-1 loader never drops the slot silently
     back = load_slot_plugin(tmp_path / "slot.plugin", reader)
     e = [int(sp.embeddings.entity_ids[0])]

@@ -13,7 +13,7 @@ where it starts) and is trained with the task objective (:mod:`task_tune`,
 ``answer_slot=True``).
 
 Saved like a plugin, plus the ``slot_mapping.*`` tensors, as format version 2: a
-program that knows only version 1 refuses it ("newer than this program supports")
+program that knows only version 1 refuses it ("newer than this program reads")
 instead of silently dropping the slot; :func:`load_slot_plugin` reads both versions
 (a version-1 plugin gets a slot mapping copied from its mapping).
 """
@@ -79,7 +79,7 @@ def load_slot_plugin(folder: str | Path, reader, pack=None) -> SlotPlugin:
     meta, version = read_format_config(folder / "config.json", FORMAT, "a knowledge plugin", PluginError,
                                        f"{folder} is not a knowledge plugin folder: no config.json")
     if version > SLOT_FORMAT_VERSION:
-        raise PluginError(f"{folder / 'config.json'}: format version {version} is newer than this program supports")
+        raise PluginError(f"{folder / 'config.json'}: format version {version} is newer than this program reads")
     if version < SLOT_FORMAT_VERSION:
         return SlotPlugin.from_plugin(KnowledgePlugin.load(folder, reader, pack))
     # The version-1 loader checks everything else (reader, shapes, entities) on a version-1 view of the folder.
