@@ -43,6 +43,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete the temporary files that an :func:`atomic_write` of ``path`` killed mid-write
+    (kill -9, power loss) left beside it; the caller is the folder's one writer. Returns them."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(path.name + ".*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (POSIX; Windows cannot open a folder for this)."""
     if os.name == "nt":

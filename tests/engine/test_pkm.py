@@ -198,8 +198,10 @@ def test_cancel_is_heard_within_a_second_and_a_new_run_resumes(tiny, corpus, tmp
         run(cfg, progress, lambda: bool(asked), reader=tiny)
     assert time.monotonic() - asked[0] < 1.0
     assert (tmp_path / "pkm" / "checkpoint.pt").is_file() and not (tmp_path / "pkm" / "config.json").exists()
+    stale = tmp_path / "pkm" / "checkpoint.pt.k9x1.tmp"  # what a kill in the middle of a save leaves
+    stale.write_bytes(b"half a checkpoint")
     res = run(cfg, reader=tiny)
-    assert res["resumed_from"] == 3 and res["steps_done"] == 8
+    assert res["resumed_from"] == 3 and res["steps_done"] == 8 and not stale.exists()
     with pytest.raises(PKMError, match="checkpoint of another run .*slots"):
         run(dict(cfg, slots=20 * 20, steps=9), reader=tiny)
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from engine.artefacts import atomic_write, remove_stale_temps
 from engine.mechanisms.pkm import io
 from engine.mechanisms.pkm.attach import attach
 from engine.mechanisms.pkm.config import PKMConfig, PKMError
@@ -224,17 +223,6 @@ def memory_usage(reader, memory: ProductKeyMemory, layer: int, hidden: torch.Ten
     return total / max(1, n), counter
 
 
-def _atomic_torch_save(path: Path, state: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A training checkpoint (tensors and plain data only: ``weights_only=True``)."""
     try:
@@ -306,6 +294,7 @@ def run(config: GrowConfig | dict[str, Any], progress: Callable[..., None] | Non
                         cache_seconds=round(cache_seconds, 2))
     step, train_seconds = 0, 0.0
     ppl_without = None
+    remove_stale_temps(ckpt_path)  # a run killed while writing its checkpoint
     if ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path)
         if ck.get("identity") != cfg.identity():
@@ -326,11 +315,11 @@ def run(config: GrowConfig | dict[str, Any], progress: Callable[..., None] | Non
     result.heldout_ppl_without = round(ppl_without, 4)
 
     def checkpoint(at: int) -> None:
-        _atomic_torch_save(ckpt_path, {
+        atomic_write(ckpt_path, lambda p: torch.save({
             "memory": memory.state_dict(), "opt_values": opt_values.state_dict(), "opt_other": opt_other.state_dict(),
             "step": at, "identity": cfg.identity(), "reader": reader.fingerprint, "losses": result.losses,
             "train_seconds": train_seconds, "ppl_without": ppl_without,
-        })
+        }, p))
 
     eta = EtaEstimator()
     log_every = max(1, min(10, cfg.steps // 50))
