@@ -47,6 +47,35 @@ def _training_line(name: str, plugin) -> str:
             + ", ".join(f"{k} {cfg[k]}" for k in keys if k in cfg))
 
 
+def _generate_check(reader, probes, task, slot, a) -> int:
+    """Generation-based accuracy on a sample: does the teacher-forced figure hold when the reader writes?"""
+    import numpy as np
+
+    from engine.evaluate.plugin_scores import answer_text
+    from engine.probe_files import is_correct
+
+    pick = sorted(np.random.default_rng(0).choice(len(probes), size=min(a.generate, len(probes)), replace=False).tolist())
+    pr = [probes[i] for i in pick]
+    inj = AnswerSlotInjector(reader, slot) if slot else PluginInjector(reader, task)
+    n_tok = max(len(reader.tokenizer(answer_text(p["answer"]), add_special_tokens=False)["input_ids"]) for p in pr) + 1
+    t0 = time.perf_counter()
+    bare = inj.generate([p["prompt"] for p in pr], max_new_tokens=n_tok, enabled=False, batch_size=a.batch)
+    withp = inj.generate([p["prompt"] for p in pr], max_new_tokens=n_tok, batch_size=a.batch)
+    ok_b = [is_correct(g, p["answer"]) for g, p in zip(bare, pr)]
+    ok_p = [is_correct(g, p["answer"]) for g, p in zip(withp, pr)]
+    won = sum(1 for b, q in zip(ok_b, ok_p) if q and not b)
+    lost = sum(1 for b, q in zip(ok_b, ok_p) if b and not q)
+    from engine.evaluate.plugin_scores import sign_test
+
+    name = "slot" if slot else "task"
+    print(f"greedy generation, probe rule, seeded sample of {len(pr)} held-out-entity probes: bare reader "
+          f"{sum(ok_b) / len(pr):.3f}, {name} plugin {sum(ok_p) / len(pr):.3f} ({won} won / {lost} lost, sign test "
+          f"p = {sign_test(won, lost):.2g}); {time.perf_counter() - t0:.0f} s")
+    for p, b, q in list(zip(pr, bare, withp))[:8]:
+        print(f"  {p['prompt']!r} -> reader {b!r} | {name} {q!r} (gold {p['answer']!r})")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pack")
@@ -60,6 +89,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--baseline", help="scores of the bare reader and the general plugin from "
                     "bench_plugin_diagnosis.py --json (same plugin): reused instead of recomputed")
+    ap.add_argument("--generate", type=int, default=0, metavar="N",
+                    help="only check a seeded sample of N probes by greedy generation (the probe rule of "
+                         "`plugmem eval`), bare reader vs the slot (else task) plugin, and stop")
     ap.add_argument("--json", help="write every probe's scores here")
     ap.add_argument("--write", action="store_true", help="append the section to bench/RESULTS.md")
     a = ap.parse_args(argv)
@@ -74,6 +106,8 @@ def main(argv=None) -> int:
         general = load_plugin(a.general, reader, pack)
         task = load_plugin(a.task, reader, pack)
         slot = load_slot_plugin(a.slot, reader, pack) if a.slot else None
+    if a.generate:
+        return _generate_check(reader, probes, task, slot, a)
     prompts, answers = [p["prompt"] for p in probes], [p["answer"] for p in probes]
     gi, ti = PluginInjector(reader, general), PluginInjector(reader, task)
     known: dict = {}
