@@ -135,3 +135,16 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
     atomic_write(target, lambda p: p.write_text("new", encoding="utf-8"))
     assert target.read_text(encoding="utf-8") == "new" and target.stat().st_mode & 0o644 == 0o644
+
+
+# Written by the code before PKMFiles (commit 63c95f4, tiny reader of seed 0).
+def test_a_product_key_memory_written_before_loads_and_is_written_again_byte_for_byte(reader, tmp_path):
+    from engine.mechanisms.pkm import io as pkm_io
+
+    memory, meta = pkm_io.load(OLD / "pkm", reader)
+    assert meta["layer"] == 1 and memory.config.slots == 16
+    pkm_io.save(memory, tmp_path / "m", reader_fingerprint=meta["reader"], layer=meta["layer"],
+                corpus=meta["corpus"], training=meta["training"])
+    w, c = pkm_io.load_usage(OLD / "pkm", 16)
+    pkm_io.save_usage(tmp_path / "m", w, c)
+    same_files(OLD / "pkm", tmp_path / "m")

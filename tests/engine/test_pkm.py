@@ -273,7 +273,7 @@ def saved(tiny, tmp_path):
 
 
 def test_another_readers_layer_is_refused(saved):
-    with pytest.raises(PKMError, match="grown for the reader .*weights_sha256"):
+    with pytest.raises(PKMError, match="trained for the reader .*weights_sha256.*grow one for this reader"):
         io.load(saved, make_tiny_reader(seed=1))
 
 
