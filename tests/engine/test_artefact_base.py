@@ -137,7 +137,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert target.read_text(encoding="utf-8") == "new" and target.stat().st_mode & 0o644 == 0o644
 
 
-# Written by the code before PKMFiles (commit 63c95f4, tiny reader of seed 0).
+# Written by the code before PKMFiles / PatchFiles (commit 63c95f4, tiny reader of seed 0).
 def test_a_product_key_memory_written_before_loads_and_is_written_again_byte_for_byte(reader, tmp_path):
     from engine.mechanisms.pkm import io as pkm_io
 
@@ -148,3 +148,12 @@ def test_a_product_key_memory_written_before_loads_and_is_written_again_byte_for
     w, c = pkm_io.load_usage(OLD / "pkm", 16)
     pkm_io.save_usage(tmp_path / "m", w, c)
     same_files(OLD / "pkm", tmp_path / "m")
+
+
+def test_a_weight_patch_written_before_loads_and_is_written_again_byte_for_byte(reader, tmp_path):
+    from engine.mechanisms.weight_patches import load, save
+
+    patch = load(OLD / "patch", reader)
+    assert patch.name == "zebra" and patch.facts[0].answer == "Porto-Novo"
+    save(patch, tmp_path / "p")
+    same_files(OLD / "patch", tmp_path / "p")
