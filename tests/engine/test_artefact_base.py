@@ -137,7 +137,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert target.read_text(encoding="utf-8") == "new" and target.stat().st_mode & 0o644 == 0o644
 
 
-# Written by the code before PKMFiles / PatchFiles (commit 63c95f4, tiny reader of seed 0).
+# Written by the code before PKMFiles / PatchFiles / SlotPluginFiles (commit 63c95f4, tiny reader of seed 0).
 def test_a_product_key_memory_written_before_loads_and_is_written_again_byte_for_byte(reader, tmp_path):
     from engine.mechanisms.pkm import io as pkm_io
 
@@ -157,3 +157,13 @@ def test_a_weight_patch_written_before_loads_and_is_written_again_byte_for_byte(
     assert patch.name == "zebra" and patch.facts[0].answer == "Porto-Novo"
     save(patch, tmp_path / "p")
     same_files(OLD / "patch", tmp_path / "p")
+
+
+def test_an_answer_slot_plugin_written_before_loads_and_is_written_again_byte_for_byte(reader, tmp_path):
+    from engine.mechanisms.plugins.answer_slot import load_slot_plugin
+
+    sp = load_slot_plugin(OLD / "slot-plugin", reader)
+    e = [int(sp.embeddings.entity_ids[0])]
+    assert not torch.allclose(sp.slot_vectors(e, reader.device), sp.vectors(e, reader.device))
+    sp.save(tmp_path / "s")
+    same_files(OLD / "slot-plugin", tmp_path / "s")
