@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from engine.artefacts import atomic_write
 from engine.mechanisms.pkm import io
 from engine.mechanisms.pkm.attach import attach
 from engine.mechanisms.pkm.config import PKMConfig, PKMError
@@ -225,14 +224,14 @@ def memory_usage(reader, memory: ProductKeyMemory, layer: int, hidden: torch.Ten
 
 
 def _atomic_torch_save(path: Path, state: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def _drop_stale_temporaries(path: Path) -> None:
+    """A run killed while writing its checkpoint leaves the temporary behind (nothing can
+    remove it then); the run that resumes in the folder owns it and removes it."""
+    for tmp in path.parent.glob(path.name + ".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -306,6 +305,7 @@ def run(config: GrowConfig | dict[str, Any], progress: Callable[..., None] | Non
                         cache_seconds=round(cache_seconds, 2))
     step, train_seconds = 0, 0.0
     ppl_without = None
+    _drop_stale_temporaries(ckpt_path)
     if ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path)
         if ck.get("identity") != cfg.identity():
