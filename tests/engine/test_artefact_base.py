@@ -2,7 +2,9 @@
 are written again byte for byte; writes are atomic; a new kind is a few lines.
 
 ``data/artefacts-v1/`` was written by the code before the base (commit 0aa6f95, on the tiny
-reader of seed 0): a DPM branch, entity embeddings, a knowledge plugin, a context layout."""
+reader of seed 0): a DPM branch, entity embeddings, a knowledge plugin, a context layout; and
+by the code before PKMFiles / PatchFiles / SlotPluginFiles (commit 63c95f4): a product-key
+memory (+ usage), a weight patch, an answer-slot plugin (version 2)."""
 from __future__ import annotations
 
 import json
