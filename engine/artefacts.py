@@ -101,7 +101,11 @@ class Artefact:
     weights: ClassVar[str | None] = "model.safetensors"  # None: config.json alone
     exact_version: ClassVar[bool] = False  # True: only ``version`` is read; False: any up to it
     missing: ClassVar[str] = "{folder} is not {what} folder: no config.json"
+    not_found: ClassVar[str | None] = None  # said when the folder itself is missing (None: ``missing``)
     json_options: ClassVar[dict[str, Any]] = {"indent": 2}  # how config.json is written (kept as it always was)
+    #: A config.json field (written last) holding the weights file's sha256: a save killed
+    #: between the two renames, or files mixed from two folders, is then refused by name.
+    weights_hash: ClassVar[str | None] = None
 
     # ---------------------------------------------------------------- writing
     @classmethod
@@ -122,6 +126,8 @@ class Artefact:
         for name, text in (files or {}).items():
             atomic_write(folder / name, lambda p, t=text: p.write_text(t, encoding="utf-8"))
         config = {"format": cls.format, "format_version": cls.version, **fields}
+        if cls.weights_hash:
+            config[cls.weights_hash] = file_sha256(folder / str(cls.weights))
         atomic_write(folder / "config.json",
                      lambda p: p.write_text(json.dumps(config, **cls.json_options), encoding="utf-8"))
         return folder
@@ -132,7 +138,8 @@ class Artefact:
         """``config.json`` of ``folder``, checked: format, version, then :meth:`check_fields`."""
         folder = Path(folder)
         path = folder / "config.json"  # a missing folder is told as a missing config.json
-        missing = cls.missing.format(folder=folder, what=cls.what)
+        missing = (cls.not_found if cls.not_found and not folder.is_dir() else cls.missing).format(
+            folder=folder, what=cls.what)
         meta, version = read_format_config(path, cls.format, cls.what, cls.error,
                                            f"{missing}; {cls.remake}" if cls.remake else missing)
         if version > cls.version or (cls.exact_version and version != cls.version):
@@ -158,12 +165,17 @@ class Artefact:
 
     @classmethod
     def read_tensors(cls, folder: str | Path, expected: dict[str, tuple[int, ...]] | None = None,
-                     *, framework: str = "pt") -> dict[str, Any]:
+                     *, framework: str = "pt", sha256: str | None = None) -> dict[str, Any]:
         """The weights file's tensors (``framework``: 'pt' torch, 'np' numpy). With
-        ``expected`` (name -> shape) the header is checked first; non-finite values are refused."""
+        ``expected`` (name -> shape) the header is checked first, then with ``sha256`` (the
+        config's :attr:`weights_hash` field) the file's hash; non-finite values are refused."""
         weights = cls._weights_path(folder)
         if expected is not None:
             check_shapes(expected, tensor_shapes(weights, cls.error), weights, cls.error)
+        if sha256 is not None and file_sha256(weights) != sha256:
+            raise cls.error(f"{weights} is not the file {Path(folder) / 'config.json'} was written with "
+                            f"({cls.weights_hash} differs): a save was interrupted or the files were mixed"
+                            f"{'; ' + cls.remake if cls.remake else ''}")
         from safetensors import SafetensorError
 
         if framework == "np":
@@ -185,6 +197,17 @@ class Artefact:
         if not weights.is_file():
             raise cls.error(f"{folder}: no {cls.weights}")
         return weights
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _is_float(v: Any) -> bool:

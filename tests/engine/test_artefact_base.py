@@ -2,7 +2,9 @@
 are written again byte for byte; writes are atomic; a new kind is a few lines.
 
 ``data/artefacts-v1/`` was written by the code before the base (commit 0aa6f95, on the tiny
-reader of seed 0): a DPM branch, entity embeddings, a knowledge plugin, a context layout."""
+reader of seed 0): a DPM branch, entity embeddings, a knowledge plugin, a context layout; and
+by the code before PKMFiles / PatchFiles / SlotPluginFiles (commit 63c95f4): a product-key
+memory (+ usage), a weight patch, an answer-slot plugin (version 2)."""
 from __future__ import annotations
 
 import json
@@ -135,3 +137,35 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
     atomic_write(target, lambda p: p.write_text("new", encoding="utf-8"))
     assert target.read_text(encoding="utf-8") == "new" and target.stat().st_mode & 0o644 == 0o644
+
+
+# Written by the code before PKMFiles / PatchFiles / SlotPluginFiles (commit 63c95f4, tiny reader of seed 0).
+def test_a_product_key_memory_written_before_loads_and_is_written_again_byte_for_byte(reader, tmp_path):
+    from engine.mechanisms.pkm import io as pkm_io
+
+    memory, meta = pkm_io.load(OLD / "pkm", reader)
+    assert meta["layer"] == 1 and memory.config.slots == 16
+    pkm_io.save(memory, tmp_path / "m", reader_fingerprint=meta["reader"], layer=meta["layer"],
+                corpus=meta["corpus"], training=meta["training"])
+    w, c = pkm_io.load_usage(OLD / "pkm", 16)
+    pkm_io.save_usage(tmp_path / "m", w, c)
+    same_files(OLD / "pkm", tmp_path / "m")
+
+
+def test_a_weight_patch_written_before_loads_and_is_written_again_byte_for_byte(reader, tmp_path):
+    from engine.mechanisms.weight_patches import load, save
+
+    patch = load(OLD / "patch", reader)
+    assert patch.name == "zebra" and patch.facts[0].answer == "Porto-Novo"
+    save(patch, tmp_path / "p")
+    same_files(OLD / "patch", tmp_path / "p")
+
+
+def test_an_answer_slot_plugin_written_before_loads_and_is_written_again_byte_for_byte(reader, tmp_path):
+    from engine.mechanisms.plugins.answer_slot import load_slot_plugin
+
+    sp = load_slot_plugin(OLD / "slot-plugin", reader)
+    e = [int(sp.embeddings.entity_ids[0])]
+    assert not torch.allclose(sp.slot_vectors(e, reader.device), sp.vectors(e, reader.device))
+    sp.save(tmp_path / "s")
+    same_files(OLD / "slot-plugin", tmp_path / "s")

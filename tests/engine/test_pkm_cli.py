@@ -91,7 +91,7 @@ def test_predict_with_pkm_says_the_layer_was_active(capsys, grown, reader_dir):
     (["pkm", "grow", "{corpus}", "--out", "{tmp}/x", "--layer", "9", "--reader", "{reader}"],
      "layer 9 is out of range: the reader has layers 0 to 1"),
     (["pkm", "usage", "{tmp}", "--text", "{corpus}", "--reader", "{reader}"], "is not a product-key memory folder"),
-    (["pkm", "eval", "{layer}", "--text", "{corpus}", "--reader", "{other}"], "grown for the reader"),
+    (["pkm", "eval", "{layer}", "--text", "{corpus}", "--reader", "{other}"], "trained for the reader"),
     (["predict", "Gold is", "--mode", "none", "--reader", "{reader}", "--pkm", "{tmp}/none"], "folder not found"),
 ])
 def test_bad_input_is_one_line_and_status_2(capsys, grown, corpus, reader_dir, other_dir, tmp_path, args, match):

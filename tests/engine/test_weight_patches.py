@@ -253,7 +253,7 @@ def test_save_and_load_round_trip(tiny, patch, saved):
 
 def test_another_readers_patch_is_refused_naming_both(saved):
     other = make_tiny_reader(seed=1)
-    with pytest.raises(PatchError, match="made for the reader 'tiny-llama-seed0', not the loaded 'tiny-llama-seed1'"):
+    with pytest.raises(PatchError, match="trained for the reader 'tiny-llama-seed0', not the loaded reader 'tiny-llama-seed1'"):
         load(saved, other)
 
 
@@ -267,8 +267,8 @@ def _delta_file(folder, tensors):
     ("missing", "missing \\['model.layers.1.mlp.down_proj.weight'\\]"),
     ("extra", "unexpected \\['model.layers.0.mlp.up_proj.weight'\\]"),
     ("shape", "wrong shape: model.layers.0.mlp.down_proj.weight \\[64, 64\\]"),
-    ("nan", "holds NaN or Inf"),
-    ("inf", "holds NaN or Inf"),
+    ("nan", "non-finite values in"),
+    ("inf", "non-finite values in"),
     ("beyond", "changes a weight by 0.5, beyond the bound delta 0.05"),
     ("float64", "is torch.float64"),
 ])
@@ -318,7 +318,7 @@ def test_a_pickle_in_place_of_safetensors_is_refused_without_running_it(saved, t
 
 @pytest.mark.parametrize("change, message", [
     (lambda m: m.update(format="plugmem-dpm"), "does not describe a weight patch"),
-    (lambda m: m.update(format_version=9), "'format_version' is 9"),
+    (lambda m: m.update(format_version=9), "format version 9 is newer than this program reads"),
     (lambda m: m.update(format_version="one"), "format_version 'one' is not a number"),
     (lambda m: m["config"].update(delta="0.05"), "field 'config': field 'delta' must be a number, got a string"),
     (lambda m: m["config"].update(delta=-1), "'delta' must be a number in \\(0"),
@@ -365,7 +365,7 @@ def test_missing_folder_and_files(tmp_path, tiny, saved):
         load(tmp_path / "empty", tiny)
     folder = copy_patch(saved, tmp_path)
     (folder / "delta.safetensors").unlink()
-    with pytest.raises(PatchError, match="delta.safetensors: missing"):
+    with pytest.raises(PatchError, match="no delta.safetensors"):
         load(folder, tiny)
 
 

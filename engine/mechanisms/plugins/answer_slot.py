@@ -15,25 +15,36 @@ where it starts) and is trained with the task objective (:mod:`task_tune`,
 Saved like a plugin, plus the ``slot_mapping.*`` tensors, as format version 2: a
 program that knows only version 1 refuses it ("newer than this program reads")
 instead of silently dropping the slot; :func:`load_slot_plugin` reads both versions
-(a version-1 plugin gets a slot mapping copied from its mapping).
+(a version-1 plugin gets a slot mapping copied from its mapping). The folder is a
+:class:`SlotPluginFiles` (``engine.artefacts.Artefact``), the plugin's kind one version on.
 """
 from __future__ import annotations
 
 import copy
-import json
-import tempfile
 from pathlib import Path
-from typing import Collection, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 
-from engine.artefacts import atomic_write, check_shapes, module_shapes, read_format_config, tensor_shapes
+from engine.artefacts import check_fields, check_shapes, module_shapes
 from engine.mechanisms.plugins.attach import BuiltInputs, InjectedBatch, PluginInjector
-from engine.mechanisms.plugins.config import FORMAT
 from engine.mechanisms.plugins.errors import PluginError
+from engine.mechanisms.plugins.io import PluginFiles, load_plugin_parts, plugin_parts
 from engine.mechanisms.plugins.module import KnowledgePlugin, MappingNetwork
 
 SLOT_FORMAT_VERSION = 2
+
+
+class SlotPluginFiles(PluginFiles):
+    """A plugin folder of version 2 (+ ``slot_mapping.*`` tensors, ``answer_slot``); reads versions up to 2."""
+
+    version = SLOT_FORMAT_VERSION
+    remake = "train one with `plugmem task-tune --answer-slot`"
+
+    @classmethod
+    def check_fields(cls, meta: dict[str, Any], path: Path) -> None:
+        super().check_fields(meta, path)
+        check_fields(meta, {"answer_slot": "bool?"}, PluginError, str(path))
 
 
 class SlotPlugin(KnowledgePlugin):
@@ -56,46 +67,22 @@ class SlotPlugin(KnowledgePlugin):
         return self.slot_mapping(self.entity_table(device)[rows])  # [m, d]
 
     def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import load_file, save_file
-
-        folder = super().save(folder)
-        state = load_file(str(folder / "model.safetensors"))
+        fields, state, files = plugin_parts(self)
+        fields["answer_slot"] = True
         state.update({f"slot_mapping.{k}": v.detach().float().cpu().contiguous()
                       for k, v in self.slot_mapping.state_dict().items()})
-        atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
-        meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        meta["format_version"] = SLOT_FORMAT_VERSION
-        meta["answer_slot"] = True
-        atomic_write(folder / "config.json",
-                     lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8"))
-        return folder
+        return SlotPluginFiles.save(folder, fields, state, files=files)
 
 
 def load_slot_plugin(folder: str | Path, reader, pack=None) -> SlotPlugin:
     """A plugin of format version 2 with its slot mapping, or a version-1 plugin given a copy of its mapping."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    meta, version = read_format_config(folder / "config.json", FORMAT, "a knowledge plugin", PluginError,
-                                       f"{folder} is not a knowledge plugin folder: no config.json")
-    if version > SLOT_FORMAT_VERSION:
-        raise PluginError(f"{folder / 'config.json'}: format version {version} is newer than this program reads")
-    if version < SLOT_FORMAT_VERSION:
-        return SlotPlugin.from_plugin(KnowledgePlugin.load(folder, reader, pack))
-    # The version-1 loader checks everything else (reader, shapes, entities) on a version-1 view of the folder.
-    weights = folder / "model.safetensors"
-    shapes = tensor_shapes(weights, PluginError)
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        (tmp / "config.json").write_text(json.dumps({**meta, "format_version": 1}), encoding="utf-8")
-        for name in ("model.safetensors", "entities.json"):
-            (tmp / name).symlink_to((folder / name).resolve())
-        base = KnowledgePlugin.load(tmp, reader, pack)
-    cfg = base.config
-    expected = {f"slot_mapping.{k}": v for k, v in module_shapes(lambda: MappingNetwork(cfg)).items()}
-    check_shapes(expected, {k: v for k, v in shapes.items() if k.startswith("slot_mapping.")}, weights, PluginError)
-    state = load_file(str(weights))
-    slot = MappingNetwork(copy.deepcopy(cfg))
+    base, state, meta = load_plugin_parts(folder, reader, pack, SlotPluginFiles)
+    if meta["format_version"] < SLOT_FORMAT_VERSION:
+        return SlotPlugin.from_plugin(base)
+    expected = {f"slot_mapping.{k}": v for k, v in module_shapes(lambda: MappingNetwork(base.config)).items()}
+    check_shapes(expected, {k: tuple(v.shape) for k, v in state.items() if k.startswith("slot_mapping.")},
+                 Path(folder) / "model.safetensors", PluginError)
+    slot = MappingNetwork(copy.deepcopy(base.config))
     slot.load_state_dict({k[len("slot_mapping."):]: v for k, v in state.items() if k.startswith("slot_mapping.")})
     slot.to(reader.device).eval()
     return SlotPlugin.from_plugin(base, slot)

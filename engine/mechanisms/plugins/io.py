@@ -69,8 +69,8 @@ def _check_weights(cfg: MappingConfig, shapes: dict[str, tuple[int, ...]], reade
     check_shapes(expected, {k: v for k, v in shapes.items() if k.startswith("mapping.")}, weights, PluginError)
 
 
-def save_plugin(plugin: KnowledgePlugin, folder: str | Path) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (mapping, entity vectors and ids) + ``entities.json``."""
+def plugin_parts(plugin: KnowledgePlugin) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, str]]:
+    """What :func:`save_plugin` writes: config fields, tensors, side files (a variant adds to them)."""
     fields = {"name": plugin.name, "config": asdict(plugin.config), "reader": plugin.reader_fingerprint,
               "entity_set": plugin.entity_set, "entities": len(plugin.embeddings),
               "embeddings": {"source": plugin.embeddings.source, "meta": plugin.embeddings.meta},
@@ -80,17 +80,29 @@ def save_plugin(plugin: KnowledgePlugin, folder: str | Path) -> Path:
     state["entity_ids"] = torch.from_numpy(plugin.embeddings.entity_ids).contiguous()
     ents = {"names": plugin.embeddings.names,
             "aliases": [plugin.aliases.get(int(e), []) for e in plugin.embeddings.entity_ids.tolist()]}
-    return PluginFiles.save(folder, fields, state, files={"entities.json": json.dumps(ents, ensure_ascii=False)})
+    return fields, state, {"entities.json": json.dumps(ents, ensure_ascii=False)}
+
+
+def save_plugin(plugin: KnowledgePlugin, folder: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (mapping, entity vectors and ids) + ``entities.json``."""
+    fields, state, files = plugin_parts(plugin)
+    return PluginFiles.save(folder, fields, state, files=files)
 
 
 def load_plugin(folder: str | Path, reader, pack=None) -> KnowledgePlugin:
     """Load a plugin for ``reader`` (refused if made for another); with ``pack``, check its entity set."""
+    return load_plugin_parts(folder, reader, pack)[0]
+
+
+def load_plugin_parts(folder: str | Path, reader, pack=None, kind: type[PluginFiles] = PluginFiles
+                      ) -> tuple[KnowledgePlugin, dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`load_plugin` read as ``kind`` (a variant's versions), with the tensors and config it read."""
     folder = Path(folder)
-    meta = read_plugin_config(folder)
-    PluginFiles.check_reader(meta["reader"], reader, f"The knowledge plugin in {folder}")
-    cfg = MappingConfig.from_dict(meta["config"])  # checked, naming the file, by read_plugin_config
-    _check_weights(cfg, PluginFiles.tensor_shapes(folder), reader, folder)
-    state = PluginFiles.read_tensors(folder)
+    meta = kind.read_config(folder)
+    kind.check_reader(meta["reader"], reader, f"The knowledge plugin in {folder}")
+    cfg = MappingConfig.from_dict(meta["config"])  # checked, naming the file, by read_config
+    _check_weights(cfg, kind.tensor_shapes(folder), reader, folder)
+    state = kind.read_tensors(folder)
     try:
         ents = json.loads((folder / "entities.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -117,4 +129,4 @@ def load_plugin(folder: str | Path, reader, pack=None) -> KnowledgePlugin:
         if missing:
             log.info("%s: %d entities of %s have no embedding in the plugin; they are not injected",
                      folder, len(missing), pack.path)
-    return plugin
+    return plugin, state, meta

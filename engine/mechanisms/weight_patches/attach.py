@@ -18,18 +18,14 @@ import torch
 from engine.mechanisms.weight_patches.config import PatchError
 from engine.mechanisms.weight_patches.module import WeightPatch, tensor_sha256
 
-_FINGERPRINT_KEYS = ("architecture", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
 _ATTR = "_weight_patch_stack"
 
 
 def check_reader(patch: WeightPatch, reader, where: str = "") -> None:
-    """Refuse a patch made for another reader, naming both."""
-    mine = reader.fingerprint
-    theirs = patch.reader or {}
-    diffs = [f"{k} {theirs.get(k)!r} vs {mine.get(k)!r}" for k in _FINGERPRINT_KEYS if theirs.get(k) != mine.get(k)]
-    if diffs:
-        raise PatchError(f"{where or 'patch ' + repr(patch.name)}: made for the reader {theirs.get('name', '?')!r}, "
-                         f"not the loaded {mine.get('name', '?')!r} ({'; '.join(diffs)})")
+    """Refuse a patch made for another reader, naming both (``engine.artefacts.check_reader``)."""
+    from engine.mechanisms.weight_patches.io import PatchFiles
+
+    PatchFiles.check_reader(patch.reader or {}, reader, where or f"The weight patch {patch.name!r}")
 
 
 def parameters(reader, names: Sequence[str], where: str) -> dict[str, torch.nn.Parameter]:

@@ -9,17 +9,15 @@ then the values (finite, inside the bound). Every refusal names the file and the
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.artefacts import check_fields, check_shapes, read_format_config, tensor_shapes
-from engine.mechanisms.weight_patches.attach import check_reader, parameters
+from engine.artefacts import Artefact, check_fields
+from engine.mechanisms.weight_patches.attach import parameters
 from engine.mechanisms.weight_patches.config import (CONFIG_FILE, DELTA_FILE, FORMAT, FORMAT_VERSION, PatchConfig,
                                                      PatchError)
 from engine.mechanisms.weight_patches.module import Fact, WeightPatch
@@ -30,16 +28,45 @@ _PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
 _BOUND_SLACK = 1e-6
 
 
+class PatchFiles(Artefact):
+    """A weight patch folder (``engine.artefacts.Artefact``): ``delta.safetensors``, only its own version."""
+
+    format, version, exact_version = FORMAT, FORMAT_VERSION, True
+    what, error = "a weight patch", PatchError
+    weights = DELTA_FILE
+    not_found = "weight patch folder not found: {folder}"
+    remake = "make one with `plugmem patch create`"
+    reader_hint = "make the patch again for this reader with `plugmem patch create`"
+
+    @classmethod
+    def check_fields(cls, meta: dict[str, Any], path: Path) -> None:
+        check_fields(meta, {"name": "str", "reader": "dict", "config": "dict", "tensors": "dict", "on_top_of": "list",
+                            "facts": "list", "who": "str", "when": "str", "metrics": "dict"}, PatchError, str(path),
+                     required=("name", "reader", "config", "tensors", "facts"))
+        cfg = PatchConfig.from_dict(meta["config"], f"{path}: field 'config'")
+        for n, t in meta["tensors"].items():
+            where = f"{path}: field 'tensors'[{n!r}]"
+            check_fields(t, {"shape": "list", "base_sha256": "str"}, PatchError, where,
+                         required=("shape", "base_sha256"))
+            if not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 1 << 20 for s in t["shape"]):
+                raise PatchError(f"{where}: 'shape' must be a list of positive whole numbers, got {t['shape']!r}")
+            if not _SHA.match(t["base_sha256"]):
+                raise PatchError(f"{where}: 'base_sha256' must be 64 hexadecimal digits, got {t['base_sha256'][:80]!r}")
+        if sorted(meta["tensors"]) != sorted(cfg.tensor_names()):
+            raise PatchError(f"{path}: field 'tensors' names {sorted(meta['tensors'])}, but the config's layers and "
+                             f"targets make {cfg.tensor_names()}")
+        if not meta["facts"]:
+            raise PatchError(f"{path}: field 'facts' is empty: a patch writes at least one fact")
+        meta["_facts"] = [fact_from_dict(d, f"{path}: field 'facts'[{i}]") for i, d in enumerate(meta["facts"])]
+        meta["_config"] = cfg
+        if not all(isinstance(x, str) for x in meta.get("on_top_of", [])):
+            raise PatchError(f"{path}: field 'on_top_of' must be a list of patch names")
+
+
 def save(patch: WeightPatch, folder: str | Path) -> Path:
     """Write the patch into ``folder`` (made if needed): the deltas first, then the config,
-    each through a temporary file + ``os.replace``, so a folder with a config is whole."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+    each atomically (``engine.artefacts.atomic_write``), so a folder with a config is whole."""
+    fields = {
         "name": patch.name,
         "reader": patch.reader,
         "config": asdict(patch.config),
@@ -51,9 +78,7 @@ def save(patch: WeightPatch, folder: str | Path) -> Path:
         "metrics": patch.metrics,
     }
     state = {n: d.detach().to("cpu", torch.float32).contiguous() for n, d in patch.deltas.items()}
-    _atomic(folder / DELTA_FILE, lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
-    _atomic(folder / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2), encoding="utf-8"))
-    return folder
+    return PatchFiles.save(folder, fields, state)
 
 
 def fact_from_dict(d: Any, where: str) -> Fact:
@@ -69,81 +94,40 @@ def fact_from_dict(d: Any, where: str) -> Fact:
 
 def read_config(folder: str | Path) -> dict[str, Any]:
     """The checked ``config.json`` of a patch folder (raises ``PatchError`` naming the file and field)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PatchError(f"weight patch folder not found: {folder}")
-    path = folder / CONFIG_FILE
-    meta, version = read_format_config(path, FORMAT, "a weight patch", PatchError,
-                                       f"{folder} is not a weight patch folder: no {CONFIG_FILE}")
-    if version != FORMAT_VERSION:
-        raise PatchError(f"{path}: field 'format_version' is {version}; this program reads version {FORMAT_VERSION}")
-    check_fields(meta, {"name": "str", "reader": "dict", "config": "dict", "tensors": "dict", "on_top_of": "list",
-                        "facts": "list", "who": "str", "when": "str", "metrics": "dict"}, PatchError, str(path),
-                 required=("name", "reader", "config", "tensors", "facts"))
-    cfg = PatchConfig.from_dict(meta["config"], f"{path}: field 'config'")
-    for n, t in meta["tensors"].items():
-        where = f"{path}: field 'tensors'[{n!r}]"
-        check_fields(t, {"shape": "list", "base_sha256": "str"}, PatchError, where, required=("shape", "base_sha256"))
-        if not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 1 << 20 for s in t["shape"]):
-            raise PatchError(f"{where}: 'shape' must be a list of positive whole numbers, got {t['shape']!r}")
-        if not _SHA.match(t["base_sha256"]):
-            raise PatchError(f"{where}: 'base_sha256' must be 64 hexadecimal digits, got {t['base_sha256'][:80]!r}")
-    if sorted(meta["tensors"]) != sorted(cfg.tensor_names()):
-        raise PatchError(f"{path}: field 'tensors' names {sorted(meta['tensors'])}, but the config's layers and "
-                         f"targets make {cfg.tensor_names()}")
-    if not meta["facts"]:
-        raise PatchError(f"{path}: field 'facts' is empty: a patch writes at least one fact")
-    meta["_facts"] = [fact_from_dict(d, f"{path}: field 'facts'[{i}]") for i, d in enumerate(meta["facts"])]
-    meta["_config"] = cfg
-    if not all(isinstance(x, str) for x in meta.get("on_top_of", [])):
-        raise PatchError(f"{path}: field 'on_top_of' must be a list of patch names")
-    return meta
+    return PatchFiles.read_config(folder)
 
 
 def load(folder: str | Path, reader=None) -> WeightPatch:
     """Read a patch saved by :func:`save`; with ``reader``, also refuse one made for another
     reader or whose tensors the reader does not have in that shape."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     meta = read_config(folder)
     weights = folder / DELTA_FILE
-    if not weights.is_file():
-        pickled = sorted(p.name for pat in _PICKLES for p in folder.glob(pat))
-        if pickled:
-            raise PatchError(f"{weights}: missing; the folder has only pickle files ({', '.join(pickled)}), which can "
-                             "run code when loaded: a patch is read from safetensors only")
-        raise PatchError(f"{weights}: missing (a patch folder holds {CONFIG_FILE} and {DELTA_FILE})")
+    pickled = sorted(p.name for pat in _PICKLES for p in folder.glob(pat)) if not weights.is_file() else []
+    if pickled:
+        raise PatchError(f"{weights}: missing; the folder has only pickle files ({', '.join(pickled)}), which can "
+                         "run code when loaded: a patch is read from safetensors only")
     expected = {n: tuple(t["shape"]) for n, t in meta["tensors"].items()}
-    check_shapes(expected, tensor_shapes(weights, PatchError), weights, PatchError)
-    name = meta["name"]
-    patch_reader = meta["reader"]
+    PatchFiles.tensor_shapes(folder)  # no weights file, or an unreadable one: named before the reader
     if reader is not None:
-        probe = WeightPatch(config=meta["_config"], deltas={}, base={}, reader=patch_reader, facts=[], name=name)
-        check_reader(probe, reader, f"{folder / CONFIG_FILE}: field 'reader'")
+        PatchFiles.check_reader(meta["reader"], reader, f"The weight patch in {folder}")
         params = parameters(reader, sorted(expected), f"{folder / CONFIG_FILE}: field 'tensors'")
         for n, p in params.items():
             if tuple(p.shape) != expected[n]:
                 raise PatchError(f"{folder / CONFIG_FILE}: field 'tensors'[{n!r}]: shape {list(expected[n])}, "
                                  f"the reader's is {list(p.shape)}")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise PatchError(f"{weights} is unreadable: {exc}") from None
+    state = PatchFiles.read_tensors(folder, expected)
     delta = float(meta["_config"].delta)
     for n, d in state.items():
         if d.dtype != torch.float32:
             raise PatchError(f"{weights}: tensor {n} is {d.dtype}, a patch's deltas are float32")
-        if not torch.isfinite(d).all():
-            raise PatchError(f"{weights}: tensor {n} holds NaN or Inf values")
         worst = float(d.abs().max()) if d.numel() else 0.0
         if worst > delta * (1 + 1e-4) + _BOUND_SLACK:
             raise PatchError(f"{weights}: tensor {n} changes a weight by {worst:.3g}, beyond the bound delta "
                              f"{delta:g} of {CONFIG_FILE}")
     return WeightPatch(config=meta["_config"], deltas=state,
-                       base={n: t["base_sha256"] for n, t in meta["tensors"].items()}, reader=patch_reader,
-                       facts=meta["_facts"], name=name, on_top_of=list(meta.get("on_top_of", [])),
+                       base={n: t["base_sha256"] for n, t in meta["tensors"].items()}, reader=meta["reader"],
+                       facts=meta["_facts"], name=meta["name"], on_top_of=list(meta.get("on_top_of", [])),
                        who=meta.get("who", ""), when=meta.get("when", ""), metrics=dict(meta.get("metrics", {})))
 
 
@@ -155,15 +139,3 @@ def is_patch_folder(folder: str | Path) -> bool:
         return json.loads(p.read_text(encoding="utf-8")).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a patch is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
