@@ -261,6 +261,21 @@ def _guard(fn):
 
 
 # ---------------------------------------------------------------------------- parsers
+def _add_holdout_args(sp) -> None:
+    """The held-out entities of a plugin training (map-tune, task-tune)."""
+    sp.add_argument("--holdout-probes", nargs="*", metavar="FILE", help="probes whose held-out subjects are held out")
+    sp.add_argument("--holdout-entities", help="comma-separated entity names to hold out")
+
+
+def _add_run_args(sp) -> None:
+    """How a plugin training runs (map-tune, task-tune): seed, device, threads, time limit, restart."""
+    sp.add_argument("--seed", type=non_negative, default=0)
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
+    sp.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long, keeping the best state")
+    sp.add_argument("--force", action="store_true", help="start over; replace a plugin already in --out")
+
+
 def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     def add(sub, name: str, fn, help: str) -> argparse.ArgumentParser:
         return add_command(sub, [common], name, _guard(fn), help)
@@ -324,16 +339,11 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--max-steps", type=non_negative, default=0)
     sp.add_argument("--dropout", type=float, default=0.0, help="dropout inside the reader (attention and MLP outputs) while training")
     sp.add_argument("--fact-weight", type=float, default=0.0, help="also predict the sentence after the mention")
-    sp.add_argument("--holdout-probes", nargs="*", metavar="FILE", help="probes whose held-out subjects are held out")
-    sp.add_argument("--holdout-entities", help="comma-separated entity names to hold out")
+    _add_holdout_args(sp)
     sp.add_argument("--val-fraction", type=float, default=0.1)
     sp.add_argument("--eval-every", type=positive, default=50)
     sp.add_argument("--patience", type=positive, default=4)
-    sp.add_argument("--seed", type=non_negative, default=0)
-    sp.add_argument("--device", default=None)
-    sp.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
-    sp.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long, keeping the best state")
-    sp.add_argument("--force", action="store_true", help="start over; replace a plugin already in --out")
+    _add_run_args(sp)
 
     sp = add(subparsers, "task-tune", cmd_task_tune,
              "train a knowledge plugin to answer: questions from the pack's triples and the probes' templates, "
@@ -341,8 +351,7 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     sp.add_argument("pack")
     sp.add_argument("--probes", nargs="+", required=True, metavar="FILE",
                     help="probe files whose prompts give each relation's question (e.g. probes_train.jsonl)")
-    sp.add_argument("--holdout-probes", nargs="*", metavar="FILE", help="probes whose held-out subjects are held out")
-    sp.add_argument("--holdout-entities", help="comma-separated entity names to hold out")
+    _add_holdout_args(sp)
     sp.add_argument("--start", help="general plugin to start from (default: <pack>.plugin; 'none': a fresh mapping)")
     sp.add_argument("--embeddings", help="entity embeddings for a fresh mapping (default: <pack>.embeddings)")
     sp.add_argument("--out", help="plugin folder (default: <pack>.task-plugin)")
@@ -360,11 +369,7 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--fact-fraction", type=float, default=0.1, help="training entities' facts kept out for validation")
     sp.add_argument("--eval-every", type=positive, default=25)
     sp.add_argument("--patience", type=positive, default=4)
-    sp.add_argument("--seed", type=non_negative, default=0)
-    sp.add_argument("--device", default=None)
-    sp.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
-    sp.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long, keeping the best state")
-    sp.add_argument("--force", action="store_true", help="start over; replace a plugin already in --out")
+    _add_run_args(sp)
 
     # was `python -m engine.plugins.evaluate`; the full report goes to --report OUT (it was --json OUT)
     sp = add(subparsers, "eval-plugin", cmd_eval_plugin,
