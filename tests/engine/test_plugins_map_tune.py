@@ -184,3 +184,13 @@ def test_evaluation_on_held_out_entities(reader, pack_path, tmp_path):
         reader.tokenizer(" Nairobi", add_special_tokens=False)["input_ids"]) + 1)
     assert row["correct_reader"] is False  # a random tiny reader does not know Nairobi
     assert "| capital | 2 | 1.00 |" in format_table(report)
+
+
+def test_a_checkpoint_of_an_earlier_version_is_refused_not_misread(reader, pack_path):
+    out = pack_path.parent / "old.plugin"
+    out.mkdir()
+    torch.save({"mapping": {}, "step": 3, "bad_evals": 0}, str(out / "checkpoint.pt"))  # the pre-loop layout
+    with pytest.raises(PluginError, match=r"checkpoint\.pt was written by an earlier version of map-tuning.*--force"):
+        map_tune(_cfg(pack_path, out=str(out)), reader=reader)
+    res = map_tune(_cfg(pack_path, out=str(out), force=True, max_steps=2), reader=reader)
+    assert res["steps_done"] == 2 and res["resumed_from"] == 0

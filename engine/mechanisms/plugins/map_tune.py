@@ -22,9 +22,6 @@ resumes. The best mapping (lowest validation mention loss) is saved as the plugi
 """
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import logging
 import math
 import time
@@ -35,19 +32,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from engine.artefacts import atomic_write
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings, default_embeddings_dir
 from engine.mechanisms.plugins.entities import EntityLinker
 from engine.mechanisms.plugins.errors import PluginError
 from engine.mechanisms.plugins.attach import build_inputs_embeds, mention_tokens, tokens_with_offsets
 from engine.mechanisms.plugins.io import default_plugin_dir, read_plugin_config
 from engine.mechanisms.plugins.module import KnowledgePlugin
+from engine.mechanisms.plugins.training import CHECKPOINT, LoopSchedule, MappingTraining, data_fingerprint
 from engine.probe_files import EvalDataError, read_probes
-from engine.progress import JobCancelled, wrap_progress
+from engine.progress import wrap_progress
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 _MODEL_FIELDS = ("hidden", "fix_norm", "lr", "batch", "reader_dropout", "fact_weight", "seed", "val_fraction",
                  "max_tokens", "weight_decay", "max_val_sentences")
 
@@ -418,13 +414,6 @@ def _batches(n_examples: int, lengths: Sequence[int], batch: int, seed: int, epo
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def _fingerprint(parts: Sequence[Any]) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- the job
 def map_tune(
     config: MapTuneConfig | dict[str, Any],
@@ -493,126 +482,56 @@ def map_tune(
 
     plugin = KnowledgePlugin.create(reader, emb, hidden=cfg.hidden, fix_norm=cfg.fix_norm, aliases=aliases,
                                     name=pack_name, seed=cfg.seed)
-    params = list(plugin.mapping.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model_cfg = {k: getattr(cfg, k) for k in _MODEL_FIELDS}
-    data_fp = _fingerprint([emb.fingerprint, sorted(held), reader.fingerprint.get("weights_sha256"),
+    opt = torch.optim.AdamW(plugin.mapping.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    data_fp = data_fingerprint([emb.fingerprint, sorted(held), reader.fingerprint.get("weights_sha256"),
                             len(train), len(val), [ex.ids for ex in train[:50]]])
     result = MapTuneResult(out=str(out), steps_done=0, best_step=0, best_val_loss=None, val_loss_without_plugin=None,
                            entities={"with_embeddings": len(has_emb), "held_out": len(held),
                                      "validation": len(val_ents), "training": len(candidates) - len(val_ents)},
                            examples={"train": len(train), "validation": len(val)})
-    step, bad_evals = 0, 0
-    best_state: dict[str, torch.Tensor] | None = None
-    ckpt_path = out / CHECKPOINT
-    out.mkdir(parents=True, exist_ok=True)
-    if ckpt_path.is_file() and cfg.force:
-        ckpt_path.unlink()
-    if ckpt_path.is_file():
-        try:
-            ck = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, not trusted
-            raise PluginError(f"{ckpt_path} is unreadable ({type(exc).__name__}); delete it or use --force") from None
-        if ck.get("model") != model_cfg or ck.get("data") != data_fp:
-            raise PluginError(f"{ckpt_path} is a checkpoint of another map-tuning run (other options, data, embeddings "
-                              "or reader); use the same options, --force to start over, or another --out")
-        plugin.mapping.load_state_dict(ck["mapping"])
-        opt.load_state_dict(ck["opt"])
-        step, bad_evals = int(ck["step"]), int(ck["bad_evals"])
-        best_state = ck.get("best_state")
-        result.best_step = int(ck["best_step"])
-        result.best_val_loss = ck.get("best_val")
-        result.val_loss_without_plugin = ck.get("val_without")
-        result.train_losses = [tuple(x) for x in ck.get("train_losses", [])]
-        result.val_losses = [tuple(x) for x in ck.get("val_losses", [])]
-        result.stopped_early = bool(ck.get("stopped_early", False))
-        result.resumed_from = step
-        say(step / total, f"resumed from step {step}")
-
-    def checkpoint() -> None:
-        state = {"mapping": plugin.mapping.state_dict(), "opt": opt.state_dict(), "step": step, "bad_evals": bad_evals,
-                 "best_state": best_state, "best_step": result.best_step, "best_val": result.best_val_loss,
-                 "val_without": result.val_loss_without_plugin, "train_losses": [list(x) for x in result.train_losses],
-                 "val_losses": [list(x) for x in result.val_losses], "model": model_cfg, "data": data_fp,
-                 "stopped_early": result.stopped_early}
-        atomic_write(ckpt_path, lambda p: torch.save(state, str(p)))
-
+    run = MappingTraining(job="map-tune", activity="map-tuning",
+                          modules={"mapping": plugin.mapping}, optimizer=opt, out=out,
+                          model={k: getattr(cfg, k) for k in _MODEL_FIELDS}, data=data_fp, result=result,
+                          carried=("val_loss_without_plugin",), force=cfg.force,
+                          mismatch="other options, data, embeddings or reader")
+    if run.resume():
+        say(run.step / total, f"resumed from step {run.step}")
     prefixes = PrefixCache(reader)  # the frozen reader's keys/values of sentence prefixes, for this job
 
-    def validate() -> float:
-        plugin.mapping.eval()
-        vm, _ = mean_losses(reader, plugin, val, prefix_cache=prefixes)
-        plugin.mapping.train()
-        return float(vm)
+    def validate() -> tuple[float, dict[str, Any]]:
+        return float(mean_losses(reader, plugin, val, prefix_cache=prefixes)[0]), {}
 
     if result.val_loss_without_plugin is None:
-        say(step / total, f"validation loss of the bare reader on {len(val)} sentences")
+        say(run.step / total, f"validation loss of the bare reader on {len(val)} sentences")
         result.val_loss_without_plugin = mean_losses(reader, plugin, val, inject=False, prefix_cache=prefixes)[0]
     dropout = _ReaderDropout(reader, cfg.reader_dropout)
     lengths = [len(ex.ids) for ex in train]
-    window: list[float] = []
-    warmup = max(1, min(cfg.warmup_steps, total))
-    plugin.mapping.train()
+    rng_devices = [reader.device] if reader.device.type == "cuda" else []
+
+    def backward(step: int, idx: list[int]) -> torch.Tensor:
+        # Dropout masks depend on (seed, step) only, so a resumed run repeats the uninterrupted one.
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            dropout.active = True
+            try:
+                lm, lf, _, nf = batch_losses(reader, plugin, [train[i] for i in idx], prefix_cache=prefixes)
+            finally:
+                dropout.active = False
+            loss = lm + cfg.fact_weight * lf if nf else lm
+            loss.backward()
+        return loss
+
     try:
-        while step < total and not result.stopped_early:
-            if stop():
-                checkpoint()
-                raise JobCancelled(f"map-tune cancelled at step {step}/{total}; run it again to resume from {ckpt_path}")
-            if cfg.max_minutes and time.perf_counter() - t0 > cfg.max_minutes * 60:
-                log.info("map-tune: time limit of %.1f min reached at step %d", cfg.max_minutes, step)
-                break
-            epoch, k = divmod(step, steps_per_epoch)
-            idx = _batches(len(train), lengths, cfg.batch, cfg.seed, epoch)[k]
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * min(1.0, (step + 1) / warmup)
-            # Dropout masks depend on (seed, step) only, so a resumed run repeats the uninterrupted one.
-            rng_devices = [reader.device] if reader.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=rng_devices):
-                torch.manual_seed(cfg.seed * 1_000_003 + step)
-                dropout.active = True
-                try:
-                    lm, lf, _, nf = batch_losses(reader, plugin, [train[i] for i in idx], prefix_cache=prefixes)
-                finally:
-                    dropout.active = False
-                loss = lm + cfg.fact_weight * lf if nf else lm
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            step += 1
-            window.append(float(loss.detach()))
-            if step % 5 == 0 or step == total:
-                mean = sum(window) / len(window)
-                result.train_losses.append((step, round(mean, 5)))
-                window = []
-                say(step / total, f"step {step}/{total}  loss {mean:.4f}", loss=mean, step=step)
-            if step % cfg.eval_every == 0 or step == total:
-                v = validate()
-                result.val_losses.append((step, round(v, 5)))
-                if result.best_val_loss is None or v < result.best_val_loss - 1e-4:
-                    result.best_val_loss, result.best_step, bad_evals = v, step, 0
-                    best_state = copy.deepcopy({k: t.detach().cpu() for k, t in plugin.mapping.state_dict().items()})
-                else:
-                    bad_evals += 1
-                    if bad_evals >= cfg.patience:
-                        result.stopped_early = True
-                say(step / total, f"step {step}/{total}  validation mention loss {v:.4f} "
-                    f"(bare reader {result.val_loss_without_plugin:.4f})", val_loss=v, step=step)
-            if step % cfg.checkpoint_every == 0:
-                checkpoint()
+        run.run(LoopSchedule(total=total, steps_per_epoch=steps_per_epoch, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                             eval_every=cfg.eval_every, patience=cfg.patience, checkpoint_every=cfg.checkpoint_every,
+                             max_minutes=cfg.max_minutes),
+                batches=lambda epoch: _batches(len(train), lengths, cfg.batch, cfg.seed, epoch),
+                backward=backward, validate=validate, say=say, should_stop=stop, t0=t0,
+                val_label=lambda v: f"validation mention loss {v:.4f} (bare reader "
+                                    f"{result.val_loss_without_plugin:.4f})")
     finally:
         dropout.remove()
-        plugin.mapping.eval()
-    if not result.val_losses or result.val_losses[-1][0] != step:
-        v = validate()
-        result.val_losses.append((step, round(v, 5)))
-        if result.best_val_loss is None or v < result.best_val_loss:
-            result.best_val_loss, result.best_step = v, step
-            best_state = {k: t.detach().cpu().clone() for k, t in plugin.mapping.state_dict().items()}
-    result.steps_done = step
-    checkpoint()
-    if best_state is not None:
-        plugin.mapping.load_state_dict(best_state)
+    step = run.step
     result.seconds = round(time.perf_counter() - t0, 1)
     plugin.training = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("force",)},
                        **{k: v for k, v in result.to_dict().items() if k != "out"}}

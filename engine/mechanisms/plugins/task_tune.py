@@ -29,9 +29,7 @@ plugin loader reads it; default folder ``<pack>.task-plugin/``.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
-import json
 import logging
 import math
 import re
@@ -44,19 +42,19 @@ import numpy as np
 import torch
 
 from engine.mechanisms.plugins.answer_slot import AnswerSlotInjector, SlotPlugin, load_slot_plugin
-from engine.artefacts import atomic_write
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings, default_embeddings_dir
 from engine.mechanisms.plugins.errors import PluginError
 from engine.mechanisms.plugins.attach import PluginInjector
 from engine.mechanisms.plugins.map_tune import read_holdout
 from engine.mechanisms.plugins.io import default_plugin_dir, read_plugin_config
 from engine.mechanisms.plugins.module import KnowledgePlugin
+from engine.mechanisms.plugins.training import (CHECKPOINT, LoopSchedule, MappingTraining, data_fingerprint,
+                                                epoch_permutation, seeded_sample)
 from engine.probe_files import EvalDataError, read_probes
-from engine.progress import JobCancelled, wrap_progress
+from engine.progress import wrap_progress
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 OBJECTIVE = "task"
 WORDINGS = ("prompt", "all")
 _MODEL_FIELDS = ("start", "hidden", "answer_slot", "lr", "batch", "seed", "val_fraction", "fact_fraction", "wordings", "relations",
@@ -300,30 +298,6 @@ def mean_answer_loss(injector: PluginInjector, examples: Sequence[TaskExample], 
     return total / count
 
 
-def _fingerprint(parts: Sequence[Any]) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-def _state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """The trained modules' tensors in one flat dict (``mapping.*``, ``slot.*``), on the CPU."""
-    return {f"{name}.{k}": t.detach().cpu() for name, m in modules.items() for k, t in m.state_dict().items()}
-
-
-def _load_state(modules: dict[str, torch.nn.Module], state: dict[str, torch.Tensor]) -> None:
-    for name, m in modules.items():
-        m.load_state_dict({k[len(name) + 1:]: t for k, t in state.items() if k.startswith(name + ".")})
-
-
-def _sample(examples: list[TaskExample], n: int, seed: int) -> list[TaskExample]:
-    if len(examples) <= n:
-        return examples
-    pick = np.random.default_rng(seed).choice(len(examples), size=n, replace=False)
-    return [examples[i] for i in sorted(pick.tolist())]
-
-
 # --------------------------------------------------------------------------- the job
 def task_tune(
     config: TaskTuneConfig | dict[str, Any],
@@ -385,7 +359,7 @@ def task_tune(
     train, dropped = linked_examples(injector, train)
     val_e, _ = linked_examples(injector, val_e)
     val_f, _ = linked_examples(injector, val_f)
-    val_e, val_f = _sample(val_e, cfg.max_val, cfg.seed + 1), _sample(val_f, cfg.max_val, cfg.seed + 2)
+    val_e, val_f = seeded_sample(val_e, cfg.max_val, cfg.seed + 1), seeded_sample(val_f, cfg.max_val, cfg.seed + 2)
     if not train or not val_e:
         raise PluginError(f"{cfg.pack}: too few questions whose subject the plugin links ({len(train)} training, "
                           f"{len(val_e)} validation)")
@@ -403,8 +377,8 @@ def task_tune(
     model_cfg = {k: (str(getattr(cfg, k)) if k == "start" else getattr(cfg, k)) for k in _MODEL_FIELDS}
     start_fp = hashlib.sha256(b"".join(t.detach().float().cpu().numpy().tobytes() for m in modules.values()
                                        for t in m.state_dict().values())).hexdigest()
-    data_fp = _fingerprint([plugin.entity_set, sorted(held), reader.fingerprint.get("weights_sha256"), start_fp,
-                            [(ex.prompt, ex.answer) for ex in train[:200]], len(train), len(val_e), len(val_f)])
+    data_fp = data_fingerprint([plugin.entity_set, sorted(held), reader.fingerprint.get("weights_sha256"), start_fp,
+                                [(ex.prompt, ex.answer) for ex in train[:200]], len(train), len(val_e), len(val_f)])
     result = TaskTuneResult(out=str(out), steps_done=0, best_step=0, best_val_loss=None, val_loss_start=None,
                             val_loss_without_plugin=None, val_fact_loss=None, relations=used, skipped_relations=skipped,
                             entities={"held_out": len(held), "validation": len(val_ents),
@@ -412,110 +386,42 @@ def task_tune(
                             examples={"train": len(train), "validation_entities": len(val_e),
                                       "validation_facts": len(val_f), "subject_not_linked": dropped},
                             started_from=str(start) if start is not None else None)
-    step, bad = 0, 0
-    best_state: dict[str, torch.Tensor] | None = None
-    ckpt = out / CHECKPOINT
-    out.mkdir(parents=True, exist_ok=True)
-    if ckpt.is_file() and cfg.force:
-        ckpt.unlink()
-    if ckpt.is_file():
-        try:
-            ck = torch.load(str(ckpt), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, not trusted
-            raise PluginError(f"{ckpt} is unreadable ({type(exc).__name__}); delete it or use --force") from None
-        if ck.get("model") != model_cfg or ck.get("data") != data_fp:
-            raise PluginError(f"{ckpt} is a checkpoint of another task-tuning run (other options, data, start plugin "
-                              "or reader); use the same options, --force to start over, or another --out")
-        _load_state(modules, ck["mapping"])
-        opt.load_state_dict(ck["opt"])
-        step, bad, best_state = int(ck["step"]), int(ck["bad"]), ck.get("best_state")
-        for k in ("best_step", "best_val_loss", "val_loss_start", "val_loss_without_plugin", "val_fact_loss",
-                  "stopped_early"):
-            setattr(result, k, ck.get(k))
-        result.train_losses = [tuple(x) for x in ck.get("train_losses", [])]
-        result.val_losses = [tuple(x) for x in ck.get("val_losses", [])]
-        result.resumed_from = step
-        say(step / total, f"resumed from step {step}")
+    run = MappingTraining(job="task-tune", activity="task-tuning",
+                          modules=modules, optimizer=opt, out=out, model=model_cfg, data=data_fp,
+                          result=result, carried=("val_loss_start", "val_loss_without_plugin", "val_fact_loss"),
+                          force=cfg.force, mismatch="other options, data, start plugin or reader")
+    if run.resume():
+        say(run.step / total, f"resumed from step {run.step}")
 
-    def checkpoint() -> None:
-        state = {"mapping": _state(modules), "opt": opt.state_dict(), "step": step, "bad": bad,
-                 "best_state": best_state, "model": model_cfg, "data": data_fp,
-                 "train_losses": [list(x) for x in result.train_losses],
-                 "val_losses": [list(x) for x in result.val_losses],
-                 **{k: getattr(result, k) for k in ("best_step", "best_val_loss", "val_loss_start",
-                                                     "val_loss_without_plugin", "val_fact_loss", "stopped_early")}}
-        atomic_write(ckpt, lambda p: torch.save(state, str(p)))
-
-    def validate() -> tuple[float, float | None]:
-        for m in modules.values():
-            m.eval()
+    def validate() -> tuple[float, dict[str, Any]]:
         v = mean_answer_loss(injector, val_e, batch_size=cfg.batch)
-        f = mean_answer_loss(injector, val_f, batch_size=cfg.batch)
-        for m in modules.values():
-            m.train()
-        return float(v), f
+        return float(v), {"val_fact_loss": mean_answer_loss(injector, val_f, batch_size=cfg.batch)}
 
     if result.val_loss_without_plugin is None:
-        say(step / total, f"validation answer loss of the bare reader and of the start mapping ({len(val_e)} questions)")
+        say(run.step / total, f"validation answer loss of the bare reader and of the start mapping "
+            f"({len(val_e)} questions)")
         result.val_loss_without_plugin = mean_answer_loss(injector, val_e, enabled=False, batch_size=cfg.batch)
-        result.val_loss_start = validate()[0]
-    warmup = max(1, min(cfg.warmup_steps, total))
-    window: list[float] = []
-    for m in modules.values():
-        m.train()
-    try:
-        while step < total and not result.stopped_early:
-            if stop():
-                checkpoint()
-                raise JobCancelled(f"task-tune cancelled at step {step}/{total}; run it again to resume from {ckpt}")
-            if cfg.max_minutes and time.perf_counter() - t0 > cfg.max_minutes * 60:
-                log.info("task-tune: time limit of %.1f min reached at step %d", cfg.max_minutes, step)
-                break
-            epoch, k = divmod(step, steps_per_epoch)
-            perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))  # batches depend on (seed, epoch)
-            idx = perm[k * cfg.batch:(k + 1) * cfg.batch].tolist()
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * min(1.0, (step + 1) / warmup)
-            loss, _ = answer_loss(injector, [train[i].prompt for i in idx], [train_ids[i] for i in idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            step += 1
-            window.append(float(loss.detach()))
-            if step % 5 == 0 or step == total:
-                mean = sum(window) / len(window)
-                result.train_losses.append((step, round(mean, 5)))
-                window = []
-                say(step / total, f"step {step}/{total}  answer loss {mean:.4f}", loss=mean, step=step)
-            if step % cfg.eval_every == 0 or step == total:
-                v, f = validate()
-                result.val_losses.append((step, round(v, 5)))
-                if result.best_val_loss is None or v < result.best_val_loss - 1e-4:
-                    result.best_val_loss, result.best_step, result.val_fact_loss, bad = v, step, f, 0
-                    best_state = copy.deepcopy(_state(modules))
-                else:
-                    bad += 1
-                    result.stopped_early = bad >= cfg.patience
-                say(step / total, f"step {step}/{total}  validation answer loss {v:.4f} (start "
-                    f"{result.val_loss_start:.4f}, bare reader {result.val_loss_without_plugin:.4f})",
-                    val_loss=v, step=step)
-            if step % cfg.checkpoint_every == 0:
-                checkpoint()
-    finally:
         for m in modules.values():
             m.eval()
+        result.val_loss_start = validate()[0]
+
+    def backward(step: int, idx: list[int]) -> torch.Tensor:
+        loss, _ = answer_loss(injector, [train[i].prompt for i in idx], [train_ids[i] for i in idx])
+        loss.backward()
+        return loss
+
+    try:
+        run.run(LoopSchedule(total=total, steps_per_epoch=steps_per_epoch, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                             eval_every=cfg.eval_every, patience=cfg.patience, checkpoint_every=cfg.checkpoint_every,
+                             max_minutes=cfg.max_minutes),
+                batches=epoch_permutation(len(train), cfg.batch, cfg.seed), backward=backward, validate=validate,
+                say=say, should_stop=stop, t0=t0, loss_label="answer loss",
+                val_label=lambda v: f"validation answer loss {v:.4f} (start {result.val_loss_start:.4f}, bare reader "
+                                    f"{result.val_loss_without_plugin:.4f})")
+    finally:
         for p in params:
             p.requires_grad_(False)
-    if best_state is None or (result.val_losses and result.val_losses[-1][0] != step):
-        v, f = validate()
-        result.val_losses.append((step, round(v, 5)))
-        if result.best_val_loss is None or v < result.best_val_loss:
-            result.best_val_loss, result.best_step, result.val_fact_loss = v, step, f
-            best_state = copy.deepcopy(_state(modules))
-    result.steps_done = step
-    checkpoint()
-    _load_state(modules, best_state)
+    step = run.step
     result.seconds = round(time.perf_counter() - t0, 1)
     plugin.training = {"objective": OBJECTIVE, "config": {k: v for k, v in asdict(cfg).items() if k != "force"},
                        "general": plugin.training if start is not None else None,
