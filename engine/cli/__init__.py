@@ -10,6 +10,7 @@ Layout: one module per group of commands, each holding its parsers and their han
                 add_command, formatting helpers: what every group uses
     pack.py     init, import, list, show, add, edit, delete, undo, redo, history, search,
                 export, stats, check, reencode
+    index.py    index status|rebuild|compact
     demo.py     demo
     model.py    predict, prepare, eval, eval-edits, train-branch
     plugins.py  triples, entities, embeddings, train-transe, map-tune
@@ -33,7 +34,7 @@ import sqlite3
 import sys
 from typing import Sequence
 
-from engine.cli import demo, model, pack, patch, pkm, plugins, probes
+from engine.cli import demo, index, model, pack, patch, pkm, plugins, probes
 from engine.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError, Output
 from engine.cli_args import OneLineParser
 from engine.terminal import terminal_safe
@@ -43,6 +44,7 @@ log = logging.getLogger("plugmem")
 #: The command groups, in the order ``plugmem --help`` lists them.
 GROUPS = (
     pack,
+    index,
     demo,
     model,
     plugins,

@@ -349,6 +349,26 @@ class VectorIndex:
         ann = self._ann
         return None if ann is None else ann_mod.kind_of(ann)
 
+    def describe(self) -> dict:
+        """What the index holds and how it searches, for ``plugmem index status``."""
+        with self._lock:
+            kind = self.ann_kind
+            wanted = ("ivfpq" if len(self._ids) >= self.compressed_threshold else "hnsw") \
+                if len(self._ids) >= self.approx_threshold else None
+            return {
+                "dim": self.dim,
+                "entries": len(self),
+                "base_rows": int(len(self._ids)),
+                "tombstones": int(self._n_dead),
+                "delta_rows": int(len(self._d_ids)),
+                "search": kind or "exact",
+                "planned": wanted or "exact",  # what a finished build gives at this size
+                "building": self.building,
+                "needs_compaction": self.needs_compaction,
+                "approx_threshold": self.approx_threshold,
+                "compressed_threshold": self.compressed_threshold,
+            }
+
     def upsert(self, ids, keys) -> None:
         """Insert or replace: an id already present gets the new key."""
         ids = _as_ids(ids, "upsert")

@@ -15,6 +15,7 @@ from .test_cli import pack, run  # noqa: F401 - pack is a fixture
 # commands whose human output is checked in other files, with the test that does it
 COVERED_ELSEWHERE = {
     "pkm": "test_pkm_cli.py",
+    "index": "test_cli_index.py",
     "demo": "test_demo_data.py",
     "predict": "test_explain.py::test_cli_predict_prints_the_record",
     "prepare": "test_entry_store.py",
