@@ -176,11 +176,14 @@ def run_job(label: str, job, config, a, out: Output):
             res = job(config, progress=bar, should_stop=stop)
     except job_cancelled() as exc:
         bar.close()
-        out.info(f"plugmem: interrupted: {exc}")
+        print(terminal_safe(f"plugmem: interrupted: {exc}"), file=sys.stderr)  # the outcome: shown even with -q
         return None
     except model_errors() as exc:
         bar.close()
         raise CliError(str(exc)) from None
+    except BaseException:
+        bar.close()
+        raise
     bar.close()
     return res
 

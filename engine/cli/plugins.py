@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from engine.cli.common import EXIT_INTERRUPTED, CliError, Output, ProgressBar, StopFlag, add_command
+from engine.cli.common import EXIT_INTERRUPTED, CliError, Output, ProgressBar, add_command, run_job
 from engine.cli_args import non_negative, positive, retrieved
 from engine.mechanisms.plugins.errors import PluginError
 from engine.probe_files import EvalDataError
@@ -33,23 +32,6 @@ def _open_pack(path: str, readonly: bool = False):
     from engine.store import Pack
 
     return Pack.open(path, readonly=readonly)
-
-
-def _run_training(label: str, a, fn, config: dict[str, Any], **kw: Any):
-    """Run a training job in-process with a progress bar and Ctrl+C -> should_stop; its result, or None if cancelled."""
-    from engine.progress import JobCancelled
-
-    bar = ProgressBar(label, enabled=not a.json and not a.quiet)
-    stop = StopFlag()
-    try:
-        with stop:
-            return fn(config, progress=bar, should_stop=stop, **kw)
-    except JobCancelled as exc:
-        bar.close()
-        print(f"plugmem: interrupted: {exc}", file=sys.stderr)
-        return None
-    finally:
-        bar.close()
 
 
 def cmd_triples_import(a, out: Output) -> int:
@@ -122,7 +104,7 @@ def cmd_train_transe(a, out) -> int:
     cfg = {"pack": a.pack, "out": a.out, "dim": a.dim, "epochs": a.epochs, "batch": a.batch, "lr": a.lr,
            "margin": a.margin, "p_norm": a.p_norm, "negatives": a.negatives, "seed": a.seed, "device": a.device,
            "force": a.force}
-    res = _run_training("train-transe", a, train_transe, cfg)
+    res = run_job("train-transe", train_transe, cfg, a, out)
     if res is None:
         return EXIT_INTERRUPTED
     out.emit(res, lambda: (f"TransE: {res['entities']:,} entities + {res['literals']:,} literal nodes, "
@@ -141,7 +123,7 @@ def cmd_map_tune(a, out) -> int:
            "holdout_entities": [s.strip() for s in (a.holdout_entities or "").split(",") if s.strip()],
            "val_fraction": a.val_fraction, "eval_every": a.eval_every, "patience": a.patience, "seed": a.seed,
            "device": a.device, "threads": a.threads, "max_minutes": a.max_minutes, "force": a.force}
-    res = _run_training("map-tune", a, map_tune, cfg)
+    res = run_job("map-tune", map_tune, cfg, a, out)
     if res is None:
         return EXIT_INTERRUPTED
     out.emit(res, lambda: (f"map-tuned {res['steps_done']} steps on {res['examples']['train']:,} sentences "
@@ -164,7 +146,7 @@ def cmd_task_tune(a, out) -> int:
            "max_steps": a.max_steps, "val_fraction": a.val_fraction, "fact_fraction": a.fact_fraction,
            "eval_every": a.eval_every, "patience": a.patience, "seed": a.seed, "device": a.device,
            "threads": a.threads, "max_minutes": a.max_minutes, "force": a.force}
-    res = _run_training("task-tune", a, task_tune, cfg)
+    res = run_job("task-tune", task_tune, cfg, a, out)
     if res is None:
         return EXIT_INTERRUPTED
     skipped = f"; skipped (no probe asks them): {', '.join(res['skipped_relations'])}" if res["skipped_relations"] else ""
