@@ -87,7 +87,7 @@ def cmd_import(a, out: Output) -> int:
         if res["errors"]:
             lines = ["nothing imported"]
         else:
-            lines = [f"added {res['entries_added']:,} entries in {res['seconds']:.1f} s ({res['entries_per_second']:.0f}/s)"]
+            lines = [f"added {res['entries_added']:,} entries in {res['seconds']:.1f} s ({_rate(res['entries_per_second'])}/s)"]
         if res.get("workers"):
             lines.append(f"on Ray: {res['workers']} worker(s), {res['shards']:,} shard(s), "
                          f"{res['encode_seconds']:.1f} s encoding, {res['merge_seconds']:.1f} s writing the pack")
@@ -296,6 +296,11 @@ def cmd_export(a, out: Output) -> int:
             raise CliError(f"{a.out}: cannot write the export ({exc.strerror or exc})") from None
         out.emit({"out": str(dest), "entries": n}, f"exported {n:,} entries to {dest}")
     return 0
+
+
+def _rate(per_s: float) -> str:
+    """'170' or '0.16': a small import (mostly the encoder's start) does not read '0/s'."""
+    return f"{per_s:,.0f}" if per_s >= 10 else f"{per_s:.2g}"
 
 
 def cmd_stats(a, out: Output) -> int:

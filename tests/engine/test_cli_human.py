@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,8 @@ def test_every_pack_command_speaks_plain_words(capsys, pack, tmp_path):
         return out
 
     assert "created" in ok("init", tmp_path / "new.plugmem")
-    assert "added" in ok("import", tmp_path / "new.plugmem", tmp_path / "facts.jsonl")
+    added = ok("import", tmp_path / "new.plugmem", tmp_path / "facts.jsonl")
+    assert re.match(r"added 10 entries in [\d.]+ s \([\d.,]+/s\)", added) and "(0/s)" not in added
     assert "Tokyo is the capital of Japan." in ok("list", pack)
     assert "text" not in ok("show", pack, 2).splitlines()[0] and "Tokyo" in ok("show", pack, 2)
     assert ok("add", pack, "--text", "Ottawa is the capital of Canada.").startswith("added entry 11")
