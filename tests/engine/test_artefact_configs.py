@@ -225,7 +225,33 @@ def test_training_jobs_refuse_sizes_that_cannot_be_allocated(tmp_path):
     from engine.mechanisms.dpm.train_branch import TrainMemoryReaderConfig
     from engine.mechanisms.plugins.transe import TransEConfig
 
-    with pytest.raises(PluginError, match="train-transe: dim must be a whole number from 1 to 65,536, got 1000000000"):
+    with pytest.raises(PluginError, match="train-transe config: dim must be a whole number from 1 to 65,536, got 1000000000"):
         TransEConfig.from_dict({"pack": str(tmp_path / "p.plugmem"), "dim": 10**9})
     with pytest.raises(ValueError, match="heads x head_dim must be at most"):
         TrainMemoryReaderConfig.from_dict({"out": "o", "data": "d", "heads": 1000, "head_dim": 1000})
+
+
+@pytest.mark.parametrize("make, err", [
+    ("engine.mechanisms.plugins.map_tune:MapTuneConfig", "map-tune config: field 'batch' must be a whole number"),
+    ("engine.mechanisms.plugins.task_tune:TaskTuneConfig", "task-tune config: field 'batch' must be a whole number"),
+    ("engine.mechanisms.plugins.transe:TransEConfig", "train-transe config: field 'batch' must be a whole number"),
+])
+def test_a_job_config_from_json_names_a_field_of_the_wrong_type(make, err):
+    """A job config written by hand (the GUI's job records, a script) with "16" for 16 is
+    refused naming the field, not with a TypeError deep in training."""
+    import importlib
+
+    from engine.mechanisms.plugins.errors import PluginError
+
+    mod, cls = make.split(":")
+    with pytest.raises(PluginError, match=err + ", got a string"):
+        getattr(importlib.import_module(mod), cls).from_dict({"pack": "p.plugmem", "batch": "16"})
+
+
+def test_a_pkm_grow_config_names_its_missing_fields():
+    from engine.mechanisms.pkm.config import PKMError
+    from engine.mechanisms.pkm.train import GrowConfig
+
+    with pytest.raises(PKMError, match="pkm grow config: missing field\\(s\\) 'out', 'corpus'"):
+        GrowConfig.from_dict({"slots": 16_384})
+    assert GrowConfig.from_dict({"out": "o", "corpus": "notes.txt"}).corpus == ["notes.txt"]

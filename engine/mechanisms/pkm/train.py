@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
-from engine.artefacts import atomic_write, remove_stale_temps
+from engine.artefacts import atomic_write, config_from_dict, remove_stale_temps
 from engine.mechanisms.pkm import io
 from engine.mechanisms.pkm.attach import attach
 from engine.mechanisms.pkm.config import PKMConfig, PKMError
@@ -76,23 +76,12 @@ class GrowConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GrowConfig":
-        if not isinstance(d, dict):
-            raise PKMError(f"pkm grow config must be an object, got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise PKMError(f"pkm grow config: unknown field(s) {', '.join(sorted(unknown))}")
-        missing = [n for n in ("out", "corpus") if n not in d]
-        if missing:
-            raise PKMError(f"pkm grow config: missing {', '.join(missing)}")
-        cfg = cls(**d)
-        if isinstance(cfg.corpus, (str, Path)):
-            cfg.corpus = [str(cfg.corpus)]
-        cfg.corpus = [str(p) for p in cfg.corpus]
-        cfg.validate()
-        return cfg
+        return config_from_dict(cls, d, PKMError, "pkm grow config")
 
-    def validate(self) -> None:
-        where = "pkm grow config"
+    def validate(self, where: str = "pkm grow config") -> None:
+        if isinstance(self.corpus, (str, Path)):
+            self.corpus = [str(self.corpus)]
+        self.corpus = [str(p) for p in self.corpus]
         for name in ("steps", "batch", "micro_batch", "seq_len", "checkpoint_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

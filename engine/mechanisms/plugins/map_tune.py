@@ -25,13 +25,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from engine.artefacts import config_from_dict
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings, default_embeddings_dir
 from engine.mechanisms.plugins.entities import EntityLinker
 from engine.mechanisms.plugins.errors import PluginError
@@ -80,32 +81,23 @@ class MapTuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MapTuneConfig":
-        if not isinstance(d, dict):
-            raise PluginError(f"map-tune config must be a dict, got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise PluginError(f"map-tune config: unknown field(s) {', '.join(sorted(unknown))}")
-        if "pack" not in d:
-            raise PluginError("map-tune config: missing pack")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+        return config_from_dict(cls, d, PluginError, "map-tune config")
 
-    def validate(self) -> None:
+    def validate(self, where: str = "map-tune config") -> None:
         for name in ("batch", "epochs", "eval_every", "max_val_sentences", "patience", "max_tokens", "checkpoint_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise PluginError(f"map-tune: {name} must be a positive integer, got {v!r}")
+                raise PluginError(f"{where}: {name} must be a positive integer, got {v!r}")
         if not isinstance(self.max_steps, int) or self.max_steps < 0:
-            raise PluginError(f"map-tune: max_steps must be >= 0, got {self.max_steps!r}")
+            raise PluginError(f"{where}: max_steps must be >= 0, got {self.max_steps!r}")
         if not self.lr > 0:
-            raise PluginError(f"map-tune: lr must be > 0, got {self.lr!r}")
+            raise PluginError(f"{where}: lr must be > 0, got {self.lr!r}")
         if not 0.0 <= self.reader_dropout < 1.0:
-            raise PluginError(f"map-tune: reader_dropout must be in [0, 1), got {self.reader_dropout!r}")
+            raise PluginError(f"{where}: reader_dropout must be in [0, 1), got {self.reader_dropout!r}")
         if not 0.0 < self.val_fraction < 0.5:
-            raise PluginError(f"map-tune: val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
+            raise PluginError(f"{where}: val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
         if self.fact_weight < 0:
-            raise PluginError(f"map-tune: fact_weight must be >= 0, got {self.fact_weight!r}")
+            raise PluginError(f"{where}: fact_weight must be >= 0, got {self.fact_weight!r}")
         if isinstance(self.holdout_entities, str):
             self.holdout_entities = [self.holdout_entities]
         if isinstance(self.holdout_probes, str):

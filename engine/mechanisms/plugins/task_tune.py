@@ -34,13 +34,14 @@ import logging
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from engine.artefacts import config_from_dict
 from engine.mechanisms.plugins.answer_slot import AnswerSlotInjector, SlotPlugin, load_slot_plugin
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings, default_embeddings_dir
 from engine.mechanisms.plugins.errors import PluginError
@@ -100,39 +101,30 @@ class TaskTuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TaskTuneConfig":
-        if not isinstance(d, dict):
-            raise PluginError(f"task-tune config must be a dict, got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise PluginError(f"task-tune config: unknown field(s) {', '.join(sorted(unknown))}")
-        if "pack" not in d:
-            raise PluginError("task-tune config: missing pack")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+        return config_from_dict(cls, d, PluginError, "task-tune config")
 
-    def validate(self) -> None:
+    def validate(self, where: str = "task-tune config") -> None:
         for name in ("batch", "epochs", "eval_every", "patience", "checkpoint_every", "max_val"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise PluginError(f"task-tune: {name} must be a positive integer, got {v!r}")
+                raise PluginError(f"{where}: {name} must be a positive integer, got {v!r}")
         for name in ("max_steps", "warmup_steps", "hidden"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise PluginError(f"task-tune: {name} must be an integer >= 0, got {v!r}")
+                raise PluginError(f"{where}: {name} must be an integer >= 0, got {v!r}")
         if not self.lr > 0:
-            raise PluginError(f"task-tune: lr must be > 0, got {self.lr!r}")
+            raise PluginError(f"{where}: lr must be > 0, got {self.lr!r}")
         if not 0.0 < self.val_fraction < 0.5:
-            raise PluginError(f"task-tune: val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
+            raise PluginError(f"{where}: val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
         if not 0.0 <= self.fact_fraction < 0.5:
-            raise PluginError(f"task-tune: fact_fraction must be in [0, 0.5), got {self.fact_fraction!r}")
+            raise PluginError(f"{where}: fact_fraction must be in [0, 0.5), got {self.fact_fraction!r}")
         if self.wordings not in WORDINGS:
-            raise PluginError(f"task-tune: wordings must be one of {', '.join(WORDINGS)}, got {self.wordings!r}")
+            raise PluginError(f"{where}: wordings must be one of {', '.join(WORDINGS)}, got {self.wordings!r}")
         for name in ("probes", "holdout_probes", "holdout_entities", "relations"):
             if isinstance(getattr(self, name), str):
                 setattr(self, name, [getattr(self, name)])
         if not self.probes:
-            raise PluginError("task-tune: no probe files give question templates (--probes FILE: e.g. the "
+            raise PluginError(f"{where}: no probe files give question templates (--probes FILE: e.g. the "
                               "domain's probes_train.jsonl)")
 
     def out_dir(self) -> Path:

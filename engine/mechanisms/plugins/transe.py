@@ -20,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from engine.artefacts import atomic_write, check_size
+from engine.artefacts import atomic_write, check_size, config_from_dict
 from engine.mechanisms.plugins.embeddings import CONFIG, EntityEmbeddings, default_embeddings_dir
 from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
 from engine.progress import JobCancelled, wrap_progress
@@ -57,27 +57,18 @@ class TransEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TransEConfig":
-        if not isinstance(d, dict):
-            raise PluginError(f"train-transe config must be a dict, got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise PluginError(f"train-transe config: unknown field(s) {', '.join(sorted(unknown))}")
-        if "pack" not in d:
-            raise PluginError("train-transe config: missing pack")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+        return config_from_dict(cls, d, PluginError, "train-transe config")
 
-    def validate(self) -> None:
+    def validate(self, where: str = "train-transe config") -> None:
         for name in ("dim", "epochs", "batch", "negatives", "checkpoint_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise PluginError(f"train-transe: {name} must be a positive integer, got {v!r}")
-        check_size(self.dim, "dim", PluginError, "train-transe")  # [entities, dim] is allocated at once
+                raise PluginError(f"{where}: {name} must be a positive integer, got {v!r}")
+        check_size(self.dim, "dim", PluginError, where)  # [entities, dim] is allocated at once
         if self.p_norm not in (1, 2):
-            raise PluginError(f"train-transe: p_norm must be 1 or 2, got {self.p_norm!r}")
+            raise PluginError(f"{where}: p_norm must be 1 or 2, got {self.p_norm!r}")
         if not (self.lr > 0 and self.margin > 0):
-            raise PluginError(f"train-transe: lr and margin must be > 0, got {self.lr!r} and {self.margin!r}")
+            raise PluginError(f"{where}: lr and margin must be > 0, got {self.lr!r} and {self.margin!r}")
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else default_embeddings_dir(self.pack)
