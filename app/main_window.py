@@ -19,6 +19,7 @@ from app.views.evaluation import EvaluationView
 from app.views.explain import ExplainPanel
 from app.views.jobs_panel import JobsPanel
 from app.views.map_tune import PluginTrainer, run_dialog
+from app.views.side_docks import SIDE, SideDocks
 from app.views.workspace_panel import WorkspacePanel
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class MainWindow(QMainWindow):
         # its History list, and it is tall enough for four or five jobs
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
+        self.side_docks = SideDocks(self, self.workspace_dock, self.editor_dock)  # one column below ~1,234 px
+        for d in (self.workspace_dock, self.editor_dock):
+            d.toggleViewAction().toggled.connect(lambda on: self.side_docks.arrange())
 
         self.browser.selection_changed.connect(lambda ids: self.editor.show_ids(self.browser.path, ids))
         self.browser.new_requested.connect(self.new_entry)
@@ -411,9 +415,14 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ layout
     def showEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
+        self.side_docks.arrange()
         if not self._docks_fitted:
             self._docks_fitted = True
             self.fit_docks()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self.side_docks.arrange()
 
     def fit_docks(self) -> None:
         """Side docks in proportion to the window: the Workspace list as wide as its pack
@@ -424,6 +433,8 @@ class MainWindow(QMainWindow):
         sep = 2 * self.style().pixelMetric(self.style().PixelMetric.PM_DockWidgetSeparatorExtent, None, self)
         rest = w - ws - self.centralWidget().minimumSizeHint().width() - sep - 4
         ed = max(self.editor.minimumSizeHint().width(), min(int(0.28 * w), rest))
+        if self.side_docks.mode != SIDE:  # one column: as wide as the wider of the two
+            ws = ed = max(ws, ed)
         self.resizeDocks([self.workspace_dock, self.editor_dock], [ws, ed], Qt.Orientation.Horizontal)
 
     def _grow_workspace_dock(self) -> None:
@@ -440,6 +451,7 @@ class MainWindow(QMainWindow):
         st = load_state("windowState")
         if st is not None:
             self.restoreState(st)
+            self.side_docks.detect()
             self._docks_fitted = True  # the user's dock sizes win
         hdr = load_state(self._header_key())
         if hdr is not None:

@@ -244,3 +244,52 @@ def test_the_probes_under_review_read_whole_beside_long_paraphrases(qtbot, demo_
     others = tuple(c for c in COLUMNS if c != "prompt")
     assert cut_cells(dlg.table, skip=others) == []
     dlg.close()
+
+
+def test_both_side_docks_fit_a_1024_by_700_window(qtbot, themed, make_ctx, small_pack):
+    """Side by side, the Workspace and Entry docks and the tabs needed 1,234 px: a 1024 px screen
+    got a window wider than itself. Below that width the Entry dock goes under the Workspace
+    list; both stay open, nothing is cut on any tab, and a wider window puts them back."""
+    from PySide6.QtCore import Qt
+
+    path = str(small_pack.resolve())
+    win = open_window(qtbot, make_ctx([path]), path)
+    left = Qt.DockWidgetArea.LeftDockWidgetArea
+    win.resize(1280, 800)
+    qtbot.wait(50)
+    assert win.dockWidgetArea(win.editor_dock) == Qt.DockWidgetArea.RightDockWidgetArea
+    win.resize(1024, 700)
+    win.fit_docks()
+    qtbot.wait(50)
+    assert (win.width(), win.height()) == (1024, 700)
+    assert win.workspace_dock.isVisible() and win.editor_dock.isVisible()
+    assert win.dockWidgetArea(win.editor_dock) == left  # under the pack list, not beside it
+    assert win.editor_dock.geometry().top() > win.workspace_dock.geometry().bottom()
+    assert win.browser.select_id(1)  # an entry in the editor, as the user works
+    qtbot.waitUntil(lambda: win.editor.text.toPlainText() != "", timeout=10_000)
+    problems = {}
+    for i in range(win.tabs.count()):
+        win.tabs.setCurrentIndex(i)
+        qtbot.wait(30)
+        found = cut_texts(win)
+        for d in (win.workspace_dock, win.editor_dock, win.centralWidget()):  # nothing past the window
+            g = d.geometry()
+            if g.right() >= win.width() or g.bottom() >= win.height():
+                found.append(f"{d.objectName()} ends at {g.right()}, {g.bottom()}")
+        if found:
+            problems[win.tabs.tabText(i)] = found
+    assert problems == {}, problems
+    assert cut_cells(win.workspace_panel.tree) == []  # pack names, counts, encoder whole
+    short = win.side_docks.height_needed_stacked() - 1
+    win.resize(1024, short)  # too short for both in one column: tabs of one area, the entry in front
+    qtbot.wait(50)
+    assert win.height() == short
+    assert win.editor_dock in win.tabifiedDockWidgets(win.workspace_dock) and win.editor_dock.isVisible()
+    assert cut_texts(win) == []
+    win.resize(1024, 300)  # the window stops where the tabs and the Jobs dock would be cut
+    qtbot.wait(50)
+    assert win.height() > 300 and cut_texts(win) == []
+    win.resize(1280, 800)
+    qtbot.wait(50)
+    assert win.dockWidgetArea(win.editor_dock) == Qt.DockWidgetArea.RightDockWidgetArea
+    assert cut_texts(win) == []
