@@ -293,3 +293,40 @@ def test_both_side_docks_fit_a_1024_by_700_window(qtbot, themed, make_ctx, small
     qtbot.wait(50)
     assert win.dockWidgetArea(win.editor_dock) == Qt.DockWidgetArea.RightDockWidgetArea
     assert cut_texts(win) == []
+
+
+def test_each_label_the_issue_named_reads_whole_at_1280_by_800(qtbot, demo_like):
+    """The issue's "Reading space" list, label by label, as the user sees them at 1280 x 800
+    (the figures "hit@l", "50.0'" and the "Without memory" box have their own tests above)."""
+    win, paths = demo_like
+    assert (win.width(), win.height()) == (1280, 800)
+    b = win.browser
+    win.tabs.setCurrentWidget(b)
+    qtbot.wait(30)
+    for mode in ("text", "semantic"):  # the search placeholder, "(full text)" and "(by meaning)"
+        b.mode.setCurrentIndex(b.mode.findData(mode))
+        qtbot.wait(20)
+        assert b.search_box.text() == "" and cut_text_of(b.search_box, win) is None, (mode, cut_text_of(b.search_box, win))
+    assert b.bulk_btn.text() == "Selected" and cut_text_of(b.bulk_btn, win) is None  # read "Selecte⌄"
+    cols = b.model.columns()  # the status column whole and in view
+    status = cols.index("status")
+    assert not b.view.isColumnHidden(status)
+    hh = b.view.horizontalHeader()
+    assert hh.sectionViewportPosition(status) + b.view.columnWidth(status) <= b.view.viewport().width()
+    assert b.view.columnWidth(status) >= b.view.sizeHintForColumn(status)  # "active", "disabled" whole
+    assert cut_cells(b.view, skip=LONG["EntryTable"]) == []  # and its title (the checker's own measure)
+    tree = win.workspace_panel.tree  # the encoder column of the pack list
+    heads = [tree.headerItem().text(i) for i in range(tree.columnCount())]
+    enc = heads.index("Encoder")
+    assert tree.topLevelItem(0).text(enc).startswith("MiniLM")
+    assert tree.columnWidth(enc) >= tree.sizeHintForColumn(enc)
+    assert tree.header().sectionViewportPosition(enc) + tree.columnWidth(enc) <= tree.viewport().width()
+    p = win.explain  # the pane titles naming the plugged packs
+    win.tabs.setCurrentWidget(p)
+    p.mode.setCurrentIndex(p.mode.findData("context"))
+    ask(qtbot, p, "The chemical symbol of gold is")
+    qtbot.wait(30)
+    assert p.with_box.title() == "With memory (context)" and cut_text_of(p.with_box, win) is None
+    assert p.packs_label.text() == "from chemistry, geography" and cut_text_of(p.packs_label, win) is None
+    assert p.without_box.title() == "Without memory" and cut_text_of(p.without_box, win) is None
+    assert win.plugged_label.shown() == win.plugged_label.text() == "Plugged in: chemistry, geography"
