@@ -71,7 +71,7 @@ class MainWindow(QMainWindow):
         # its History list, and it is tall enough for four or five jobs
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
-        self.side_docks = SideDocks(self, self.workspace_dock, self.editor_dock)  # one column below ~1,234 px
+        self.side_docks = SideDocks(self, self.workspace_dock, self.editor_dock, self.fit_docks)  # one column below ~1,234 px
         for d in (self.workspace_dock, self.editor_dock):
             d.toggleViewAction().toggled.connect(lambda on: self.side_docks.arrange())
 
@@ -433,8 +433,9 @@ class MainWindow(QMainWindow):
         sep = 2 * self.style().pixelMetric(self.style().PixelMetric.PM_DockWidgetSeparatorExtent, None, self)
         rest = w - ws - self.centralWidget().minimumSizeHint().width() - sep - 4
         ed = max(self.editor.minimumSizeHint().width(), min(int(0.28 * w), rest))
-        if self.side_docks.mode != SIDE:  # one column: as wide as the wider of the two
-            ws = ed = max(ws, ed)
+        if self.side_docks.mode != SIDE:  # one column: the pack names whole, if the tabs leave room
+            room = w - self.centralWidget().minimumSizeHint().width() - sep - 4
+            ws = ed = max(self.editor.minimumSizeHint().width(), min(self.workspace_panel.wanted_width(), room))
         self.resizeDocks([self.workspace_dock, self.editor_dock], [ws, ed], Qt.Orientation.Horizontal)
 
     def _grow_workspace_dock(self) -> None:

@@ -9,6 +9,8 @@ A dock the user has moved, floated or closed is left where it is.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDockWidget, QLayout, QMainWindow, QStyle
 
@@ -24,8 +26,8 @@ def _open(d: QDockWidget) -> bool:
 class SideDocks:
     """Arranges ``left`` and ``right`` (docks of ``win``) for the window's current size."""
 
-    def __init__(self, win: QMainWindow, left: QDockWidget, right: QDockWidget) -> None:
-        self.win, self.left, self.right = win, left, right
+    def __init__(self, win: QMainWindow, left: QDockWidget, right: QDockWidget, fit: Callable[[], None]) -> None:
+        self.win, self.left, self.right, self.fit = win, left, right, fit  # fit: size the docks to their content
         self.mode = SIDE
         self._busy = False
         self._min_height = 0  # the layout's, with the docks side by side or tabbed
@@ -110,3 +112,4 @@ class SideDocks:
             r.show()
             r.raise_()  # the entry being edited in front: a pack is one click away
         self.mode = mode
+        self.fit()

@@ -246,20 +246,17 @@ def test_the_probes_under_review_read_whole_beside_long_paraphrases(qtbot, demo_
     dlg.close()
 
 
-def test_both_side_docks_fit_a_1024_by_700_window(qtbot, themed, make_ctx, small_pack):
+def test_both_side_docks_fit_a_1024_by_700_window(qtbot, demo_like):
     """Side by side, the Workspace and Entry docks and the tabs needed 1,234 px: a 1024 px screen
     got a window wider than itself. Below that width the Entry dock goes under the Workspace
-    list; both stay open, nothing is cut on any tab, and a wider window puts them back."""
+    list; both stay open, nothing is cut on any tab (the pack names neither), and a wider
+    window puts them back."""
     from PySide6.QtCore import Qt
 
-    path = str(small_pack.resolve())
-    win = open_window(qtbot, make_ctx([path]), path)
+    win, paths = demo_like
     left = Qt.DockWidgetArea.LeftDockWidgetArea
-    win.resize(1280, 800)
-    qtbot.wait(50)
     assert win.dockWidgetArea(win.editor_dock) == Qt.DockWidgetArea.RightDockWidgetArea
-    win.resize(1024, 700)
-    win.fit_docks()
+    win.resize(1024, 700)  # as the user drags the window narrower: no other call
     qtbot.wait(50)
     assert (win.width(), win.height()) == (1024, 700)
     assert win.workspace_dock.isVisible() and win.editor_dock.isVisible()
