@@ -260,7 +260,13 @@ class MainWindow(QMainWindow):
         # whole up to 45 % of the bar (the bar's layout would give it only its 12-character
         # minimum); + 16: app.qss pads status-bar labels 8 px a side, outside the size hint
         want = self.note_label.sizeHint().width() + 16
-        self.note_label.setMinimumWidth(min(want, int(0.45 * self.width())) if text else 0)
+        # and no wider than the names beside it leave (a long refusal cut them to "Plugge…",
+        # "Reader…"): the note is whole in its tooltip, and an error in its dialog too
+        names = (self.plugged_label, self.jobs_label, self.demo_bar, self.reader_label, self.device_label)
+        room = self.statusBar().width() - sum(w.sizeHint().width() + 16 for w in names if w.isVisible()) - 24
+        cap = max(int(0.25 * self.width()), min(room, int(0.45 * self.width())))
+        self.note_label.setMinimumWidth(min(want, cap) if text else 0)
+        self.note_label.setMaximumWidth(cap)
         self.note_label.setVisible(bool(text))
         self.note_timer.start(ms)
 
