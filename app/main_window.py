@@ -19,6 +19,7 @@ from app.views.evaluation import EvaluationView
 from app.views.explain import ExplainPanel
 from app.views.jobs_panel import JobsPanel
 from app.views.map_tune import PluginTrainer, run_dialog
+from app.views.side_docks import SIDE, SideDocks
 from app.views.workspace_panel import WorkspacePanel
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class MainWindow(QMainWindow):
         # its History list, and it is tall enough for four or five jobs
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
+        self.side_docks = SideDocks(self, self.workspace_dock, self.editor_dock, self.fit_docks)  # one column below ~1,234 px
+        for d in (self.workspace_dock, self.editor_dock):
+            d.toggleViewAction().toggled.connect(lambda on: self.side_docks.arrange())
 
         self.browser.selection_changed.connect(lambda ids: self.editor.show_ids(self.browser.path, ids))
         self.browser.new_requested.connect(self.new_entry)
@@ -256,7 +260,13 @@ class MainWindow(QMainWindow):
         # whole up to 45 % of the bar (the bar's layout would give it only its 12-character
         # minimum); + 16: app.qss pads status-bar labels 8 px a side, outside the size hint
         want = self.note_label.sizeHint().width() + 16
-        self.note_label.setMinimumWidth(min(want, int(0.45 * self.width())) if text else 0)
+        # and no wider than the names beside it leave (a long refusal cut them to "Plugge…",
+        # "Reader…"): the note is whole in its tooltip, and an error in its dialog too
+        names = (self.plugged_label, self.jobs_label, self.demo_bar, self.reader_label, self.device_label)
+        room = self.statusBar().width() - sum(w.sizeHint().width() + 16 for w in names if w.isVisible()) - 24
+        cap = max(int(0.25 * self.width()), min(room, int(0.45 * self.width())))
+        self.note_label.setMinimumWidth(min(want, cap) if text else 0)
+        self.note_label.setMaximumWidth(cap)
         self.note_label.setVisible(bool(text))
         self.note_timer.start(ms)
 
@@ -411,9 +421,14 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ layout
     def showEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
+        self.side_docks.arrange()
         if not self._docks_fitted:
             self._docks_fitted = True
             self.fit_docks()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self.side_docks.arrange()
 
     def fit_docks(self) -> None:
         """Side docks in proportion to the window: the Workspace list as wide as its pack
@@ -424,6 +439,9 @@ class MainWindow(QMainWindow):
         sep = 2 * self.style().pixelMetric(self.style().PixelMetric.PM_DockWidgetSeparatorExtent, None, self)
         rest = w - ws - self.centralWidget().minimumSizeHint().width() - sep - 4
         ed = max(self.editor.minimumSizeHint().width(), min(int(0.28 * w), rest))
+        if self.side_docks.mode != SIDE:  # one column: the pack names whole, if the tabs leave room
+            room = w - self.centralWidget().minimumSizeHint().width() - sep - 4
+            ws = ed = max(self.editor.minimumSizeHint().width(), min(self.workspace_panel.wanted_width(), room))
         self.resizeDocks([self.workspace_dock, self.editor_dock], [ws, ed], Qt.Orientation.Horizontal)
 
     def _grow_workspace_dock(self) -> None:
@@ -440,6 +458,7 @@ class MainWindow(QMainWindow):
         st = load_state("windowState")
         if st is not None:
             self.restoreState(st)
+            self.side_docks.detect()
             self._docks_fitted = True  # the user's dock sizes win
         hdr = load_state(self._header_key())
         if hdr is not None:

@@ -160,6 +160,8 @@ def cut_texts(top: QWidget) -> list[str]:
     for w in [top] + top.findChildren(QWidget):
         if not w.isVisible() or w.width() <= 0 or isinstance(w, QTabBar) or _inside_scrolled_viewport(w):
             continue
+        if w is not top and not QRect(w.mapTo(top, w.rect().topLeft()), w.size()).intersects(top.rect()):
+            continue  # not on screen: a dock behind another one's tab is moved out of the window
         why = cut_text_of(w, top)
         if why:
             found.append(f"{_name(w)}: {why}")

@@ -55,3 +55,30 @@ def test_a_folder_dropped_on_the_window_and_files_on_a_pack_are_imported(qtbot, 
             assert p.count("active") == len(FACTS) + 3
     finally:
         win.close()
+
+
+def test_import_a_folder_from_the_import_menu(qtbot, make_ctx, small_pack, tmp_path, monkeypatch):
+    """Import… → A folder…: the folder the user picks is imported whole, subfolders included."""
+    from PySide6.QtWidgets import QFileDialog
+
+    path = str(small_pack.resolve())
+    ctx = make_ctx([path])
+    win = open_window(qtbot, ctx, path)
+    try:
+        notes = tmp_path / "pharmacy-notes"
+        (notes / "2026").mkdir(parents=True)
+        (notes / "aspirin.md").write_text("# Aspirin\n\nAspirin thins the blood.\n")
+        (notes / "2026" / "metformin.txt").write_text("Metformin treats type 2 diabetes.\n")
+        asked = []
+        # the user's choice in the system's folder dialog
+        monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: asked.append(a[1:]) or str(notes))
+        menu = win.workspace_panel.buttons["import"].menu()
+        action = next(a for a in menu.actions() if a.text() == "A folder…")
+        with qtbot.waitSignal(ctx.jobs.finished, timeout=120_000):
+            action.trigger()
+        assert asked and "facts" in asked[0][0]  # the dialog names the pack it imports into
+        qtbot.waitUntil(lambda: win.browser.model.rowCount() == len(FACTS) + 2, timeout=60_000)
+        texts = {win.browser.model.entry_at(r).text for r in range(win.browser.model.rowCount())}
+        assert {"Aspirin thins the blood.", "Metformin treats type 2 diabetes."} <= texts
+    finally:
+        win.close()

@@ -114,6 +114,14 @@ def test_one_line_notes_are_visible_in_the_status_bar(qtbot, make_ctx, small_pac
     assert win.note_label.isVisible() and win.note_label.shown().startswith("facts: no problems")
     assert win.note_label.shown() == win.note_label.text()  # whole, and the names beside it too
     assert win.plugged_label.shown() == win.plugged_label.text() == "Plugged in: facts"
+    long = ("Saving entry 2 of facts.plugmem: an edit evaluation is running on this pack in another program; "
+            "it undoes its temporary edits when it ends, and would undo this change with them.")
+    win.show_note(long)  # a long note is cut, not the names beside it (they read "Plugge…", "Reader…")
+    qtbot.wait(50)
+    for label in (win.plugged_label, win.jobs_label, win.reader_label):
+        assert label.shown() == label.text(), label.shown()
+    assert win.note_label.shown().startswith("Saving entry 2 of facts.plugmem: an edit evaluation")
+    assert win.note_label.toolTip() == long
     win.show_note("Explanation saved to /tmp/x.json", ms=50)
     assert win.note_label.shown().startswith("Explanation saved")
     qtbot.waitUntil(lambda: win.note_label.text() == "", timeout=2_000)

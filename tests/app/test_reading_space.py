@@ -244,3 +244,86 @@ def test_the_probes_under_review_read_whole_beside_long_paraphrases(qtbot, demo_
     others = tuple(c for c in COLUMNS if c != "prompt")
     assert cut_cells(dlg.table, skip=others) == []
     dlg.close()
+
+
+def test_both_side_docks_fit_a_1024_by_700_window(qtbot, demo_like):
+    """Side by side, the Workspace and Entry docks and the tabs needed 1,234 px: a 1024 px screen
+    got a window wider than itself. Below that width the Entry dock goes under the Workspace
+    list; both stay open, nothing is cut on any tab (the pack names neither), and a wider
+    window puts them back."""
+    from PySide6.QtCore import Qt
+
+    win, paths = demo_like
+    left = Qt.DockWidgetArea.LeftDockWidgetArea
+    assert win.dockWidgetArea(win.editor_dock) == Qt.DockWidgetArea.RightDockWidgetArea
+    win.resize(1024, 700)  # as the user drags the window narrower: no other call
+    qtbot.wait(50)
+    assert (win.width(), win.height()) == (1024, 700)
+    assert win.workspace_dock.isVisible() and win.editor_dock.isVisible()
+    assert win.dockWidgetArea(win.editor_dock) == left  # under the pack list, not beside it
+    assert win.editor_dock.geometry().top() > win.workspace_dock.geometry().bottom()
+    assert win.browser.select_id(1)  # an entry in the editor, as the user works
+    qtbot.waitUntil(lambda: win.editor.text.toPlainText() != "", timeout=10_000)
+    problems = {}
+    for i in range(win.tabs.count()):
+        win.tabs.setCurrentIndex(i)
+        qtbot.wait(30)
+        found = cut_texts(win)
+        for d in (win.workspace_dock, win.editor_dock, win.centralWidget()):  # nothing past the window
+            g = d.geometry()
+            if g.right() >= win.width() or g.bottom() >= win.height():
+                found.append(f"{d.objectName()} ends at {g.right()}, {g.bottom()}")
+        if found:
+            problems[win.tabs.tabText(i)] = found
+    assert problems == {}, problems
+    assert cut_cells(win.workspace_panel.tree) == []  # pack names, counts, encoder whole
+    short = win.side_docks.height_needed_stacked() - 1
+    win.resize(1024, short)  # too short for both in one column: tabs of one area, the entry in front
+    qtbot.wait(50)
+    assert win.height() == short
+    assert win.editor_dock in win.tabifiedDockWidgets(win.workspace_dock) and win.editor_dock.isVisible()
+    assert cut_texts(win) == []
+    win.resize(1024, 300)  # the window stops where the tabs and the Jobs dock would be cut
+    qtbot.wait(50)
+    assert win.height() > 300 and cut_texts(win) == []
+    win.resize(1280, 800)
+    qtbot.wait(50)
+    assert win.dockWidgetArea(win.editor_dock) == Qt.DockWidgetArea.RightDockWidgetArea
+    assert cut_texts(win) == []
+
+
+def test_each_label_the_issue_named_reads_whole_at_1280_by_800(qtbot, demo_like):
+    """The issue's "Reading space" list, label by label, as the user sees them at 1280 x 800
+    (the figures "hit@l", "50.0'" and the "Without memory" box have their own tests above)."""
+    win, paths = demo_like
+    assert (win.width(), win.height()) == (1280, 800)
+    b = win.browser
+    win.tabs.setCurrentWidget(b)
+    qtbot.wait(30)
+    for mode in ("text", "semantic"):  # the search placeholder, "(full text)" and "(by meaning)"
+        b.mode.setCurrentIndex(b.mode.findData(mode))
+        qtbot.wait(20)
+        assert b.search_box.text() == "" and cut_text_of(b.search_box, win) is None, (mode, cut_text_of(b.search_box, win))
+    assert b.bulk_btn.text() == "Selected" and cut_text_of(b.bulk_btn, win) is None  # read "Selecte⌄"
+    cols = b.model.columns()  # the status column whole and in view
+    status = cols.index("status")
+    assert not b.view.isColumnHidden(status)
+    hh = b.view.horizontalHeader()
+    assert hh.sectionViewportPosition(status) + b.view.columnWidth(status) <= b.view.viewport().width()
+    assert b.view.columnWidth(status) >= b.view.sizeHintForColumn(status)  # "active", "disabled" whole
+    assert cut_cells(b.view, skip=LONG["EntryTable"]) == []  # and its title (the checker's own measure)
+    tree = win.workspace_panel.tree  # the encoder column of the pack list
+    heads = [tree.headerItem().text(i) for i in range(tree.columnCount())]
+    enc = heads.index("Encoder")
+    assert tree.topLevelItem(0).text(enc).startswith("MiniLM")
+    assert tree.columnWidth(enc) >= tree.sizeHintForColumn(enc)
+    assert tree.header().sectionViewportPosition(enc) + tree.columnWidth(enc) <= tree.viewport().width()
+    p = win.explain  # the pane titles naming the plugged packs
+    win.tabs.setCurrentWidget(p)
+    p.mode.setCurrentIndex(p.mode.findData("context"))
+    ask(qtbot, p, "The chemical symbol of gold is")
+    qtbot.wait(30)
+    assert p.with_box.title() == "With memory (context)" and cut_text_of(p.with_box, win) is None
+    assert p.packs_label.text() == "from chemistry, geography" and cut_text_of(p.packs_label, win) is None
+    assert p.without_box.title() == "Without memory" and cut_text_of(p.without_box, win) is None
+    assert win.plugged_label.shown() == win.plugged_label.text() == "Plugged in: chemistry, geography"
