@@ -70,9 +70,9 @@ class Explanation:
     # None: derived from ``mode`` and ``plugins``, as for records saved before the field existed.
     mechanisms: list[str] | None = None
     # Weight patches applied to the reader for both answers, in their order (names), and, when
-    # asked for, the answer (with memory) with each one left out: {patch name: answer}.
+    # asked for, both answers with each one left out: {patch name: {answer, answer_without_memory}}.
     weight_patches: list[str] = field(default_factory=list)
-    answers_without_patch: dict[str, str] = field(default_factory=dict)
+    answers_without_patch: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mechanisms is None:
@@ -122,7 +122,8 @@ class Explanation:
         )
         packs = ", ".join(e(p) for p in self.packs) or "none"
         if self.weight_patches:
-            left = "".join(f"<li>without {e(n)}: {e(a)}</li>" for n, a in self.answers_without_patch.items())
+            left = "".join(f"<li>without {e(n)}: {e(a.get('answer', ''))} (without memory: "
+                           f"{e(a.get('answer_without_memory', ''))})</li>" for n, a in self.answers_without_patch.items())
             plugged_patches = (f"<p><b>Weight patches:</b> {', '.join(e(p) for p in self.weight_patches)}</p>"
                                + (f"<ul>{left}</ul>" if left else ""))
         else:

@@ -76,7 +76,8 @@ def test_the_record_names_the_patches_and_the_answer_without_each(tiny):
         assert expl.answer != bare.answer  # the patched weights answer (the cache follows the stack)
         left = pred.answers_without_patches(PROMPT, [], mode="none", max_new_tokens=4)
         # without p1, p2 (made on top of it) no longer fits: the bare reader answers
-        assert left == {"p1": bare.answer, "p2": only_p1}
+        assert left == {"p1": {"answer": bare.answer, "answer_without_memory": bare.answer},
+                        "p2": {"answer": only_p1, "answer_without_memory": only_p1}}
         assert stack.names() == ["p1", "p2"]  # put back in its order, bit for bit
         assert all(torch.equal(v, patched_state[k]) for k, v in tiny.model.state_dict().items())
         stack.remove(p2)
