@@ -46,8 +46,8 @@ def check_config(config: Any):
     return facts, cfg
 
 
-def run(config: dict[str, Any], *, progress: Callable[..., None] | None = None,
-        should_stop: Callable[[], bool] | None = None, reader=None) -> dict[str, Any]:
+def run(config: dict[str, Any], progress: Callable[..., None] | None = None,
+        should_stop: Callable[[], bool] | None = None, *, reader=None) -> dict[str, Any]:
     """Make and save the patch; ``{"out", "name", "metrics", "bytes"}``. ``reader``: use this
     one instead of loading ``config['reader']`` (tests; it is given back unpatched)."""
     from engine.mechanisms.weight_patches import applied, io, make_patch
