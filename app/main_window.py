@@ -65,6 +65,14 @@ class MainWindow(QMainWindow):
         self.workspace_dock = self._dock("Workspace", self.workspace_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.editor_dock = self._dock("Entry", self.editor, Qt.DockWidgetArea.RightDockWidgetArea)
         self.jobs_dock = self._dock("Jobs", self.jobs_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+        # weight patches beside the packs: the Patches dock below the Workspace dock
+        from app.patches import PatchLibrary
+        from app.views.patches import PatchesPanel
+
+        self.patches = PatchLibrary(ctx, self)
+        self.patches_panel = PatchesPanel(self.patches)
+        self.patches_dock = self._dock("Patches", self.patches_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.splitDockWidget(self.workspace_dock, self.patches_dock, Qt.Orientation.Vertical)
         self.resizeDocks([self.workspace_dock, self.editor_dock], [330, 360], Qt.Orientation.Horizontal)
         self._docks_fitted = False  # sized to their content at the first show (unless restored)
         # the Entry dock keeps the full height: the Jobs dock below the tabs never squeezes
@@ -78,6 +86,13 @@ class MainWindow(QMainWindow):
         self.browser.selection_changed.connect(lambda ids: self.editor.show_ids(self.browser.path, ids))
         self.browser.new_requested.connect(self.new_entry)
         self.explain.entry_activated.connect(self.open_entry)
+        # "Write this fact into the weights…": from an entry, a wrong answer, a wrong probe
+        self.browser.write_patch_requested.connect(self.write_patch_from_entry)
+        self.editor.write_patch_requested.connect(self.write_patch_from_entry)
+        self.explain.write_patch_requested.connect(self.write_patch)
+        self.evaluation.write_patch_requested.connect(self.write_patch)
+        self.patches_panel.write_requested.connect(lambda: self.write_patch({}))
+        self.patches.changed.connect(lambda: self.explain.patches_changed(self.patches.applied))
         # Evaluation uses Ask's mode and k (e.g. context once the reader has no memory branch)
         follow = lambda *_: self.evaluation.follow_ask(self.explain.current_mode(), self.explain.k.value())  # noqa: E731
         self.explain.mode.currentIndexChanged.connect(follow)
@@ -187,7 +202,7 @@ class MainWindow(QMainWindow):
             a = v.addAction(self.tabs.tabText(n), lambda n=n: self.tabs.setCurrentIndex(n))
             a.setShortcut(QKeySequence(f"Ctrl+{n + 1}"))
         v.addSeparator()
-        for d in (self.workspace_dock, self.editor_dock, self.jobs_dock):
+        for d in (self.workspace_dock, self.patches_dock, self.editor_dock, self.jobs_dock):
             v.addAction(d.toggleViewAction())
 
         m = mb.addMenu("&Model")
@@ -201,6 +216,7 @@ class MainWindow(QMainWindow):
         self.act_map_tune = t.addAction("Map-tune plugin…", lambda: self.map_tune(self.ctx.current))
         self.act_grow_pkm = t.addAction("Grow a product-key memory…", lambda: self.grow_pkm(self.ctx.current))
         self.act_pkm_usage = t.addAction("Product-key memory usage…", lambda: self.pkm_usage(self.ctx.current))
+        self.act_write_patch = t.addAction("Write a fact into the weights…", lambda: self.write_patch({}))
 
         from app.views import help as pages
 
@@ -370,6 +386,33 @@ class MainWindow(QMainWindow):
             self.jobs_dock.show()
             self.jobs_dock.raise_()
         return jid
+
+    def write_patch(self, prefill: dict):
+        """The *Write this fact into the weights…* dialog, prefilled; its job shows in the Jobs dock."""
+        from app.views.patches import WritePatchDialog
+
+        dlg = WritePatchDialog(self.patches, prefill, self)
+        self._patch_dialog = dlg  # reachable (tests, screenshots) while it is open
+        if dlg.exec() == dlg.DialogCode.Accepted and dlg.jid is not None:
+            self.jobs_dock.show()
+            self.jobs_dock.raise_()
+            self.patches_dock.show()
+        return dlg.jid
+
+    def write_patch_from_entry(self, path: str, entry_id: int):
+        """The dialog prefilled from an entry, cut where the probe maker cuts it."""
+        from app.views.patches import prefill_from_entry
+
+        pack = self.ctx.reader(path)
+        if pack is None:
+            self.ctx.notifier.error("Writing a fact into the weights", f"{path}: the pack cannot be read now")
+            return None
+        try:
+            prefill = prefill_from_entry(pack, entry_id)
+        except (KeyError, ValueError, LookupError) as exc:
+            self.ctx.notifier.error("Writing a fact into the weights", f"{Path(path).name}: entry {entry_id}: {exc}")
+            return None
+        return self.write_patch(prefill)
 
     def pkm_usage(self, path: str | None):
         from app.views.pkm import show_usage

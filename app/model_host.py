@@ -234,6 +234,9 @@ class ModelHost(QObject):
         self.competing_work: Callable[[], bool] | None = None
         self._threads: int | None = None  # torch's thread count when nothing competes
         self._stale = False
+        #: called on the model thread with each freshly loaded model, before any queued task
+        #: runs (the weight patches the workspace has on are applied there)
+        self.after_load: list[Callable[[LoadedModel], None]] = []
         self._deliver.connect(self._on_deliver)
 
     # ------------------------------------------------------------------ public
@@ -320,6 +323,11 @@ class ModelHost(QObject):
         except BaseException as exc:
             self._load_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
             raise
+        for hook in self.after_load:
+            try:
+                hook(m)
+            except Exception:  # noqa: BLE001 - a hook says its own errors; the reader is loaded
+                log.exception("after-load hook %r failed", hook)
         self._model, self._load_error = m, None
         return m
 

@@ -1,5 +1,6 @@
 """The workspace: a folder with ``workspace.json`` listing attached packs, which are plugged in,
-and which have their knowledge plugin switched on.
+which have their knowledge plugin switched on, and the weight patches (``patches/``) applied
+to the reader, in their order.
 
 The file is versioned (``version``) and migrated on load; an unreadable file is kept
 aside as ``workspace.json.bad`` and a clear message is raised, so nothing is lost.
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-WORKSPACE_VERSION = 3
+WORKSPACE_VERSION = 4
+PATCHES_DIR = "patches"  # weight patch folders, beside the packs
 FILE_NAME = "workspace.json"
 
 
@@ -41,6 +43,11 @@ class Workspace:
     version: int = WORKSPACE_VERSION
     reader: str | None = None  # None = the default reader; else a local model folder
     dpm_branch: str | None = None  # None = the branch shipped for the default reader
+    patches: list[str] = field(default_factory=list)  # names of the applied patches in PATCHES_DIR, in order
+
+    @property
+    def patches_folder(self) -> Path:
+        return self.folder / PATCHES_DIR
 
     @property
     def file(self) -> Path:
@@ -98,6 +105,7 @@ class Workspace:
             "current": self.current,
             "reader": self.reader,
             "dpm_branch": self.dpm_branch,
+            "patches": list(self.patches),
         }
 
     def save(self) -> None:
@@ -121,11 +129,14 @@ class Workspace:
             packs = [PackRef(str(p["path"]), bool(p.get("plugged", True)), _flag(p.get("plugin", False), "plugin"))
                      for p in data.get("packs", [])]
             reader, branch = _opt_str(data.get("reader")), _opt_str(data.get("dpm_branch"))
+            patches = data.get("patches", [])
+            if not isinstance(patches, list) or not all(isinstance(n, str) and n for n in patches):
+                raise ValueError(f"patches must be a list of patch names, got {patches!r}")
         except (ValueError, KeyError, TypeError) as exc:
             bad = f.with_suffix(".json.bad")
             os.replace(f, bad)
             raise WorkspaceError(f"{f}: not a readable workspace file ({exc}); kept it as {bad.name} and started empty") from None
-        return cls(folder, packs, data.get("current"), WORKSPACE_VERSION, reader, branch)
+        return cls(folder, packs, data.get("current"), WORKSPACE_VERSION, reader, branch, list(patches))
 
     @staticmethod
     def exists(folder: str | Path) -> bool:
@@ -134,7 +145,8 @@ class Workspace:
 
 def migrate(d: dict[str, Any]) -> dict[str, Any]:
     """Older workspace files: version 0 was a bare list of pack paths under "attached";
-    version 1 had no reader / DPM branch (the defaults); version 2 had no knowledge plugins (all off)."""
+    version 1 had no reader / DPM branch (the defaults); version 2 had no knowledge plugins (all off);
+    version 3 had no weight patches (none applied)."""
     v = int(d.get("version", 0))
     if v < 1:
         plugged = set(d.get("plugged", []))
@@ -149,6 +161,9 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
             if isinstance(p, dict):
                 p.setdefault("plugin", False)
         v = 3
+    if v < 4:
+        d.setdefault("patches", [])
+        v = 4
     if v > WORKSPACE_VERSION:
         raise ValueError(f"made by a newer PlugMem Studio (version {v}; this one reads up to {WORKSPACE_VERSION})")
     d["version"] = v

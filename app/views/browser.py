@@ -65,6 +65,7 @@ def make_entry_view(model: EntryTableModel) -> QTableView:
 class MemoryBrowser(QWidget):
     selection_changed = Signal(list)  # selected entry ids
     search_done = Signal(str, int)  # mode, number of results
+    write_patch_requested = Signal(str, int)  # pack path, entry id: "Write this fact into the weights…"
 
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -125,7 +126,13 @@ class MemoryBrowser(QWidget):
         self.model = EntryTableModel(self)
         self.view = make_entry_view(self.model)
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
-        self.view.customContextMenuRequested.connect(lambda pos: menu.exec(self.view.viewport().mapToGlobal(pos)))
+        # the context menu: the bulk actions, and writing the entry's fact into the reader's weights
+        self.context_menu = QMenu(self)
+        for a in (self.act_disable, self.act_enable, self.act_delete):
+            self.context_menu.addAction(a)
+        self.context_menu.addSeparator()
+        self.act_write_patch = self.context_menu.addAction("Write this fact into the weights…", self._write_patch)
+        self.view.customContextMenuRequested.connect(self._context_menu)
         hh = self.view.horizontalHeader()
         hh.setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         hh.setSortIndicatorShown(True)
@@ -501,6 +508,15 @@ class MemoryBrowser(QWidget):
         return True
 
     new_requested = Signal()
+
+    def _context_menu(self, pos) -> None:
+        self.act_write_patch.setEnabled(len(self.selected_ids()) == 1 and bool(self.path))
+        self.context_menu.exec(self.view.viewport().mapToGlobal(pos))
+
+    def _write_patch(self) -> None:
+        ids = self.selected_ids()
+        if len(ids) == 1 and self.path:
+            self.write_patch_requested.emit(self.path, int(ids[0]))
 
     def set_status_selected(self, status: str) -> None:
         ids = self.selected_ids()

@@ -147,6 +147,7 @@ class RevertPreview(QDialog):
 
 class EntryEditor(QWidget):
     saved = Signal(object)  # the Change of the save
+    write_patch_requested = Signal(str, int)  # pack path, entry id: "Write this fact into the weights…"
 
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -180,6 +181,12 @@ class EntryEditor(QWidget):
         self.save_btn.setDefault(True)
         self.discard_btn = QPushButton("Discard changes")
         self.delete_btn = QPushButton("Delete")
+        self.patch_btn = QPushButton("Write this fact into the weights…")
+        self.patch_btn.setObjectName("WritePatchButton")
+        self.patch_btn.setToolTip("Fine-tune the reader so that it gives this entry's fact without the pack "
+                                  "(a weight patch, which can be taken off again)")
+        self.patch_btn.clicked.connect(lambda: self.entry is not None and self.path and self.write_patch_requested.emit(
+            self.path, int(self.entry.id)))
 
         form = QFormLayout()
         form.addRow("Title", self.title)
@@ -193,6 +200,9 @@ class EntryEditor(QWidget):
         buttons.addStretch(1)
         buttons.addWidget(self.discard_btn)
         buttons.addWidget(self.save_btn)
+        patch_row = QHBoxLayout()
+        patch_row.addWidget(self.patch_btn)
+        patch_row.addStretch(1)
 
         top = QWidget()
         tl = QVBoxLayout(top)
@@ -201,6 +211,7 @@ class EntryEditor(QWidget):
         tl.addLayout(form, 1)
         tl.addWidget(self.validation)
         tl.addLayout(buttons)
+        tl.addLayout(patch_row)
 
         self.history = QTableWidget(0, 3)
         self.history.setObjectName("HistoryTable")
@@ -325,6 +336,7 @@ class EntryEditor(QWidget):
     def _set_enabled(self, on: bool) -> None:
         for w in (self.title, self.text, self.tags, self.status, self.delete_btn, self.history):
             w.setEnabled(on)
+        self.patch_btn.setEnabled(on and self.mode == "edit")
         self._update_buttons()
 
     def _load_history(self) -> None:

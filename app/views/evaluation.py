@@ -164,6 +164,7 @@ def _changed_since(path: str, when: float) -> bool:
 class EvaluationView(QWidget):
     run_finished = Signal(object)  # EvalRun
     run_failed = Signal(str)
+    write_patch_requested = Signal(object)  # {prompt, answer, old} of a wrong probe
 
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -298,6 +299,9 @@ class EvaluationView(QWidget):
         fh = self.failures.horizontalHeader()
         fh.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         fh.setStretchLastSection(True)
+        self._shown_fails: list[dict[str, str]] = []  # the wrong answers listed (prompt, answer, old)
+        self.failures.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.failures.customContextMenuRequested.connect(self._failure_menu)
         self.failures_label = QLabel("Wrong answers")
         self.failures_label.setObjectName("FailuresLabel")
         self.failures_label.setWordWrap(True)
@@ -618,9 +622,12 @@ class EvaluationView(QWidget):
         t.setHorizontalHeaderLabels(["prompt", "expected", "answer (first line)"])
         fails = [f for f in ((run.result.get("failures") or []) if run is not None else []) if isinstance(f, dict)]
         t.setRowCount(len(fails))
+        self._shown_fails = []
         for row, f in enumerate(fails):
             got = str(f.get("got", ""))
             expected = str(f.get("new") if run.kind == "edits" else f.get("answer", ""))
+            self._shown_fails.append({"prompt": str(f.get("prompt", "")), "answer": expected,
+                                      "old": first_line(got).strip(" .")})
             shown = first_line(got) or "(empty answer)"
             retrieved = [str(x) for x in f.get("retrieved") or []]
             tip = f"Full answer:\n{got}" + ("\n\nRetrieved:\n" + "\n".join(f"• {x}" for x in retrieved) if retrieved else "")
@@ -638,6 +645,23 @@ class EvaluationView(QWidget):
             n_wrong = self._wrong_count(run)
             more = f" (the first {len(fails)} of {n_wrong})" if n_wrong and n_wrong > len(fails) else ""
             self.failures_label.setText(f"Wrong answers{more} — hover an answer for the whole continuation")
+
+    def failure_menu(self, row: int):
+        """The menu of a wrong answer's row: *Write this fact into the weights…* (prompt and
+        expected answer); None where the table lists a comparison's marks, not wrong answers."""
+        from PySide6.QtWidgets import QMenu
+
+        if not 0 <= row < len(self._shown_fails) or self.failures.columnCount() != 3:
+            return None
+        menu = QMenu(self)
+        fact = dict(self._shown_fails[row])
+        menu.addAction("Write this fact into the weights…", lambda: self.write_patch_requested.emit(fact))
+        return menu
+
+    def _failure_menu(self, pos) -> None:
+        menu = self.failure_menu(self.failures.rowAt(pos.y()))
+        if menu is not None:
+            menu.exec(self.failures.viewport().mapToGlobal(pos))
 
     @staticmethod
     def _wrong_count(run: EvalRun) -> int | None:

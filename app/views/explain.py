@@ -67,6 +67,8 @@ class ExplainPanel(QWidget):
     answered = Signal(object)  # the Explanation shown
     failed = Signal(str)  # the message shown
     entry_activated = Signal(str, int)  # pack path, entry id
+    write_patch_requested = Signal(object)  # {prompt, answer, old}: "Write the right answer into the weights…"
+    without_done = Signal(object)  # the Explanation, its answers without each weight patch filled in
 
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -140,6 +142,7 @@ class ExplainPanel(QWidget):
         self.verdict = QLabel()
         self.verdict.setObjectName("Verdict")
         self._build_plugin_box()
+        self._build_patch_box()
 
         self.model = ExplanationTableModel(self)
         self.table = QTableView()
@@ -184,6 +187,7 @@ class ExplainPanel(QWidget):
         tl.addLayout(answers, 1)
         tl.addWidget(self.verdict)
         tl.addWidget(self.plugin_box)
+        tl.addWidget(self.patch_box)
         bottom = QWidget()
         bl = QVBoxLayout(bottom)
         bl.setContentsMargins(0, 0, 0, 0)
@@ -244,6 +248,10 @@ class ExplainPanel(QWidget):
         self.model.set_entries([])
         self.plugin_box.setVisible(False)
         self.injected.setRowCount(0)
+        self.patches_label.setText("Weight patches: none applied")
+        self.without_patches_text.setText("")
+        self.without_patches_btn.setEnabled(False)
+        self.write_patch_btn.setEnabled(False)
 
     # ------------------------------------------------------------------ asking
     def current_mode(self) -> str:
@@ -329,6 +337,7 @@ class ExplainPanel(QWidget):
             self.verdict.setText("The memory changed the answer.")
         self.model.set_entries(expl.retrieved)
         self._show_injected(expl)
+        self._show_patches(expl)
         n = len(expl.retrieved)
         self.retrieved_label.setText(f"Retrieved entries ({n}, best first) — click one to open it in the editor"
                                      if n else "Retrieved entries (none)")
@@ -438,6 +447,98 @@ class ExplainPanel(QWidget):
         elif self.explanation is not None and self.ctx.workspace.plugins() != getattr(self, "_asked_plugins", []):
             self.stale.setText("The plugged knowledge plugins changed since this answer: press “Ask again”.")
             self.stale.setVisible(True)
+
+    # ------------------------------------------------------------------ weight patches
+    def _build_patch_box(self) -> None:
+        """The weight patches the answer was read with, the answer without each (on request),
+        and the way to write the right answer into the weights."""
+        self.patch_box = QWidget()
+        self.patch_box.setObjectName("PatchBox")
+        self.patches_label = WrappedLabel("Weight patches: none applied")
+        self.patches_label.setObjectName("AnswerPatches")
+        self.without_patches_btn = QPushButton("Answer without each patch")
+        self.without_patches_btn.setToolTip("Ask again with each applied weight patch taken off in turn")
+        self.without_patches_btn.clicked.connect(self.answer_without_patches)
+        self.write_patch_btn = QPushButton("Write the right answer into the weights…")
+        self.write_patch_btn.setToolTip("A wrong answer? Fine-tune the reader so that it gives the right one "
+                                        "(a weight patch, which can be taken off again)")
+        self.write_patch_btn.clicked.connect(self._write_patch)
+        self.without_patches_text = WrappedLabel()
+        self.without_patches_text.setObjectName("AnswersWithoutPatch")
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.without_patches_btn)
+        row.addWidget(self.write_patch_btn)
+        row.addStretch(1)
+        lay = QVBoxLayout(self.patch_box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.patches_label)
+        lay.addWidget(self.without_patches_text)
+        lay.addLayout(row)
+
+    def _show_patches(self, expl) -> None:
+        names = list(getattr(expl, "weight_patches", None) or [])
+        self.patches_label.setText("Weight patches: " + (", ".join(names) + " (both answers read the patched weights)"
+                                                          if names else "none applied"))
+        self.without_patches_btn.setEnabled(bool(names))
+        self._show_without(expl)
+        self.write_patch_btn.setEnabled(True)
+
+    def _show_without(self, expl) -> None:
+        left = getattr(expl, "answers_without_patch", None) or {}
+        lines = []
+        for n, a in left.items():
+            mem, bare = a.get("answer", ""), a.get("answer_without_memory", "")
+            same = " (the patch did not change it)" if first_line(mem) == first_line(expl.answer) else ""
+            lines.append(f"without {n}: {_shown(mem)}{same} — without memory: {_shown(bare)}"
+                         if expl.mode != "none" else f"without {n}: {_shown(mem)}{same}")
+        self.without_patches_text.setText("\n".join(lines))
+        self.without_patches_text.setVisible(bool(left))
+
+    def answer_without_patches(self) -> bool:
+        """The shown answer again with each applied patch taken off in turn (into the record)."""
+        expl = self.explanation
+        if expl is None or not expl.weight_patches or self._pending:
+            return False
+        prompt, _, k, n = self._asked
+        mode = expl.mode
+        mems, _ = self.ctx.plugged_memories() if mode != "none" else ([], [])
+        plugin_paths = list(self._asked_plugins)
+
+        def task(model):
+            plugins, _ = model.plugins_for(plugin_paths)
+            return model.predictor.answers_without_patches(prompt, mems, mode=mode, k=k, max_new_tokens=n,
+                                                           plugins=plugins)
+
+        def done(left: dict) -> None:
+            if self.explanation is expl:
+                expl.answers_without_patch = dict(left)
+                self._show_without(expl)
+                self._set_busy(False)
+                self.status.setText(f"Answered without each of {len(left)} weight patch(es).")
+                self.without_done.emit(expl)
+
+        self._set_busy(True, "Answering without each weight patch…")
+        self.ctx.model.submit(task, done, on_error=lambda exc: (self._set_busy(False), self._error(str(exc))),
+                              what="Answering without the weight patches")
+        return True
+
+    def patches_changed(self, applied: list[str]) -> None:
+        """The applied weight patches changed: the answer shown was read by other weights."""
+        expl = self.explanation
+        if expl is not None and list(applied) != list(expl.weight_patches):
+            self.stale.setText("The weight patches changed since this answer: press “Ask again”.")
+            self.stale.setVisible(True)
+
+    def _write_patch(self) -> None:
+        expl = self.explanation
+        if expl is None:
+            return
+        # a memory that changed the answer most likely gave the right one: offer it as the new answer
+        changed = first_line(expl.answer) != first_line(expl.answer_without_memory)
+        self.write_patch_requested.emit({"prompt": expl.prompt.strip(),
+                                         "answer": first_line(expl.answer).strip(" .") if changed else "",
+                                         "old": first_line(expl.answer_without_memory).strip(" .")})
 
     # ------------------------------------------------------------------ knowledge plugins
     def _build_plugin_box(self) -> None:

@@ -337,7 +337,30 @@ class Predictor:
         except PluginError as exc:
             raise PredictError(str(exc)) from exc
 
-    def predict(
+    def predict(self, prompt: str, memories: Sequence = (), mode: str = "dpm", k: int = 5, max_new_tokens: int = 8,
+                *, explain: bool = True, plugins: Sequence = ()) -> Explanation:
+        """:meth:`_predict`, with the weight patches applied to the reader named in the record."""
+        from engine.mechanisms.weight_patches.attach import PatchStack
+
+        expl = self._predict(prompt, memories, mode, k, max_new_tokens, explain=explain, plugins=plugins)
+        expl.weight_patches = PatchStack.of(self.reader).names()
+        return expl
+
+    def answers_without_patches(self, prompt: str, memories: Sequence = (), mode: str = "dpm", k: int = 5,
+                                max_new_tokens: int = 8, *, plugins: Sequence = ()) -> dict[str, dict[str, str]]:
+        """The answers with each applied weight patch left out in turn ({patch name: {answer,
+        answer_without_memory}}; a later patch made on top of it no longer fits and is left
+        out with it, as on removal)."""
+        from engine.mechanisms.weight_patches.attach import PatchStack, without
+
+        out: dict[str, dict[str, str]] = {}
+        for patch in PatchStack.of(self.reader).patches:
+            with without(self.reader, patch):
+                got = self._predict(prompt, memories, mode, k, max_new_tokens, explain=False, plugins=plugins)
+            out[patch.name] = {"answer": got.answer, "answer_without_memory": got.answer_without_memory}
+        return out
+
+    def _predict(
         self,
         prompt: str,
         memories: Sequence = (),

@@ -69,6 +69,10 @@ class Explanation:
     # The mechanisms active for ``answer``, in the composition order (engine.mechanisms.base);
     # None: derived from ``mode`` and ``plugins``, as for records saved before the field existed.
     mechanisms: list[str] | None = None
+    # Weight patches applied to the reader for both answers, in their order (names), and, when
+    # asked for, both answers with each one left out: {patch name: {answer, answer_without_memory}}.
+    weight_patches: list[str] = field(default_factory=list)
+    answers_without_patch: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mechanisms is None:
@@ -117,6 +121,13 @@ class Explanation:
             else "<p><i>No entries retrieved.</i></p>"
         )
         packs = ", ".join(e(p) for p in self.packs) or "none"
+        if self.weight_patches:
+            left = "".join(f"<li>without {e(n)}: {e(a.get('answer', ''))} (without memory: "
+                           f"{e(a.get('answer_without_memory', ''))})</li>" for n, a in self.answers_without_patch.items())
+            plugged_patches = (f"<p><b>Weight patches:</b> {', '.join(e(p) for p in self.weight_patches)}</p>"
+                               + (f"<ul>{left}</ul>" if left else ""))
+        else:
+            plugged_patches = ""
         plugged = ""
         if self.plugins:
             inj = "".join(
@@ -134,5 +145,5 @@ class Explanation:
         return (
             f"<div class='explanation'><p><b>Prompt:</b> {e(self.prompt)}</p>"
             f"<p><b>Answer with memory ({e(self.mode)}; packs: {packs}):</b> {e(self.answer)}</p>"
-            f"<p><b>Answer without memory:</b> {e(self.answer_without_memory)}</p>{plugged}{table}</div>"
+            f"<p><b>Answer without memory:</b> {e(self.answer_without_memory)}</p>{plugged_patches}{plugged}{table}</div>"
         )

@@ -202,9 +202,11 @@ def tiny_loader(tiny_reader):
     """A model loader for AppContext.model_loader: the tiny reader, no DPM branch."""
     from app.model_host import LoadedModel
     from engine.mechanisms import dpm
+    from engine.mechanisms.weight_patches import PatchStack
 
     def load():
-        dpm.detach(tiny_reader)  # never inherit hooks from another test
+        dpm.detach(tiny_reader)  # never inherit hooks (or weight patches) from another test
+        PatchStack.of(tiny_reader).clear()
         return LoadedModel(tiny_reader, None, "No memory branch for the tiny test reader.")
 
     return load

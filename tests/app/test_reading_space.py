@@ -63,10 +63,12 @@ def demo_like(qtbot, themed, make_ctx, tmp_path, encoder, tiny_loader):
 
 
 def _views(win):
-    from PySide6.QtWidgets import QAbstractItemView, QHeaderView
+    from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QListView
 
+    # a list (the Patches list) has one column, and its model's columnCount is private
     return [v for v in win.findChildren(QAbstractItemView)
-            if not isinstance(v, QHeaderView) and v.isVisible() and v.model() is not None and v.model().columnCount() > 1]
+            if not isinstance(v, (QHeaderView, QListView)) and v.isVisible() and v.model() is not None
+            and v.model().columnCount() > 1]
 
 
 # long text columns that cut a cell to the column, their whole text in the cell's tooltip

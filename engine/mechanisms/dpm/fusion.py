@@ -73,11 +73,41 @@ class DPMFusion:
         self.reader, self.branch = reader, branch
         self.cache = cache if cache is not None else EntryCache()
         # Entry states kept on disk (engine.mechanisms.dpm.entry_store.EntryStateStore), or None.
-        self.store = store
+        self._store = store
         # The layers below the branch never see the memory: a prompt asked again (after an
         # edit, with other packs) runs only the branch layers in its prefill.
         first = branch.layer_ids[0]
-        self.prompts = PromptStates(first) if first >= 1 else None
+        self._prompts = PromptStates(first) if first >= 1 else None
+        self._patch_key: tuple = ()  # the weight patches the cached states were read with
+
+    def _follow_patches(self) -> tuple:
+        """Forget the cached entry and prompt states when the reader's weight patches changed
+        (they were read by other weights); returns the patches' key (() = none)."""
+        from engine.mechanisms.weight_patches.attach import state_key
+
+        key = state_key(self.reader)
+        if key != self._patch_key:
+            self.cache.clear()
+            if self._prompts is not None:
+                self._prompts.clear()
+            self._patch_key = key
+        return key
+
+    @property
+    def store(self):
+        """The on-disk entry states, or None while a weight patch is applied: the store is
+        keyed by the bare reader's fingerprint, so patched states must neither come from it
+        nor go into it."""
+        return self._store if not self._follow_patches() else None
+
+    @store.setter
+    def store(self, value) -> None:
+        self._store = value
+
+    @property
+    def prompts(self) -> PromptStates | None:
+        self._follow_patches()
+        return self._prompts
 
     def read_entries(self, texts: Sequence[str]) -> dict[str, tuple[dict[int, torch.Tensor], torch.Tensor]]:
         """``{text: ({layer: states}, embeddings)}`` for ``texts``: from the cache, else from the
@@ -85,12 +115,13 @@ class DPMFusion:
         from engine.mechanisms.dpm.entry_store import round_states
 
         br, r = self.branch, self.reader
+        store = self.store  # (forgets the cache first when the weight patches changed)
         out = {t: self.cache.get(t) for t in dict.fromkeys(texts)}
         todo = [t for t, v in out.items() if v is None]
         if not todo:
             return out
         tok_rows = br.tokenize_entries(r, todo)
-        stored = self.store.get_many(todo) if self.store is not None else {}
+        stored = store.get_many(todo) if store is not None else {}
         fresh = [n for n, t in enumerate(todo)
                  if t not in stored or any(s.shape[0] != len(tok_rows[n]) for s in stored[t].values())]
         if fresh:
@@ -98,8 +129,8 @@ class DPMFusion:
             # Rounded as the store keeps them: an answer never depends on where states came from.
             for j, n in enumerate(fresh):
                 out[todo[n]] = ({i: round_states(states[i][j]) for i in br.key_layers}, embeds[j])
-            if self.store is not None:
-                self.store.put_many({todo[n]: out[todo[n]][0] for n in fresh})
+            if store is not None:
+                store.put_many({todo[n]: out[todo[n]][0] for n in fresh})
         kept = [n for n in range(len(todo)) if out[todo[n]] is None]
         for n, e in zip(kept, br.entry_embeddings(r, [tok_rows[n] for n in kept])):
             out[todo[n]] = ({i: s.to(r.device) for i, s in stored[todo[n]].items()}, e)
@@ -111,8 +142,8 @@ class DPMFusion:
         """Drop entries' states from the cache and the store (the next read computes them)."""
         for t in texts:
             self.cache.discard(t)
-        if self.store is not None:
-            self.store.discard_many(texts)
+        if self._store is not None:
+            self._store.discard_many(texts)
 
     def memory_for(self, texts_per_row: Sequence[Sequence[str]]) -> MemoryValues:
         """The branch memory for several rows of entry texts, reading each distinct text once."""

@@ -141,3 +141,19 @@ def applied(reader, patches: Sequence[WeightPatch]) -> Iterator[PatchStack]:
         for p in reversed(mine):
             if any(q is p for q in stack.patches):
                 stack.remove(p)
+
+
+@contextmanager
+def without(reader, patch: WeightPatch) -> Iterator[list[tuple[str, str]]]:
+    """``patch`` left out of the reader's stack for the ``with`` (the later ones applied again
+    where they still fit; the ``with`` gets those left out, ``[(name, why)]``); leaving puts
+    the whole stack back as it was, in its order, bit for bit."""
+    stack = PatchStack.of(reader)
+    before = stack.patches
+    dropped = stack.remove(patch)
+    try:
+        yield dropped
+    finally:
+        stack.clear()
+        for p in before:
+            stack.apply(p)
