@@ -141,6 +141,19 @@ def test_bad_configs_are_refused_naming_the_field(change, message):
         cfg.validate()
 
 
+def test_the_fingerprint_names_the_weights_as_loaded_not_as_patched(tiny, patch):
+    # A fresh reader whose fingerprint nobody read yet, patched first: its fingerprint must
+    # still be the unpatched weights' (else artefacts made now would be refused later).
+    fresh = make_tiny_reader(seed=0)
+    with torch.no_grad():
+        next(fresh.model.parameters()).add_(1.0)  # any in-place write to the weights
+    assert fresh.fingerprint == tiny.fingerprint
+    fresh = make_tiny_reader(seed=0)
+    with applied(fresh, [patch]):
+        assert fresh.fingerprint == tiny.fingerprint
+    assert make_tiny_reader(seed=1).fingerprint["weights_sha256"] != tiny.fingerprint["weights_sha256"]
+
+
 def test_a_block_the_reader_does_not_have_is_refused(tiny):
     with pytest.raises(PatchError, match="field 'layers' names block 7, but the reader has blocks 0 to 1"):
         make_patch(tiny, [FACT], PatchConfig(layers=[7]))

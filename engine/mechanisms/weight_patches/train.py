@@ -131,7 +131,6 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
     stack = PatchStack.of(reader)
     names = config.tensor_names()
     params = parameters(reader, names, "patch config: field 'layers'/'targets'")
-    reader.fingerprint  # cached on the weights as they are before training
     theta0 = {n: p.detach().clone() for n, p in params.items()}
     base = {n: tensor_sha256(t) for n, t in theta0.items()}
     lo = {n: t - config.delta for n, t in theta0.items()}
