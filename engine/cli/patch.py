@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from engine.cli.common import (EXIT_INTERRUPTED, CliError, ProgressBar, StopFlag, add_command, job_cancelled,
-                               model_errors, open_pack)
+                               load_plugins, load_predictor, model_errors, open_memories, open_pack, pct)
 from engine.cli_args import positive
 
 ACTIVE_FILE = "active.json"
@@ -359,7 +359,6 @@ def cmd_compare(a, out) -> int:
 
 
 def _compare(a, out) -> int:
-    from engine.cli.model import _load_plugins, _load_predictor, _open_memories, _pct
     from engine.evaluate import read_edits, read_probes
     from engine.evaluate.compare import LABELS, check_mechanisms, compare
     from engine.mechanisms.weight_patches import PatchConfig
@@ -371,11 +370,11 @@ def _compare(a, out) -> int:
     cfg = PatchConfig(layers=a.layers or base.layers, delta=base.delta if a.delta is None else a.delta,
                       steps=a.steps or base.steps, lr=base.lr, stop_loss=base.stop_loss, targets=base.targets)
     cfg.validate("compare")
-    mems = _open_memories([a.memory], out)
+    mems = open_memories([a.memory], out)
     try:
         a.patch = None
-        predictor = _load_predictor(a, out, ["dpm"] if "dpm" in mechanisms and a.branch != "none" else [])
-        plugins = _load_plugins(a, predictor.reader, mems, out)
+        predictor = load_predictor(a, out, ["dpm"] if "dpm" in mechanisms and a.branch != "none" else [])
+        plugins = load_plugins(a, predictor.reader, mems, out)
         stop = StopFlag()
         bar = ProgressBar("compare", enabled=not a.json and not a.quiet)
         try:
@@ -396,7 +395,7 @@ def _compare(a, out) -> int:
                  f"{'':<24}" + "".join(f"{LABELS[n][:22]:>24}" for n in names)]
         for key, label in [("efficacy", "efficacy"), ("paraphrase", "paraphrases"), ("locality", "locality (unchanged)"),
                            ("accuracy_before", "unmodified acc. before"), ("accuracy_after", "unmodified acc. after")]:
-            lines.append(f"{label:<24}" + "".join(f"{_pct(rows[n][key]):>24}" for n in names))
+            lines.append(f"{label:<24}" + "".join(f"{pct(rows[n][key]):>24}" for n in names))
         lines.append(f"{'action -> answer':<24}" + "".join(f"{rows[n]['seconds_to_change']:>22.2f} s" for n in names))
         lines.append(f"{'artefact':<24}" + "".join(f"{_size(rows[n]['artefact_bytes']):>24}" for n in names))
         lines.append(f"{'reversible exactly':<24}" + "".join(f"{'yes' if rows[n]['reversible_exactly'] else 'NO':>24}"
