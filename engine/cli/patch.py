@@ -170,10 +170,9 @@ def cmd_patch_create(a, out) -> int:
 
     facts = _facts(a)
     base = PatchConfig()
-    cfg = PatchConfig(layers=a.layers or base.layers, targets=a.targets or base.targets,
-                      delta=base.delta if a.delta is None else a.delta, lr=base.lr if a.lr is None else a.lr,
-                      steps=a.steps or base.steps, stop_loss=base.stop_loss,
-                      locality_weight=base.locality_weight if a.locality_weight is None else a.locality_weight)
+    given = {"layers": a.layers, "targets": a.targets, "delta": a.delta, "lr": a.lr, "steps": a.steps,
+             "locality_weight": a.locality_weight, "context_prefixes": a.context_prefixes}
+    cfg = PatchConfig(**{**base.__dict__, **{k: v for k, v in given.items() if v is not None}})
     cfg.validate("patch create")
     locality = [p.prompt for p in read_probes(a.locality)][:200] if a.locality else []
     outdir = Path(a.out)
@@ -272,7 +271,8 @@ def cmd_patch_show(a, out) -> int:
                  f"made by {meta.get('who') or '?'} at {meta.get('when') or '?'}"
                  + (f", on top of {', '.join(meta['on_top_of'])}" if meta.get("on_top_of") else ""),
                  f"layers {c['layers']} {', '.join(c['targets'])}; delta {c['delta']:g}, lr {c['lr']:g}, "
-                 f"steps {c['steps']}, locality weight {c['locality_weight']:g}",
+                 f"steps {c['steps']}, locality weight {c['locality_weight']:g}, "
+                 f"context prefixes {c.get('context_prefixes', 0)}",
                  "metrics: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()),
                  f"facts ({len(meta['facts'])}):"]
         for f in meta["facts"]:
@@ -367,8 +367,8 @@ def _compare(a, out) -> int:
     edits = read_edits(a.edits)
     locality = read_probes(a.locality) if a.locality else []
     base = PatchConfig()
-    cfg = PatchConfig(layers=a.layers or base.layers, delta=base.delta if a.delta is None else a.delta,
-                      steps=a.steps or base.steps, lr=base.lr, stop_loss=base.stop_loss, targets=base.targets)
+    cfg = PatchConfig(**{**base.__dict__, "layers": a.layers or base.layers,
+                         "delta": base.delta if a.delta is None else a.delta, "steps": a.steps or base.steps})
     cfg.validate("compare")
     mems = open_memories([a.memory], out)
     try:
@@ -442,6 +442,8 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--lr", type=float)
     sp.add_argument("--locality", metavar="PROBES.jsonl", help="prompts whose answers must not move (a KL term)")
     sp.add_argument("--locality-weight", type=float, help="the KL term's weight (default 0: off)")
+    sp.add_argument("--context-prefixes", type=int, metavar="N",
+                    help="also train each answer after N short contexts the reader writes itself (0 to 10)")
     sp.add_argument("--sequential", action="store_true", help="one patch per fact, each on top of the earlier ones "
                                                               "(OUT/01, OUT/02, ...)")
     sp.add_argument("--skip-known", action="store_true", help="leave out facts the reader already gives (default: refuse)")

@@ -134,11 +134,35 @@ def test_empty_prompts_and_answers_are_refused(tiny, fact, message):
     ({"layers": []}, "'layers' must be a non-empty list"),
     ({"layers": [0, 0]}, "names a block twice"),
     ({"targets": ["mlp.nonsense"]}, "unknown tensor 'mlp.nonsense'"),
+    ({"context_prefixes": -1}, "'context_prefixes' must be a whole number from 0 to 10"),
+    ({"context_prefixes": 11}, "'context_prefixes' must be a whole number from 0 to 10"),
+    ({"context_prefixes": 2.5}, "'context_prefixes' must be a whole number"),
 ])
 def test_bad_configs_are_refused_naming_the_field(change, message):
     cfg = PatchConfig(**{**CFG.__dict__, **change})
     with pytest.raises(PatchError, match=message):
         cfg.validate()
+
+
+def test_context_prefixes_train_the_answer_after_contexts_the_reader_wrote(tiny):
+    from engine.mechanisms.weight_patches.train import context_prefixes
+
+    ctx = context_prefixes(tiny, 3)
+    assert ctx == context_prefixes(tiny, 3)  # greedy: the same contexts each time
+    assert all(c.startswith(s) and c.endswith(". ") for c, s in zip(ctx, ["The", "Therefore", "However"]))
+    from engine.mechanisms.weight_patches.train import _answer_loss, _batch
+
+    cfg = PatchConfig(**{**CFG.__dict__, "stop_loss": 0.0, "steps": 12})
+    plain = make_patch(tiny, [FACT], cfg, measure=False)
+    ctx_p = make_patch(tiny, [FACT], PatchConfig(**{**cfg.__dict__, "context_prefixes": 3}), measure=False)
+    assert [f.prompt for f in ctx_p.facts] == [FACT.prompt]  # the patch lists the user's fact only
+    unseen = _batch(tiny, [Fact(c + FACT.prompt, FACT.answer) for c in ("It was late. ", "Note: ", "Zebras run. ")])
+
+    def loss(p):  # the answer's cross-entropy after contexts neither patch was trained on
+        with applied(tiny, [p]), torch.no_grad():
+            return float(_answer_loss(tiny, unseen))
+
+    assert loss(ctx_p) < loss(plain)
 
 
 def test_the_fingerprint_names_the_weights_as_loaded_not_as_patched(tiny, patch):

@@ -20,6 +20,9 @@ TARGETS = ("mlp.down_proj", "mlp.up_proj", "mlp.gate_proj",
 #: bound above this is no constraint at all (the model would simply be retrained).
 MAX_DELTA = 0.1
 
+#: First words of the contexts the reader continues for ``context_prefixes`` (ROME's list).
+PREFIX_STARTS = ("The", "Therefore", "However", "Because", "I", "You", "It", "When", "In", "This")
+
 
 class PatchError(ValueError):
     """A weight patch cannot be made, read or applied (the message names the file and field)."""
@@ -42,6 +45,9 @@ class PatchConfig:
     steps: int = 25  # at most; training stops early once every answer token is likely (stop_loss)
     stop_loss: float = 0.05  # mean answer-token cross-entropy at which the edit is done
     locality_weight: float = 0.0  # weight of the KL term on the locality prompts (0: off)
+    #: Also train each answer after this many short contexts the reader writes itself
+    #: (ROME's random prefixes), so the edit is less tied to the prompt's first tokens.
+    context_prefixes: int = 0
 
     def validate(self, where: str = "patch config") -> None:
         if not isinstance(self.layers, list) or not self.layers:
@@ -60,6 +66,10 @@ class PatchConfig:
         _number(self.lr, "lr", where, 0.0, 1.0, open_low=True)
         _number(self.stop_loss, "stop_loss", where, 0.0, 10.0)
         _number(self.locality_weight, "locality_weight", where, 0.0, 100.0)
+        if not isinstance(self.context_prefixes, int) or isinstance(self.context_prefixes, bool) \
+                or not 0 <= self.context_prefixes <= len(PREFIX_STARTS):
+            raise PatchError(f"{where}: field 'context_prefixes' must be a whole number from 0 to "
+                             f"{len(PREFIX_STARTS)}, got {self.context_prefixes!r}")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not 1 <= self.steps <= 10_000:
             raise PatchError(f"{where}: field 'steps' must be a whole number from 1 to 10,000, got {self.steps!r}")
 

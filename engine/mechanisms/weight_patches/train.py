@@ -5,7 +5,9 @@ Projected gradient descent on the chosen tensors only: minimise the cross-entrop
 fact's answer tokens given its prompt (the prompt's tokens carry no loss), and after
 every optimiser step clamp each trained tensor into [theta0 - delta, theta0 + delta]. With
 ``locality_weight > 0`` a KL term keeps the next-token distribution of unrelated prompts
-where it was. All facts of a batch are trained together; :func:`make_sequential` makes one
+where it was. With ``context_prefixes > 0`` each answer is also trained after that many
+short contexts the reader wrote itself (ROME's random prefixes; no paraphrase of the user's
+is needed). All facts of a batch are trained together; :func:`make_sequential` makes one
 patch per fact, each on top of the ones before (a stack, as the user would apply them).
 
 The reader is always given back as it was (the tensors are restored from their copies,
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.mechanisms.weight_patches.attach import PatchStack, applied, parameters
-from engine.mechanisms.weight_patches.config import PatchConfig, PatchError
+from engine.mechanisms.weight_patches.config import PREFIX_STARTS, PatchConfig, PatchError
 from engine.mechanisms.weight_patches.module import Fact, WeightPatch, tensor_sha256
 from engine.probe_files import is_correct
 from engine.progress import JobCancelled
@@ -65,6 +67,19 @@ def check_facts(reader, facts: Sequence[Fact], config: PatchConfig, *, known: st
     if not todo:
         raise PatchError("the reader already gives every answer: nothing to write, no patch made")
     return todo
+
+
+def context_prefixes(reader, n: int) -> list[str]:
+    """``n`` short contexts written by the reader (greedy, so the same reader gives the same
+    ones), each ending a sentence so the prompt starts a new one: "The first time I ... . "."""
+    if n <= 0:
+        return []
+    starts = list(PREFIX_STARTS[:n])
+    out = []
+    for s, cont in zip(starts, reader.generate(starts, max_new_tokens=8)):
+        text = " ".join((s + cont).split())  # one line
+        out.append(text.rstrip(" .,;:") + ". ")
+    return out
 
 
 def _batch(reader, facts: Sequence[Fact]) -> dict[str, torch.Tensor]:
@@ -135,7 +150,9 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
     base = {n: tensor_sha256(t) for n, t in theta0.items()}
     lo = {n: t - config.delta for n, t in theta0.items()}
     hi = {n: t + config.delta for n, t in theta0.items()}
-    batch = _batch(reader, todo)
+    trained = list(todo) + [Fact(c + f.prompt, f.answer) for c in context_prefixes(reader, config.context_prefixes)
+                            for f in todo]
+    batch = _batch(reader, trained)
     first = min(config.layers)
     _frozen_prefix(reader, batch, first)
     loc_batch = loc_ref = None
