@@ -171,7 +171,7 @@ def cmd_patch_create(a, out) -> int:
     facts = _facts(a)
     base = PatchConfig()
     given = {"layers": a.layers, "targets": a.targets, "delta": a.delta, "lr": a.lr, "steps": a.steps,
-             "locality_weight": a.locality_weight, "context_prefixes": a.context_prefixes}
+             "locality_weight": a.locality_weight, "context_prefixes": a.context_prefixes, "optimizer": a.optimizer}
     cfg = PatchConfig(**{**base.__dict__, **{k: v for k, v in given.items() if v is not None}})
     cfg.validate("patch create")
     locality = [p.prompt for p in read_probes(a.locality)][:200] if a.locality else []
@@ -272,7 +272,7 @@ def cmd_patch_show(a, out) -> int:
                  + (f", on top of {', '.join(meta['on_top_of'])}" if meta.get("on_top_of") else ""),
                  f"layers {c['layers']} {', '.join(c['targets'])}; delta {c['delta']:g}, lr {c['lr']:g}, "
                  f"steps {c['steps']}, locality weight {c['locality_weight']:g}, "
-                 f"context prefixes {c.get('context_prefixes', 0)}",
+                 f"context prefixes {c.get('context_prefixes', 0)}, optimizer {c.get('optimizer', 'adam')}",
                  "metrics: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()),
                  f"facts ({len(meta['facts'])}):"]
         for f in meta["facts"]:
@@ -442,6 +442,8 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--lr", type=float)
     sp.add_argument("--locality", metavar="PROBES.jsonl", help="prompts whose answers must not move (a KL term)")
     sp.add_argument("--locality-weight", type=float, help="the KL term's weight (default 0: off)")
+    sp.add_argument("--optimizer", choices=["adam", "gd"], help="adam, or gd: steps along the gradient whose "
+                                                                "largest change is --lr (a sparser edit)")
     sp.add_argument("--context-prefixes", type=int, metavar="N",
                     help="also train each answer after N short contexts the reader writes itself (0 to 10)")
     sp.add_argument("--sequential", action="store_true", help="one patch per fact, each on top of the earlier ones "

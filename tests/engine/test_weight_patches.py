@@ -137,6 +137,7 @@ def test_empty_prompts_and_answers_are_refused(tiny, fact, message):
     ({"context_prefixes": -1}, "'context_prefixes' must be a whole number from 0 to 10"),
     ({"context_prefixes": 11}, "'context_prefixes' must be a whole number from 0 to 10"),
     ({"context_prefixes": 2.5}, "'context_prefixes' must be a whole number"),
+    ({"optimizer": "rmsprop"}, "'optimizer' must be one of adam, gd, got 'rmsprop'"),
 ])
 def test_bad_configs_are_refused_naming_the_field(change, message):
     cfg = PatchConfig(**{**CFG.__dict__, **change})
@@ -163,6 +164,18 @@ def test_context_prefixes_train_the_answer_after_contexts_the_reader_wrote(tiny)
             return float(_answer_loss(tiny, unseen))
 
     assert loss(ctx_p) < loss(plain)
+
+
+def test_gradient_steps_write_the_fact_with_fewer_weights_at_the_bound_than_adam(tiny):
+    def at_bound(p):
+        d = torch.cat([x.flatten() for x in p.deltas.values()])
+        return float((d.abs() >= 0.99 * CFG.delta).float().mean())
+
+    gd = make_patch(tiny, [FACT], PatchConfig(**{**CFG.__dict__, "optimizer": "gd"}))
+    adam = make_patch(tiny, [FACT], CFG, measure=False)
+    assert gd.metrics["efficacy"] == 1.0
+    assert 0 < gd.max_abs() <= CFG.delta * (1 + 1e-6)
+    assert at_bound(gd) < 0.5 * at_bound(adam)
 
 
 def test_the_fingerprint_names_the_weights_as_loaded_not_as_patched(tiny, patch):

@@ -20,6 +20,8 @@ TARGETS = ("mlp.down_proj", "mlp.up_proj", "mlp.gate_proj",
 #: bound above this is no constraint at all (the model would simply be retrained).
 MAX_DELTA = 0.1
 
+OPTIMIZERS = ("adam", "gd")
+
 #: First words of the contexts the reader continues for ``context_prefixes`` (ROME's list).
 PREFIX_STARTS = ("The", "Therefore", "However", "Because", "I", "You", "It", "When", "In", "This")
 
@@ -41,7 +43,11 @@ class PatchConfig:
     layers: list = field(default_factory=lambda: [3])  # decoder blocks whose ``targets`` are trained
     targets: list = field(default_factory=lambda: ["mlp.down_proj"])
     delta: float = 5e-3  # the L-infinity bound on each trained weight's change
-    lr: float = 5e-3  # Adam
+    lr: float = 5e-3
+    #: "adam" moves every weight by about lr a step (a dense change); "gd" steps along the
+    #: gradient, scaled so that a tensor's largest change is lr: the gradient of a few answer
+    #: tokens is of low rank, so most weights move far less than the bound (a sparser edit).
+    optimizer: str = "adam"
     steps: int = 25  # at most; training stops early once every answer token is likely (stop_loss)
     stop_loss: float = 0.05  # mean answer-token cross-entropy at which the edit is done
     locality_weight: float = 0.0  # weight of the KL term on the locality prompts (0: off)
@@ -63,6 +69,8 @@ class PatchConfig:
             if t not in TARGETS:
                 raise PatchError(f"{where}: field 'targets' holds the unknown tensor {t!r}; known: {', '.join(TARGETS)}")
         _number(self.delta, "delta", where, 0.0, MAX_DELTA, open_low=True)
+        if self.optimizer not in OPTIMIZERS:
+            raise PatchError(f"{where}: field 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _number(self.lr, "lr", where, 0.0, 1.0, open_low=True)
         _number(self.stop_loss, "stop_loss", where, 0.0, 10.0)
         _number(self.locality_weight, "locality_weight", where, 0.0, 100.0)

@@ -1,7 +1,7 @@
 """Constrained fine-tuning (Zhu et al. 2020; the FT-L baseline of ROME/EasyEdit): the job
 that makes a weight patch.
 
-Projected gradient descent on the chosen tensors only: minimise the cross-entropy of each
+Projected gradient descent (Adam, or plain steps along the gradient) on the chosen tensors only: minimise the cross-entropy of each
 fact's answer tokens given its prompt (the prompt's tokens carry no loss), and after
 every optimiser step clamp each trained tensor into [theta0 - delta, theta0 + delta]. With
 ``locality_weight > 0`` a KL term keeps the next-token distribution of unrelated prompts
@@ -126,6 +126,14 @@ def _answer_loss(reader, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
+def _gd_step(params, lr: float) -> None:
+    """One step along -grad of each tensor, scaled so that its largest change is ``lr``."""
+    with torch.no_grad():
+        for p in params:
+            g = p.grad
+            p.sub_(g * (lr / g.abs().max().clamp_min(1e-30)))
+
+
 def _last_logp(reader, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.log_softmax(_logits(reader, batch, 1)[:, -1].float(), dim=-1)  # [b, V]
 
@@ -166,11 +174,12 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
     try:
         for p in params.values():
             p.requires_grad_(True)
-        opt = torch.optim.Adam(list(params.values()), lr=config.lr)
+        opt = torch.optim.Adam(list(params.values()), lr=config.lr) if config.optimizer == "adam" else None
         for step in range(config.steps):
             if should_stop is not None and should_stop():
                 raise JobCancelled(f"patch {name!r} cancelled at step {step}: no patch made")
-            opt.zero_grad(set_to_none=True)
+            for p in params.values():
+                p.grad = None
             loss = _answer_loss(reader, batch)
             total = loss
             if loc_batch is not None:
@@ -184,7 +193,10 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
             if ce < config.stop_loss:
                 break
             total.backward()
-            opt.step()
+            if opt is not None:
+                opt.step()
+            else:
+                _gd_step(params.values(), config.lr)
             with torch.no_grad():  # the projection: back into the L-infinity ball around theta0
                 for n, p in params.items():
                     torch.maximum(torch.minimum(p, hi[n]), lo[n], out=p)
