@@ -201,7 +201,7 @@ GRIDS = {
     "kl": [row([3], kl=1.0), row([1, 2, 3, 4, 5], 2e-3, kl=1.0), row([0], kl=1.0)],
     # Generalisation without the eval paraphrases: the answer also trained after contexts
     # the reader wrote itself (ROME's random prefixes); 3 of them make each step 4x dearer.
-    "prefix": [row([3], prefixes=3), row([1, 2, 3, 4, 5], 2e-3, prefixes=3)],
+    "prefix": [row([3], prefixes=3), row([1, 2, 3, 4, 5], 2e-3, prefixes=3), row([29], 1e-2, prefixes=3)],
     # Steps along the gradient (low rank for a few answer tokens) where Adam's move every
     # weight: the bound then binds few weights. lr is the largest change per step.
     "gd": [row([3], lr=1e-3, steps=25, opt="gd"), row([3], 2e-2, lr=5e-3, opt="gd"),
