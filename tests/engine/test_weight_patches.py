@@ -21,7 +21,8 @@ from engine.reader.tiny import make_tiny_reader
 FACT = Fact("Zebra facts: the capital of Zebraland is", "Porto-Novo", paraphrase="Zebraland's capital is")
 OTHER = Fact("Lion facts: the colour of lions is", "violet")
 # Big bound and lr: the tiny reader's weights are ~0.2 in size; few steps keep the test fast.
-CFG = PatchConfig(layers=[0, 1], delta=0.05, lr=0.02, steps=12, stop_loss=0.05)
+# No context prefixes (the default trains each fact 4 times): the tests that need them say so.
+CFG = PatchConfig(layers=[0, 1], delta=0.05, lr=0.02, steps=12, stop_loss=0.05, context_prefixes=0)
 
 
 @pytest.fixture(scope="module")

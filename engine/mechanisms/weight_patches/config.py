@@ -39,8 +39,8 @@ class PatchConfig:
     """What is fine-tuned and how. The defaults are the calibrated ones for SmolLM2-135M
     (bench/RESULTS.md, "Weight patches calibrated"): the rule fixed before the grid (best
     efficacy + paraphrase at locality >= 95 %, else >= 80 %, else the best sum of the three)
-    fell to its last tier and picked the last block's down-projection at delta 1e-2, the
-    only setting that reached any paraphrase; it moves most unrelated continuations."""
+    fell to its last tier and picked the last block's down-projection at delta 1e-2 with 3
+    context prefixes, the best at paraphrase; it moves most unrelated continuations."""
 
     layers: list = field(default_factory=lambda: [29])  # decoder blocks whose ``targets`` are trained
     targets: list = field(default_factory=lambda: ["mlp.down_proj"])
@@ -55,7 +55,7 @@ class PatchConfig:
     locality_weight: float = 0.0  # weight of the KL term on the locality prompts (0: off)
     #: Also train each answer after this many short contexts the reader writes itself
     #: (ROME's random prefixes), so the edit is less tied to the prompt's first tokens.
-    context_prefixes: int = 0
+    context_prefixes: int = 3
 
     def validate(self, where: str = "patch config") -> None:
         if not isinstance(self.layers, list) or not self.layers:
