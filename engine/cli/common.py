@@ -207,6 +207,111 @@ def open_memory(path: str, out: Output, *, create: bool = False, trust_keys: boo
     return Memory.open(p, create=create, on_message=out.info, trust_keys=trust_keys)
 
 
+# ---------------------------------------------------------------------------- reader, memories, plugins
+# What the commands that answer with the reader (predict, eval, eval-edits, compare) share.
+def branch_dir(a, needs: str, hint: str = ""):
+    """The DPM branch folder for ``--reader``/``--branch``: the given one, else the shipped one
+    for the default reader; its config is read here, so a bad folder fails before the reader loads."""
+    from engine.mechanisms import dpm
+    from engine.reader.reader import is_default_name
+
+    if a.branch:
+        folder = a.branch
+    elif is_default_name(a.reader):
+        folder = dpm.default_branch_path()
+    else:
+        raise CliError(f"{needs} a memory branch trained for the reader {a.reader}: pass --branch DIR{hint}")
+    dpm.read_config(folder)
+    return folder
+
+
+def load_predictor(a, out: Output, modes: Sequence[str]):
+    """The reader (--reader) and, when a mode needs it, the DPM branch (--branch, else the shipped one)."""
+    from engine.explain import Predictor
+    from engine.session import open_session
+
+    from engine.cli.patch import apply_patch_args, check_patch_args  # the --patch options' own module
+
+    folder = None
+    if "dpm" in modes:
+        folder = branch_dir(a, "mode dpm needs", " (train one with `plugmem train-branch`), or use --mode context")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one-line errors, clean --json output
+    except ImportError:  # pragma: no cover
+        pass
+    check_patch_args(a)
+    # entry_states: entries read in an earlier run are not read again (not with --pkm or weight
+    # patches: they change the entries' states, and the states on disk are the bare reader's)
+    session = open_session(a.reader, branch=folder,
+                           entry_states=not (getattr(a, "pkm", None) or getattr(a, "patch", None)))
+    a.patch_names = apply_patch_args(a, session.reader)  # on for the rest of this command
+    return Predictor.from_session(session)
+
+
+def open_memories(paths: Sequence[str] | None, out: Output, *, trust_keys: bool = True) -> list:
+    mems = []
+    try:
+        for p in paths or []:
+            mems.append(open_memory(p, out, trust_keys=trust_keys))
+    except BaseException:
+        for m in mems:
+            m.close()
+        raise
+    return mems
+
+
+def pct(x: float | None) -> str:
+    return "   -  " if x is None else f"{100 * x:5.1f}%"
+
+
+def load_plugins(a, reader, mems: Sequence, out: Output) -> list:
+    """The knowledge plugins of ``--plugin DIR`` (repeatable) and ``--plugin auto`` for ``reader``.
+
+    ``auto``: the plugin beside each --memory PACK (``<pack>.plugin``), where one exists,
+    checked against that pack's entities. An explicit folder must match the entity set
+    of one of the plugged packs (any, with no pack plugged); another reader's plugin,
+    or one made for another entity set, is refused (PluginError: exit 2).
+    """
+    from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
+    from engine.mechanisms.plugins.io import default_plugin_dir, load_plugin
+
+    plugins, seen = [], set()
+    for d in a.plugin or []:
+        if d == "auto":
+            found = 0
+            for m in mems:
+                folder = default_plugin_dir(m.pack.path)
+                if folder.is_dir() and folder.resolve() not in seen:
+                    seen.add(folder.resolve())
+                    plugins.append(load_plugin(folder, reader, m.pack))
+                    found += 1
+            if not found:
+                out.info("plugmem: --plugin auto: no knowledge plugin beside the plugged pack(s); none is used")
+            continue
+        folder = Path(d)
+        if folder.resolve() in seen:
+            continue
+        seen.add(folder.resolve())
+        plugin = load_plugin(folder, reader)
+        if mems:
+            errors = []
+            for m in mems:
+                try:
+                    plugin.use_pack_aliases(m.pack)
+                    break
+                except EmbeddingError as exc:
+                    errors.append(str(exc))
+            else:
+                if len(mems) == 1:
+                    raise PluginError(errors[0])
+                raise PluginError(f"the knowledge plugin in {folder} was made for none of the plugged packs' entity "
+                                  f"sets ({errors[0]})")
+        plugins.append(plugin)
+    return plugins
+
+
 # ---------------------------------------------------------------------------- formatting
 def one_line(text: str, width: int = 100) -> str:
     """``text`` on one line of at most ``width`` characters (a listing keeps one row per item)."""

@@ -7,61 +7,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.cli.common import (EXIT_INTERRUPTED, CliError, Output, ProgressBar, StopFlag, add_command,
-                               add_untrusted_arg, job_cancelled, model_errors, one_line, open_memory, run_job)
+                               add_untrusted_arg, branch_dir, job_cancelled, load_plugins, load_predictor,
+                               model_errors, one_line, open_memories, pct, run_job)
 from engine.cli.pkm import add_pkm_arg, pkm_attached, pkm_line
-from engine.cli.patch import add_patch_arg, apply_patch_args, check_patch_args
+from engine.cli.patch import add_patch_arg
 from engine.cli_args import answer_tokens, non_negative, positive, retrieved
-
-
-def _branch_dir(a, needs: str, hint: str = ""):
-    """The DPM branch folder for ``--reader``/``--branch``: the given one, else the shipped one
-    for the default reader; its config is read here, so a bad folder fails before the reader loads."""
-    from engine.mechanisms import dpm
-    from engine.reader.reader import is_default_name
-
-    if a.branch:
-        folder = a.branch
-    elif is_default_name(a.reader):
-        folder = dpm.default_branch_path()
-    else:
-        raise CliError(f"{needs} a memory branch trained for the reader {a.reader}: pass --branch DIR{hint}")
-    dpm.read_config(folder)
-    return folder
-
-
-def _load_predictor(a, out: Output, modes: Sequence[str]):
-    """The reader (--reader) and, when a mode needs it, the DPM branch (--branch, else the shipped one)."""
-    from engine.explain import Predictor
-    from engine.session import open_session
-
-    branch_dir = None
-    if "dpm" in modes:
-        branch_dir = _branch_dir(a, "mode dpm needs", " (train one with `plugmem train-branch`), or use --mode context")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # one-line errors, clean --json output
-    except ImportError:  # pragma: no cover
-        pass
-    # entry_states: entries read in an earlier run are not read again (not with --pkm or weight
-    # patches: they change the entries' states, and the states on disk are the bare reader's)
-    check_patch_args(a)
-    session = open_session(a.reader, branch=branch_dir,
-                           entry_states=not (getattr(a, "pkm", None) or getattr(a, "patch", None)))
-    a.patch_names = apply_patch_args(a, session.reader)  # on for the rest of this command
-    return Predictor.from_session(session)
-
-
-def _open_memories(paths: Sequence[str] | None, out: Output, *, trust_keys: bool = True) -> list:
-    mems = []
-    try:
-        for p in paths or []:
-            mems.append(open_memory(p, out, trust_keys=trust_keys))
-    except BaseException:
-        for m in mems:
-            m.close()
-        raise
-    return mems
 
 
 def _mode_help(memory_only: bool = False) -> str:
@@ -80,10 +30,6 @@ def _modes(arg: str) -> list[str]:
     return modes
 
 
-def _pct(x: float | None) -> str:
-    return "   -  " if x is None else f"{100 * x:5.1f}%"
-
-
 def _check_plugin_args(a) -> None:
     """Fail fast (before the reader loads) on a --plugin folder that is missing or is no plugin."""
     from engine.mechanisms.plugins.io import read_plugin_config
@@ -96,52 +42,6 @@ def _check_plugin_args(a) -> None:
         if not Path(d).is_dir():
             raise CliError(f"--plugin {d}: no such plugin folder (train one with `plugmem map-tune PACK`)")
         read_plugin_config(d)
-
-
-def _load_plugins(a, reader, mems: Sequence, out: Output) -> list:
-    """The knowledge plugins of ``--plugin DIR`` (repeatable) and ``--plugin auto`` for ``reader``.
-
-    ``auto``: the plugin beside each --memory PACK (``<pack>.plugin``), where one exists,
-    checked against that pack's entities. An explicit folder must match the entity set
-    of one of the plugged packs (any, with no pack plugged); another reader's plugin,
-    or one made for another entity set, is refused (PluginError: exit 2).
-    """
-    from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
-    from engine.mechanisms.plugins.io import default_plugin_dir, load_plugin
-
-    plugins, seen = [], set()
-    for d in a.plugin or []:
-        if d == "auto":
-            found = 0
-            for m in mems:
-                folder = default_plugin_dir(m.pack.path)
-                if folder.is_dir() and folder.resolve() not in seen:
-                    seen.add(folder.resolve())
-                    plugins.append(load_plugin(folder, reader, m.pack))
-                    found += 1
-            if not found:
-                out.info("plugmem: --plugin auto: no knowledge plugin beside the plugged pack(s); none is used")
-            continue
-        folder = Path(d)
-        if folder.resolve() in seen:
-            continue
-        seen.add(folder.resolve())
-        plugin = load_plugin(folder, reader)
-        if mems:
-            errors = []
-            for m in mems:
-                try:
-                    plugin.use_pack_aliases(m.pack)
-                    break
-                except EmbeddingError as exc:
-                    errors.append(str(exc))
-            else:
-                if len(mems) == 1:
-                    raise PluginError(errors[0])
-                raise PluginError(f"the knowledge plugin in {folder} was made for none of the plugged packs' entity "
-                                  f"sets ({errors[0]})")
-        plugins.append(plugin)
-    return plugins
 
 
 def _injected_lines(rec) -> list[str]:
@@ -165,13 +65,13 @@ def cmd_predict(a, out: Output) -> int:
     if len(modes) != 1:
         raise CliError("predict takes one --mode")
     _check_plugin_args(a)
-    mems = _open_memories(a.memory, out, trust_keys=not a.reencode_untrusted)
+    mems = open_memories(a.memory, out, trust_keys=not a.reencode_untrusted)
     try:
         if not mems and modes[0] == "dpm":
             modes = ["none"]  # nothing plugged: the bare reader, no branch needed
         try:
-            predictor = _load_predictor(a, out, modes)
-            plugins = _load_plugins(a, predictor.reader, mems, out)
+            predictor = load_predictor(a, out, modes)
+            plugins = load_plugins(a, predictor.reader, mems, out)
             with pkm_attached(a, predictor.reader) as layer:
                 rec = predictor.predict(a.prompt, mems, mode=modes[0], k=a.k, max_new_tokens=a.max_new_tokens,
                                         explain=not a.no_explain, plugins=plugins)
@@ -219,13 +119,13 @@ def _run_per_mode(a, out: Output, modes: Sequence[str], label: str, read_inputs:
     """
     _check_plugin_args(a)
     stop = StopFlag()
-    mems = _open_memories(a.memory, out, trust_keys=not a.reencode_untrusted)
+    mems = open_memories(a.memory, out, trust_keys=not a.reencode_untrusted)
     results: dict[str, Any] = {}
     try:
         try:
             inputs = read_inputs()
-            predictor = _load_predictor(a, out, modes if mems else [])
-            plugins = _load_plugins(a, predictor.reader, mems, out)
+            predictor = load_predictor(a, out, modes if mems else [])
+            plugins = load_plugins(a, predictor.reader, mems, out)
             with stop:
                 for mode in modes:
                     bar = ProgressBar(f"{label} {mode}", enabled=not a.json and not a.quiet)
@@ -288,11 +188,11 @@ def cmd_eval(a, out: Output) -> int:
                       ("accuracy_without_memory", "accuracy with nothing")]
         labels += [("hit_at_k", f"retrieval hit@{a.k}"), ("paraphrase_accuracy", "paraphrases with memory")]
         for key, label in labels:
-            rows.append(f"{label:<28}" + "".join(f"{_pct(results[m][key]):>12}" for m in modes))
+            rows.append(f"{label:<28}" + "".join(f"{pct(results[m][key]):>12}" for m in modes))
         rows.append("by relation (accuracy with memory / without):")
         for rel in results[modes[0]]["by_relation"]:
             cells = "".join(
-                f"{_pct(results[m]['by_relation'][rel]['accuracy']):>8} /{_pct(results[m]['by_relation'][rel]['accuracy_without_memory'])}"
+                f"{pct(results[m]['by_relation'][rel]['accuracy']):>8} /{pct(results[m]['by_relation'][rel]['accuracy_without_memory'])}"
                 for m in modes
             )
             rows.append(f"  {rel:<26} n={results[modes[0]]['by_relation'][rel]['n']:<5}{cells}")
@@ -330,7 +230,7 @@ def cmd_eval_edits(a, out: Output) -> int:
         for key, label in [("efficacy_before", "efficacy before"), ("efficacy", "efficacy after"),
                            ("generalization_before", "paraphrases before"), ("generalization", "paraphrases after"),
                            ("locality", "locality (unchanged)"), ("edit_retrieved", "edited entry retrieved")]:
-            rows.append(f"{label:<26}" + "".join(f"{_pct(results[m][key]):>12}" for m in modes))
+            rows.append(f"{label:<26}" + "".join(f"{pct(results[m][key]):>12}" for m in modes))
         rows.append("pack restored (undo): " + ", ".join(f"{m}: {'yes' if results[m]['restored'] else 'NO'}" for m in modes))
         return "\n".join(rows)
 
@@ -341,7 +241,7 @@ def cmd_eval_edits(a, out: Output) -> int:
 def cmd_prepare(a, out: Output) -> int:
     from engine.jobs.prepare_states import prepare_states
 
-    _branch_dir(a, "prepare needs")
+    branch_dir(a, "prepare needs")
     missing = [p for p in a.memory if not Path(p).is_file()]
     if missing:
         raise CliError(f"{missing[0]}: no such memory pack")

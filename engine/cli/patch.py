@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from engine.cli.common import (EXIT_INTERRUPTED, CliError, ProgressBar, StopFlag, add_command, job_cancelled,
-                               model_errors, open_pack)
+                               load_plugins, load_predictor, model_errors, open_memories, open_pack, pct)
 from engine.cli_args import positive
 
 ACTIVE_FILE = "active.json"
@@ -170,10 +170,9 @@ def cmd_patch_create(a, out) -> int:
 
     facts = _facts(a)
     base = PatchConfig()
-    cfg = PatchConfig(layers=a.layers or base.layers, targets=a.targets or base.targets,
-                      delta=base.delta if a.delta is None else a.delta, lr=base.lr if a.lr is None else a.lr,
-                      steps=a.steps or base.steps, stop_loss=base.stop_loss,
-                      locality_weight=base.locality_weight if a.locality_weight is None else a.locality_weight)
+    given = {"layers": a.layers, "targets": a.targets, "delta": a.delta, "lr": a.lr, "steps": a.steps,
+             "locality_weight": a.locality_weight, "context_prefixes": a.context_prefixes, "optimizer": a.optimizer}
+    cfg = PatchConfig(**{**base.__dict__, **{k: v for k, v in given.items() if v is not None}})
     cfg.validate("patch create")
     locality = [p.prompt for p in read_probes(a.locality)][:200] if a.locality else []
     outdir = Path(a.out)
@@ -272,7 +271,8 @@ def cmd_patch_show(a, out) -> int:
                  f"made by {meta.get('who') or '?'} at {meta.get('when') or '?'}"
                  + (f", on top of {', '.join(meta['on_top_of'])}" if meta.get("on_top_of") else ""),
                  f"layers {c['layers']} {', '.join(c['targets'])}; delta {c['delta']:g}, lr {c['lr']:g}, "
-                 f"steps {c['steps']}, locality weight {c['locality_weight']:g}",
+                 f"steps {c['steps']}, locality weight {c['locality_weight']:g}, "
+                 f"context prefixes {c.get('context_prefixes', 0)}, optimizer {c.get('optimizer', 'adam')}",
                  "metrics: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()),
                  f"facts ({len(meta['facts'])}):"]
         for f in meta["facts"]:
@@ -359,7 +359,6 @@ def cmd_compare(a, out) -> int:
 
 
 def _compare(a, out) -> int:
-    from engine.cli.model import _load_plugins, _load_predictor, _open_memories, _pct
     from engine.evaluate import read_edits, read_probes
     from engine.evaluate.compare import LABELS, check_mechanisms, compare
     from engine.mechanisms.weight_patches import PatchConfig
@@ -368,14 +367,14 @@ def _compare(a, out) -> int:
     edits = read_edits(a.edits)
     locality = read_probes(a.locality) if a.locality else []
     base = PatchConfig()
-    cfg = PatchConfig(layers=a.layers or base.layers, delta=base.delta if a.delta is None else a.delta,
-                      steps=a.steps or base.steps, lr=base.lr, stop_loss=base.stop_loss, targets=base.targets)
+    cfg = PatchConfig(**{**base.__dict__, "layers": a.layers or base.layers,
+                         "delta": base.delta if a.delta is None else a.delta, "steps": a.steps or base.steps})
     cfg.validate("compare")
-    mems = _open_memories([a.memory], out)
+    mems = open_memories([a.memory], out)
     try:
         a.patch = None
-        predictor = _load_predictor(a, out, ["dpm"] if "dpm" in mechanisms and a.branch != "none" else [])
-        plugins = _load_plugins(a, predictor.reader, mems, out)
+        predictor = load_predictor(a, out, ["dpm"] if "dpm" in mechanisms and a.branch != "none" else [])
+        plugins = load_plugins(a, predictor.reader, mems, out)
         stop = StopFlag()
         bar = ProgressBar("compare", enabled=not a.json and not a.quiet)
         try:
@@ -396,7 +395,7 @@ def _compare(a, out) -> int:
                  f"{'':<24}" + "".join(f"{LABELS[n][:22]:>24}" for n in names)]
         for key, label in [("efficacy", "efficacy"), ("paraphrase", "paraphrases"), ("locality", "locality (unchanged)"),
                            ("accuracy_before", "unmodified acc. before"), ("accuracy_after", "unmodified acc. after")]:
-            lines.append(f"{label:<24}" + "".join(f"{_pct(rows[n][key]):>24}" for n in names))
+            lines.append(f"{label:<24}" + "".join(f"{pct(rows[n][key]):>24}" for n in names))
         lines.append(f"{'action -> answer':<24}" + "".join(f"{rows[n]['seconds_to_change']:>22.2f} s" for n in names))
         lines.append(f"{'artefact':<24}" + "".join(f"{_size(rows[n]['artefact_bytes']):>24}" for n in names))
         lines.append(f"{'reversible exactly':<24}" + "".join(f"{'yes' if rows[n]['reversible_exactly'] else 'NO':>24}"
@@ -443,6 +442,10 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--lr", type=float)
     sp.add_argument("--locality", metavar="PROBES.jsonl", help="prompts whose answers must not move (a KL term)")
     sp.add_argument("--locality-weight", type=float, help="the KL term's weight (default 0: off)")
+    sp.add_argument("--optimizer", choices=["adam", "gd"], help="adam, or gd: steps along the gradient whose "
+                                                                "largest change is --lr (a sparser edit)")
+    sp.add_argument("--context-prefixes", type=int, metavar="N",
+                    help="also train each answer after N short contexts the reader writes itself (0 to 10)")
     sp.add_argument("--sequential", action="store_true", help="one patch per fact, each on top of the earlier ones "
                                                               "(OUT/01, OUT/02, ...)")
     sp.add_argument("--skip-known", action="store_true", help="leave out facts the reader already gives (default: refuse)")

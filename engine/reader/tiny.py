@@ -92,4 +92,6 @@ def make_tiny_reader(
         torch.manual_seed(seed)
         model = model_cls(cfg)
     model.to(device=pick_device(device), dtype=torch.float32)
-    return Reader(model, tok, name=f"tiny-{model_type}-seed{seed}", weights_sha256=lambda: _state_hash(model))
+    # Hashed now, not lazily: the fingerprint names the weights as made, whatever is
+    # written into them later (a weight patch applied, a test's in-place change).
+    return Reader(model, tok, name=f"tiny-{model_type}-seed{seed}", weights_sha256=_state_hash(model))

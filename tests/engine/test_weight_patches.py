@@ -21,7 +21,8 @@ from engine.reader.tiny import make_tiny_reader
 FACT = Fact("Zebra facts: the capital of Zebraland is", "Porto-Novo", paraphrase="Zebraland's capital is")
 OTHER = Fact("Lion facts: the colour of lions is", "violet")
 # Big bound and lr: the tiny reader's weights are ~0.2 in size; few steps keep the test fast.
-CFG = PatchConfig(layers=[0, 1], delta=0.05, lr=0.02, steps=12, stop_loss=0.05)
+# No context prefixes (the default trains each fact 4 times): the tests that need them say so.
+CFG = PatchConfig(layers=[0, 1], delta=0.05, lr=0.02, steps=12, stop_loss=0.05, context_prefixes=0)
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +135,61 @@ def test_empty_prompts_and_answers_are_refused(tiny, fact, message):
     ({"layers": []}, "'layers' must be a non-empty list"),
     ({"layers": [0, 0]}, "names a block twice"),
     ({"targets": ["mlp.nonsense"]}, "unknown tensor 'mlp.nonsense'"),
+    ({"context_prefixes": -1}, "'context_prefixes' must be a whole number from 0 to 10"),
+    ({"context_prefixes": 11}, "'context_prefixes' must be a whole number from 0 to 10"),
+    ({"context_prefixes": 2.5}, "'context_prefixes' must be a whole number"),
+    ({"optimizer": "rmsprop"}, "'optimizer' must be one of adam, gd, got 'rmsprop'"),
 ])
 def test_bad_configs_are_refused_naming_the_field(change, message):
     cfg = PatchConfig(**{**CFG.__dict__, **change})
     with pytest.raises(PatchError, match=message):
         cfg.validate()
+
+
+def test_context_prefixes_train_the_answer_after_contexts_the_reader_wrote(tiny):
+    from engine.mechanisms.weight_patches.train import context_prefixes
+
+    ctx = context_prefixes(tiny, 3)
+    assert ctx == context_prefixes(tiny, 3)  # greedy: the same contexts each time
+    assert all(c.startswith(s) and c.endswith(". ") for c, s in zip(ctx, ["The", "Therefore", "However"]))
+    from engine.mechanisms.weight_patches.train import _answer_loss, _batch
+
+    cfg = PatchConfig(**{**CFG.__dict__, "stop_loss": 0.0, "steps": 12})
+    plain = make_patch(tiny, [FACT], cfg, measure=False)
+    ctx_p = make_patch(tiny, [FACT], PatchConfig(**{**cfg.__dict__, "context_prefixes": 3}), measure=False)
+    assert [f.prompt for f in ctx_p.facts] == [FACT.prompt]  # the patch lists the user's fact only
+    unseen = _batch(tiny, [Fact(c + FACT.prompt, FACT.answer) for c in ("It was late. ", "Note: ", "Zebras run. ")])
+
+    def loss(p):  # the answer's cross-entropy after contexts neither patch was trained on
+        with applied(tiny, [p]), torch.no_grad():
+            return float(_answer_loss(tiny, unseen))
+
+    assert loss(ctx_p) < loss(plain)
+
+
+def test_gradient_steps_write_the_fact_with_fewer_weights_at_the_bound_than_adam(tiny):
+    def at_bound(p):
+        d = torch.cat([x.flatten() for x in p.deltas.values()])
+        return float((d.abs() >= 0.99 * CFG.delta).float().mean())
+
+    gd = make_patch(tiny, [FACT], PatchConfig(**{**CFG.__dict__, "optimizer": "gd"}))
+    adam = make_patch(tiny, [FACT], CFG, measure=False)
+    assert gd.metrics["efficacy"] == 1.0
+    assert 0 < gd.max_abs() <= CFG.delta * (1 + 1e-6)
+    assert at_bound(gd) < 0.5 * at_bound(adam)
+
+
+def test_the_fingerprint_names_the_weights_as_loaded_not_as_patched(tiny, patch):
+    # A fresh reader whose fingerprint nobody read yet, patched first: its fingerprint must
+    # still be the unpatched weights' (else artefacts made now would be refused later).
+    fresh = make_tiny_reader(seed=0)
+    with torch.no_grad():
+        next(fresh.model.parameters()).add_(1.0)  # any in-place write to the weights
+    assert fresh.fingerprint == tiny.fingerprint
+    fresh = make_tiny_reader(seed=0)
+    with applied(fresh, [patch]):
+        assert fresh.fingerprint == tiny.fingerprint
+    assert make_tiny_reader(seed=1).fingerprint["weights_sha256"] != tiny.fingerprint["weights_sha256"]
 
 
 def test_a_block_the_reader_does_not_have_is_refused(tiny):

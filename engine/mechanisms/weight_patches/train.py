@@ -1,11 +1,13 @@
 """Constrained fine-tuning (Zhu et al. 2020; the FT-L baseline of ROME/EasyEdit): the job
 that makes a weight patch.
 
-Projected gradient descent on the chosen tensors only: minimise the cross-entropy of each
+Projected gradient descent (Adam, or plain steps along the gradient) on the chosen tensors only: minimise the cross-entropy of each
 fact's answer tokens given its prompt (the prompt's tokens carry no loss), and after
 every optimiser step clamp each trained tensor into [theta0 - delta, theta0 + delta]. With
 ``locality_weight > 0`` a KL term keeps the next-token distribution of unrelated prompts
-where it was. All facts of a batch are trained together; :func:`make_sequential` makes one
+where it was. With ``context_prefixes > 0`` each answer is also trained after that many
+short contexts the reader wrote itself (ROME's random prefixes; no paraphrase of the user's
+is needed). All facts of a batch are trained together; :func:`make_sequential` makes one
 patch per fact, each on top of the ones before (a stack, as the user would apply them).
 
 The reader is always given back as it was (the tensors are restored from their copies,
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.mechanisms.weight_patches.attach import PatchStack, applied, parameters
-from engine.mechanisms.weight_patches.config import PatchConfig, PatchError
+from engine.mechanisms.weight_patches.config import PREFIX_STARTS, PatchConfig, PatchError
 from engine.mechanisms.weight_patches.module import Fact, WeightPatch, tensor_sha256
 from engine.probe_files import is_correct
 from engine.progress import JobCancelled
@@ -65,6 +67,19 @@ def check_facts(reader, facts: Sequence[Fact], config: PatchConfig, *, known: st
     if not todo:
         raise PatchError("the reader already gives every answer: nothing to write, no patch made")
     return todo
+
+
+def context_prefixes(reader, n: int) -> list[str]:
+    """``n`` short contexts written by the reader (greedy, so the same reader gives the same
+    ones), each ending a sentence so the prompt starts a new one: "The first time I ... . "."""
+    if n <= 0:
+        return []
+    starts = list(PREFIX_STARTS[:n])
+    out = []
+    for s, cont in zip(starts, reader.generate(starts, max_new_tokens=8)):
+        text = " ".join((s + cont).split())  # one line
+        out.append(text.rstrip(" .,;:") + ". ")
+    return out
 
 
 def _batch(reader, facts: Sequence[Fact]) -> dict[str, torch.Tensor]:
@@ -111,6 +126,14 @@ def _answer_loss(reader, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
+def _gd_step(params, lr: float) -> None:
+    """One step along -grad of each tensor, scaled so that its largest change is ``lr``."""
+    with torch.no_grad():
+        for p in params:
+            g = p.grad
+            p.sub_(g * (lr / g.abs().max().clamp_min(1e-30)))
+
+
 def _last_logp(reader, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.log_softmax(_logits(reader, batch, 1)[:, -1].float(), dim=-1)  # [b, V]
 
@@ -131,12 +154,13 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
     stack = PatchStack.of(reader)
     names = config.tensor_names()
     params = parameters(reader, names, "patch config: field 'layers'/'targets'")
-    reader.fingerprint  # cached on the weights as they are before training
     theta0 = {n: p.detach().clone() for n, p in params.items()}
     base = {n: tensor_sha256(t) for n, t in theta0.items()}
     lo = {n: t - config.delta for n, t in theta0.items()}
     hi = {n: t + config.delta for n, t in theta0.items()}
-    batch = _batch(reader, todo)
+    trained = list(todo) + [Fact(c + f.prompt, f.answer) for c in context_prefixes(reader, config.context_prefixes)
+                            for f in todo]
+    batch = _batch(reader, trained)
     first = min(config.layers)
     _frozen_prefix(reader, batch, first)
     loc_batch = loc_ref = None
@@ -150,11 +174,12 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
     try:
         for p in params.values():
             p.requires_grad_(True)
-        opt = torch.optim.Adam(list(params.values()), lr=config.lr)
+        opt = torch.optim.Adam(list(params.values()), lr=config.lr) if config.optimizer == "adam" else None
         for step in range(config.steps):
             if should_stop is not None and should_stop():
                 raise JobCancelled(f"patch {name!r} cancelled at step {step}: no patch made")
-            opt.zero_grad(set_to_none=True)
+            for p in params.values():
+                p.grad = None
             loss = _answer_loss(reader, batch)
             total = loss
             if loc_batch is not None:
@@ -168,7 +193,10 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
             if ce < config.stop_loss:
                 break
             total.backward()
-            opt.step()
+            if opt is not None:
+                opt.step()
+            else:
+                _gd_step(params.values(), config.lr)
             with torch.no_grad():  # the projection: back into the L-infinity ball around theta0
                 for n, p in params.items():
                     torch.maximum(torch.minimum(p, hi[n]), lo[n], out=p)
