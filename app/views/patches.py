@@ -114,7 +114,8 @@ class WritePatchDialog(QDialog):
         self.steps.setRange(1, 100_000)
         self.steps.setValue(d.steps)
         self.layers = QLineEdit(", ".join(str(i) for i in d.layers))
-        self.layers.setToolTip("Decoder blocks whose MLP down-projection is trained, e.g. 3 or 0, 29")
+        self.layers.setToolTip("Decoder blocks whose MLP down-projection is trained, e.g. 3, or 0, 29;\n"
+                               "-1 is the last block")
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(4)
         self.lr.setRange(0.0, 1.0)

@@ -422,7 +422,8 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
         return add_command(sub, [common], name, fn, help)
 
     def config_args(sp):
-        sp.add_argument("--layers", type=int, nargs="+", metavar="N", help="decoder blocks to fine-tune (default: calibrated)")
+        sp.add_argument("--layers", type=int, nargs="+", metavar="N",
+                        help="decoder blocks to fine-tune, -1 the last (default: calibrated, -1)")
         sp.add_argument("--delta", type=float, help="L-infinity bound on each weight's change")
         sp.add_argument("--steps", type=positive, help="optimiser steps at most")
 

@@ -195,6 +195,11 @@ def test_the_fingerprint_names_the_weights_as_loaded_not_as_patched(tiny, patch)
 def test_a_block_the_reader_does_not_have_is_refused(tiny):
     with pytest.raises(PatchError, match="field 'layers' names block 7, but the reader has blocks 0 to 1"):
         make_patch(tiny, [FACT], PatchConfig(layers=[7]))
+    with pytest.raises(PatchError, match="field 'layers' names block -3, but the reader has blocks 0 to 1 "
+                                         "\\(or -1 to -2 from the last\\)"):
+        make_patch(tiny, [FACT], PatchConfig(layers=[-3]))
+    with pytest.raises(PatchError, match="names a block twice: \\[1, -1\\] \\(blocks \\[1, 1\\]\\)"):
+        make_patch(tiny, [FACT], PatchConfig(layers=[1, -1]))
 
 
 def test_cancel_stops_within_a_step_and_leaves_no_patch(tiny):
@@ -428,3 +433,12 @@ def test_training_from_the_frozen_blocks_states_gives_the_full_loss(tiny):
     _frozen_prefix(tiny, cached, 1)  # block 0 is not trained: its output is computed once
     with torch.no_grad():
         assert torch.allclose(_answer_loss(tiny, b), _answer_loss(tiny, cached), atol=1e-5)
+
+
+
+def test_the_default_block_is_the_last_of_whatever_reader(tiny):
+    """-1 (the calibrated default: SmolLM2's block 29) fits a reader of any depth, and the patch
+    records the block it resolved to, so its folder names real tensors."""
+    assert PatchConfig().layers == [-1]
+    patch = make_patch(tiny, [FACT], PatchConfig(**{**CFG.__dict__, "layers": [-1]}), measure=False)
+    assert sorted(patch.deltas) == ["model.layers.1.mlp.down_proj.weight"] and patch.config.layers == [1]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.artefacts import config_from_dict
@@ -42,7 +42,9 @@ class PatchConfig:
     fell to its last tier and picked the last block's down-projection at delta 1e-2 with 3
     context prefixes, the best at paraphrase; it moves most unrelated continuations."""
 
-    layers: list = field(default_factory=lambda: [29])  # decoder blocks whose ``targets`` are trained
+    #: decoder blocks whose ``targets`` are trained; -1 is the last block (so the default fits
+    #: any reader), and a patch records the numbers it resolved to
+    layers: list = field(default_factory=lambda: [-1])
     targets: list = field(default_factory=lambda: ["mlp.down_proj"])
     delta: float = 1e-2  # the L-infinity bound on each trained weight's change
     lr: float = 5e-3
@@ -61,8 +63,9 @@ class PatchConfig:
         if not isinstance(self.layers, list) or not self.layers:
             raise PatchError(f"{where}: field 'layers' must be a non-empty list of block numbers, got {self.layers!r}")
         for v in self.layers:
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise PatchError(f"{where}: field 'layers' holds {v!r}, not a block number (0, 1, ...)")
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise PatchError(f"{where}: field 'layers' holds {v!r}, not a block number (0, 1, ..., or -1 for "
+                                 "the last)")
         if len(set(self.layers)) != len(self.layers):
             raise PatchError(f"{where}: field 'layers' names a block twice: {self.layers}")
         if not isinstance(self.targets, list) or not self.targets:
@@ -82,6 +85,21 @@ class PatchConfig:
                              f"{len(PREFIX_STARTS)}, got {self.context_prefixes!r}")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not 1 <= self.steps <= 10_000:
             raise PatchError(f"{where}: field 'steps' must be a whole number from 1 to 10,000, got {self.steps!r}")
+
+    def for_reader(self, num_layers: int, where: str = "patch config") -> "PatchConfig":
+        """This config with each block number counted from the start (-1: block ``num_layers - 1``);
+        a block the reader does not have is refused, naming it."""
+        self.validate(where)
+        out = []
+        for v in self.layers:
+            i = v + num_layers if v < 0 else v
+            if not 0 <= i < num_layers:
+                raise PatchError(f"{where}: field 'layers' names block {v}, but the reader has blocks 0 to "
+                                 f"{num_layers - 1} (or -1 to -{num_layers} from the last)")
+            out.append(i)
+        if len(set(out)) != len(out):
+            raise PatchError(f"{where}: field 'layers' names a block twice: {self.layers} (blocks {out})")
+        return replace(self, layers=out)
 
     def tensor_names(self) -> list[str]:
         """The reader parameters this config trains, in a stable order."""

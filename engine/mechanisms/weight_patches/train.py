@@ -51,11 +51,7 @@ def check_facts(reader, facts: Sequence[Fact], config: PatchConfig, *, known: st
         raise PatchError("no facts to write into the weights")
     for i, f in enumerate(facts):
         f.check(f.source or f"fact #{i + 1}")
-    config.validate()
-    too_deep = [i for i in config.layers if i >= reader.num_layers]
-    if too_deep:
-        raise PatchError(f"patch config: field 'layers' names block {too_deep[0]}, but the reader has blocks "
-                         f"0 to {reader.num_layers - 1}")
+    config.for_reader(reader.num_layers)
     now = _answers(reader, [f.prompt for f in facts], [f.answer for f in facts])
     answered = [(f, a) for f, a in zip(facts, now) if is_correct(a, f.answer)]
     if answered and known != "skip":
@@ -148,7 +144,7 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
     ``locality``: prompts whose next-token distribution must not move (used when
     ``config.locality_weight > 0``). Cancel (``should_stop``) raises ``JobCancelled`` within
     one optimiser step and leaves no patch."""
-    config = config or PatchConfig()
+    config = (config or PatchConfig()).for_reader(reader.num_layers)
     t0 = time.perf_counter()
     todo = check_facts(reader, facts, config, known=known)
     stack = PatchStack.of(reader)
