@@ -79,7 +79,8 @@ class MainWindow(QMainWindow):
         # its History list, and it is tall enough for four or five jobs
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
-        self.side_docks = SideDocks(self, self.workspace_dock, self.editor_dock, self.fit_docks)  # one column below ~1,234 px
+        self.side_docks = SideDocks(self, self.workspace_dock, self.editor_dock, self.fit_docks,
+                                    below=[self.patches_dock])  # one column below ~1,234 px
         for d in (self.workspace_dock, self.editor_dock):
             d.toggleViewAction().toggled.connect(lambda on: self.side_docks.arrange())
 

@@ -42,6 +42,7 @@ FLOWS: dict[str, tuple[str, ...]] = {
     "revert": ("edit_revert_preview", "edit_revert_keeps_version"),
     "save_refused": ("save_during_evaluation",),
     "explain": ("explain", "ask_edit_banner_1280"),
+    "patches": ("patch_dialog", "patches_explain", "patches_dock"),
     "probes": ("evaluation_empty_state", "probes_review", "probes_run"),
     "evaluation": ("evaluation", "evaluation_compare"),
     "entities": ("entities", "map_tune", "jobs_loss_curve"),
@@ -236,7 +237,7 @@ def run_flow(name: str, demo: Path, out: Path) -> int:
     if name not in FLOWS:
         print(f"make_screenshots: no flow {name!r}", file=sys.stderr)
         return 2
-    needs_reader = name in ("explain", "probes", "evaluation", "entities", "help")
+    needs_reader = name in ("explain", "patches", "probes", "evaluation", "entities", "help")
     d = Driver(demo, out, with_reader=needs_reader)
     try:
         globals()[f"flow_{name}"](d)
@@ -442,6 +443,44 @@ def flow_explain(d: Driver) -> None:
     ed.save()
     d.until(lambda: p.stale.isVisible(), "the edit banner", 60)
     d.shot("ask_edit_banner_1280", 800)
+
+
+def flow_patches(d: Driver) -> None:
+    """Write this fact into the weights… from a geography entry (Advanced open); then a fact the
+    reader gets wrong written by the dialog's job, applied; Ask and explain with and without it."""
+    from app.views.patches import WritePatchDialog, prefill_from_entry
+
+    d.show_pack(d.geo)
+    d.reader_ready()
+    d.select(1)
+    dlg = WritePatchDialog(d.win.patches, prefill_from_entry(d.ctx.reader(d.geo), 1), d.win)
+    dlg.advanced.setChecked(True)
+    dlg.locality.setPlainText("The capital of France is\nThe chemical symbol of gold is")
+    dlg.move(330, 120)
+    dlg.show()
+    d.shot("patch_dialog", 800)
+    # SmolLM2 says Bern: the fix the user writes into the weights
+    dlg.prompt.setText("Albert Einstein was born in the city of")
+    dlg.answer.setText("Ulm")
+    dlg.paraphrase.setText("Einstein's birthplace is the city of")
+    dlg.locality.setPlainText("")
+    dlg.name.setText("ulm")
+    dlg.ok.click()
+    d.until(lambda: "ulm" in d.win.patches.applied, "the patch made by its job and applied", 900)
+    p = d.win.explain
+    d.win.tabs.setCurrentWidget(p)
+    p.mode.setCurrentIndex(max(0, p.mode.findData("context")))
+    _ask(d, "Albert Einstein was born in the city of")
+    done = []
+    p.without_done.connect(done.append)
+    if not p.answer_without_patches():
+        raise RuntimeError("no patch applied: nothing to answer without")
+    d.until(lambda: done, "the answers without each patch", 600)
+    d.shot("patches_explain", 800)
+    pix = d.win.patches_dock.grab()
+    if not pix.save(str(d.out / "patches_dock.png")):
+        raise RuntimeError("could not save patches_dock.png")
+    print(f"  patches_dock.png: {pix.width()} x {pix.height()}", flush=True)
 
 
 def flow_probes(d: Driver) -> None:

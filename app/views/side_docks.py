@@ -3,13 +3,13 @@
 Side by side, the two docks and the tabs' minimum need about 1,234 px (measured at 1024 x 700
 with the app's style sheet), so a 1024 px screen got a window wider than itself. Below the
 width they need, the Entry dock goes under the Workspace list in the left column (which then
-takes the window's full height); where even that column is too short, the two become tabs
-of one dock area. Both stay open either way, and widening the window puts them back.
+takes the window's full height); where even that column is too short, they become tabs of
+one dock area, with the docks that share the left column (the Patches list). Both stay open either way, and widening the window puts them back.
 A dock the user has moved, floated or closed is left where it is.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDockWidget, QLayout, QMainWindow, QStyle
@@ -26,8 +26,10 @@ def _open(d: QDockWidget) -> bool:
 class SideDocks:
     """Arranges ``left`` and ``right`` (docks of ``win``) for the window's current size."""
 
-    def __init__(self, win: QMainWindow, left: QDockWidget, right: QDockWidget, fit: Callable[[], None]) -> None:
+    def __init__(self, win: QMainWindow, left: QDockWidget, right: QDockWidget, fit: Callable[[], None],
+                 below: Sequence[QDockWidget] = ()) -> None:
         self.win, self.left, self.right, self.fit = win, left, right, fit  # fit: size the docks to their content
+        self.below = list(below)  # docks under ``left`` in its column: tabbed with it when room is short
         self.mode = SIDE
         self._busy = False
         self._min_height = 0  # the layout's, with the docks side by side or tabbed
@@ -54,8 +56,8 @@ class SideDocks:
         return central + max(docks) + self._sep()
 
     def height_needed_stacked(self) -> int:
-        return (self._chrome_height() + self.left.minimumSizeHint().height()
-                + self.right.minimumSizeHint().height() + 2 * self._sep())
+        column = [self.left, self.right] + [d for d in self.below if _open(d) and not d.isFloating()]
+        return self._chrome_height() + sum(d.minimumSizeHint().height() + self._sep() for d in column)
 
     def _ours(self) -> bool:
         """Both docks open, docked, and where this class put them (not moved by the user)."""
@@ -97,18 +99,23 @@ class SideDocks:
 
     def _move(self, mode: str) -> None:
         w, l, r = self.win, self.left, self.right
+        below = [d for d in self.below if not d.isFloating() and w.dockWidgetArea(d) == LEFT]
+        if self.mode != SIDE:
+            w.addDockWidget(RIGHT, r)  # back to its own area first
+        if self.mode == TABBED:
+            for d in below:  # out of the tabs, under the Workspace list again
+                w.addDockWidget(LEFT, d)
         if mode == SIDE:
-            w.addDockWidget(RIGHT, r)
             w.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.BottomDockWidgetArea)
         else:
-            if self.mode != SIDE:  # stacked <-> tabbed: back to its own area first
-                w.addDockWidget(RIGHT, r)
             # the left column takes the full height (the Jobs dock stays under the tabs)
             w.setCorner(Qt.Corner.BottomLeftCorner, LEFT)
             if mode == STACKED:
                 w.splitDockWidget(l, r, Qt.Orientation.Vertical)
             else:
                 w.tabifyDockWidget(l, r)
+                for d in below:
+                    w.tabifyDockWidget(l, d)
             r.show()
             r.raise_()  # the entry being edited in front: a pack is one click away
         self.mode = mode

@@ -251,8 +251,9 @@ def test_the_probes_under_review_read_whole_beside_long_paraphrases(qtbot, demo_
 def test_both_side_docks_fit_a_1024_by_700_window(qtbot, demo_like):
     """Side by side, the Workspace and Entry docks and the tabs needed 1,234 px: a 1024 px screen
     got a window wider than itself. Below that width the Entry dock goes under the Workspace
-    list; both stay open, nothing is cut on any tab (the pack names neither), and a wider
-    window puts them back."""
+    list, or, where the column is too short for it and the Patches list, they become tabs; both
+    stay open, nothing is cut on any tab (the pack names neither), and a wider window puts them
+    back."""
     from PySide6.QtCore import Qt
 
     win, paths = demo_like
@@ -262,8 +263,13 @@ def test_both_side_docks_fit_a_1024_by_700_window(qtbot, demo_like):
     qtbot.wait(50)
     assert (win.width(), win.height()) == (1024, 700)
     assert win.workspace_dock.isVisible() and win.editor_dock.isVisible()
-    assert win.dockWidgetArea(win.editor_dock) == left  # under the pack list, not beside it
-    assert win.editor_dock.geometry().top() > win.workspace_dock.geometry().bottom()
+    assert win.dockWidgetArea(win.editor_dock) == left  # in the pack list's column, not beside it
+    if 700 >= win.side_docks.height_needed_stacked():
+        assert win.side_docks.mode == "stacked"
+        assert win.editor_dock.geometry().top() > win.workspace_dock.geometry().bottom()
+    else:  # with the Patches list the column is too short at 700 px: the three are tabs
+        assert win.side_docks.mode == "tabbed"
+        assert {win.editor_dock, win.patches_dock} <= set(win.tabifiedDockWidgets(win.workspace_dock))
     assert win.browser.select_id(1)  # an entry in the editor, as the user works
     qtbot.waitUntil(lambda: win.editor.text.toPlainText() != "", timeout=10_000)
     problems = {}
@@ -278,6 +284,8 @@ def test_both_side_docks_fit_a_1024_by_700_window(qtbot, demo_like):
         if found:
             problems[win.tabs.tabText(i)] = found
     assert problems == {}, problems
+    win.workspace_dock.raise_()  # its tab in front, as the user clicks it
+    qtbot.wait(50)
     assert cut_cells(win.workspace_panel.tree) == []  # pack names, counts, encoder whole
     short = win.side_docks.height_needed_stacked() - 1
     win.resize(1024, short)  # too short for both in one column: tabs of one area, the entry in front
@@ -291,6 +299,8 @@ def test_both_side_docks_fit_a_1024_by_700_window(qtbot, demo_like):
     win.resize(1280, 800)
     qtbot.wait(50)
     assert win.dockWidgetArea(win.editor_dock) == Qt.DockWidgetArea.RightDockWidgetArea
+    assert win.tabifiedDockWidgets(win.workspace_dock) == [] and win.patches_dock.isVisible()
+    assert win.patches_dock.geometry().top() > win.workspace_dock.geometry().bottom()  # under it again
     assert cut_texts(win) == []
 
 

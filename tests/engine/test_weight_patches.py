@@ -442,3 +442,25 @@ def test_the_default_block_is_the_last_of_whatever_reader(tiny):
     assert PatchConfig().layers == [-1]
     patch = make_patch(tiny, [FACT], PatchConfig(**{**CFG.__dict__, "layers": [-1]}), measure=False)
     assert sorted(patch.deltas) == ["model.layers.1.mlp.down_proj.weight"] and patch.config.layers == [1]
+
+
+def test_a_patch_from_before_context_prefixes_reads_as_made_without_them(tiny, tmp_path):
+    """Its config.json has no 'context_prefixes' / 'optimizer': it was made with none and Adam,
+    whatever today's defaults are; a new patch that uses them says so in its file."""
+    import json
+
+    from engine.mechanisms.weight_patches import load, save
+
+    patch = make_patch(tiny, [FACT], PatchConfig(**{**CFG.__dict__, "context_prefixes": 2, "optimizer": "gd"}),
+                       measure=False)
+    save(patch, tmp_path / "new")
+    cfg = json.loads((tmp_path / "new" / "config.json").read_text())["config"]
+    assert cfg["context_prefixes"] == 2 and cfg["optimizer"] == "gd"
+    for k in ("context_prefixes", "optimizer"):
+        del cfg[k]
+    meta = json.loads((tmp_path / "new" / "config.json").read_text())
+    meta["config"] = cfg
+    (tmp_path / "new" / "config.json").write_text(json.dumps(meta))
+    old = load(tmp_path / "new", tiny)
+    assert old.config.context_prefixes == 0 and old.config.optimizer == "adam"
+    assert PatchConfig().context_prefixes != 0  # the default moved on; the old patch did not

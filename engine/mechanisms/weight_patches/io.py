@@ -23,6 +23,9 @@ from engine.mechanisms.weight_patches.config import (CONFIG_FILE, DELTA_FILE, FO
 from engine.mechanisms.weight_patches.module import Fact, WeightPatch
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
+#: Config fields added after the first patches were written, with the value those patches were
+#: made with: absent means that value (not today's default), and it is written only when it differs.
+LEGACY = {"optimizer": "adam", "context_prefixes": 0}
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
 #: float32 rounding of (theta0 + delta) - theta0 may exceed delta by an ulp of the weight.
 _BOUND_SLACK = 1e-6
@@ -43,7 +46,7 @@ class PatchFiles(Artefact):
         check_fields(meta, {"name": "str", "reader": "dict", "config": "dict", "tensors": "dict", "on_top_of": "list",
                             "facts": "list", "who": "str", "when": "str", "metrics": "dict"}, PatchError, str(path),
                      required=("name", "reader", "config", "tensors", "facts"))
-        cfg = PatchConfig.from_dict(meta["config"], f"{path}: field 'config'")
+        cfg = PatchConfig.from_dict({**LEGACY, **meta["config"]}, f"{path}: field 'config'")
         for n, t in meta["tensors"].items():
             where = f"{path}: field 'tensors'[{n!r}]"
             check_fields(t, {"shape": "list", "base_sha256": "str"}, PatchError, where,
@@ -69,7 +72,7 @@ def save(patch: WeightPatch, folder: str | Path) -> Path:
     fields = {
         "name": patch.name,
         "reader": patch.reader,
-        "config": asdict(patch.config),
+        "config": {k: v for k, v in asdict(patch.config).items() if k not in LEGACY or v != LEGACY[k]},
         "tensors": {n: {"shape": list(d.shape), "base_sha256": patch.base[n]} for n, d in sorted(patch.deltas.items())},
         "on_top_of": list(patch.on_top_of),
         "facts": [f.to_dict() for f in patch.facts],
