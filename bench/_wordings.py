@@ -10,35 +10,35 @@ Only the standard library is used, so the generators run without the app's depen
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
+ROOT = Path(__file__).resolve().parents[1]
+
 KINDS = ("type_first", "interrogative", "reordered")
 
-_STOP_END = {"and", "the", "of", "or", "a", "an"}
+
+def demo_generator():
+    """``resources/make_demo_data.py`` as a module (its relations, answer rule and split), standard library only."""
+    name = "make_demo_data"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "resources" / "make_demo_data.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # its dataclasses look their module up there
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
 
-def answer_of(obj: str) -> str:
-    """The expected start of the continuation: the object's first words (at most 3, no
-    dangling conjunction or article), without trailing punctuation -- the demo's rule."""
-    words = obj.split()[:3]
-    while len(words) > 1 and words[-1].lower() in _STOP_END:
-        words.pop()
-    return " ".join(words).rstrip(".,;:")
-
-
-def clash(a: str, b: str) -> bool:
-    """True when one answer is a case-insensitive prefix of the other (a probe could not tell them apart)."""
-    a, b = a.lower(), b.lower()
-    return a.startswith(b) or b.startswith(a)
-
-
-def possessive(x: str) -> str:
-    return x + ("'" if x.endswith("s") else "'s")
+_demo = demo_generator()
+#: The demo's rules, so every domain's answers are cut alike: the object's first words
+#: (at most 3, no dangling article), whether two answers clash as prefixes, possessives.
+answer_of, clash, possessive = _demo.answer_of, _demo._clash, _demo._possessive
 
 
 def fact_pattern(template: str) -> re.Pattern:

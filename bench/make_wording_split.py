@@ -16,7 +16,6 @@ Nothing here is read by the branch's training or calibration. Deterministic (see
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._wordings import edit_rows, parse_facts, probe_rows, read_jsonl, unambiguous, write_jsonl  # noqa: E402
+from bench._wordings import demo_generator, edit_rows, parse_facts, probe_rows, read_jsonl, unambiguous, write_jsonl  # noqa: E402
 
 SEED = 20261206
 SPLIT_FILE = ROOT / "bench" / "data" / "wording_split.json"
@@ -32,10 +31,7 @@ SPLIT_FILE = ROOT / "bench" / "data" / "wording_split.json"
 
 def demo_relations() -> dict[str, dict]:
     """The demo generator's relations per domain (its fact sentences and training wordings)."""
-    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "resources" / "make_demo_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
+    mod = demo_generator()
     return {"geography": mod.GEO, "chemistry": mod.CHEM}
 
 
