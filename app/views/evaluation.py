@@ -610,7 +610,11 @@ class EvaluationView(QWidget):
 
     def _fill_failures(self, run: EvalRun | None) -> None:
         """The run's wrong answers (the engine keeps the first 10): prompt, expected, the answer's
-        first line — the whole continuation, and what was retrieved, in the tooltip."""
+        first line — the whole continuation, and what was retrieved, in the tooltip. An edit run
+        lists each kind of failure (edit prompt, paraphrase, locality) with the edited entry's rank."""
+        if run is not None and run.kind == "edits":
+            self._fill_edit_failures(run)
+            return
         from app.views.explain import first_line
 
         t = self.failures
@@ -620,7 +624,7 @@ class EvaluationView(QWidget):
         t.setRowCount(len(fails))
         for row, f in enumerate(fails):
             got = str(f.get("got", ""))
-            expected = str(f.get("new") if run.kind == "edits" else f.get("answer", ""))
+            expected = str(f.get("answer", ""))
             shown = first_line(got) or "(empty answer)"
             retrieved = [str(x) for x in f.get("retrieved") or []]
             tip = f"Full answer:\n{got}" + ("\n\nRetrieved:\n" + "\n".join(f"• {x}" for x in retrieved) if retrieved else "")
@@ -638,6 +642,56 @@ class EvaluationView(QWidget):
             n_wrong = self._wrong_count(run)
             more = f" (the first {len(fails)} of {n_wrong})" if n_wrong and n_wrong > len(fails) else ""
             self.failures_label.setText(f"Wrong answers{more} — hover an answer for the whole continuation")
+
+    #: An edit run's failure kinds as the table names them (runs made before kinds were kept: efficacy).
+    EDIT_FAILURE_KINDS = {"efficacy": "edit prompt", "paraphrase": "paraphrase", "locality": "locality"}
+
+    def _fill_edit_failures(self, run: EvalRun) -> None:
+        """kind | prompt | expected (locality: the answer before the edits) | answer | the edited
+        entry's rank among those retrieved; the tooltip lists them all by rank, the edited one starred."""
+        from app.views.explain import first_line
+
+        t = self.failures
+        t.setColumnCount(5)
+        t.setHorizontalHeaderLabels(["kind", "prompt", "expected", "answer (first line)", "edited entry"])
+        t.horizontalHeaderItem(4).setToolTip("The edited entry's rank among the retrieved entries after the edits")
+        fails = [f for f in (run.result.get("failures") or []) if isinstance(f, dict)]
+        t.setRowCount(len(fails))
+        for row, f in enumerate(fails):
+            kind = str(f.get("kind") or "efficacy")
+            got = str(f.get("got", ""))
+            expected = str(f.get("expected", f.get("new", "")))
+            rank = f.get("edited_rank")
+            retrieved = [r for r in f.get("retrieved") or [] if isinstance(r, dict)]
+            rank_text = f"rank {rank} of {len(retrieved)}" if rank else ("not retrieved" if retrieved else "–")
+            lines = [f"{r.get('rank')}.{' *' if r.get('edited') else ''} {r.get('text', '')}  ({r.get('score', 0):.3f})"
+                     for r in retrieved]
+            tip = (f"Full answer:\n{got}" + ("\n\nBefore the edits:\n" + str(f.get("before")) if kind == "locality" else "")
+                   + ("\n\nRetrieved after the edits (* = edited):\n" + "\n".join(lines) if lines else ""))
+            cells = (self.EDIT_FAILURE_KINDS.get(kind, kind), str(f.get("prompt", "")), first_line(expected) or expected,
+                     first_line(got) or "(empty answer)", rank_text)
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(tip if col in (3, 4) else text)
+                if col == 0:
+                    item.setData(Qt.ItemDataRole.UserRole, kind)
+                t.setItem(row, col, item)
+        t.setColumnWidth(0, max(t.sizeHintForColumn(0), 80))
+        t.setColumnWidth(1, min(max(t.sizeHintForColumn(1), 160), 380))
+        t.setColumnWidth(2, min(max(t.sizeHintForColumn(2), 90), 200))
+        t.setColumnWidth(3, min(max(t.sizeHintForColumn(3), 120), 260))
+        counts = run.result.get("n_failures")
+        if not fails:
+            self.failures_label.setText("Failures: none" if run.result.get("n") else "Failures")
+        elif isinstance(counts, dict):
+            parts = ", ".join(f"{n} {self.EDIT_FAILURE_KINDS.get(k, k)}" for k, n in counts.items() if n)
+            self.failures_label.setText(f"Failures: {parts} (at most 10 of each kind) — hover an answer for "
+                                        "the whole continuation and the retrieved entries")
+        else:
+            n_wrong = self._wrong_count(run)
+            more = f" (the first {len(fails)} of {n_wrong})" if n_wrong and n_wrong > len(fails) else ""
+            self.failures_label.setText(f"Edit prompts not followed{more} (this run kept no paraphrase or "
+                                        "locality failures)")
 
     @staticmethod
     def _wrong_count(run: EvalRun) -> int | None:
