@@ -590,6 +590,7 @@ class EvaluationView(QWidget):
         differ = [i for i in range(n) if len({m[i] for m in marks}) > 1]
         items = _file_items(runs[0].file, kind)
         t = self.failures
+        self._shown_fails = []  # marks of several runs, not wrong answers to write into the weights
         t.setColumnCount(2 + len(runs))
         t.setHorizontalHeaderLabels(["prompt", "expected"] + [r.short_label for r in runs])
         for j, r in enumerate(runs, 2):
@@ -614,7 +615,11 @@ class EvaluationView(QWidget):
 
     def _fill_failures(self, run: EvalRun | None) -> None:
         """The run's wrong answers (the engine keeps the first 10): prompt, expected, the answer's
-        first line — the whole continuation, and what was retrieved, in the tooltip."""
+        first line — the whole continuation, and what was retrieved, in the tooltip. An edit run
+        lists each kind of failure (edit prompt, paraphrase, locality) with the edited entry's rank."""
+        if run is not None and run.kind == "edits":
+            self._fill_edit_failures(run)
+            return
         from app.views.explain import first_line
 
         t = self.failures
@@ -625,7 +630,7 @@ class EvaluationView(QWidget):
         self._shown_fails = []
         for row, f in enumerate(fails):
             got = str(f.get("got", ""))
-            expected = str(f.get("new") if run.kind == "edits" else f.get("answer", ""))
+            expected = str(f.get("answer", ""))
             self._shown_fails.append({"prompt": str(f.get("prompt", "")), "answer": expected,
                                       "old": first_line(got).strip(" .")})
             shown = first_line(got) or "(empty answer)"
@@ -651,7 +656,7 @@ class EvaluationView(QWidget):
         expected answer); None where the table lists a comparison's marks, not wrong answers."""
         from PySide6.QtWidgets import QMenu
 
-        if not 0 <= row < len(self._shown_fails) or self.failures.columnCount() != 3:
+        if not 0 <= row < len(self._shown_fails):  # a comparison's marks list no wrong answers
             return None
         menu = QMenu(self)
         fact = dict(self._shown_fails[row])
@@ -662,6 +667,60 @@ class EvaluationView(QWidget):
         menu = self.failure_menu(self.failures.rowAt(pos.y()))
         if menu is not None:
             menu.exec(self.failures.viewport().mapToGlobal(pos))
+
+    #: An edit run's failure kinds as the table names them (runs made before kinds were kept: efficacy).
+    EDIT_FAILURE_KINDS = {"efficacy": "edit prompt", "paraphrase": "paraphrase", "locality": "locality"}
+
+    def _fill_edit_failures(self, run: EvalRun) -> None:
+        """kind | prompt | expected (locality: the answer before the edits) | answer | the edited
+        entry's rank among those retrieved; the tooltip lists them all by rank, the edited one starred."""
+        from app.views.explain import first_line
+
+        t = self.failures
+        t.setColumnCount(5)
+        t.setHorizontalHeaderLabels(["kind", "prompt", "expected", "answer (first line)", "edited entry"])
+        t.horizontalHeaderItem(4).setToolTip("The edited entry's rank among the retrieved entries after the edits")
+        fails = [f for f in (run.result.get("failures") or []) if isinstance(f, dict)]
+        t.setRowCount(len(fails))
+        self._shown_fails = []
+        for row, f in enumerate(fails):
+            kind = str(f.get("kind") or "efficacy")
+            got = str(f.get("got", ""))
+            expected = str(f.get("expected", f.get("new", "")))
+            # a locality failure's fact is the answer from before the edits
+            self._shown_fails.append({"prompt": str(f.get("prompt", "")), "answer": first_line(expected) or expected,
+                                      "old": first_line(got).strip(" .")})
+            rank = f.get("edited_rank")
+            retrieved = [r for r in f.get("retrieved") or [] if isinstance(r, dict)]
+            rank_text = f"rank {rank} of {len(retrieved)}" if rank else ("not retrieved" if retrieved else "–")
+            lines = [f"{r.get('rank')}.{' *' if r.get('edited') else ''} {r.get('text', '')}  ({r.get('score', 0):.3f})"
+                     for r in retrieved]
+            tip = (f"Full answer:\n{got}" + ("\n\nBefore the edits:\n" + str(f.get("before")) if kind == "locality" else "")
+                   + ("\n\nRetrieved after the edits (* = edited):\n" + "\n".join(lines) if lines else ""))
+            cells = (self.EDIT_FAILURE_KINDS.get(kind, kind), str(f.get("prompt", "")), first_line(expected) or expected,
+                     first_line(got) or "(empty answer)", rank_text)
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(tip if col in (3, 4) else text)
+                if col == 0:
+                    item.setData(Qt.ItemDataRole.UserRole, kind)
+                t.setItem(row, col, item)
+        t.setColumnWidth(0, max(t.sizeHintForColumn(0), 80))
+        t.setColumnWidth(1, min(max(t.sizeHintForColumn(1), 160), 380))
+        t.setColumnWidth(2, min(max(t.sizeHintForColumn(2), 90), 200))
+        t.setColumnWidth(3, min(max(t.sizeHintForColumn(3), 120), 260))
+        counts = run.result.get("n_failures")
+        if not fails:
+            self.failures_label.setText("Failures: none" if run.result.get("n") else "Failures")
+        elif isinstance(counts, dict):
+            parts = ", ".join(f"{n} {self.EDIT_FAILURE_KINDS.get(k, k)}" for k, n in counts.items() if n)
+            self.failures_label.setText(f"Failures: {parts} (at most 10 of each kind) — hover an answer for "
+                                        "the whole continuation and the retrieved entries")
+        else:
+            n_wrong = self._wrong_count(run)
+            more = f" (the first {len(fails)} of {n_wrong})" if n_wrong and n_wrong > len(fails) else ""
+            self.failures_label.setText(f"Edit prompts not followed{more} (this run kept no paraphrase or "
+                                        "locality failures)")
 
     @staticmethod
     def _wrong_count(run: EvalRun) -> int | None:

@@ -202,6 +202,24 @@ def cmd_eval(a, out: Output) -> int:
     return 0
 
 
+def edit_failure_lines(result: dict[str, Any], mode: str = "") -> list[str]:
+    """An edit evaluation's failures for a reader: kind, prompt, answer, expected, and the
+    retrieved entries by rank (the edited one starred)."""
+    fails = result.get("failures") or []
+    if not fails:
+        return []
+    counts = ", ".join(f"{n} {kind}" for kind, n in (result.get("n_failures") or {}).items() if n)
+    rows = [f"failures{' (' + mode + ')' if mode else ''}: {counts} (* = an edited entry)"]
+    for f in fails:
+        rank = f.get("edited_rank")
+        where = f"edited entry at rank {rank}" if rank else "edited entry not retrieved"
+        said = "before the edits" if f["kind"] == "locality" else "expected"
+        rows.append(f"  [{f['kind']}] {f['prompt']!r} -> {f['got'].strip()[:60]!r}, {said} "
+                    f"{f['expected'].strip()[:40]!r}; {where}")
+        rows += [f"      {r['rank']}.{'*' if r['edited'] else ' '} {r['score']:.3f}  {r['text'][:90]}" for r in f.get("retrieved") or []]
+    return rows
+
+
 def cmd_eval_edits(a, out: Output) -> int:
     from engine.evaluate import evaluate_edits, read_edits, read_probes
 
@@ -232,6 +250,8 @@ def cmd_eval_edits(a, out: Output) -> int:
                            ("locality", "locality (unchanged)"), ("edit_retrieved", "edited entry retrieved")]:
             rows.append(f"{label:<26}" + "".join(f"{pct(results[m][key]):>12}" for m in modes))
         rows.append("pack restored (undo): " + ", ".join(f"{m}: {'yes' if results[m]['restored'] else 'NO'}" for m in modes))
+        for m in modes:
+            rows += edit_failure_lines(results[m], m if len(modes) > 1 else "")
         return "\n".join(rows)
 
     out.emit(data, human)

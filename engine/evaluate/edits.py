@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from engine.evaluate.probes import _rate, answer_batch, max_tokens_for
-from engine.explain.predict import PredictError, Predictor
+from engine.explain.predict import PredictError, Predictor, pack_name
 from engine.probe_files import Edit, EvalDataError, Probe, is_correct
 from engine.store import locks
 from engine.store.pack import iter_entries
@@ -91,6 +91,48 @@ def undo_interrupted_evaluation(memory) -> int:
         return n
 
 
+#: What an edit evaluation's failure is about: an edit prompt without the new answer, a
+#: paraphrase without it, a locality probe whose answer changed.
+FAILURE_KINDS = ("efficacy", "paraphrase", "locality")
+#: Failures listed per kind (the counts in ``n_failures`` are of those listed).
+FAILURES_PER_KIND = 10
+
+
+def _ranked(hits: Sequence, edited: set[tuple[str, int]]) -> tuple[int | None, list[dict[str, Any]]]:
+    """The rank (1-based) of the first edited entry among ``hits`` and the hits as records."""
+    rows, first = [], None
+    for rank, (pack, h) in enumerate(hits, 1):
+        mine = (pack, int(h.entry.id)) in edited
+        if mine and first is None:
+            first = rank
+        rows.append({"rank": rank, "pack": pack, "id": int(h.entry.id), "text": h.entry.text,
+                     "score": round(float(h.score), 4), "edited": mine})
+    return first, rows
+
+
+def _failures(edits, paras, loc, before, after, hits, followed, edited, n, off_l) -> list[dict[str, Any]]:
+    """Every kind's first failures, each with what was retrieved after the edits and the edited entry's rank."""
+    out: list[dict[str, Any]] = []
+
+    def add(kind: str, i: int, prompt: str, expected: str, **extra) -> None:
+        if sum(f["kind"] == kind for f in out) >= FAILURES_PER_KIND:
+            return
+        rank, retrieved = _ranked(hits[i], edited)
+        out.append({"kind": kind, "prompt": prompt, "expected": expected, "got": after[i], **extra,
+                    "edited_rank": rank, "retrieved": retrieved})
+
+    for i, e in enumerate(edits):
+        if not followed[i]:
+            add("efficacy", i, e.prompt, e.new, new=e.new)
+    for j, (i, q) in enumerate(paras):
+        if not is_correct(after[n + j], edits[i].new):
+            add("paraphrase", n + j, q, edits[i].new, new=edits[i].new, edit_prompt=edits[i].prompt)
+    for j, p in enumerate(loc):
+        if before[off_l + j] != after[off_l + j]:
+            add("locality", off_l + j, p.prompt, before[off_l + j], before=before[off_l + j])
+    return out
+
+
 def evaluate_edits(
     predictor: Predictor,
     memories: Sequence,
@@ -112,7 +154,13 @@ def evaluate_edits(
     memories. ``plugins``: ``KnowledgePlugin`` objects on for every answer. Returns
     ``{mode, k, plugins, n, efficacy, generalization, locality,
     efficacy_before, generalization_before, old_answer_after, edit_retrieved,
-    n_locality, locality_accuracy_before, locality_accuracy_after, restored, seconds}``.
+    n_locality, locality_accuracy_before, locality_accuracy_after, restored, failures,
+    n_failures, followed_by_edit, seconds}``. ``failures``: the first
+    :data:`FAILURES_PER_KIND` of each kind (:data:`FAILURE_KINDS`: the edit prompt, the
+    paraphrase or the locality probe), each with ``prompt``, ``expected`` (the new answer,
+    or for locality the answer before the edits), ``got``, ``edited_rank`` (the rank of an
+    edited entry among those retrieved after the edits; None when none was) and
+    ``retrieved`` (rank, pack, id, text, score, edited).
     """
     from engine.progress import wrap_progress
 
@@ -202,7 +250,8 @@ def evaluate_edits(
     same = sum(before[off_l + j] == after[off_l + j] for j in range(len(loc)))
     loc_acc0 = sum(is_correct(before[off_l + j], p.answer) for j, p in enumerate(loc))
     loc_acc1 = sum(is_correct(after[off_l + j], p.answer) for j, p in enumerate(loc))
-    failures = [{"prompt": e.prompt, "new": e.new, "got": after[i]} for i, e in enumerate(edits) if not followed[i]][:10]
+    edited = {(pack_name(m), entry_id) for m, entry_id in targets}
+    failures = _failures(edits, paras, loc, before, after, hits_after, followed, edited, n, off_l)
     return {
         "mode": mode,
         "k": k,
@@ -221,10 +270,11 @@ def evaluate_edits(
         "locality_accuracy_after": _rate(loc_acc1, len(loc)),
         "restored": restored,
         "failures": failures,
+        "n_failures": {kind: sum(f["kind"] == kind for f in failures) for kind in FAILURE_KINDS},
         # "1"/"0" per edit in order: its prompt gave the new answer (to compare runs edit by edit)
         "followed_by_edit": "".join("1" if f else "0" for f in followed),
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
-__all__ = ["evaluate_edits"]
+__all__ = ["FAILURE_KINDS", "evaluate_edits"]

@@ -1,6 +1,7 @@
 """Greedy decoding shared by every answer path (bare reader, DPM branch, context, plugins).
 
-A fact prompt is answered by its first sentence: "The capital of Japan is" -> " Tokyo.".
+A fact prompt is answered by its first sentence: "The capital of Japan is" -> " Tokyo.",
+and an answer that starts repeating itself stops there (" France, in France" -> " France").
 Decoding on past it ("Tokyo. Japan is a country in") costs a full forward per token
 (~60 ms for SmolLM2-135M on two CPU cores, memory-bound) for text that no view shows and
 no metric reads. So each row stops at the end of its answer (``answer_end``) or after
@@ -61,9 +62,48 @@ def answer_end(text: str) -> int | None:
     return None
 
 
+_WORD = re.compile(r"\w+")
+#: What may dangle before a repetition and is dropped with it (" France, in France" -> " France").
+_DANGLING = re.compile(r"(?:[^\w.!?)\]\"']+|\s+(?:in|of|and|or|the|a|an|at|on|to|by|for|from|with)\b)+$",
+                       re.IGNORECASE)
+
+
+def repeat_end(text: str) -> int | None:
+    """Where a continuation starts repeating itself (an index into ``text``), or None.
+
+    A repetition is a pair of consecutive words (case-insensitive, punctuation ignored)
+    that occurred earlier in the text: " France, in France, in France." is cut before its
+    second " France, in" and what dangles there (", in") is dropped, giving " France".
+    The pair's second word must be complete (followed by something), so a word still
+    being decoded never triggers it. Overlapping pairs count (" rw.rw.rw" -> " rw").
+    """
+    words = list(_WORD.finditer(text))
+    seen: set[tuple[str, str]] = set()
+    for a, b in zip(words, words[1:]):
+        if b.end() == len(text):
+            return None
+        pair = (a.group().lower(), b.group().lower())
+        if pair in seen:
+            start = a.start()
+            while start > 0 and not text[start - 1].isspace() and not _WORD.match(text[start - 1]):
+                start -= 1  # an opening quote or bracket goes with the repeated word
+            cut = _DANGLING.sub("", text[:start])
+            return len(cut) if cut.strip() else None
+        seen.add(pair)
+    return None
+
+
+def answer_stop(text: str) -> int | None:
+    """Where an answer ends: its first sentence's end or where it starts repeating, whichever is first."""
+    ends = [e for e in (answer_end(text), repeat_end(text)) if e is not None]
+    return min(ends) if ends else None
+
+
 def cut_answer(text: str) -> str:
-    """``text`` up to the end of its first sentence (all of it while the sentence is open)."""
-    end = answer_end(text)
+    """``text`` up to the end of its answer (:func:`answer_stop`; all of it while it is open)."""
+    end = answer_stop(text)
+    if end is None and text and _WORD.search(text[-1]):  # a decoded answer's last word is complete
+        end = repeat_end(text + " ")
     return text if end is None else text[:end]
 
 
@@ -236,7 +276,7 @@ def greedy_generate(
         history[r].append(token)
         if len(new[r]) >= max_new_tokens:
             return True
-        return stop_at_answer_end and answer_end(tok.decode(new[r], skip_special_tokens=True)) is not None
+        return stop_at_answer_end and answer_stop(tok.decode(new[r], skip_special_tokens=True)) is not None
 
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():

@@ -341,6 +341,59 @@ def test_wrong_answers_show_their_first_line(qtbot, make_ctx, tmp_path):
     assert v.failures.rowCount() == 0
 
 
+def edit_result_with_failures() -> dict:
+    """An edit run's result as engine.evaluate.edits reports it: a failure of each kind."""
+    ret = [{"rank": 1, "pack": "facts", "id": 7, "text": "Lyon is the capital of France.", "score": 0.61, "edited": False},
+           {"rank": 2, "pack": "facts", "id": 3, "text": "Nice is the capital of France.", "score": 0.55, "edited": True}]
+    return {"n": 2, "efficacy": 0.5, "generalization": 0.0, "locality": 0.5, "n_paraphrases": 1, "n_locality": 2,
+            "restored": True, "seconds": 1.0,
+            "failures": [
+                {"kind": "efficacy", "prompt": "The capital of France is", "expected": "Nice", "new": "Nice",
+                 "got": " Lyon.", "edited_rank": 2, "retrieved": ret},
+                {"kind": "paraphrase", "prompt": "France's capital city is", "expected": "Nice", "new": "Nice",
+                 "got": " Paris, in France, in", "edited_rank": None, "retrieved": ret[:1]},
+                {"kind": "locality", "prompt": "The capital of Spain is", "expected": " Madrid.", "before": " Madrid.",
+                 "got": " Nice.", "edited_rank": 1, "retrieved": ret[1:]}],
+            "n_failures": {"efficacy": 1, "paraphrase": 1, "locality": 1}}
+
+
+def test_edit_failures_are_listed_by_kind_with_the_edited_entrys_rank(qtbot, make_ctx, tmp_path):
+    """An edit run lists the edit prompts not followed, the paraphrases that missed and the
+    untouched facts whose answer changed, each with the edited entry's rank; the tooltip
+    lists the retrieved entries by rank with the edited one starred."""
+    from app.evaluations import EvalRun, EvalStore
+    from app.views.evaluation import EvaluationView
+
+    ctx = make_ctx()
+    EvalStore(ctx.workspace.folder).append(EvalRun("edits", str(tmp_path / "e.jsonl"), "dpm", 5, ["facts"], "tiny",
+                                                   edit_result_with_failures()), [])
+    v = EvaluationView(ctx)
+    qtbot.addWidget(v)
+    t = v.failures
+    assert [t.horizontalHeaderItem(c).text() for c in range(t.columnCount())] == [
+        "kind", "prompt", "expected", "answer (first line)", "edited entry"]
+    rows = [[t.item(r, c).text() for c in range(5)] for r in range(t.rowCount())]
+    assert rows == [
+        ["edit prompt", "The capital of France is", "Nice", "Lyon.", "rank 2 of 2"],
+        ["paraphrase", "France's capital city is", "Nice", "Paris, in France, in", "not retrieved"],
+        ["locality", "The capital of Spain is", "Madrid.", "Nice.", "rank 1 of 1"],
+    ]
+    tip = t.item(0, 3).toolTip()
+    assert "1. Lyon is the capital of France." in tip and "2. * Nice is the capital of France." in tip
+    assert "Before the edits:\n Madrid." in t.item(2, 3).toolTip()
+    assert "1 edit prompt, 1 paraphrase, 1 locality" in v.failures_label.text()
+    # a run made before failures had kinds: its efficacy failures, said so
+    old = {"n": 2, "efficacy": 0.5, "seconds": 1.0, "restored": True,
+           "failures": [{"prompt": "The capital of France is", "new": "Nice", "got": " Lyon."}]}
+    store = EvalStore(ctx.workspace.folder)
+    store.append(EvalRun("edits", str(tmp_path / "e.jsonl"), "dpm", 5, ["facts"], "tiny", old), store.load())
+    v2 = EvaluationView(ctx)  # the newest run is selected
+    qtbot.addWidget(v2)
+    assert [v2.failures.item(0, c).text() for c in range(5)] == [
+        "edit prompt", "The capital of France is", "Nice", "Lyon.", "–"]
+    assert "kept no paraphrase or locality failures" in v2.failures_label.text()
+
+
 def test_compared_runs_list_the_probes_they_answer_differently(qtbot, make_ctx, tmp_path):
     """Two past runs of one probe file (dpm and context): the pane lists, in the file's order,
     the probes one got right and the other wrong; runs of another file are not compared so."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -103,6 +104,42 @@ def test_edit_metrics_apply_measure_and_undo(predictor, zoo):
     assert zoo.search("Zebra facts:", k=1)[0].entry.text.endswith("Rome")
     assert zoo.redo() is None  # Edit > Redo does not bring the counterfactual edits back
     assert sorted(e.text for e in zoo.pack.page(0, 10)) == texts
+
+
+def test_edit_failures_of_every_kind_name_what_was_retrieved_and_the_edited_entrys_rank(predictor, zoo):
+    """A user reading why an edit evaluation fell short sees each failing prompt, its kind
+    (the edit's prompt, its paraphrase, an untouched fact whose answer changed), the answer
+    and the ranks of the retrieved entries, the edited one marked."""
+    edits = read_edits_rows([
+        # followed on its prompt; its "paraphrase" asks about the lion, whose entry answers it
+        {"old_text": "Zebra facts: Rome Rome Rome Rome Rome", "new_text": "Zebra facts: Oslo Oslo Oslo Oslo Oslo",
+         "prompt": "Zebra facts:", "new": "Oslo", "paraphrase": "Lion facts:", "subject": "Zebra"},
+        # its prompt asks about the panda: the edit is not followed
+        {"old_text": "Tiger facts: Lima Lima Lima Lima Lima", "new_text": "Tiger facts: Seoul Seoul Seoul Seoul Seoul",
+         "prompt": "Panda facts:", "new": "Seoul", "subject": "Tiger"},
+    ])
+    # An untouched subject whose answer came from an edited entry: "Rome" is no longer there.
+    loc = probes() + [Probe("Rome Rome Rome:", "Rome", subject="Rome")]
+    res = evaluate_edits(predictor, [zoo], edits, loc, mode="dpm", k=2)
+    assert res["efficacy"] == 0.5 and res["generalization"] == 0.0
+    by_kind = {f["kind"]: f for f in res["failures"]}
+    assert set(by_kind) == {"efficacy", "paraphrase", "locality"}
+    assert res["n_failures"] == {"efficacy": 1, "paraphrase": 1, "locality": 1}
+    eff = by_kind["efficacy"]
+    assert (eff["prompt"], eff["expected"]) == ("Panda facts:", "Seoul") and eff["got"].lstrip().startswith("Tokyo")
+    para = by_kind["paraphrase"]
+    assert para["prompt"] == "Lion facts:" and para["edit_prompt"] == "Zebra facts:" and para["got"].lstrip().startswith("Paris")
+    locality = by_kind["locality"]
+    assert locality["prompt"] == "Rome Rome Rome:" and locality["before"].lstrip().startswith("Rome")
+    assert locality["got"] != locality["before"]
+    for f in res["failures"]:
+        ranks = [r["rank"] for r in f["retrieved"]]
+        assert ranks == list(range(1, len(ranks) + 1)) and len(ranks) == 2
+        assert f["retrieved"][0]["text"].split(":")[0] in f["prompt"] or f["kind"] == "locality"
+        marked = [r["rank"] for r in f["retrieved"] if r["edited"]]
+        assert f["edited_rank"] == (marked[0] if marked else None)
+        assert all(r["text"].startswith(("Zebra", "Tiger")) for r in f["retrieved"] if r["edited"])
+    assert res["restored"] is True
 
 
 def read_edits_rows(rows, tmp=None):
@@ -240,6 +277,31 @@ def test_cli_eval_edits_and_bad_files(cli_models, zoo, tmp_path, capsys):
     code, out, err = run_cli(capsys, "eval", str(tmp_path / "none.jsonl"), "--memory", pack, "--reader", reader,
                              "--mode", "context")
     assert code == 2 and "no such file" in err
+
+
+def test_cli_eval_edits_lists_each_kind_of_failure_with_ranks(cli_models, zoo, tmp_path, capsys):
+    reader, branch = cli_models
+    pack = str(zoo.pack.path)
+    zoo.close()
+    edits = write_jsonl(tmp_path / "e.jsonl", [
+        {"old_text": "Zebra facts: Rome Rome Rome Rome Rome", "new_text": "Zebra facts: Oslo Oslo Oslo Oslo Oslo",
+         "prompt": "Panda facts:", "new": "Oslo", "paraphrase": "Lion facts:", "subject": "Zebra"},
+    ])
+    loc = write_jsonl(tmp_path / "loc.jsonl", [{"prompt": "Rome Rome Rome:", "answer": "Rome", "subject": "Rome"}])
+    args = ("eval-edits", edits, "--memory", pack, "--locality", loc, "-k", "2", "--reader", reader, "--branch", branch)
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "failures: 1 efficacy, 1 paraphrase, 1 locality" in out
+    assert "[efficacy] 'Panda facts:' -> 'Tokyo" in out and "expected 'Oslo'" in out
+    assert "[paraphrase] 'Lion facts:' -> 'Paris" in out
+    assert "[locality] 'Rome Rome Rome:'" in out and "before the edits 'Rome" in out
+    ranked = re.findall(r"^ +([12])\.([ *]) \d\.\d{3}  (\w+) facts", out, re.M)  # rank, star, whose entry
+    assert [r for r, _, _ in ranked] == ["1", "2"] * 3
+    assert all((star == "*") == (who == "Zebra") for _, star, who in ranked)  # the edited entry starred
+    code, out, err = run_cli(capsys, *args, "--json")
+    d = json.loads(out)
+    assert [f["kind"] for f in d["failures"]] == ["efficacy", "paraphrase", "locality"]
+    assert all(f["retrieved"][0]["rank"] == 1 for f in d["failures"])
 
 
 def test_edits_left_by_a_killed_edit_evaluation_are_undone_next_time(predictor, zoo):

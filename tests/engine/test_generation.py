@@ -1,10 +1,12 @@
 """Answers end at the end of their first sentence: the rule, and decoding that stops there."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
-from engine.reader.generation import PromptStates, answer_end, cut_answer, greedy_generate, propose
+from engine.reader.generation import PromptStates, answer_end, cut_answer, greedy_generate, propose, repeat_end
 from engine.reader.narrow import NarrowLinear, narrow_linears
 from engine.reader.tiny import make_tiny_reader
 
@@ -27,6 +29,38 @@ from engine.reader.tiny import make_tiny_reader
 def test_an_answer_is_its_first_sentence(text, answer):
     assert cut_answer(text) == answer
     assert (answer_end(text) is None) == (answer == text)
+
+
+@pytest.mark.parametrize("text, answer", [
+    (" France, in France, in France.", " France"),  # the run-on of issue 20
+    (" Kenyan shilling (KES), Kenyan shilling", " Kenyan shilling (KES)"),
+    (" +1 246 +1 246", " +1 246"),
+    (" rw.rw.rw", " rw"),
+    (' "X" and "X" and', ' "X"'),
+    (" Bora Bora.", " Bora Bora."),  # one word twice is no repetition
+    (" a city in France. France", " a city in France."),
+    (" France in Fr", " France in Fr"),  # a word still being decoded: nothing to cut
+])
+def test_an_answer_that_repeats_itself_stops_before_the_repetition(text, answer):
+    assert cut_answer(text) == answer
+
+
+def _repeats_a_word_pair(text: str) -> bool:
+    words = re.findall(r"\w+", text.lower())
+    pairs = list(zip(words, words[1:]))
+    return len(set(pairs)) < len(pairs)
+
+
+def test_decoding_stops_a_continuation_that_repeats_itself():
+    """The tiny reader's continuation of "Gold" loops (" ... unwitting senator senator senator"):
+    the answer stops before the loop, the same text whether decoding stops there or runs on."""
+    reader = make_tiny_reader(seed=0)
+    full = reader.generate("Gold", max_new_tokens=24, stop_at_answer_end=False)
+    assert _repeats_a_word_pair(full) and answer_end(full) is None
+    cut = reader.generate("Gold", max_new_tokens=24)
+    assert full.startswith(cut) and len(cut) < len(full)
+    assert not _repeats_a_word_pair(cut) and cut.endswith(" senator")
+    assert repeat_end(full) == len(cut) and cut_answer(full) == cut
 
 
 def test_stopping_keeps_each_rows_text_as_without_stopping_up_to_the_answers_end():

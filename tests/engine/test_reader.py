@@ -11,7 +11,7 @@ import torch
 from engine.encode.weights_hash import sha256_file
 from engine.reader import DEFAULT_NAME, SUPPORTED_ARCHITECTURES, Reader, ReaderError, load_reader
 from engine.reader import reader_cache
-from engine.reader.generation import answer_end
+from engine.reader.generation import answer_stop, cut_answer
 from engine.reader.tiny import make_tiny_reader, tiny_config
 from engine.resources import ENV_CACHE_DIR, cache_root
 
@@ -47,9 +47,9 @@ def greedy_by_hand(reader: Reader, prompt: str, n: int) -> str:
             new.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
             text = reader.tokenizer.decode(new, skip_special_tokens=True)
-            if answer_end(text) is not None:
-                return text[: answer_end(text)]
-    return reader.tokenizer.decode(new, skip_special_tokens=True)
+            if answer_stop(text) is not None:  # its first sentence ended or it started repeating
+                return text[: answer_stop(text)]
+    return cut_answer(reader.tokenizer.decode(new, skip_special_tokens=True))
 
 
 # ----------------------------------------------------------------- tiny reader
