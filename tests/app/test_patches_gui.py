@@ -310,3 +310,23 @@ def test_a_wrong_probe_offers_to_write_its_fact(qtbot, make_ctx):
     assert act.text() == "Write this fact into the weights…"
     act.trigger()
     assert got == [{"prompt": "The capital of Japan is", "answer": "Tokyo", "old": "Kyoto"}]
+
+
+def test_a_failed_edit_offers_to_write_its_new_answer(qtbot, make_ctx):
+    """An edit run's failures table (kind, prompt, expected, answer, rank) offers the same menu,
+    with the answer the edit asked for."""
+    from app.evaluations import EvalRun
+    from app.views.evaluation import EvaluationView
+
+    ctx = make_ctx()
+    view = EvaluationView(ctx)
+    qtbot.addWidget(view)
+    run = EvalRun("edits", "e.jsonl", "dpm", 5, [], "tiny", {"n": 1, "efficacy": 0.0, "n_failures": {"paraphrase": 1},
+                  "failures": [{"kind": "paraphrase", "prompt": "Japan's capital city is", "expected": "Osaka",
+                                "got": " Tokyo.", "edited_rank": 2, "retrieved": []}]})
+    view._fill_failures(run)
+    assert view.failures.columnCount() == 5 and view.failures.item(0, 0).text() == "paraphrase"
+    got = []
+    view.write_patch_requested.connect(got.append)
+    view.failure_menu(0).actions()[0].trigger()
+    assert got == [{"prompt": "Japan's capital city is", "answer": "Osaka", "old": "Tokyo"}]
