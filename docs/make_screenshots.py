@@ -45,6 +45,7 @@ FLOWS: dict[str, tuple[str, ...]] = {
     "patches": ("patch_dialog", "patches_explain", "patches_dock"),
     "probes": ("evaluation_empty_state", "probes_review", "probes_run"),
     "evaluation": ("evaluation", "evaluation_compare"),
+    "edit_failures": ("evaluation_edit_failures",),
     "entities": ("entities", "map_tune", "jobs_loss_curve"),
     "pkm": ("pkm_grow_dialog",),  # pkm_usage.png needs a grown layer (hours on 2 cores): taken by hand
     "help": ("help_getting_started", "help_about"),
@@ -237,7 +238,7 @@ def run_flow(name: str, demo: Path, out: Path) -> int:
     if name not in FLOWS:
         print(f"make_screenshots: no flow {name!r}", file=sys.stderr)
         return 2
-    needs_reader = name in ("explain", "patches", "probes", "evaluation", "entities", "help")
+    needs_reader = name in ("explain", "patches", "probes", "evaluation", "edit_failures", "entities", "help")
     d = Driver(demo, out, with_reader=needs_reader)
     try:
         globals()[f"flow_{name}"](d)
@@ -529,6 +530,27 @@ def flow_evaluation(d: Driver) -> None:
     for r in range(min(2, t.rowCount())):
         sel.select(t.model().index(r, 0), QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows)
     d.shot("evaluation_compare", 1000)
+
+
+def flow_edit_failures(d: Driver) -> None:
+    """Edits asked in held-out wordings (bench/data/wording, issue 20) with the memory branch:
+    the failures listed by kind, with the edited entry's rank among those retrieved (the Jobs
+    and Entry docks closed)."""
+    v = d.win.evaluation
+    d.show_pack(d.geo)
+    d.win.tabs.setCurrentWidget(v)
+    d.reader_ready()
+    done = []
+    v.run_finished.connect(done.append)
+    v.run_failed.connect(done.append)
+    v.mode.setCurrentIndex(max(0, v.mode.findData("dpm")))
+    v.limit.setValue(12)
+    assert v.run(str(ROOT / "bench" / "data" / "wording" / "geography" / "edits.jsonl")), "the evaluation did not start"
+    d.until(lambda: done, "the edit run", 900)
+    # with every dock open the failures pane shows one row at 1280 x 800: room made as a user would
+    d.win.jobs_dock.hide()
+    d.win.editor_dock.hide()
+    d.shot("evaluation_edit_failures", 800)
 
 
 def flow_entities(d: Driver) -> None:

@@ -705,10 +705,10 @@ class EvaluationView(QWidget):
                 if col == 0:
                     item.setData(Qt.ItemDataRole.UserRole, kind)
                 t.setItem(row, col, item)
-        t.setColumnWidth(0, max(t.sizeHintForColumn(0), 80))
-        t.setColumnWidth(1, min(max(t.sizeHintForColumn(1), 160), 380))
-        t.setColumnWidth(2, min(max(t.sizeHintForColumn(2), 90), 200))
-        t.setColumnWidth(3, min(max(t.sizeHintForColumn(3), 120), 260))
+        hh = t.horizontalHeader()
+        for col, (low, high) in enumerate(((80, 200), (160, 380), (90, 200), (120, 260))):
+            # never narrower than the header's own label ("answer (first line)" was cut)
+            t.setColumnWidth(col, max(min(max(t.sizeHintForColumn(col), low), high), hh.sectionSizeHint(col)))
         counts = run.result.get("n_failures")
         if not fails:
             self.failures_label.setText("Failures: none" if run.result.get("n") else "Failures")
