@@ -95,9 +95,6 @@ class PatchLibrary(QObject):
         order = {n: i for i, n in enumerate(self.applied)}
         return sorted(found, key=lambda p: (order.get(p.name, len(order)), str((p.meta or {}).get("when", "")), p.name))
 
-    def info(self, name: str) -> PatchInfo | None:
-        return next((p for p in self.infos() if p.name == name), None)
-
     @property
     def applied(self) -> list[str]:
         """The names applied to the reader (or to be, once it loads), in their order."""
@@ -189,7 +186,7 @@ class PatchLibrary(QObject):
     # ------------------------------------------------------------------ deleting (undoable)
     def delete(self, name: str) -> None:
         """Delete a patch (taken off the reader first when applied): one step of ``undo_stack``."""
-        if self.info(name) is None:
+        if not (self.folder / name / "config.json").is_file():  # not every patch's config read for one name
             self.ctx.notifier.error("Deleting a weight patch", f"{name!r}: no such patch in {self.folder}")
             return
         self.undo_stack.push(_DeletePatch(self, name))

@@ -35,9 +35,7 @@ def check_config(config: Any):
     raw = config.get("facts")
     if not isinstance(raw, list) or not raw:
         raise PatchError("patch job: field 'facts' must be a non-empty list of {prompt, answer} objects")
-    facts = [fact_from_dict(d, f"patch job: facts[{i}]") for i, d in enumerate(raw)]
-    for i, f in enumerate(facts):
-        f.check(f"patch job: facts[{i}]")
+    facts = [fact_from_dict(d, f"patch job: facts[{i}]") for i, d in enumerate(raw)]  # each checked there
     cfg = PatchConfig.from_dict(config.get("patch") or {}, "patch job: field 'patch'")  # validated
     for name in ("locality", "on_top_of"):
         v = config.get(name) or []
