@@ -200,8 +200,9 @@ class WorkspacePanel(QWidget):
             it.setText(1, "…")
             it.setText(2, self.ctx.busy_reason(path) or "busy")
             return
-        if not Path(path).exists():
-            w = self.ctx.writer_if_open(path)
+        w = self.ctx.writer_if_open(path)
+        if not Path(path).exists() or (w is not None and w.creating):
+            # a new pack's file appears before its schema is written: not "unreadable" yet
             it.setText(1, "")
             it.setText(2, "creating…" if w and w.state == "opening" else "missing file")
             return

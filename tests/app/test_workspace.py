@@ -66,6 +66,8 @@ def test_new_pack_then_detach(qtbot, make_ctx, tmp_path, caplog):
     p = panel.new_pack(str(target))
     target.write_bytes(b"")  # the file SQLite makes before the schema is in it
     assert ctx.reader(p) is None  # what a view does at once: no pack yet, and that is no error
+    panel.refresh_counts(p)  # a count refresh while the file is there without its schema
+    assert panel.item_for(p).text(2) == "creating…"  # it said "unreadable" for a second
     target.unlink()
     go_on.set()
     wait_ready(qtbot, ctx, p)
