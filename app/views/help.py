@@ -16,7 +16,9 @@ from engine.store import MAX_TEXT_CHARS
 
 GETTING_STARTED = (
     "<h3>Getting started</h3><ol>"
-    "<li><b>Import</b> your documents or fact tables: <i>File → Import into pack…</i> (JSONL, CSV, .txt, .md). "
+    "<li><b>Import</b> your documents or fact tables: <i>File → Import into pack…</i> (JSONL, CSV, .txt, .md), "
+    "or drag files or a whole folder onto the window (onto a pack in the Workspace list to import into that "
+    "pack; a dropped <code>.plugmem</code> file is opened). "
     "A pack is built in the background; the Jobs panel shows its progress.</li>"
     "<li><b>Check and fix</b> the entries in the <i>Memory</i> tab: search, edit in the Entry panel, disable "
     "or delete; <i>Edit → Undo</i> undoes any change, and each entry's history says who changed what.</li>"

@@ -25,6 +25,7 @@ def test_help_menu_pages(qtbot, make_ctx, small_pack):
         act["Getting started"].trigger()
         text = win.help_page.text.toPlainText()
         assert win.help_page.isVisible() and "Import" in text and "Make probes from a pack" in text
+        assert "drag files or a whole folder onto the window" in text  # what test_drops does
         act["File formats"].trigger()
         text = win.help_page.text.toPlainText()
         assert "old_text" in text and "paraphrases" in text and "4,000 characters" in text
