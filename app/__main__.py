@@ -13,6 +13,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.workspace import Workspace
 
 os.environ.setdefault("QT_API", "pyside6")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"plugmem-studio: {problem}", file=sys.stderr)
         return 3
-    from PySide6.QtCore import QCoreApplication, QTimer
+    from PySide6.QtCore import QCoreApplication
     from PySide6.QtWidgets import QApplication
 
     from app.context import AppContext, default_workspace_folder

@@ -3,7 +3,7 @@ the entry states cached by text (and on disk through an ``EntryStateStore``)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -13,6 +13,10 @@ from engine.mechanisms.dpm.io import check_compatible
 from engine.mechanisms.dpm.module import MemoryBranch, MemoryValues, _Enough
 from engine.reader.batching import pad_left
 from engine.reader.lru import LRU
+
+if TYPE_CHECKING:
+    from engine.reader.generation import PromptStates
+
 
 @torch.no_grad()
 def lower_states(reader, first: int, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:

@@ -307,7 +307,6 @@ def batch_losses(reader, plugin: KnowledgePlugin, batch: Sequence[Example], *, i
     base = reader.model.model
     emb = reader.model.get_input_embeddings()
     pad = int(reader.tokenizer.pad_token_id)
-    b = len(batch)
     a0 = [min(ex.ins_tok) for ex in batch]  # split point of each row
     prefix_cache = prefix_cache or PrefixCache(reader, max_tokens=0)
     cache, pre_mask, hp = prefix_cache.assemble([tuple(ex.ids[:a]) for ex, a in zip(batch, a0)])
