@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -44,6 +44,10 @@ def fmt_eta(seconds: float | None) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
+# job, status, progress, ETA; the message column takes the rest
+COLUMN_WIDTHS = (220, 80, 120, 60)
+MIN_JOB_WIDTH, MIN_MESSAGE_WIDTH = 100, 90
+
 
 class JobsPanel(QWidget):
     job_selected = Signal(str)
@@ -58,7 +62,7 @@ class JobsPanel(QWidget):
         self._plot_dirty = False
         self._logs: dict[str, list[str]] = {}  # messages of this session's jobs, kept after they end
 
-        self.table = QTableWidget(0, 5)
+        self.table = QTableWidget(0, len(COLUMN_WIDTHS) + 1)
         self.table.setObjectName("JobTable")
         self.table.setHorizontalHeaderLabels(["job", "status", "progress", "ETA", "message"])
         self.table.verticalHeader().setVisible(False)
@@ -67,10 +71,10 @@ class JobsPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
-        self.table.setColumnWidth(0, 220)
-        self.table.setColumnWidth(1, 80)
-        self.table.setColumnWidth(2, 140)
-        self.table.setColumnWidth(3, 60)
+        for col, width in enumerate(COLUMN_WIDTHS):
+            self.table.setColumnWidth(col, width)
+        # a narrow dock (a 1024 px screen) shrinks the job column instead of scrolling sideways
+        self.table.viewport().installEventFilter(self)
         # rows as tall as the text (not the progress bar's default): four or five rows show
         self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 8)
 
@@ -176,6 +180,15 @@ class JobsPanel(QWidget):
         self.refresh()
 
     # ------------------------------------------------------------------ rows
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        if obj is self.table.viewport() and event.type() == QEvent.Type.Resize:
+            self._fit_columns(event.size().width())
+        return super().eventFilter(obj, event)
+
+    def _fit_columns(self, width: int) -> None:
+        rest = sum(COLUMN_WIDTHS[1:])
+        self.table.setColumnWidth(0, max(MIN_JOB_WIDTH, min(COLUMN_WIDTHS[0], width - rest - MIN_MESSAGE_WIDTH)))
+
     def selected_id(self) -> str | None:
         rows = {i.row() for i in self.table.selectedIndexes()}
         return self._rows[min(rows)] if rows else None

@@ -293,6 +293,8 @@ def test_both_side_docks_fit_a_1024_by_700_window(qtbot, demo_like):
     win.workspace_dock.raise_()  # its tab in front, as the user clicks it
     qtbot.wait(50)
     assert cut_cells(win.workspace_panel.tree) == []  # pack names, counts, encoder whole
+    jobs = win.jobs_panel.table  # its columns needed 500 px and more: it scrolled sideways
+    assert jobs.horizontalScrollBar().maximum() == 0 and cut_cells(jobs, skip=LONG["JobTable"]) == []
     short = win.side_docks.height_needed_stacked() - 1
     win.resize(1024, short)  # too short for both in one column: tabs of one area, the entry in front
     qtbot.wait(50)
