@@ -73,6 +73,14 @@ class MainWindow(QMainWindow):
         self.patches_panel = PatchesPanel(self.patches)
         self.patches_dock = self._dock("Patches", self.patches_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.splitDockWidget(self.workspace_dock, self.patches_dock, Qt.Orientation.Vertical)
+        # grown product-key memories below the patches: a checkbox plugs one into the reader
+        from app.pkm_layers import PKMLayers
+        from app.views.pkm import PKMPanel
+
+        self.pkm_layers = PKMLayers(ctx, self)
+        self.pkm_panel = PKMPanel(self.pkm_layers)
+        self.pkm_dock = self._dock("Product-key memory", self.pkm_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.splitDockWidget(self.patches_dock, self.pkm_dock, Qt.Orientation.Vertical)
         self.resizeDocks([self.workspace_dock, self.editor_dock], [330, 360], Qt.Orientation.Horizontal)
         self._docks_fitted = False  # sized to their content at the first show (unless restored)
         # the Entry dock keeps the full height: the Jobs dock below the tabs never squeezes
@@ -80,7 +88,7 @@ class MainWindow(QMainWindow):
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
         self.side_docks = SideDocks(self, self.workspace_dock, self.editor_dock, self.fit_docks,
-                                    below=[self.patches_dock])  # one column below ~1,234 px
+                                    below=[self.patches_dock, self.pkm_dock])  # one column below ~1,234 px
         for d in (self.workspace_dock, self.editor_dock):
             d.toggleViewAction().toggled.connect(lambda on: self.side_docks.arrange())
 
@@ -105,7 +113,9 @@ class MainWindow(QMainWindow):
 
         self.pkm_grower = PKMGrower(ctx, self)
         self.pkm_grower.grown.connect(lambda pack, folder: self.ctx.notifier.info(
-            f"Product-key memory of {Path(pack).stem} grown into {folder}: Tools > Product-key memory usage shows it."))
+            f"Product-key memory of {Path(pack).stem} grown into {folder}: Tools > Product-key memory usage shows it; "
+            "tick it in the Product-key memory panel to plug it in."))
+        self.pkm_grower.grown.connect(lambda pack, folder: self.pkm_layers.changed.emit())
         self.workspace_panel.map_tune_requested.connect(self.map_tune)
         self.workspace_panel.entities_requested.connect(self.show_entities)
         self.workspace_panel.plugin_toggled.connect(lambda p, on: self._sync_plugins())
@@ -203,7 +213,7 @@ class MainWindow(QMainWindow):
             a = v.addAction(self.tabs.tabText(n), lambda n=n: self.tabs.setCurrentIndex(n))
             a.setShortcut(QKeySequence(f"Ctrl+{n + 1}"))
         v.addSeparator()
-        for d in (self.workspace_dock, self.patches_dock, self.editor_dock, self.jobs_dock):
+        for d in (self.workspace_dock, self.patches_dock, self.pkm_dock, self.editor_dock, self.jobs_dock):
             v.addAction(d.toggleViewAction())
 
         m = mb.addMenu("&Model")
