@@ -102,6 +102,7 @@ class MainWindow(QMainWindow):
         self.evaluation.write_patch_requested.connect(self.write_patch)
         self.patches_panel.write_requested.connect(lambda: self.write_patch({}))
         self.patches.changed.connect(lambda: self.explain.patches_changed(self.patches.applied))
+        self.pkm_layers.changed.connect(lambda: self.explain.pkm_changed(self.pkm_layers.plugged))
         # Evaluation uses Ask's mode and k (e.g. context once the reader has no memory branch)
         follow = lambda *_: self.evaluation.follow_ask(self.explain.current_mode(), self.explain.k.value())  # noqa: E731
         self.explain.mode.currentIndexChanged.connect(follow)

@@ -169,3 +169,37 @@ def test_a_folder_that_is_no_layer_is_said_and_not_listed(qtbot, panel_of, tmp_p
     (tmp_path / "empty").mkdir()
     assert not layers.add_folder(tmp_path / "empty")
     assert "product-key memory" in errors[0] and "empty" in errors[0] and panel.list.count() == 0
+
+
+def test_ask_and_explain_says_the_layer_was_active_its_slots_and_the_answer_without_it(
+        qtbot, panel_of, layer_dir, unplugged):
+    from app.views.explain import ExplainPanel, first_line
+    from tests.app.conftest import ask
+
+    ctx, layers, panel, errors = panel_of()
+    explain = ExplainPanel(ctx)
+    qtbot.addWidget(explain)
+    explain.mode.setCurrentIndex(explain.mode.findData("none"))
+    bare = ask(qtbot, explain, "Element 3 has the symbol")
+    assert bare.pkm_layer is None and not explain.pkm_box.isVisibleTo(explain)
+
+    assert layers.add_folder(layer_dir)
+    layers.changed.connect(lambda: explain.pkm_changed(layers.plugged))
+    tick(qtbot, layers, panel, layer_dir.resolve())
+    assert "product-key memory changed" in explain.stale.text()
+    expl = ask(qtbot, explain, again=True)
+    assert expl.pkm_layer["folder"] == str(layer_dir.resolve()) and expl.mechanisms[0] == "pkm"
+    assert explain.pkm_box.isVisibleTo(explain) and "grown.pkm" in explain.pkm_label.text()
+    assert "layer 1, 256 slots" in explain.pkm_label.text()
+    rows = explain.pkm_slots.rowCount()
+    assert rows == len(expl.pkm_slots) > 0
+    assert int(explain.pkm_slots.item(0, 0).text()) == expl.pkm_slots[0].slot
+    assert explain.pkm_slots.item(0, 2).text().count("·") == 4  # five top tokens
+
+    with qtbot.waitSignal(explain.without_pkm_done, timeout=30_000):
+        explain.without_pkm_btn.click()
+    assert expl.answers_without_pkm["answer"] == bare.answer  # the reader alone, as before plugging
+    assert f"Without the product-key memory: {first_line(bare.answer) or '(empty answer)'}" in explain.without_pkm_text.text()
+    from engine.mechanisms.pkm.attach import attachment
+
+    assert attachment(unplugged) is not None  # plugged again after
