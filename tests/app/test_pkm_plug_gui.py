@@ -203,3 +203,27 @@ def test_ask_and_explain_says_the_layer_was_active_its_slots_and_the_answer_with
     from engine.mechanisms.pkm.attach import attachment
 
     assert attachment(unplugged) is not None  # plugged again after
+
+
+def test_an_evaluation_with_the_layer_plugged_says_so_in_its_row(qtbot, panel_of, layer_dir, tmp_path, unplugged):
+    from app.evaluations import EvalStore
+    from app.views.evaluation import EvaluationView
+
+    ctx, layers, panel, errors = panel_of()
+    assert layers.add_folder(layer_dir)
+    tick(qtbot, layers, panel, layer_dir.resolve())
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text(json.dumps({"prompt": "The chemical symbol of gold is", "answer": "Au", "relation": "chemistry",
+                                  "subject": "Gold"}) + "\n", encoding="utf-8")
+    v = EvaluationView(ctx)
+    qtbot.addWidget(v)
+    v.mode.setCurrentIndex(v.mode.findData("none"))
+    with qtbot.waitSignal(v.run_finished, timeout=120_000) as sig:
+        assert v.run(str(probes))
+    run = sig.args[0]
+    assert run.pkm == str(layer_dir.resolve())
+    assert "+ pkm grown.pkm" in run.label and run.short_label.endswith("+pkm")
+    shown = [v.table.item(0, j).text() for j in range(v.table.columnCount())]
+    assert any("+ pkm grown.pkm" in c for c in shown)
+    assert EvalStore(ctx.workspace.folder).load()[0].pkm == str(layer_dir.resolve())  # kept with the run
+    v.cancel()
