@@ -73,14 +73,18 @@ class MainWindow(QMainWindow):
         self.patches_panel = PatchesPanel(self.patches)
         self.patches_dock = self._dock("Patches", self.patches_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.splitDockWidget(self.workspace_dock, self.patches_dock, Qt.Orientation.Vertical)
-        # grown product-key memories below the patches: a checkbox plugs one into the reader
+        # grown product-key memories beside the patches: a checkbox plugs one into the reader
         from app.pkm_layers import PKMLayers
         from app.views.pkm import PKMPanel
 
         self.pkm_layers = PKMLayers(ctx, self)
         self.pkm_panel = PKMPanel(self.pkm_layers)
-        self.pkm_dock = self._dock("Product-key memory", self.pkm_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
-        self.splitDockWidget(self.patches_dock, self.pkm_dock, Qt.Orientation.Vertical)
+        # "PKM": four tabs share the 313 px column on a narrow screen; the panel spells the name out
+        self.pkm_dock = self._dock("PKM", self.pkm_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.pkm_dock.setToolTip("Product-key memory: grown layers of learned slots; tick one to plug it in")
+        # a tab beside the Patches: a third dock in the column made the window 851 px tall at least
+        self.tabifyDockWidget(self.patches_dock, self.pkm_dock)
+        self.patches_dock.raise_()
         self.resizeDocks([self.workspace_dock, self.editor_dock], [330, 360], Qt.Orientation.Horizontal)
         self._docks_fitted = False  # sized to their content at the first show (unless restored)
         # the Entry dock keeps the full height: the Jobs dock below the tabs never squeezes
@@ -115,7 +119,7 @@ class MainWindow(QMainWindow):
         self.pkm_grower = PKMGrower(ctx, self)
         self.pkm_grower.grown.connect(lambda pack, folder: self.ctx.notifier.info(
             f"Product-key memory of {Path(pack).stem} grown into {folder}: Tools > Product-key memory usage shows it; "
-            "tick it in the Product-key memory panel to plug it in."))
+            "tick it in the PKM dock to plug it in."))
         self.pkm_grower.grown.connect(lambda pack, folder: self.pkm_layers.changed.emit())
         self.workspace_panel.map_tune_requested.connect(self.map_tune)
         self.workspace_panel.entities_requested.connect(self.show_entities)

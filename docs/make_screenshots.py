@@ -616,6 +616,7 @@ def flow_pkm_plug(d: Driver) -> None:
     if isinstance(grown[0], BaseException):
         raise grown[0]
     layers, panel = d.win.pkm_layers, d.win.pkm_panel
+    d.win.pkm_dock.raise_()  # its tab in front of the Patches
     layers.changed.emit()
     d.until(lambda: panel.item_for(str(out.resolve())) is not None, "the grown layer listed")
     from PySide6.QtCore import Qt
