@@ -35,15 +35,17 @@ class EvalRun:
     time: float = field(default_factory=time.time)
     id: int = 0
     version: int = RUN_VERSION
+    pkm: str | None = None  # the product-key memory folder plugged into the reader for the run
 
     @property
     def label(self) -> str:
-        return f"#{self.id} {Path(self.file).parent.name}/{Path(self.file).stem} · {self.mode} k={self.k}"
+        layer = f" + pkm {Path(self.pkm).name}" if self.pkm else ""
+        return f"#{self.id} {Path(self.file).parent.name}/{Path(self.file).stem} · {self.mode}{layer} k={self.k}"
 
     @property
     def short_label(self) -> str:
         """"#id mode": a compared run's column or bar name (``label`` in its tooltip)."""
-        return f"#{self.id} {self.mode}"
+        return f"#{self.id} {self.mode}" + (" +pkm" if self.pkm else "")
 
     def marks(self) -> str | None:
         """"1"/"0" per probe (right with memory) or edit (followed) in file order; None for a
@@ -191,8 +193,12 @@ def start_evaluation(ctx, req: EvalRequest, on_end: Callable[[str, str, Any, Any
         else:
             res = evaluate_probes(predictor, mems, read_probes(path), used, k=k, limit=limit,
                                   progress=progress, should_stop=job.should_stop)
+        from engine.explain.pkm import layer_info
+
+        layer = layer_info(model.reader)  # the plugged product-key memory is part of the reader for every probe
         return {"result": res, "mode": used, "note": " ".join(x for x in (fell_back, left_out) if x),
-                "reader": model.describe(), "packs": packs if used != "none" or kind == "edits" else []}
+                "reader": model.describe(), "packs": packs if used != "none" or kind == "edits" else [],
+                "pkm": layer["folder"] if layer else None}
 
     def done(outcome: dict) -> None:
         job = handle[0]

@@ -73,6 +73,18 @@ class MainWindow(QMainWindow):
         self.patches_panel = PatchesPanel(self.patches)
         self.patches_dock = self._dock("Patches", self.patches_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.splitDockWidget(self.workspace_dock, self.patches_dock, Qt.Orientation.Vertical)
+        # grown product-key memories beside the patches: a checkbox plugs one into the reader
+        from app.pkm_layers import PKMLayers
+        from app.views.pkm import PKMPanel
+
+        self.pkm_layers = PKMLayers(ctx, self)
+        self.pkm_panel = PKMPanel(self.pkm_layers)
+        # "PKM": four tabs share the 313 px column on a narrow screen; the panel spells the name out
+        self.pkm_dock = self._dock("PKM", self.pkm_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.pkm_dock.setToolTip("Product-key memory: grown layers of learned slots; tick one to plug it in")
+        # a tab beside the Patches: a third dock in the column made the window 851 px tall at least
+        self.tabifyDockWidget(self.patches_dock, self.pkm_dock)
+        self.patches_dock.raise_()
         self.resizeDocks([self.workspace_dock, self.editor_dock], [330, 360], Qt.Orientation.Horizontal)
         self._docks_fitted = False  # sized to their content at the first show (unless restored)
         # the Entry dock keeps the full height: the Jobs dock below the tabs never squeezes
@@ -80,7 +92,7 @@ class MainWindow(QMainWindow):
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.resizeDocks([self.jobs_dock], [190], Qt.Orientation.Vertical)
         self.side_docks = SideDocks(self, self.workspace_dock, self.editor_dock, self.fit_docks,
-                                    below=[self.patches_dock])  # one column below ~1,234 px
+                                    below=[self.patches_dock, self.pkm_dock])  # one column below ~1,234 px
         for d in (self.workspace_dock, self.editor_dock):
             d.toggleViewAction().toggled.connect(lambda on: self.side_docks.arrange())
 
@@ -94,6 +106,7 @@ class MainWindow(QMainWindow):
         self.evaluation.write_patch_requested.connect(self.write_patch)
         self.patches_panel.write_requested.connect(lambda: self.write_patch({}))
         self.patches.changed.connect(lambda: self.explain.patches_changed(self.patches.applied))
+        self.pkm_layers.changed.connect(lambda: self.explain.pkm_changed(self.pkm_layers.plugged))
         # Evaluation uses Ask's mode and k (e.g. context once the reader has no memory branch)
         follow = lambda *_: self.evaluation.follow_ask(self.explain.current_mode(), self.explain.k.value())  # noqa: E731
         self.explain.mode.currentIndexChanged.connect(follow)
@@ -105,7 +118,9 @@ class MainWindow(QMainWindow):
 
         self.pkm_grower = PKMGrower(ctx, self)
         self.pkm_grower.grown.connect(lambda pack, folder: self.ctx.notifier.info(
-            f"Product-key memory of {Path(pack).stem} grown into {folder}: Tools > Product-key memory usage shows it."))
+            f"Product-key memory of {Path(pack).stem} grown into {folder}: Tools > Product-key memory usage shows it; "
+            "tick it in the PKM dock to plug it in."))
+        self.pkm_grower.grown.connect(lambda pack, folder: self.pkm_layers.changed.emit())
         self.workspace_panel.map_tune_requested.connect(self.map_tune)
         self.workspace_panel.entities_requested.connect(self.show_entities)
         self.workspace_panel.plugin_toggled.connect(lambda p, on: self._sync_plugins())
@@ -203,7 +218,7 @@ class MainWindow(QMainWindow):
             a = v.addAction(self.tabs.tabText(n), lambda n=n: self.tabs.setCurrentIndex(n))
             a.setShortcut(QKeySequence(f"Ctrl+{n + 1}"))
         v.addSeparator()
-        for d in (self.workspace_dock, self.patches_dock, self.editor_dock, self.jobs_dock):
+        for d in (self.workspace_dock, self.patches_dock, self.pkm_dock, self.editor_dock, self.jobs_dock):
             v.addAction(d.toggleViewAction())
 
         m = mb.addMenu("&Model")

@@ -35,6 +35,8 @@ class LoadedModel:
     _predictor: Any = None
     #: knowledge plugins loaded for this reader: pack path -> (files' stamp, KnowledgePlugin)
     plugins: dict[str, tuple[tuple, Any]] = field(default_factory=dict)
+    #: the product-key memory plugged into the reader (a PKMMechanism; app.pkm_layers), or None
+    pkm: Any = None
 
     @property
     def predictor(self):
@@ -53,9 +55,12 @@ class LoadedModel:
 
     def _entry_store(self):
         """The on-disk store of entries' reader states for this reader and branch (None when
-        it cannot be opened: the states are then computed each session)."""
+        it cannot be opened: the states are then computed each session). None while a
+        product-key memory is plugged: the states it changes must not be stored as the reader's."""
         from engine.session import open_entry_store
 
+        if self.pkm is not None:
+            return None
         return open_entry_store(self.reader, self.branch)
 
     def describe(self) -> str:

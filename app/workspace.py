@@ -1,6 +1,7 @@
 """The workspace: a folder with ``workspace.json`` listing attached packs, which are plugged in,
-which have their knowledge plugin switched on, and the weight patches (``patches/``) applied
-to the reader, in their order.
+which have their knowledge plugin switched on, the weight patches (``patches/``) applied
+to the reader, in their order, and the product-key memory folders the user added (``pkm_folders``)
+with the one plugged into the reader (``pkm``).
 
 The file is versioned (``version``) and migrated on load; an unreadable file is kept
 aside as ``workspace.json.bad`` and a clear message is raised, so nothing is lost.
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-WORKSPACE_VERSION = 4
+WORKSPACE_VERSION = 5
 PATCHES_DIR = "patches"  # weight patch folders, beside the packs
 FILE_NAME = "workspace.json"
 
@@ -44,6 +45,8 @@ class Workspace:
     reader: str | None = None  # None = the default reader; else a local model folder
     dpm_branch: str | None = None  # None = the branch shipped for the default reader
     patches: list[str] = field(default_factory=list)  # names of the applied patches in PATCHES_DIR, in order
+    pkm_folders: list[str] = field(default_factory=list)  # product-key memory folders added by the user
+    pkm: str | None = None  # the product-key memory folder plugged into the reader (one at a time)
 
     @property
     def patches_folder(self) -> Path:
@@ -106,6 +109,8 @@ class Workspace:
             "reader": self.reader,
             "dpm_branch": self.dpm_branch,
             "patches": list(self.patches),
+            "pkm_folders": list(self.pkm_folders),
+            "pkm": self.pkm,
         }
 
     def save(self) -> None:
@@ -132,11 +137,16 @@ class Workspace:
             patches = data.get("patches", [])
             if not isinstance(patches, list) or not all(isinstance(n, str) and n for n in patches):
                 raise ValueError(f"patches must be a list of patch names, got {patches!r}")
+            pkm_folders = data.get("pkm_folders", [])
+            if not isinstance(pkm_folders, list) or not all(isinstance(n, str) and n for n in pkm_folders):
+                raise ValueError(f"pkm_folders must be a list of folder paths, got {pkm_folders!r}")
+            pkm = _opt_str(data.get("pkm"))
         except (ValueError, KeyError, TypeError) as exc:
             bad = f.with_suffix(".json.bad")
             os.replace(f, bad)
             raise WorkspaceError(f"{f}: not a readable workspace file ({exc}); kept it as {bad.name} and started empty") from None
-        return cls(folder, packs, data.get("current"), WORKSPACE_VERSION, reader, branch, list(patches))
+        return cls(folder, packs, data.get("current"), WORKSPACE_VERSION, reader, branch, list(patches),
+                   list(pkm_folders), pkm)
 
     @staticmethod
     def exists(folder: str | Path) -> bool:
@@ -146,7 +156,7 @@ class Workspace:
 def migrate(d: dict[str, Any]) -> dict[str, Any]:
     """Older workspace files: version 0 was a bare list of pack paths under "attached";
     version 1 had no reader / DPM branch (the defaults); version 2 had no knowledge plugins (all off);
-    version 3 had no weight patches (none applied)."""
+    version 3 had no weight patches (none applied); version 4 had no product-key memories (none plugged)."""
     v = int(d.get("version", 0))
     if v < 1:
         plugged = set(d.get("plugged", []))
@@ -164,6 +174,10 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
     if v < 4:
         d.setdefault("patches", [])
         v = 4
+    if v < 5:
+        d.setdefault("pkm_folders", [])
+        d.setdefault("pkm", None)
+        v = 5
     if v > WORKSPACE_VERSION:
         raise ValueError(f"made by a newer PlugMem Studio (version {v}; this one reads up to {WORKSPACE_VERSION})")
     d["version"] = v

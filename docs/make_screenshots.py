@@ -48,6 +48,7 @@ FLOWS: dict[str, tuple[str, ...]] = {
     "edit_failures": ("evaluation_edit_failures",),
     "entities": ("entities", "map_tune", "jobs_loss_curve"),
     "pkm": ("pkm_grow_dialog",),  # pkm_usage.png needs a grown layer (hours on 2 cores): taken by hand
+    "pkm_plug": ("pkm_dock", "pkm_explain"),
     "help": ("help_getting_started", "help_about"),
     "narrow": ("narrow_1024",),
 }
@@ -238,7 +239,7 @@ def run_flow(name: str, demo: Path, out: Path) -> int:
     if name not in FLOWS:
         print(f"make_screenshots: no flow {name!r}", file=sys.stderr)
         return 2
-    needs_reader = name in ("explain", "patches", "probes", "evaluation", "edit_failures", "entities", "help")
+    needs_reader = name in ("explain", "patches", "probes", "evaluation", "edit_failures", "entities", "help", "pkm_plug")
     d = Driver(demo, out, with_reader=needs_reader)
     try:
         globals()[f"flow_{name}"](d)
@@ -591,6 +592,50 @@ def flow_pkm(d: Driver) -> None:
     dlg.open()
     d.shot("pkm_grow_dialog", 600)
     dlg.reject()
+
+
+#: A small layer the pkm_plug flow grows on the geography pack in well under a minute: it shows
+#: the checkbox and what Ask and explain says of a plugged layer, not what a standard one learns.
+QUICK_LAYER = {"steps": 12, "batch": 4, "seq_len": 64, "slots": 64 * 64, "k": 8, "heads": 2, "key_dim": 64,
+               "value_lr": 5e-2, "max_tokens": 4096, "max_heldout_tokens": 2048}
+
+
+def flow_pkm_plug(d: Driver) -> None:
+    """A small layer grown on the geography pack, ticked in the Product-key memory dock; Ask and
+    explain with it plugged: the slots it read most and the answer without it."""
+    from app.views.pkm import default_pkm_dir
+    from engine.mechanisms.pkm.train import run
+
+    d.show_pack(d.geo)
+    d.reader_ready()
+    out = default_pkm_dir(d.geo)
+    grown = []
+    d.ctx.model.submit(lambda m: run({"out": str(out), "corpus": [d.geo], **QUICK_LAYER}, reader=m.reader),
+                       grown.append, on_error=grown.append, what="Growing the flow's layer")
+    d.until(lambda: grown, "the flow's layer grown", 600)
+    if isinstance(grown[0], BaseException):
+        raise grown[0]
+    layers, panel = d.win.pkm_layers, d.win.pkm_panel
+    d.win.pkm_dock.raise_()  # its tab in front of the Patches
+    layers.changed.emit()
+    d.until(lambda: panel.item_for(str(out.resolve())) is not None, "the grown layer listed")
+    from PySide6.QtCore import Qt
+
+    panel.item_for(str(out.resolve())).setCheckState(Qt.CheckState.Checked)
+    d.until(lambda: layers.plugged == str(out.resolve()), "the layer plugged in", 120)
+    p = d.win.explain
+    p.mode.setCurrentIndex(max(0, p.mode.findData("context")))
+    _ask(d, "The capital of Japan is")
+    done = []
+    p.without_pkm_done.connect(done.append)
+    if not p.answer_without_pkm():
+        raise RuntimeError("no product-key memory in the answer: nothing to answer without")
+    d.until(lambda: done, "the answer without the layer", 300)
+    d.shot("pkm_explain", 800)
+    pix = d.win.pkm_dock.grab()
+    if not pix.save(str(d.out / "pkm_dock.png")):
+        raise RuntimeError("could not save pkm_dock.png")
+    print(f"  pkm_dock.png: {pix.width()} x {pix.height()}", flush=True)
 
 
 def flow_narrow(d: Driver) -> None:

@@ -513,7 +513,8 @@ class EvaluationView(QWidget):
 
     def _done(self, req: EvalRequest, outcome: dict) -> None:
         result, used, reader = outcome["result"], outcome["mode"], outcome["reader"]
-        run = EvalRun(req.kind, req.file, used, req.k, list(outcome.get("packs") or []), reader, result, req.limit)
+        run = EvalRun(req.kind, req.file, used, req.k, list(outcome.get("packs") or []), reader, result, req.limit,
+                      pkm=outcome.get("pkm"))
         try:
             run = self.store.append(run, self.runs)
         except OSError as exc:

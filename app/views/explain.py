@@ -69,6 +69,7 @@ class ExplainPanel(QWidget):
     entry_activated = Signal(str, int)  # pack path, entry id
     write_patch_requested = Signal(object)  # {prompt, answer, old}: "Write the right answer into the weights…"
     without_done = Signal(object)  # the Explanation, its answers without each weight patch filled in
+    without_pkm_done = Signal(object)  # the Explanation, its answers without the product-key memory filled in
 
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -143,6 +144,7 @@ class ExplainPanel(QWidget):
         self.verdict.setObjectName("Verdict")
         self._build_plugin_box()
         self._build_patch_box()
+        self._build_pkm_box()
 
         self.model = ExplanationTableModel(self)
         self.table = QTableView()
@@ -188,6 +190,7 @@ class ExplainPanel(QWidget):
         tl.addWidget(self.verdict)
         tl.addWidget(self.plugin_box)
         tl.addWidget(self.patch_box)
+        tl.addWidget(self.pkm_box)
         bottom = QWidget()
         bl = QVBoxLayout(bottom)
         bl.setContentsMargins(0, 0, 0, 0)
@@ -252,6 +255,8 @@ class ExplainPanel(QWidget):
         self.without_patches_text.setText("")
         self.without_patches_btn.setEnabled(False)
         self.write_patch_btn.setEnabled(False)
+        self.pkm_box.setVisible(False)
+        self.pkm_slots.setRowCount(0)
 
     # ------------------------------------------------------------------ asking
     def current_mode(self) -> str:
@@ -338,6 +343,7 @@ class ExplainPanel(QWidget):
         self.model.set_entries(expl.retrieved)
         self._show_injected(expl)
         self._show_patches(expl)
+        self._show_pkm(expl)
         n = len(expl.retrieved)
         self.retrieved_label.setText(f"Retrieved entries ({n}, best first) — click one to open it in the editor"
                                      if n else "Retrieved entries (none)")
@@ -539,6 +545,120 @@ class ExplainPanel(QWidget):
         self.write_patch_requested.emit({"prompt": expl.prompt.strip(),
                                          "answer": first_line(expl.answer).strip(" .") if changed else "",
                                          "old": first_line(expl.answer_without_memory).strip(" .")})
+
+    # ------------------------------------------------------------------ product-key memory
+    def _build_pkm_box(self) -> None:
+        """The product-key memory the answer was read with, the answer without it (on request),
+        and the slots it read most for the answer with their top tokens; shown only when a
+        layer was plugged."""
+        self.pkm_box = QGroupBox("Product-key memory")
+        self.pkm_box.setObjectName("PKMBox")
+        self.pkm_label = WrappedLabel()
+        self.pkm_label.setObjectName("AnswerPKM")
+        self.without_pkm_btn = QPushButton("Answer without the product-key memory")
+        self.without_pkm_btn.setToolTip("Ask again with the layer taken off (it is plugged again after)")
+        self.without_pkm_btn.clicked.connect(self.answer_without_pkm)
+        self.without_pkm_text = WrappedLabel()
+        self.without_pkm_text.setObjectName("AnswerWithoutPKM")
+        self.pkm_slots = QTableWidget(0, 3)
+        self.pkm_slots.setObjectName("PKMSlotsTable")
+        self.pkm_slots.setHorizontalHeaderLabels(["slot", "weight", "top tokens"])
+        self.pkm_slots.horizontalHeaderItem(1).setToolTip(
+            "The layer's softmax weight on this slot, summed over the heads and the answer's positions")
+        self.pkm_slots.horizontalHeaderItem(2).setToolTip(
+            "What the slot's value row pushes the output towards: its top 5 tokens through the unembedding")
+        self.pkm_slots.verticalHeader().setVisible(False)
+        self.pkm_slots.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.pkm_slots.setItemDelegateForColumn(1, BarDelegate(self.pkm_slots))
+        self.pkm_slots.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.pkm_slots.setColumnWidth(0, 70)
+        self.pkm_slots.setColumnWidth(1, 110)
+        self.pkm_slots.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 10)
+        self.pkm_slots.setMaximumHeight(6 * (self.fontMetrics().height() + 10))
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.pkm_label, 1)
+        row.addWidget(self.without_pkm_btn)
+        lay = QVBoxLayout(self.pkm_box)
+        lay.addLayout(row)
+        lay.addWidget(self.without_pkm_text)
+        lay.addWidget(self.pkm_slots)
+        self.pkm_box.setVisible(False)
+
+    def _show_pkm(self, expl) -> None:
+        layer = getattr(expl, "pkm_layer", None)
+        self.pkm_slots.setRowCount(0)
+        self.pkm_box.setVisible(bool(layer))
+        if not layer:
+            return
+        name = Path(str(layer.get("folder") or "layer")).name
+        self.pkm_label.setText(f"Product-key memory <b>{name}</b> was plugged in (layer {layer.get('layer')}, "
+                               f"{int(layer.get('slots') or 0):,} slots): both answers read it.")
+        self.without_pkm_btn.setEnabled(True)
+        self._show_without_pkm(expl)
+        slots = list(getattr(expl, "pkm_slots", None) or [])
+        scale = max((float(s.weight) for s in slots), default=0.0)
+        self.pkm_slots.setRowCount(len(slots))
+        for r, s in enumerate(slots):
+            self.pkm_slots.setItem(r, 0, QTableWidgetItem(str(s.slot)))
+            cell = QTableWidgetItem(f"{float(s.weight):.3f}")
+            cell.setData(BAR_ROLE, (float(s.weight), scale, False))
+            self.pkm_slots.setItem(r, 1, cell)
+            tokens = QTableWidgetItem("  ·  ".join(repr(t)[1:-1] for t in s.tokens))
+            tokens.setToolTip(" · ".join(repr(t) for t in s.tokens))
+            self.pkm_slots.setItem(r, 2, tokens)
+
+    def _show_without_pkm(self, expl) -> None:
+        left = getattr(expl, "answers_without_pkm", None) or {}
+        if not left:
+            self.without_pkm_text.setVisible(False)
+            return
+        mem, bare = left.get("answer", ""), left.get("answer_without_memory", "")
+        same = " (the layer did not change it)" if first_line(mem) == first_line(expl.answer) else " (the layer changed it)"
+        self.without_pkm_text.setText(f"Without the product-key memory: {_shown(mem)}{same}"
+                                      + (f" — without memory: {_shown(bare)}" if expl.mode != "none" else ""))
+        self.without_pkm_text.setVisible(True)
+
+    def answer_without_pkm(self) -> bool:
+        """The shown answer again with the product-key memory taken off (into the record)."""
+        expl = self.explanation
+        if expl is None or not getattr(expl, "pkm_layer", None) or self._pending:
+            return False
+        prompt, _, k, n = self._asked
+        mode = expl.mode
+        mems, _ = self.ctx.plugged_memories() if mode != "none" else ([], [])
+        plugin_paths = list(self._asked_plugins)
+
+        def task(model):
+            plugins, _ = model.plugins_for(plugin_paths)
+            return model.predictor.answers_without_pkm(prompt, mems, mode=mode, k=k, max_new_tokens=n, plugins=plugins)
+
+        def done(left: dict) -> None:
+            if self.explanation is not expl:
+                return
+            self._set_busy(False)
+            if not left:
+                self._error("The product-key memory is no longer plugged in: press “Ask again”.")
+                return
+            expl.answers_without_pkm = dict(left)
+            self._show_without_pkm(expl)
+            self.status.setText("Answered without the product-key memory.")
+            self.without_pkm_done.emit(expl)
+
+        self._set_busy(True, "Answering without the product-key memory…")
+        self.ctx.model.submit(task, done, on_error=lambda exc: (self._set_busy(False), self._error(str(exc))),
+                              what="Answering without the product-key memory")
+        return True
+
+    def pkm_changed(self, plugged: str | None) -> None:
+        """The plugged product-key memory changed: the answer shown was read by another reader."""
+        expl = self.explanation
+        if expl is None:
+            return
+        was = (getattr(expl, "pkm_layer", None) or {}).get("folder")
+        if (was or None) != (plugged or None):
+            self.stale.setText("The plugged product-key memory changed since this answer: press “Ask again”.")
+            self.stale.setVisible(True)
 
     # ------------------------------------------------------------------ knowledge plugins
     def _build_plugin_box(self) -> None:

@@ -1,6 +1,7 @@
 """Product-key memory in the app: *Grow a product-key memory…* (the dialog and the job it starts
 in the Jobs panel, whose live loss curve shows the training) and the usage view (the figures,
-a histogram of slot weights and the sqrt(slots) x sqrt(slots) heat map of the product-key grid).
+a histogram of slot weights and the sqrt(slots) x sqrt(slots) heat map of the product-key grid),
+and the Product-key memory panel (one checkbox per known layer: tick to plug it into the reader).
 
 The layer of a pack ``P.plugmem`` is grown into ``P.pkm/`` (``config.json``, ``model.safetensors``,
 ``usage.safetensors``: the held-out per-slot weights the view draws).
@@ -13,13 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QFileDialog,
     QFormLayout,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -27,6 +32,8 @@ from PySide6.QtWidgets import (
 
 from app.context import AppContext
 from app.jobs import ended_text
+from app.pkm_layers import PKMLayers, default_pkm_dir
+from app.views.fit import WrappedLabel
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +43,6 @@ GROW_TARGET = "engine.mechanisms.pkm.train:grow"
 #: measured by ``bench/bench_pkm.py --step-time`` on the development machine's 2 cores while shared
 #: with other jobs (an upper bound; bench/RESULTS.md). 'large' (262k slots) is for a GPU: not timed.
 SECONDS_PER_STEP = {"quick": 72.8, "standard": 126.9}
-
-
-def default_pkm_dir(pack: str | Path) -> Path:
-    p = Path(pack)
-    return p.with_name(p.stem + ".pkm")
 
 
 def estimate(preset: str, steps: int) -> str:
@@ -236,3 +238,86 @@ def show_usage(ctx: AppContext, pack: str | None, parent: QWidget | None = None)
         return None
     win.show()
     return win
+
+
+FOLDER_ROLE = Qt.ItemDataRole.UserRole
+
+
+class PKMPanel(QWidget):
+    """The product-key memories the app knows, one checkbox each (one plugged at a time), and
+    *Add a product-key memory folder…*; a refusal unticks the layer and is said below the list."""
+
+    def __init__(self, layers: PKMLayers, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("PKMPanel")
+        self.layers = layers
+        self._filling = False
+        self.list = QListWidget()
+        self.list.setObjectName("PKMList")
+        self.list.setToolTip("Tick a product-key memory to plug it into the reader (one at a time); every answer "
+                             "then reads it. Unticking takes it off and leaves the reader exactly as it was.")
+        self.add_btn = QPushButton("Add a product-key memory folder…")
+        self.add_btn.clicked.connect(self._add_dialog)
+        self.status = WrappedLabel()
+        self.status.setObjectName("PKMStatus")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 6, 6, 6)
+        lay.addWidget(self.list, 1)
+        lay.addWidget(self.status)
+        lay.addWidget(self.add_btn)
+        self.list.itemChanged.connect(self._item_changed)
+        layers.changed.connect(self.refresh)
+        self._refusal = ""  # the last refusal, shown until the next tick
+        layers.refused.connect(self._refused)
+        layers.ctx.current_changed.connect(lambda _p: self.refresh())
+        self.refresh()
+
+    def item_for(self, folder: str) -> QListWidgetItem | None:
+        for i in range(self.list.count()):
+            if self.list.item(i).data(FOLDER_ROLE) == folder:
+                return self.list.item(i)
+        return None
+
+    def refresh(self) -> None:
+        self._filling = True
+        self.list.clear()
+        plugged = self.layers.plugged
+        for info in self.layers.infos():
+            it = QListWidgetItem(info.describe())
+            it.setData(FOLDER_ROLE, info.folder)
+            flags = it.flags() | Qt.ItemFlag.ItemIsUserCheckable
+            if info.meta is None and info.folder != plugged:
+                flags &= ~Qt.ItemFlag.ItemIsEnabled
+            it.setFlags(flags)
+            it.setCheckState(Qt.CheckState.Checked if info.folder == plugged else Qt.CheckState.Unchecked)
+            corpus = (info.meta or {}).get("corpus") or {}
+            grown = f"\ngrown on {', '.join(map(str, corpus.get('files') or corpus.get('sources') or []))}" if corpus else ""
+            it.setToolTip(f"{info.folder}{grown}" if info.meta else f"{info.folder}\n{info.error}")
+            self.list.addItem(it)
+        if not self.list.count():
+            self.status.setText("No product-key memory yet: Tools › Grow a product-key memory… on a pack, "
+                                "or add a folder grown with `plugmem pkm grow`.")
+        elif plugged:
+            self.status.setText(f"Plugged into the reader: {Path(plugged).name} (every answer reads it).")
+        else:
+            self.status.setText("None plugged: the reader answers alone.")
+        if self._refusal:
+            self.status.setText(f"{self.status.text()}\n{self._refusal}")
+        self._filling = False
+
+    def _refused(self, folder: str, why: str) -> None:
+        self._refusal = f"Not plugged: {Path(folder).name}: {why}"
+        self.refresh()
+
+    def _item_changed(self, it: QListWidgetItem) -> None:
+        if self._filling:
+            return
+        self._refusal = ""
+        self.status.setText("Plugging…" if it.checkState() == Qt.CheckState.Checked else "Unplugging…")
+        self.layers.set_plugged(it.data(FOLDER_ROLE), it.checkState() == Qt.CheckState.Checked)
+
+    def _add_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add a product-key memory folder",
+                                                  str(self.layers.ctx.workspace.folder))
+        if folder:
+            self.layers.add_folder(folder)

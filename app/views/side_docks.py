@@ -4,7 +4,8 @@ Side by side, the two docks and the tabs' minimum need about 1,234 px (measured 
 with the app's style sheet), so a 1024 px screen got a window wider than itself. Below the
 width they need, the Entry dock goes under the Workspace list in the left column (which then
 takes the window's full height); where even that column is too short, they become tabs of
-one dock area, with the docks that share the left column (the Patches list). Both stay open either way, and widening the window puts them back.
+one dock area, with the docks that share the left column (the Patches list and the Product-key
+memory list, tabs of one area under the Workspace list). Both stay open either way, and widening the window puts them back.
 A dock the user has moved, floated or closed is left where it is.
 """
 from __future__ import annotations
@@ -103,8 +104,13 @@ class SideDocks:
         if self.mode != SIDE:
             w.addDockWidget(RIGHT, r)  # back to its own area first
         if self.mode == TABBED:
-            for d in below:  # out of the tabs, under the Workspace list again
-                w.addDockWidget(LEFT, d)
+            for i, d in enumerate(below):  # out of the tabs, under the Workspace list again, as tabs of one area
+                if i == 0:
+                    w.addDockWidget(LEFT, d)
+                else:
+                    w.tabifyDockWidget(below[0], d)
+            if below:
+                below[0].raise_()
         if mode == SIDE:
             w.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.BottomDockWidgetArea)
         else:

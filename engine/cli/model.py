@@ -75,8 +75,9 @@ def cmd_predict(a, out: Output) -> int:
             with pkm_attached(a, predictor.reader) as layer:
                 rec = predictor.predict(a.prompt, mems, mode=modes[0], k=a.k, max_new_tokens=a.max_new_tokens,
                                         explain=not a.no_explain, plugins=plugins)
-            if layer is not None:
-                rec.mechanisms = ["pkm", *(rec.mechanisms or [])]
+                if layer is not None and not a.no_explain:  # what the layer did: the answers without it
+                    rec.answers_without_pkm = predictor.answers_without_pkm(
+                        a.prompt, mems, mode=modes[0], k=a.k, max_new_tokens=a.max_new_tokens, plugins=plugins)
         except model_errors() as exc:
             raise CliError(str(exc)) from None
     finally:
@@ -95,6 +96,11 @@ def cmd_predict(a, out: Output) -> int:
         lines += _injected_lines(rec)
         if layer is not None:
             lines.append(pkm_line(a.pkm, layer))
+            if rec.answers_without_pkm:
+                lines.append(f"without the product-key memory:{rec.answers_without_pkm['answer']}")
+            if rec.pkm_slots:
+                lines.append(f"slots it read most ({len(rec.pkm_slots)}):  weight  top tokens")
+                lines += [f"  {s.slot:>8}  {s.weight:6.3f}  {' · '.join(repr(t) for t in s.tokens)}" for s in rec.pkm_slots]
         if rec.retrieved:
             lines.append(f"retrieved ({len(rec.retrieved)}):    score  weight  loo Δlogp")
             for r in rec.retrieved:

@@ -342,9 +342,29 @@ class Predictor:
         """:meth:`_predict`, with the weight patches applied to the reader named in the record."""
         from engine.mechanisms.weight_patches.attach import PatchStack
 
+        from engine.explain.pkm import layer_info, slots_read
+
         expl = self._predict(prompt, memories, mode, k, max_new_tokens, explain=explain, plugins=plugins)
         expl.weight_patches = PatchStack.of(self.reader).names()
+        info = layer_info(self.reader)
+        if info is not None:  # a product-key memory on the reader: both answers read it
+            expl.pkm_layer = info
+            expl.mechanisms = ["pkm", *[m for m in expl.mechanisms or [] if m != "pkm"]]
+            if explain:
+                expl.pkm_slots = slots_read(self.reader, prompt, expl.answer)
         return expl
+
+    def answers_without_pkm(self, prompt: str, memories: Sequence = (), mode: str = "dpm", k: int = 5,
+                            max_new_tokens: int = 8, *, plugins: Sequence = ()) -> dict[str, str]:
+        """The answers with the plugged product-key memory taken off ({answer, answer_without_memory};
+        {} with none plugged); it is plugged again after."""
+        from engine.explain.pkm import attached_layer, without_layer
+
+        if attached_layer(self.reader) is None:
+            return {}
+        with without_layer(self.reader):
+            got = self._predict(prompt, memories, mode, k, max_new_tokens, explain=False, plugins=plugins)
+        return {"answer": got.answer, "answer_without_memory": got.answer_without_memory}
 
     def answers_without_patches(self, prompt: str, memories: Sequence = (), mode: str = "dpm", k: int = 5,
                                 max_new_tokens: int = 8, *, plugins: Sequence = ()) -> dict[str, dict[str, str]]:
@@ -397,7 +417,10 @@ class Predictor:
         hits = retrieve(prompt, memories, k) if (memories and fusion is not None) else []
         from engine.mechanisms.weight_patches.attach import state_key
 
-        key = (prompt, max_new_tokens, state_key(reader))  # a weight patch changes the bare answer too
+        from engine.explain.pkm import layer_key
+
+        # a weight patch or a product-key memory changes the bare answer too
+        key = (prompt, max_new_tokens, state_key(reader), layer_key(reader))
         known = self._plain.get(key)
         texts = [h.entry.text for _, h in hits]
         scores = [float(h.score) for _, h in hits]

@@ -47,6 +47,18 @@ class InjectedEntity:
 
 
 @dataclass
+class SlotRead:
+    """One slot of a plugged product-key memory and its part in the answer (engine.explain.pkm):
+    ``weight`` is the summed softmax weight over the answer's positions and the heads (at most
+    positions x heads); ``tokens`` what its value row pushes the output towards (its top tokens
+    through the unembedding)."""
+
+    slot: int
+    weight: float
+    tokens: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Explanation:
     """One prediction: the answer with and without memory and the entries that explain it.
 
@@ -73,6 +85,12 @@ class Explanation:
     # asked for, both answers with each one left out: {patch name: {answer, answer_without_memory}}.
     weight_patches: list[str] = field(default_factory=list)
     answers_without_patch: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The product-key memory plugged into the reader for both answers ({folder, layer, slots,
+    # placement}; None: none), the slots it read most for the answer (engine.explain.pkm), and,
+    # when asked for, both answers with it taken off: {answer, answer_without_memory}.
+    pkm_layer: dict[str, Any] | None = None
+    pkm_slots: list[SlotRead] = field(default_factory=list)
+    answers_without_pkm: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mechanisms is None:
@@ -89,6 +107,8 @@ class Explanation:
         for r in d["injected"]:
             if r["loo_delta"] is not None:
                 r["loo_delta"] = round(float(r["loo_delta"]), 6)
+        for r in d["pkm_slots"]:
+            r["weight"] = round(float(r["weight"]), 6)
         return d
 
     def to_json(self, **kw: Any) -> str:
@@ -100,6 +120,7 @@ class Explanation:
         known = set(cls.__dataclass_fields__)
         d["retrieved"] = [RetrievedEntry(**r) for r in d.get("retrieved", [])]
         d["injected"] = [InjectedEntity(**r) for r in d.get("injected", [])]
+        d["pkm_slots"] = [SlotRead(**r) for r in d.get("pkm_slots", [])]
         return cls(**{key: v for key, v in d.items() if key in known})
 
     def to_html(self) -> str:
@@ -128,6 +149,16 @@ class Explanation:
                                + (f"<ul>{left}</ul>" if left else ""))
         else:
             plugged_patches = ""
+        layer = ""
+        if self.pkm_layer:
+            slots = "".join(f"<tr><td>{s.slot}</td><td>{s.weight:.3f}</td><td>{e(' · '.join(s.tokens))}</td></tr>"
+                            for s in self.pkm_slots)
+            wo = self.answers_without_pkm
+            layer = (f"<p><b>Product-key memory:</b> {e(str(self.pkm_layer.get('folder') or ''))} (layer {self.pkm_layer.get('layer')}, "
+                     f"{int(self.pkm_layer.get('slots') or 0):,} slots; both answers read it)</p>"
+                     + (f"<p><b>Answer without the product-key memory:</b> {e(wo.get('answer', ''))} (without memory: "
+                        f"{e(wo.get('answer_without_memory', ''))})</p>" if wo else "")
+                     + (f"<table><tr><th>slot</th><th>weight</th><th>top tokens</th></tr>{slots}</table>" if slots else ""))
         plugged = ""
         if self.plugins:
             inj = "".join(
@@ -145,5 +176,5 @@ class Explanation:
         return (
             f"<div class='explanation'><p><b>Prompt:</b> {e(self.prompt)}</p>"
             f"<p><b>Answer with memory ({e(self.mode)}; packs: {packs}):</b> {e(self.answer)}</p>"
-            f"<p><b>Answer without memory:</b> {e(self.answer_without_memory)}</p>{plugged_patches}{plugged}{table}</div>"
+            f"<p><b>Answer without memory:</b> {e(self.answer_without_memory)}</p>{plugged_patches}{layer}{plugged}{table}</div>"
         )

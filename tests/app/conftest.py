@@ -205,8 +205,12 @@ def tiny_loader(tiny_reader):
     from engine.mechanisms.weight_patches import PatchStack
 
     def load():
-        dpm.detach(tiny_reader)  # never inherit hooks (or weight patches) from another test
+        from engine.mechanisms.pkm.attach import attachment
+
+        dpm.detach(tiny_reader)  # never inherit hooks (or weight patches, a product-key memory) from another test
         PatchStack.of(tiny_reader).clear()
+        if attachment(tiny_reader) is not None:
+            attachment(tiny_reader).detach()
         return LoadedModel(tiny_reader, None, "No memory branch for the tiny test reader.")
 
     return load

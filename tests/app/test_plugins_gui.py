@@ -78,7 +78,8 @@ def test_workspace_file_of_version_2_migrates_with_plugins_off(tmp_path):
 
     (tmp_path / "workspace.json").write_text(json.dumps({"version": 2, "packs": [{"path": "/a.plugmem", "plugged": True}]}))
     ws = Workspace.load(tmp_path)
-    assert ws.version == WORKSPACE_VERSION == 4 and ws.plugins() == [] and ws.patches == [] and ws.plugged() == ["/a.plugmem"]
+    assert ws.version == WORKSPACE_VERSION == 5 and ws.plugins() == [] and ws.patches == [] and ws.plugged() == ["/a.plugmem"]
+    assert ws.pkm is None and ws.pkm_folders == []
     (tmp_path / "workspace.json").write_text(json.dumps({"version": 3, "packs": [{"path": "/a.plugmem", "plugin": "yes"}]}))
     with pytest.raises(WorkspaceError, match="plugin must be true or false"):
         Workspace.load(tmp_path)

@@ -79,9 +79,18 @@ def test_predict_with_pkm_says_the_layer_was_active(capsys, grown, reader_dir):
     assert code == 0, err
     d = json.loads(text)
     assert d["mechanisms"][0] == "pkm" and d["pkm"] == str(out)
+    assert d["pkm_layer"] == {"folder": str(out), "layer": 1, "slots": 256, "placement": "beside"}
+    # the slots it read most for the answer, heaviest first, each with 5 top tokens
+    slots = d["pkm_slots"]
+    assert slots and all(len(s["tokens"]) == 5 and 0 <= s["slot"] < 256 for s in slots)
+    assert [s["weight"] for s in slots] == sorted((s["weight"] for s in slots), reverse=True)
+    plain = json.loads(run(capsys, "predict", "The chemical symbol of gold is", "--mode", "none", "--reader", reader_dir,
+                           "--max-new-tokens", "2", "--json")[1])
+    assert d["answers_without_pkm"]["answer"] == plain["answer"] and plain["pkm_layer"] is None
     code, text, err = run(capsys, "predict", "The chemical symbol of gold is", "--mode", "none", "--reader", reader_dir,
                           "--max-new-tokens", "2", "--pkm", out)
     assert code == 0 and f"product-key memory: {out} (layer 1, 256 slots)" in text
+    assert "without the product-key memory:" in text and "slots it read most" in text
 
 
 @pytest.mark.parametrize("args, match", [

@@ -41,6 +41,7 @@ class Attachment:
     def __init__(self, reader, memory: ProductKeyMemory, layer: int, placement: str) -> None:
         self.reader, self.memory, self.layer, self.placement = reader, memory, layer, placement
         self.recording: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.source: str | None = None  # the folder the memory was loaded from, for explanations
         self._hook = None
         self._mlp: nn.Module | None = None
         block = reader.layers[layer]

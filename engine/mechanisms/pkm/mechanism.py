@@ -24,6 +24,7 @@ class PKMMechanism(MechanismBase):
 
     def __init__(self, memory: ProductKeyMemory, layer: int, meta: dict[str, Any] | None = None) -> None:
         self.memory, self.layer, self.meta = memory, int(layer), dict(meta or {})
+        self.folder: str | None = None  # set by load(): named in explanations
 
     @property
     def placement(self) -> str:
@@ -31,8 +32,14 @@ class PKMMechanism(MechanismBase):
 
     @contextmanager
     def attach(self, reader) -> Iterator[Attachment]:
-        with attach(reader, self.memory, self.layer, self.placement) as att:
+        with self.plug(reader) as att:
             yield att
+
+    def plug(self, reader) -> Attachment:
+        """Attach the memory until ``detach()`` (the app's checkbox); :meth:`attach` for a ``with``."""
+        att = attach(reader, self.memory, self.layer, self.placement)
+        att.source = self.folder
+        return att
 
     def top_slots(self, reader, prompt: str, answer: str, n: int = LOO_SLOTS) -> list[tuple[int, float]]:
         """The ``n`` slots that received the most weight while the reader read ``prompt + answer``'s
@@ -88,4 +95,6 @@ class PKMMechanism(MechanismBase):
     @classmethod
     def load(cls, folder: str | Path, reader) -> "PKMMechanism":
         memory, meta = io.load(folder, reader)
-        return cls(memory, meta["layer"], meta)
+        mech = cls(memory, meta["layer"], meta)
+        mech.folder = str(folder)
+        return mech
