@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import uuid
 from contextlib import contextmanager
@@ -105,8 +106,21 @@ def _spill_in_use(path: Path) -> bool:
     parts = path.name.split("-")
     if not path.name.startswith(".spill-") or len(parts) < 3 or not parts[1].isdigit():
         return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    if sys.platform == "win32":  # os.kill(pid, 0) would TERMINATE the process on Windows
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ok = ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return bool(ok) and code.value == 259  # STILL_ACTIVE
     try:
-        os.kill(int(parts[1]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # alive, someone else's
