@@ -278,7 +278,7 @@ def flow_pack_menu(d: Driver) -> None:
 
 
 def flow_empty_pack(d: Driver) -> None:
-    """A new, empty pack says how to fill it; Import… offers files or a folder."""
+    """A new, empty pack says how to fill it; Import… offers files, a folder, or files on Ray."""
     wp = d.win.workspace_panel
     d.show_pack(d.chem)
     path = wp.new_pack(str(d.folder / "pharmacy.plugmem"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 MessageFn = Callable[[str], None]
 RECENT_KEYS_CHECKED = 64  # on open, the most recently changed entries' keys are compared (about 1 ms)
 KEY_TOLERANCE = 1e-3
+# From this many entries a rebuild streams the keys to files instead of gathering them in RAM.
+STREAM_BUILD_ROWS = 65_536
 
 
 @dataclass
@@ -185,30 +188,53 @@ class Memory:
         return n
 
     def rebuild_index(self, progress: Callable[[float, str], None] | None = None):
-        """Rebuild the index from SQLite (encoding entries whose vectors are missing or stale)."""
+        """Rebuild the index from SQLite (encoding entries whose vectors are missing or stale).
+
+        Past ``STREAM_BUILD_ROWS`` entries the keys are streamed from SQLite into key files in
+        the cache folder (``VectorIndex.build_streamed``) instead of being gathered in RAM:
+        15.4 GB of float32 at 10M entries, against one batch of 65,536 (docs/SCALE.md).
+        """
         cv = int(self.pack.content_version)  # read first, as in _catch_up: later changes are caught up later
         self.ensure_vectors(progress)
         index = self._new_index()
-        ids_parts, key_parts, damaged = [], [], []
-        for ids, keys in self.pack.iter_active_vectors(damaged=damaged):
-            ids_parts.append(ids)
-            key_parts.append(keys)
-        if damaged:  # NaN/Inf keys: derived data, so encoded again from the texts
-            entries = self.pack.get_many(damaged)
-            fresh = self.encoder.encode([e.text for e in entries])
-            if not self.pack.readonly:
-                self.pack.set_vectors([e.id for e in entries], fresh)
-            ids_parts.append(np.asarray([e.id for e in entries], dtype=np.int64))
-            key_parts.append(fresh)
-            self._say(f"{self.pack.path.name}: {len(entries):,} damaged keys encoded again from their texts.")
-        if ids_parts:
-            index.build(np.concatenate(ids_parts), np.concatenate(key_parts))
+        damaged: list[int] = []
+
+        def chunks():
+            yield from self.pack.iter_active_vectors(damaged=damaged)
+            if damaged:  # NaN/Inf keys: derived data, so encoded again from the texts
+                entries = self.pack.get_many(damaged)
+                fresh = self.encoder.encode([e.text for e in entries])
+                if not self.pack.readonly:
+                    self.pack.set_vectors([e.id for e in entries], fresh)
+                self._say(f"{self.pack.path.name}: {len(entries):,} damaged keys encoded again from their texts.")
+                yield np.asarray([e.id for e in entries], dtype=np.int64), fresh
+
+        if self.pack.count("active") >= STREAM_BUILD_ROWS:
+            index.spill_dir = self._spill_dir()
+            index.build_streamed(chunks())
         else:
-            index.build(np.zeros(0, dtype=np.int64), np.zeros((0, self.encoder.dim), dtype=np.float32))
+            ids_parts, key_parts = [], []
+            for ids, keys in chunks():
+                ids_parts.append(ids)
+                key_parts.append(keys)
+            if ids_parts:
+                index.build(np.concatenate(ids_parts), np.concatenate(key_parts))
+            else:
+                index.build(np.zeros(0, dtype=np.int64), np.zeros((0, self.encoder.dim), dtype=np.float32))
         self.index, self._synced_cv = index, cv
         self._watch(index)
         self.save_index()
         return index
+
+    def _spill_dir(self) -> Path | None:
+        """The cache folder, where a streamed build's key files become the cache's without a copy;
+        None (the temp folder) when it cannot be made (read-only media)."""
+        folder = index_dir_for(self.pack.path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return folder if os.access(folder, os.W_OK) else None
 
     def _watch(self, index) -> None:
         """A background index build that finishes marks the cache for saving (at close)."""

@@ -12,6 +12,7 @@ from typing import Any
 # what each kind of job does, as a sentence about its config
 _WHAT = {
     "build_memory": "Imports {inputs} into the pack {pack}: each passage becomes an entry with its key.",
+    "ray_build": "Imports {inputs} into the pack {pack}, the keys encoded by workers of a Ray instance.",
     "prepare_states": "Reads every active entry of {packs} once and keeps the states on disk, "
                       "so that first answers are fast.",
     "train_memory_reader": "Trains the memory reader (the memory branch) for {steps} steps on {data}.",

@@ -88,6 +88,8 @@ class WorkspacePanel(QWidget):
         imp = QMenu(self)
         imp.addAction("Files…", lambda: self.import_into())
         imp.addAction("A folder…", self.import_folder)
+        # Ray is an optional extra: the entry is always there, and says how to get Ray when missing
+        imp.addAction("Files, encoded on Ray…", lambda: self.import_on_ray())
         self.buttons["import"].setMenu(imp)
         self.buttons["import"].setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
         self._drops = _DropFilter(self)
@@ -353,16 +355,35 @@ class WorkspacePanel(QWidget):
         self.ctx.set_current(p)
         return p
 
-    def import_into(self, files: list[str] | None = None, path: str | None = None) -> None:
+    def import_on_ray(self, files: list[str] | None = None, path: str | None = None) -> None:
+        """Import files with their keys encoded by a local Ray instance sized to this machine
+        (engine/jobs/ray_build.py); without Ray installed, say how to get it and import nothing."""
+        import importlib.util
+
+        path = path or self.selected_path()
+        if not path:
+            return
+        if importlib.util.find_spec("ray") is None:
+            from engine.jobs.ray_build import INSTALL_HINT
+
+            self.ctx.notifier.error(f"Importing into {Path(path).stem} on Ray",
+                                    f"Ray is not installed; to build on Ray: {INSTALL_HINT}")
+            return
+        self.import_into(files, path, ray=True)
+
+    def import_into(self, files: list[str] | None = None, path: str | None = None, *, ray: bool = False) -> None:
         path = path or self.selected_path()
         if not path:
             return
         if not files:
-            files, _ = QFileDialog.getOpenFileNames(self, f"Import into {Path(path).stem}", "", IMPORT_FILTER)
+            where = " (encoded on Ray)" if ray else ""
+            files, _ = QFileDialog.getOpenFileNames(self, f"Import into {Path(path).stem}{where}", "", IMPORT_FILTER)
             if not files:
                 return
         ctx = self.ctx
         config = {"pack": path, "inputs": list(files), "author": ctx.author}
+        kind, target = ("ray_build", "engine.jobs.ray_build:ray_import_job") if ray else \
+            ("build_memory", "engine.jobs.build_memory:import_job")
 
         def start(_=None):
             ctx.set_busy(path, True)
@@ -374,8 +395,9 @@ class WorkspacePanel(QWidget):
                     ctx.notifier.error(f"Importing into {Path(path).name}", ctx.jobs.end_message(job_id) or status)
 
             try:
-                job_id = ctx.jobs.start("build_memory", "engine.jobs.build_memory:import_job", config,
-                                        title=f"Import {len(files)} file(s) into {Path(path).stem}", on_end=ended)
+                job_id = ctx.jobs.start(kind, target, config, on_end=ended,
+                                        title=f"Import {len(files)} file(s) into {Path(path).stem}"
+                                              + (" on Ray" if ray else ""))
             except Exception as exc:
                 ended()
                 ctx.notifier.error(f"Starting the import into {Path(path).stem}", exc)

@@ -13,7 +13,14 @@ from engine.cli.common import EXIT_INTERRUPTED, CliError, Output, ProgressBar, S
 
 
 def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+    """Bytes on disk; a streamed build's key file and the cache file linked to it count once."""
+    seen: dict[tuple[int, int], int] = {}
+    if folder.is_dir():
+        for p in folder.rglob("*"):
+            if p.is_file():
+                st = p.stat()
+                seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
 
 
 def _size(n: int) -> str:

@@ -10,6 +10,8 @@ import logging
 
 import numpy as np
 
+from engine.index import keyfile
+
 log = logging.getLogger(__name__)
 
 HNSW_M = 32
@@ -136,7 +138,8 @@ def train_ivfpq(keys: np.ndarray, nlist: int, *, seed: int = 1234):
     index = faiss.index_factory(int(dim), f"IVF{nlist},PQ{pq_m_for(dim)}x{PQ_NBITS}np", faiss.METRIC_INNER_PRODUCT)
     take = min(n, max(TRAIN_PER_LIST * nlist, TRAIN_MIN))
     rows = np.sort(np.random.default_rng(seed).choice(n, take, replace=False)) if take < n else np.arange(n)
-    index.train(np.ascontiguousarray(np.asarray(keys)[rows], dtype=np.float32))  # [take, dim]
+    # memory-mapped keys: only the sample is read (pread), so training holds [take, dim], not [n, dim]
+    index.train(np.ascontiguousarray(keyfile.take_rows(keys, rows), dtype=np.float32))  # [take, dim]
     return index
 
 
@@ -158,11 +161,13 @@ def empty_like(trained):
 
 
 def add_chunked(index, keys: np.ndarray, should_stop=None, start: int = 0, chunk: int = ADD_CHUNK) -> None:
-    """Add ``keys[start:]`` (labels continue from ``index.ntotal``) in chunks, checking ``should_stop``."""
-    for lo in range(start, len(keys), chunk):
+    """Add ``keys[start:]`` (labels continue from ``index.ntotal``) in chunks, checking ``should_stop``.
+
+    Memory-mapped keys are read chunk by chunk (``keyfile.iter_chunks``), never mapped whole."""
+    for _, rows in keyfile.iter_chunks(keys, chunk, start):
         if should_stop is not None and should_stop():
             raise BuildCancelled
-        index.add(np.ascontiguousarray(np.asarray(keys[lo : lo + chunk]), dtype=np.float32))
+        index.add(np.ascontiguousarray(rows, dtype=np.float32))
 
 
 def search_ivfpq(index, queries: np.ndarray, n_short: int, nprobe: int, alive_bitmap: np.ndarray | None):

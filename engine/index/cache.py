@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import uuid
 from contextlib import contextmanager
@@ -100,6 +101,60 @@ def _write_npy(folder: Path, name: str, arr: np.ndarray) -> None:
     os.replace(tmp, folder / name)
 
 
+def _spill_in_use(path: Path) -> bool:
+    """Whether ``path`` is a streamed build's key file (``.spill-<pid>-…``) of a running process."""
+    parts = path.name.split("-")
+    if not path.name.startswith(".spill-") or len(parts) < 3 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    if sys.platform == "win32":  # os.kill(pid, 0) would TERMINATE the process on Windows
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ok = ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return bool(ok) and code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, someone else's
+        return True
+    return True
+
+
+def _write_keys(folder: Path, name: str, arr, dtype) -> np.ndarray | None:
+    """Write base keys as ``name`` in ``dtype`` without holding them all in RAM when they are
+    memory-mapped: a streamed build's own file is hard-linked into place (no copy), another
+    map is copied chunk by chunk. Returns the written file, memory-mapped, when it was made
+    from a map (so the base can use it), else None."""
+    from engine.index import keyfile
+
+    dtype = np.dtype(dtype)
+    if not isinstance(arr, np.memmap):
+        _write_npy(folder, name, np.asarray(arr).astype(dtype, copy=False))
+        return None
+    tmp = _tmp(folder, name)
+    linked = False
+    if keyfile.is_spill(arr) and arr.dtype == dtype and Path(arr.filename).parent == folder:
+        try:
+            os.link(arr.filename, tmp)
+            linked = True
+        except OSError:  # a file system without hard links: copy
+            pass
+    if not linked:
+        keyfile.write_streamed(tmp, (c.astype(dtype, copy=False) for _, c in keyfile.iter_chunks(arr)),
+                               arr.shape[1], dtype)
+    os.replace(tmp, folder / name)
+    with _NPY_HEADER_LOCK:
+        return np.load(folder / name, mmap_mode="r", allow_pickle=False)
+
+
 def _read_meta(folder: Path) -> dict | None:
     try:
         return json.loads((folder / STAMP).read_text(encoding="utf-8"))
@@ -112,9 +167,11 @@ def save_index(index, folder: Path, stamp: dict) -> None:
         raise TypeError(f"save: stamp must be a dict, got {type(stamp).__name__}")
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder, required=True):
-        # Under the lock no other save runs: temporary files left here are a killed writer's.
+        # Under the lock no other save runs: temporary files left here are a killed writer's,
+        # except the key files of a streamed build in a live process (named by its pid).
         for stray in folder.glob(".*.tmp"):
-            stray.unlink(missing_ok=True)
+            if not _spill_in_use(stray):
+                stray.unlink(missing_ok=True)
         _save_locked(index, folder, stamp)
 
 
@@ -139,14 +196,18 @@ def _save_locked(index, folder: Path, stamp: dict) -> None:
     if reuse:
         files.update({n: v for n, v in old_files.items() if n in BASE_FILES})
     else:
-        for n in BASE_FILES:
+        # The key files are replaced, not removed first: the base may be memory-mapped from them.
+        for n in ("base_ids.npy", "base_order.npy"):
             (folder / n).unlink(missing_ok=True)
-        keys = np.asarray(index._keys)
-        if index._keys16 is None:
-            index._keys16 = keys.astype(np.float16)
+        keys = index._keys
+        if index._keys16 is None and not isinstance(keys, np.memmap):
+            index._keys16 = np.asarray(keys).astype(np.float16)
         _write_npy(folder, "base_ids.npy", index._ids)
-        _write_npy(folder, "base_keys.npy", keys)
-        _write_npy(folder, "base_keys16.npy", np.asarray(index._keys16))
+        _write_keys(folder, "base_keys.npy", keys, np.float32)
+        made16 = _write_keys(folder, "base_keys16.npy", keys if index._keys16 is None else index._keys16,
+                             np.float16)
+        if index._keys16 is None:  # converted from the map chunk by chunk: use that file
+            index._keys16 = made16
         _write_npy(folder, "base_order.npy", index._order)
     for name, obj, same in ((ANN, index._ann, ann_same), (TRAINED, index._trained, trained_same)):
         if same:
@@ -270,6 +331,8 @@ def _load_locked(cls, folder: Path, stamp: dict, *, device=None, approx_threshol
     )
     index._set_base(ids, keys, keys16, order, dead)
     index._base_uid = str(meta["base_uid"])
+    if os.access(folder, os.W_OK):  # a compaction's key files go beside these, published by a link
+        index.spill_dir = folder
     index._set_delta(d_ids, d_keys)
     if len(index._d_pos) != nd or (nd and (index._base_rows(d_ids) >= 0).any()):
         raise _corrupt(folder, "delta ids repeat or are also live in the base")

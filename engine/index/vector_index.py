@@ -40,7 +40,7 @@ import torch
 
 from engine.device import pick_device
 from engine.index import ann as ann_mod
-from engine.index import exact_backend
+from engine.index import exact_backend, keyfile
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,9 @@ class VectorIndex:
         self.on_ann_ready = None
         #: Why the last background build failed, or None.
         self.last_build_error: str | None = None
+        #: Where streamed builds and compactions write the base's key files (None: the temp
+        #: folder). The owner sets the cache folder, so saving publishes them without a copy.
+        self.spill_dir: Path | None = None
         self._lock = threading.RLock()
         self._set_base(np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32), None, None, None)
         self._lineage = uuid.uuid4().hex  # changes when the base is replaced (not when rows are folded in)
@@ -240,6 +243,44 @@ class VectorIndex:
             self._ann, self._ann_uid = None, None
             self._start_ann()
 
+    def build_streamed(self, chunks, should_stop=None) -> int:
+        """Replace the whole content from ``chunks``, an iterable of (ids int64 [m], keys float32
+        [m, dim]), without holding every key in RAM: each chunk is checked and written to key
+        files (float32 and float16) that then serve, memory-mapped, as the base. Peak memory is
+        one chunk plus 8 B per id. Returns the row count.
+
+        Bad input (a NaN key, a wrong shape, a repeated id) or ``should_stop()`` turning true
+        removes the files and raises (``ValueError`` naming the chunk and row, or
+        ``ann.BuildCancelled``) with the index as it was: its base, ann and cache untouched.
+        """
+        w32 = keyfile.KeyFileWriter(keyfile.spill_path(self.spill_dir, "keys"), self.dim, np.float32)
+        w16 = keyfile.KeyFileWriter(keyfile.spill_path(self.spill_dir, "keys16"), self.dim, np.float16)
+        id_parts: list[np.ndarray] = []
+        try:
+            for c, (ids, keys) in enumerate(chunks):
+                if should_stop is not None and should_stop():
+                    raise ann_mod.BuildCancelled
+                ids = _as_ids(ids, f"build_streamed (chunk {c}, rows from {w32.rows})")
+                keys = _as_keys(keys, self.dim, len(ids), f"build_streamed (chunk {c}, rows from {w32.rows})")
+                id_parts.append(ids.copy())
+                w32.append(keys)
+                w16.append(keys.astype(np.float16))
+            ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
+            d = _dupes(ids)
+            if len(d):
+                raise ValueError(f"build_streamed: duplicate ids {d[:10].tolist()}")
+            keys32, keys16 = keyfile.open_spill(w32.close()), keyfile.open_spill(w16.close())
+        except BaseException:
+            w32.abort()
+            w16.abort()
+            raise
+        with self._lock:
+            self._set_base(ids, keys32, keys16, None, None)
+            self._lineage = uuid.uuid4().hex
+            self._ann, self._ann_uid = None, None
+            self._start_ann()
+        return len(ids)
+
     # ------------------------------------------------------------------ the ann, made in the background
     def _make_ann(self, keys: np.ndarray, trained, should_stop):
         """(ann over ``keys`` [n, dim], trained IVF-PQ or None): HNSW, or IVF-PQ past the threshold."""
@@ -277,7 +318,12 @@ class VectorIndex:
 
         def work() -> None:
             try:
-                keys = keys0 if keep is None else np.asarray(keys0)[keep]  # [n, dim]
+                if keep is None:
+                    keys = keys0
+                elif isinstance(keys0, np.memmap):  # streamed: the live rows go to new key files
+                    keys = self._spill_rows(keys0, keep, stop.is_set)
+                else:
+                    keys = np.asarray(keys0)[keep]  # [n, dim]
                 ann, tr = self._make_ann(keys, trained, stop.is_set)
                 with self._lock:
                     if stop.is_set() or self._lineage != lineage:
@@ -291,6 +337,8 @@ class VectorIndex:
             except ann_mod.BuildCancelled:
                 log.info("index: a background build was cancelled; the index keeps what it had")
             except Exception as exc:  # noqa: BLE001 - a failed build costs speed, never answers
+                if stop.is_set():  # superseded: its files may be gone already
+                    return
                 self.last_build_error = f"{type(exc).__name__}: {exc}"
                 log.warning("index: background build failed (%s); searching as before", self.last_build_error)
             finally:
@@ -304,16 +352,43 @@ class VectorIndex:
         else:
             work()
 
+    def _spill_rows(self, keys: np.ndarray, keep: np.ndarray, should_stop) -> np.memmap:
+        """``keys[keep]`` (ascending rows) written chunk by chunk to new key files: the float32
+        map is returned, its float16 twin hangs on it as ``keys16`` for ``_install``."""
+        mask = np.zeros(len(keys), bool)
+        mask[keep] = True
+        w32 = keyfile.KeyFileWriter(keyfile.spill_path(self.spill_dir, "keys"), self.dim, np.float32)
+        w16 = keyfile.KeyFileWriter(keyfile.spill_path(self.spill_dir, "keys16"), self.dim, np.float16)
+        try:
+            for lo, rows in keyfile.iter_chunks(keys):
+                if should_stop():
+                    raise ann_mod.BuildCancelled
+                live = rows[mask[lo : lo + len(rows)]]
+                w32.append(live)
+                w16.append(live.astype(np.float16))
+            out = keyfile.open_spill(w32.close())
+            out.keys16 = keyfile.open_spill(w16.close())
+        except BaseException:
+            w32.abort()
+            w16.abort()
+            raise
+        return out
+
     def _install(self, ann, trained, n0: int, keep: np.ndarray | None, kept_keys: np.ndarray | None) -> None:
         """Put a finished ann in place (under the lock). It covers the first ``n0`` base rows
         (``keep``: only those of a compaction); rows folded in since are added to it."""
         extra = np.asarray(self._keys[n0:])  # [Nb - n0, dim] rows folded in while it was built
         if keep is not None:
             d_ids, d_keys = self._d_ids.copy(), self._d_keys.copy()
+            keys16 = getattr(kept_keys, "keys16", None)
+            if keys16 is not None and len(extra):  # streamed: the folded rows go to the files too
+                kept_keys, keys16 = self._spill_concat(kept_keys, keys16, extra)
+            elif keys16 is None:
+                kept_keys = np.concatenate([kept_keys, extra])
             self._set_base(
                 np.concatenate([self._ids[keep], self._ids[n0:]]),
-                np.concatenate([kept_keys, extra]),
-                None,
+                kept_keys,
+                keys16,
                 None,
                 np.concatenate([self._dead[keep], self._dead[n0:]]),
             )
@@ -323,6 +398,16 @@ class VectorIndex:
         self._ann, self._ann_uid = ann, (uuid.uuid4().hex if ann is not None else None)
         if trained is not None and trained is not self._trained:
             self._trained, self._trained_uid = trained, uuid.uuid4().hex
+
+    def _spill_concat(self, keys: np.ndarray, keys16: np.ndarray, extra: np.ndarray):
+        """New key files holding ``keys`` then ``extra`` rows: (float32 map, float16 map)."""
+        out = []
+        for src, dt, what in ((keys, np.float32, "keys"), (keys16, np.float16, "keys16")):
+            path = keyfile.spill_path(self.spill_dir, what)
+            parts = (c for part in (keyfile.iter_chunks(src), [(0, extra)]) for _, c in part)
+            keyfile.write_streamed(path, parts, self.dim, dt)
+            out.append(keyfile.open_spill(path))
+        return out[0], out[1]
 
     def _stop_build(self) -> None:
         if self._build_stop is not None:
@@ -575,9 +660,7 @@ class VectorIndex:
         f = self._keys_file
         if f is None or f.name != name:
             f = self._keys_file = open(name, "rb")  # noqa: SIM115 - kept open with the base
-        row_bytes, off = self.dim * 4, int(keys.offset)
-        buf = b"".join(os.pread(f.fileno(), row_bytes, off + int(r) * row_bytes) for r in rows)
-        return np.frombuffer(buf, np.float32).reshape(len(rows), self.dim)
+        return keyfile.take_rows(keys, rows, f)
 
     def _search_base_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         nb = len(self._ids)

@@ -264,6 +264,18 @@ def _plan(mem, files: list[Path], checked: list[dict], result: RayBuildResult, a
     return todo
 
 
+def ray_import_job(config: RayBuildConfig | dict[str, Any], progress: Callable[..., None],
+                   should_stop: Callable[[], bool]) -> dict[str, Any]:
+    """ray_build as a job of the app: refused inputs end the job as *failed*, with the reason
+    (file:line) as its error, as ``build_memory.import_job`` does for a local import."""
+    from engine.jobs.build_memory import ImportRefused
+
+    result = ray_build(config, progress, should_stop)
+    if result["errors"]:  # one refused record stops the whole import: nothing was committed
+        raise ImportRefused(f"{len(result['errors'])} input(s) refused, nothing imported: {result['errors'][0]}")
+    return result
+
+
 def _encode_and_merge(ray, mem, todo: list[_File], cfg: RayBuildConfig, result: RayBuildResult,
                       progress, should_stop) -> None:
     actors, gpus = _pool(ray, cfg)
