@@ -28,6 +28,18 @@ def default_plugin_dir(pack_path: str | Path) -> Path:
     return p.with_name(p.name + ".plugin")
 
 
+def default_task_plugin_dir(pack_path: str | Path) -> Path:
+    p = Path(pack_path)
+    return p.with_name(p.name + ".task-plugin")
+
+
+def plugged_plugin_dir(pack_path: str | Path) -> Path:
+    """The plugin a pack plugs (one per domain): its task-tuned plugin (``<pack>.task-plugin``,
+    trained to answer, often from the general one) where one exists, else ``<pack>.plugin``."""
+    task = default_task_plugin_dir(pack_path)
+    return task if (task / "config.json").is_file() else default_plugin_dir(pack_path)
+
+
 class PluginFiles(Artefact):
     """A knowledge-plugin folder (``engine.artefacts.Artefact``), with ``entities.json`` beside it."""
 
@@ -48,8 +60,10 @@ class PluginFiles(Artefact):
 
 
 def read_plugin_config(folder: str | Path) -> dict[str, Any]:
-    """The checked ``config.json`` of a plugin folder (raises ``PluginError`` naming the file)."""
-    return PluginFiles.read_config(folder)
+    """The checked ``config.json`` of a plugin folder, of any kind (raises ``PluginError`` naming the file)."""
+    from engine.mechanisms.plugins.answer_slot import SlotPluginFiles
+
+    return SlotPluginFiles.read_config(folder)
 
 
 def _check_weights(cfg: MappingConfig, shapes: dict[str, tuple[int, ...]], reader, folder: Path) -> None:
@@ -90,7 +104,15 @@ def save_plugin(plugin: KnowledgePlugin, folder: str | Path) -> Path:
 
 
 def load_plugin(folder: str | Path, reader, pack=None) -> KnowledgePlugin:
-    """Load a plugin for ``reader`` (refused if made for another); with ``pack``, check its entity set."""
+    """Load a plugin for ``reader`` (refused if made for another); with ``pack``, check its entity set.
+
+    The one loader of every plugin folder: one written with an answer slot (``task-tune
+    --answer-slot``) loads as an ``answer_slot.SlotPlugin``, whose injector then adds the slot.
+    """
+    from engine.mechanisms.plugins.answer_slot import load_slot_plugin
+
+    if read_plugin_config(folder).get("answer_slot"):
+        return load_slot_plugin(folder, reader, pack)
     return load_plugin_parts(folder, reader, pack)[0]
 
 
