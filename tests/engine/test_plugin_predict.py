@@ -350,3 +350,36 @@ def test_cli_refuses_a_bad_slot_plugin_folder_naming_it(cli_models, cli_slot_zoo
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and match in err and folder in err
 
+
+def test_a_gated_slot_plugin_is_applied_only_to_the_relations_it_was_trained_for(tiny, zoo, encoder, tmp_path):
+    from engine.mechanisms.plugins.gate import calibrate, write_gate
+    from engine.mechanisms.plugins.io import load_plugin
+
+    sp = make_slot_plugin(tiny, zoo.pack)
+    sp.training = {"objective": "task", "relations": ["word", "home"]}
+    sp.save(tmp_path / "slot.plugin")
+    templates = {"word": ["{subject} facts:"], "home": ["The home city of {subject} is"]}
+    probes = write_jsonl(tmp_path / "train.jsonl", [
+        {"prompt": f"{a} facts:", "answer": w, "relation": "word", "subject": a,
+         "paraphrases": [f"Facts about {a}:"]} for a, w in ANIMALS.items()] + [
+        {"prompt": f"The home city of {a} is", "answer": w, "relation": "home", "subject": a,
+         "paraphrases": [f"{a} lives in the city of"]} for a, w in ANIMALS.items()])
+    gate = calibrate(templates, [probes], encoder)
+    assert 0 < gate["threshold"] <= 1 and gate["n_same"] == 2 and gate["n_other"] == 4  # distinct wordings, subject masked
+    write_gate(tmp_path / "slot.plugin", gate, templates)
+    plugin = load_plugin(tmp_path / "slot.plugin", tiny, zoo.pack)
+    assert plugin.gate is not None and plugin.gate.threshold == gate["threshold"]
+    p = Predictor(tiny)
+    asked = p.predict("Zebra facts:", [zoo], mode="context", k=1, max_new_tokens=3, plugins=[plugin])
+    assert [i.kind for i in asked.injected] == ["mention", "slot"]
+    assert asked.plugin_gates[0]["applied"] and asked.plugin_gates[0]["relation"] == "word"
+    other = p.predict("The weight of a grown Zebra in kilograms is", [zoo], mode="context", k=1,
+                      max_new_tokens=3, plugins=[plugin])
+    g = other.plugin_gates[0]
+    assert other.injected == [] and not g["applied"] and g["score"] < g["threshold"]
+    assert g["message"].startswith("plugin zoo not applied: the question matches no relation it was trained for "
+                                   f"(best: {g['relation']}, ")
+    assert other.answer == other.answer_without_plugins  # nothing injected: the memory's own answer
+    assert Explanation.from_dict(other.to_dict()).plugin_gates == other.plugin_gates
+    with pytest.raises(Exception, match="one relation"):
+        calibrate({"word": templates["word"]}, [probes], encoder)

@@ -310,7 +310,16 @@ def test_task_tuning_with_the_answer_slot_learns_and_saves(reader, setup):
     assert res["train_losses"][-1][1] < res["train_losses"][0][1]
     out = pack_path.with_name(pack_path.name + ".task-plugin")
     assert json.loads((out / "config.json").read_text())["format_version"] == 2
-    assert load_slot_plugin(out, reader).training["objective"] == "task"
+    back = load_slot_plugin(out, reader)
+    assert back.training["objective"] == "task" and set(back.training["templates"]) == {"capital", "region"}
+    gate = res["gate"]  # calibrated on the training probes' other wording, relation against relation
+    assert gate == back.training["gate"] and gate["n_same"] == 1 and back.gate.threshold == gate["threshold"]
+    # the same question passes; one of no trained relation is not injected into, and the record says why
+    inj = PluginInjector(reader, back)
+    assert [x.kind for x in inj.link("The capital of Japan is")] == ["mention", "slot"]
+    assert inj.link("Japan's population in millions is") == []
+    d = inj.gate_decisions("Japan's population in millions is")[0]
+    assert not d.applied and "not applied: the question matches no relation it was trained for (best: " in d.message
 
 
 # --------------------------------------------------------------------------- the command
@@ -328,6 +337,19 @@ def test_the_task_tune_command_prints_what_it_did_and_refuses_bad_input(setup, t
     assert "skipped (no probe asks them): borders" in out and "geo.plugmem.task-plugin" in out, out
     assert main(args + ["--out", str(tmp_path / "j.plugin"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["steps_done"] == 2
+    # plugin-gate: off, then calibrated again; a map-tuned plugin has no relations to gate on
+    folder = str(tmp_path / "j.plugin")
+    assert main(["plugin-gate", folder, "--off"]) == 0 and "relation gate removed" in capsys.readouterr().out
+    assert "gate" not in json.loads((tmp_path / "j.plugin" / "config.json").read_text())["training"]
+    assert main(["plugin-gate", folder, "--probes", str(probes)]) == 0
+    assert "relation gate at similarity" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "j.plugin" / "config.json").read_text())
+    cfg["training"]["objective"] = "mention"
+    (tmp_path / "j.plugin" / "config.json").write_text(json.dumps(cfg))
+    assert main(["plugin-gate", folder, "--probes", str(probes)]) == 2
+    assert "not a task-tuned plugin" in capsys.readouterr().err
+    assert main(["plugin-gate", str(tmp_path / "nowhere")]) == 2
+    assert "no such plugin folder" in capsys.readouterr().err
     assert main(args + ["--relations", "borders", "--out", str(tmp_path / "x.plugin")]) == 2
     err = capsys.readouterr().err
     assert "relation 'borders' has no probe" in err and len(err.strip().splitlines()) == 1, err

@@ -18,6 +18,7 @@ from engine.artefacts import Artefact, check_fields, check_shapes, module_shapes
 from engine.mechanisms.plugins.config import FORMAT, FORMAT_VERSION, MappingConfig
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings
 from engine.mechanisms.plugins.errors import PluginError
+from engine.mechanisms.plugins.gate import RelationGate
 from engine.mechanisms.plugins.module import KnowledgePlugin, MappingNetwork
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def load_plugin_parts(folder: str | Path, reader, pack=None, kind: type[PluginFi
                  aliases={int(e): list(a) for e, a in zip(emb.entity_ids.tolist(), aliases)},
                  name=str(meta.get("name") or folder.name), training=meta.get("training") or {})
     mapping.to(reader.device).eval()
+    plugin.gate = RelationGate.from_training(plugin.training, str(folder / "config.json"))
     if pack is not None:
         missing = plugin.use_pack_aliases(pack)
         if missing:
