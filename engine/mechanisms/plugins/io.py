@@ -64,6 +64,8 @@ def read_plugin_config(folder: str | Path) -> dict[str, Any]:
     """The checked ``config.json`` of a plugin folder, of any kind (raises ``PluginError`` naming the file)."""
     from engine.mechanisms.plugins.answer_slot import SlotPluginFiles
 
+    if not (Path(folder) / "config.json").is_file():  # no plugin at all: say how to make the general one
+        return PluginFiles.read_config(folder)
     return SlotPluginFiles.read_config(folder)
 
 
