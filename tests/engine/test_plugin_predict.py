@@ -383,3 +383,10 @@ def test_a_gated_slot_plugin_is_applied_only_to_the_relations_it_was_trained_for
     assert Explanation.from_dict(other.to_dict()).plugin_gates == other.plugin_gates
     with pytest.raises(Exception, match="one relation"):
         calibrate({"word": templates["word"]}, [probes], encoder)
+
+
+def test_a_general_and_a_slot_plugin_of_one_domain_are_one_plugin_too_many(cli_models, cli_slot_zoo, capsys):
+    reader, branch = cli_models
+    code, out, err = run_cli(capsys, "predict", PROMPT, "--reader", reader, "--branch", branch,
+                             "--plugin", cli_slot_zoo["plugin"], "--plugin", cli_slot_zoo["slot"])
+    assert code == 2 and out == "" and "plug one plugin per domain" in err
