@@ -332,3 +332,33 @@ def test_a_task_plugin_with_an_answer_slot_is_plugged_shown_and_gated(qtbot, mak
             in p.without_plugins_text.text()
     finally:
         win.close()
+
+
+def test_the_evaluation_tab_runs_with_the_plugged_plugin_and_shows_each_relation_without_it(
+        qtbot, plugin_window, tmp_path):
+    from tests.app.test_evaluation import PROBES
+    from tests.app.test_evaluation import write_jsonl as write_probes
+
+    win, path = plugin_window
+    v = win.evaluation
+    f = write_probes(tmp_path / "probes.jsonl", PROBES)
+    v.mode.setCurrentIndex(v.mode.findData("context"))
+    with qtbot.waitSignal(v.run_finished, timeout=120_000) as sig:
+        assert v.run(str(f))
+    r = sig.args[0].result
+    assert r["plugins"] == [] and r["accuracy_without_plugins"] is None  # no plugin ticked: as before
+    assert v.detail.columnCount() == 5
+
+    with qtbot.waitSignal(win.ctx.model.plugins_loaded, timeout=30_000):
+        win.workspace_panel.plugin_box(path).click()
+    with qtbot.waitSignal(v.run_finished, timeout=120_000) as sig:
+        assert v.run(str(f))
+    r = sig.args[0].result
+    assert r["plugins"] == ["facts"] and r["accuracy_without_plugins"] is not None
+    heads = [v.detail.horizontalHeaderItem(j).text() for j in range(v.detail.columnCount())]
+    assert heads == ["relation", "n", "with memory + plugins", "without plugins", "without", "hit@k"]
+    rows = {v.detail.item(i, 0).text(): [v.detail.item(i, j).text() for j in range(6)]
+            for i in range(v.detail.rowCount())}
+    for name, fig in r["by_relation"].items():  # per relation, with and without the plugin
+        assert rows[name][3] == f"{100 * fig['accuracy_without_plugins']:.1f}%"
+        assert rows[name][2] == f"{100 * fig['accuracy']:.1f}%"
