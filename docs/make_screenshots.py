@@ -47,7 +47,7 @@ FLOWS: dict[str, tuple[str, ...]] = {
     "evaluation": ("evaluation", "evaluation_compare"),
     "edit_failures": ("evaluation_edit_failures",),
     "entities": ("entities", "map_tune", "jobs_loss_curve"),
-    "slot_plugin": ("explain_slot_plugin", "explain_slot_plugin_gated"),
+    "slot_plugin": ("explain_slot_plugin", "explain_slot_plugin_gated", "evaluation_with_plugin"),
     "pkm": ("pkm_grow_dialog",),  # pkm_usage.png needs a grown layer (hours on 2 cores): taken by hand
     "help": ("help_getting_started", "help_about"),
     "narrow": ("narrow_1024",),
@@ -608,6 +608,26 @@ def flow_slot_plugin(d: Driver) -> None:
     d.shot("explain_slot_plugin", 800)
     _ask(d, "The country code top-level domain of Colombia is")
     d.shot("explain_slot_plugin_gated", 800)
+    # the Evaluation tab with the plugin ticked: each relation with and without it (no memory, the
+    # plugin alone; 3 held-out-entity probes of each relation, the trained ones and the held-out ones)
+    import json
+
+    per: dict[str, list[str]] = {}
+    for line in (ROOT / "resources" / "demo" / "geography" / "probes_heldout.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("split") in ("heldout_entity", "heldout_both") and len(per.setdefault(rec["relation"], [])) < 3:
+            per[rec["relation"]].append(line)
+    probes = Path(os.environ["TMPDIR"]) / "geography_probes_sample.jsonl"
+    probes.write_text("".join(x + "\n" for lines in per.values() for x in lines), encoding="utf-8")
+    v = d.win.evaluation
+    d.win.tabs.setCurrentWidget(v)
+    done = []
+    v.run_finished.connect(done.append)
+    v.run_failed.connect(done.append)
+    v.mode.setCurrentIndex(max(0, v.mode.findData("none")))
+    assert v.run(str(probes)), "the evaluation did not start"
+    d.until(lambda: done, "the evaluation with the plugin", 900)
+    d.shot("evaluation_with_plugin", 800)
 
 
 def flow_pkm(d: Driver) -> None:

@@ -754,7 +754,8 @@ class EvaluationView(QWidget):
             r = run.result
             # With knowledge plugins on, a column with the memory alone: the plugins' effect per relation.
             plug = bool(r.get("plugins"))
-            heads = (["relation", "n", "with memory + plugins", "without plugins", "without", "hit@k"] if plug
+            with_ = "with plugins" if run.mode == "none" else "with memory + plugins"
+            heads = (["relation", "n", with_, "without plugins", "without", "hit@k"] if plug
                      else ["relation", "n", "with memory", "without", "hit@k"])
 
             def row(name, n, v, acc, nomem, noplug, hit) -> list[str]:
