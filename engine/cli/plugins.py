@@ -259,7 +259,9 @@ def cmd_plugin_gate(a, out: Output) -> int:
             raise CliError(f"plugin-gate: the probe files have no question of the trained relation(s) "
                            f"{', '.join(missing)}")
         templates = {r: found[r] for r in training["relations"]}
-    gate = calibrate(templates, a.probes)
+    if not 0.0 < a.refuse <= 1.0:
+        raise CliError(f"plugin-gate: --refuse must be in (0, 1], got {a.refuse}")
+    gate = calibrate(templates, a.probes, refuse=a.refuse)
     write_gate(folder, gate, templates)
     out.emit({"plugin": str(folder), "gate": gate}, lambda: (
         f"{folder}: relation gate at similarity {gate['threshold']:.3f}: passes {100 * gate['passed']:.0f} % of "
@@ -399,6 +401,9 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--probes", nargs="+", metavar="FILE",
                     help="training probe files: their other wordings calibrate it (never the held-out probes)")
     sp.add_argument("--off", action="store_true", help="remove the gate: apply the plugin to every question")
+    sp.add_argument("--refuse", type=float, default=0.95,
+                    help="share of questions of other relations the gate must refuse on the training probes "
+                         "(1.0: the strictest threshold those probes allow)")
 
     # was `python -m engine.plugins.evaluate`; the full report goes to --report OUT (it was --json OUT)
     sp = add(subparsers, "eval-plugin", cmd_eval_plugin,

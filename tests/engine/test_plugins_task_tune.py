@@ -343,6 +343,8 @@ def test_the_task_tune_command_prints_what_it_did_and_refuses_bad_input(setup, t
     assert "gate" not in json.loads((tmp_path / "j.plugin" / "config.json").read_text())["training"]
     assert main(["plugin-gate", folder, "--probes", str(probes)]) == 0
     assert "relation gate at similarity" in capsys.readouterr().out
+    assert main(["plugin-gate", folder, "--probes", str(probes), "--refuse", "1.5"]) == 2
+    assert "--refuse must be in (0, 1]" in capsys.readouterr().err
     cfg = json.loads((tmp_path / "j.plugin" / "config.json").read_text())
     cfg["training"]["objective"] = "mention"
     (tmp_path / "j.plugin" / "config.json").write_text(json.dumps(cfg))
