@@ -170,6 +170,7 @@ def start_evaluation(ctx, req: EvalRequest, on_end: Callable[[str, str, Any, Any
     busy = [m.path for m in mems] if kind == "edits" else []
     packs = [m.name for m in mems] if (mode != "none" or kind == "edits") else []
     left_out = ("Left out: " + "; ".join(skipped) + ".") if skipped else ""
+    plugin_paths = list(ctx.workspace.plugins())  # the packs whose plugin box is ticked, as Ask and explain
     host = ctx.model
     handle: list[Any] = []
 
@@ -186,17 +187,19 @@ def start_evaluation(ctx, req: EvalRequest, on_end: Callable[[str, str, Any, Any
             job.progress(fraction, f"{phase}: {message}" if phase and message else message, **metrics)
 
         predictor = model.predictor
+        plugins, plugin_notes = model.plugins_for(plugin_paths) if plugin_paths else ([], [])
+        dropped = ("Knowledge plugins left out: " + "; ".join(plugin_notes) + ".") if plugin_notes else ""
         if kind == "edits":
             loc = read_probes(locality) if locality is not None and locality.is_file() else []
             res = evaluate_edits(predictor, mems, read_edits(path), loc, used, k=k, limit=limit,
-                                 progress=progress, should_stop=job.should_stop)
+                                 progress=progress, should_stop=job.should_stop, plugins=plugins)
         else:
             res = evaluate_probes(predictor, mems, read_probes(path), used, k=k, limit=limit,
-                                  progress=progress, should_stop=job.should_stop)
+                                  progress=progress, should_stop=job.should_stop, plugins=plugins)
         from engine.explain.pkm import layer_info
 
         layer = layer_info(model.reader)  # the plugged product-key memory is part of the reader for every probe
-        return {"result": res, "mode": used, "note": " ".join(x for x in (fell_back, left_out) if x),
+        return {"result": res, "mode": used, "note": " ".join(x for x in (fell_back, left_out, dropped) if x),
                 "reader": model.describe(), "packs": packs if used != "none" or kind == "edits" else [],
                 "pkm": layer["folder"] if layer else None}
 

@@ -76,13 +76,13 @@ class LoadedModel:
         do (a triples import added aliases it should link); plugins of packs no longer asked
         for are dropped, so unplugging frees them.
         """
-        from engine.mechanisms.plugins.io import default_plugin_dir, load_plugin
+        from engine.mechanisms.plugins.io import load_plugin, plugged_plugin_dir
         from engine.store import Pack, PackError
 
         plugins, notes = [], []
         for path in pack_paths:
             name = Path(path).stem
-            folder = default_plugin_dir(path)
+            folder = plugged_plugin_dir(path)
             stamp = _stamp(folder)
             if stamp is not None:
                 stamp += (_entities_version(path),)

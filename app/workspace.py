@@ -203,10 +203,10 @@ def _flag(v: Any, what: str) -> bool:
 
 
 def plugin_folder(pack_path: str | Path) -> Path:
-    """Where the pack's knowledge plugin lives (``<pack>.plugin/``, the engine's default)."""
-    from engine.mechanisms.plugins.io import default_plugin_dir
+    """The knowledge plugin the pack plugs: ``<pack>.task-plugin/`` if one was task-tuned, else ``<pack>.plugin/``."""
+    from engine.mechanisms.plugins.io import plugged_plugin_dir
 
-    return default_plugin_dir(pack_path)
+    return plugged_plugin_dir(pack_path)
 
 
 def plugin_status(pack_path: str | Path) -> tuple[bool, str]:
@@ -231,6 +231,13 @@ def plugin_status(pack_path: str | Path) -> tuple[bool, str]:
     if training.get("steps_done"):
         n = int(training["steps_done"])
         bits.append(f"{n:,} training step{'' if n == 1 else 's'}")
+    task = training.get("objective") == "task"
     if isinstance(training.get("best_val_loss"), (int, float)):
-        bits.append(f"validation mention loss {training['best_val_loss']:.3f}")
+        bits.append(f"validation {'answer' if task else 'mention'} loss {training['best_val_loss']:.3f}")
+    if meta.get("answer_slot"):
+        bits.append("with an answer slot")
+    if task and isinstance(training.get("relations"), list):
+        n = len(training["relations"])
+        gate = "offered only for questions of" if training.get("gate") else "applied to every question; trained on"
+        bits.append(f"{gate} {n} relation{'' if n == 1 else 's'}")
     return True, f"Knowledge plugin {meta.get('name') or folder.name!r} in {folder}: " + ", ".join(bits)

@@ -11,6 +11,13 @@ when it was trained with ``wordings="all"``).
 
 Conditions, scored teacher-forced on the same probes (``engine/evaluate/plugin_scores.py``):
 the bare reader, the general (mention-objective) plugin, the task-specific plugin.
+
+With ``--gate`` (and ``--slot``, no ``--general``/``--task``): the answer-slot plugin with
+its relation gate (``engine/mechanisms/plugins/gate.py``, calibrated on the training
+probes by ``plugmem plugin-gate`` or at the end of task-tune) against the bare reader and
+against the same plugin without the gate, per relation, and what the gate decided::
+
+    python bench/bench_task_plugin.py PACK --probes .../probes_heldout.jsonl --slot PACK.slot-plugin --gate
 """
 from __future__ import annotations
 
@@ -76,12 +83,90 @@ def _generate_check(reader, probes, task, slot, a) -> int:
     return 0
 
 
+def _gate_table(probes, decisions) -> str:
+    from bench._plugin_probes import groups
+
+    lines = ["| group | n | plugin applied | mean similarity | nearest trained relation (most often) |",
+             "|---|---|---|---|---|"]
+    g = groups(probes)
+    for key in ["all"] + sorted(k for k in g if k not in ("all", "entity answers", "literal answers")):
+        idx = g[key]
+        ds = [decisions[i] for i in idx]
+        near = [d.relation for d in ds]
+        top = max(set(near), key=near.count)
+        lines.append(f"| {key} | {len(idx)} | {sum(d.applied for d in ds)}/{len(idx)} | "
+                     f"{sum(d.score for d in ds) / len(ds):.3f} | {top} ({near.count(top)}) |")
+    return "\n".join(lines)
+
+
+def _gate_bench(reader, probes, slot, a, t0) -> int:
+    """The slot plugin with its relation gate vs the bare reader and vs the ungated plugin."""
+    from engine.mechanisms.plugins.answer_slot import SlotPlugin
+
+    if not isinstance(slot, SlotPlugin) or slot.gate is None:
+        raise SystemExit(f"{a.slot}: not an answer-slot plugin with a relation gate (`plugmem plugin-gate "
+                         f"{a.slot} --probes probes_train.jsonl` calibrates one)")
+    prompts, answers = [p["prompt"] for p in probes], [p["answer"] for p in probes]
+    gated = PluginInjector(reader, slot)
+    decisions = []
+    for p in prompts:
+        d = gated.gate_decisions(p)
+        if len(d) != 1:
+            raise SystemExit(f"{p!r}: the plugin links no subject, so the gate has nothing to decide")
+        decisions.append(d[0])
+    t_gate = time.perf_counter()
+    ungated = PluginInjector(reader, slot, gates=False)
+    off = score_answers(ungated, prompts, answers, enabled=False, batch_size=a.batch)
+    on = score_answers(ungated, prompts, answers, batch_size=a.batch)
+    # Where the gate refuses, the plugin injects nothing: the bare reader's score (checked below on a few).
+    gsc = [o if d.applied else b for d, o, b in zip(decisions, on, off)]
+    check = [i for i, d in enumerate(decisions) if not d.applied][:8] + [i for i, d in enumerate(decisions)
+                                                                         if d.applied][:8]
+    direct = score_answers(gated, [prompts[i] for i in check], [answers[i] for i in check], batch_size=a.batch)
+    worst = max((abs(x.logp - gsc[i].logp) for x, i in zip(direct, check)), default=0.0)
+    if worst > 1e-3:
+        raise SystemExit(f"the gated injector disagrees with the selection by {worst:.2g} nats")
+    secs = time.perf_counter() - t0
+    g = slot.training.get("gate") or {}
+    text = f"""### bench_task_plugin.py --gate — the answer-slot plugin offered only for its trained relations (issue 21)
+
+Machine: the shared 2-core dev box ({platform.processor() or platform.machine()}, other engineers' jobs running: times are upper bounds). {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Reader: {reader.fingerprint.get('name')}, frozen, CPU, {torch.get_num_threads()} thread(s). Pack: {Path(a.pack).name}; {len(probes)} scored prompts from {a.probes} (held-out entities{f', seeded sample of {a.sample}' if a.sample else ''}). Teacher-forced scores as above.
+
+- {_training_line('slot', slot)}
+- gate: threshold {g.get('threshold')} (cosine of the masked question to the nearest trained template, key encoder), calibrated on {', '.join(g.get('probes', []))}: passes {g.get('passed')} of {g.get('n_same')} other wordings of the trained relations, refuses {g.get('refused')} of {g.get('n_other')} training questions scored against the other relations' templates (target {g.get('refuse_target')})
+- gated scores: the plugin's where the gate applies it, the bare reader's elsewhere (checked against the gated injector on {len(check)} probes: at most {worst:.1g} nats apart)
+
+**What the gate decided**
+
+{_gate_table(probes, decisions)}
+
+**answer-slot plugin with the gate vs the bare reader**
+
+{comparison_table(probes, off, gsc, 'reader', 'gated')}
+
+**answer-slot plugin without the gate vs the bare reader**
+
+{comparison_table(probes, off, on, 'reader', 'slot')}
+
+{2 * len(probes) + len(check)} rows scored, {secs:.0f} s (gate decisions {t_gate - t0:.0f} s from the start, reader load included).
+"""
+    publish(text, a.write)
+    if a.json:
+        rows = [{**{k: p[k] for k in ("prompt", "answer", "relation", "subject", "split", "paraphrase", "entity_answer")},
+                 "reader": o.to_dict(), "slot": s_.to_dict(), "gate": d.to_dict()}
+                for p, o, s_, d in zip(probes, off, on, decisions)]
+        Path(a.json).write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pack")
     ap.add_argument("--probes", required=True)
-    ap.add_argument("--general", required=True, help="general plugin folder")
-    ap.add_argument("--task", required=True, help="task-specific plugin folder")
+    ap.add_argument("--general", help="general plugin folder")
+    ap.add_argument("--task", help="task-specific plugin folder")
+    ap.add_argument("--gate", action="store_true", help="the slot plugin with and without its relation gate")
+    ap.add_argument("--sample", type=int, default=0, metavar="N", help="a seeded sample of N probes (0: all)")
     ap.add_argument("--slot", help="task-specific answer-slot plugin folder (format version 2), scored too")
     ap.add_argument("--paraphrases", action="store_true")
     ap.add_argument("--reader")
@@ -95,6 +180,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write every probe's scores here")
     ap.add_argument("--write", action="store_true", help="append the section to bench/RESULTS.md")
     a = ap.parse_args(argv)
+    if a.gate:
+        if not a.slot:
+            ap.error("--gate needs --slot")
+    elif not (a.general and a.task):
+        ap.error("--general and --task are needed (or --slot with --gate)")
     if a.threads:
         torch.set_num_threads(a.threads)
     from engine.reader.reader import load_reader
@@ -103,6 +193,13 @@ def main(argv=None) -> int:
     reader = load_reader(a.reader)
     with Pack.open(a.pack, readonly=True) as pack:
         probes = heldout_probes(a.probes, pack, paraphrases=a.paraphrases)
+        if a.sample and len(probes) > a.sample:
+            import numpy as np
+
+            keep = np.random.default_rng(0).choice(len(probes), size=a.sample, replace=False)
+            probes = [probes[i] for i in sorted(keep.tolist())]
+        if a.gate:
+            return _gate_bench(reader, probes, load_plugin(a.slot, reader, pack), a, t0)
         general = load_plugin(a.general, reader, pack)
         task = load_plugin(a.task, reader, pack)
         slot = load_slot_plugin(a.slot, reader, pack) if a.slot else None

@@ -47,6 +47,7 @@ FLOWS: dict[str, tuple[str, ...]] = {
     "evaluation": ("evaluation", "evaluation_compare"),
     "edit_failures": ("evaluation_edit_failures",),
     "entities": ("entities", "map_tune", "jobs_loss_curve"),
+    "slot_plugin": ("explain_slot_plugin", "explain_slot_plugin_gated", "evaluation_with_plugin"),
     "pkm": ("pkm_grow_dialog",),  # pkm_usage.png needs a grown layer (hours on 2 cores): taken by hand
     "pkm_plug": ("pkm_dock", "pkm_explain"),
     "help": ("help_getting_started", "help_about"),
@@ -239,7 +240,8 @@ def run_flow(name: str, demo: Path, out: Path) -> int:
     if name not in FLOWS:
         print(f"make_screenshots: no flow {name!r}", file=sys.stderr)
         return 2
-    needs_reader = name in ("explain", "patches", "probes", "evaluation", "edit_failures", "entities", "help", "pkm_plug")
+    needs_reader = name in ("explain", "patches", "probes", "evaluation", "edit_failures", "entities", "help",
+                            "slot_plugin", "pkm_plug")
     d = Driver(demo, out, with_reader=needs_reader)
     try:
         globals()[f"flow_{name}"](d)
@@ -581,6 +583,52 @@ def flow_entities(d: Driver) -> None:
     d.shot("jobs_loss_curve")
     d.ctx.jobs.cancel(jid)
     d.until(lambda: not d.ctx.jobs.live, "the job cancelled", 60)
+
+
+def flow_slot_plugin(d: Driver) -> None:
+    """A task-tuned answer-slot plugin plugged beside the geography pack: Ask and explain lists the
+    answer slot with its leave-one-out; a question of a relation it was not trained for is left alone.
+
+    Needs a trained plugin for the demo's geography pack (20 minutes of task-tune on two cores,
+    bench/RESULTS.md, 2026-12-07): its folder in ``PLUGMEM_SLOT_PLUGIN``."""
+    src = os.environ.get("PLUGMEM_SLOT_PLUGIN")
+    if not src or not (Path(src) / "config.json").is_file():
+        raise RuntimeError("set PLUGMEM_SLOT_PLUGIN to a folder written by `plugmem task-tune --answer-slot` "
+                           "for the demo's geography pack")
+    shutil.copytree(src, d.folder / "geography.plugmem.task-plugin")
+    p = d.win.explain
+    d.show_pack(d.geo)
+    d.reader_ready()
+    p.mode.setCurrentIndex(p.mode.findData("context"))
+    done = []
+    d.ctx.model.plugins_loaded.connect(lambda *a: done.append(a))
+    d.win.workspace_panel.refresh_plugins()  # the plugin was copied in after the panel looked
+    d.win.workspace_panel.plugin_box(d.geo).click()
+    d.until(lambda: done, "the plugin loaded", 120)
+    _ask(d, "The capital of Colombia is")
+    d.shot("explain_slot_plugin", 800)
+    _ask(d, "The country code top-level domain of Colombia is")
+    d.shot("explain_slot_plugin_gated", 800)
+    # the Evaluation tab with the plugin ticked: each relation with and without it (no memory, the
+    # plugin alone; 3 held-out-entity probes of each relation, the trained ones and the held-out ones)
+    import json
+
+    per: dict[str, list[str]] = {}
+    for line in (ROOT / "resources" / "demo" / "geography" / "probes_heldout.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("split") in ("heldout_entity", "heldout_both") and len(per.setdefault(rec["relation"], [])) < 3:
+            per[rec["relation"]].append(line)
+    probes = Path(os.environ["TMPDIR"]) / "geography_probes_sample.jsonl"
+    probes.write_text("".join(x + "\n" for lines in per.values() for x in lines), encoding="utf-8")
+    v = d.win.evaluation
+    d.win.tabs.setCurrentWidget(v)
+    done = []
+    v.run_finished.connect(done.append)
+    v.run_failed.connect(done.append)
+    v.mode.setCurrentIndex(max(0, v.mode.findData("none")))
+    assert v.run(str(probes)), "the evaluation did not start"
+    d.until(lambda: done, "the evaluation with the plugin", 900)
+    d.shot("evaluation_with_plugin", 800)
 
 
 def flow_pkm(d: Driver) -> None:

@@ -753,13 +753,24 @@ class EvaluationView(QWidget):
                     ["old answer still given", _pct(r.get("old_answer_after")), "", "", ""]]
         else:
             r = run.result
-            heads = ["relation", "n", "with memory", "without", "hit@k"]
-            rows = [["all", str(r.get("n", "")), _pct(r.get("accuracy")), _pct(r.get("accuracy_without_memory")), _pct(r.get("hit_at_k"))]]
+            # With knowledge plugins on, a column with the memory alone: the plugins' effect per relation.
+            plug = bool(r.get("plugins"))
+            with_ = "with plugins" if run.mode == "none" else "with memory + plugins"
+            heads = (["relation", "n", with_, "without plugins", "without", "hit@k"] if plug
+                     else ["relation", "n", "with memory", "without", "hit@k"])
+
+            def row(name, n, v, acc, nomem, noplug, hit) -> list[str]:
+                cells = [name, n, _pct(v.get(acc))] + ([_pct(v.get(noplug))] if plug else [])
+                return cells + [_pct(v.get(nomem)), _pct(v.get(hit)) if hit else ""]
+
+            rows = [row("all", str(r.get("n", "")), r, "accuracy", "accuracy_without_memory",
+                        "accuracy_without_plugins", "hit_at_k")]
             if r.get("n_paraphrases"):
-                rows.append(["paraphrases", str(r["n_paraphrases"]), _pct(r.get("paraphrase_accuracy")),
-                             _pct(r.get("paraphrase_accuracy_without_memory")), ""])
+                rows.append(row("paraphrases", str(r["n_paraphrases"]), r, "paraphrase_accuracy",
+                                "paraphrase_accuracy_without_memory", "paraphrase_accuracy_without_plugins", None))
             for name, v in (r.get("by_relation") or {}).items():
-                rows.append([name, str(v.get("n", "")), _pct(v.get("accuracy")), _pct(v.get("accuracy_without_memory")), _pct(v.get("hit_at_k"))])
+                rows.append(row(name, str(v.get("n", "")), v, "accuracy", "accuracy_without_memory",
+                                "accuracy_without_plugins", "hit_at_k"))
         t.setColumnCount(len(heads))
         t.setHorizontalHeaderLabels(heads)
         # Every column as wide as its contents (the names first: a stretched first column

@@ -706,14 +706,19 @@ class ExplainPanel(QWidget):
             same = without.strip() == expl.answer.strip()
             self.without_plugins_text.setText(f"Answer without plugins: {_shown(without)}"
                                               + ("  (the plugins did not change it)" if same else "  (the plugins changed it)"))
+        gates = [str(g.get("message", "")) for g in (getattr(expl, "plugin_gates", None) or [])]
+        if gates:  # a task plugin's relation gate: applied or not, and why
+            self.without_plugins_text.setText(self.without_plugins_text.text() + "\n" + "\n".join(gates))
         vals = [abs(float(i.loo_delta)) for i in injected if getattr(i, "loo_delta", None) is not None]
         scale = max(vals) if vals else 0.0
         self.injected.setRowCount(len(injected))
         for row, inj in enumerate(injected):
             self.injected.setItem(row, 0, QTableWidgetItem(str(getattr(inj, "plugin", ""))))
-            ent = f"{getattr(inj, 'mention', '')} → {getattr(inj, 'entity', '')}"
+            slot = getattr(inj, "kind", "mention") == "slot"
+            ent = f"{'answer slot' if slot else getattr(inj, 'mention', '')} → {getattr(inj, 'entity', '')}"
             it = QTableWidgetItem(ent)
-            it.setToolTip(f"{ent} (entity #{getattr(inj, 'entity_id', '?')})")
+            it.setToolTip(f"{ent} (entity #{getattr(inj, 'entity_id', '?')})" + (
+                ": a vector of the question's subject placed where the answer begins" if slot else ""))
             self.injected.setItem(row, 1, it)
             d = getattr(inj, "loo_delta", None)
             cell = QTableWidgetItem("–" if d is None else f"{float(d):+.3f}")

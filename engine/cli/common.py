@@ -269,20 +269,21 @@ def pct(x: float | None) -> str:
 def load_plugins(a, reader, mems: Sequence, out: Output) -> list:
     """The knowledge plugins of ``--plugin DIR`` (repeatable) and ``--plugin auto`` for ``reader``.
 
-    ``auto``: the plugin beside each --memory PACK (``<pack>.plugin``), where one exists,
+    ``auto``: the plugin beside each --memory PACK (``<pack>.task-plugin`` if one was
+    task-tuned, else ``<pack>.plugin``: one per domain), where one exists,
     checked against that pack's entities. An explicit folder must match the entity set
     of one of the plugged packs (any, with no pack plugged); another reader's plugin,
     or one made for another entity set, is refused (PluginError: exit 2).
     """
     from engine.mechanisms.plugins.errors import EmbeddingError, PluginError
-    from engine.mechanisms.plugins.io import default_plugin_dir, load_plugin
+    from engine.mechanisms.plugins.io import load_plugin, plugged_plugin_dir
 
     plugins, seen = [], set()
     for d in a.plugin or []:
         if d == "auto":
             found = 0
             for m in mems:
-                folder = default_plugin_dir(m.pack.path)
+                folder = plugged_plugin_dir(m.pack.path)
                 if folder.is_dir() and folder.resolve() not in seen:
                     seen.add(folder.resolve())
                     plugins.append(load_plugin(folder, reader, m.pack))

@@ -48,11 +48,13 @@ def _injected_lines(rec) -> list[str]:
     if not rec.plugins:
         return []
     lines = [f"plugins: {', '.join(rec.plugins)}", f"without plugins:{rec.answer_without_plugins}"]
+    lines += [str(g.get("message", "")) for g in rec.plugin_gates]
     if rec.injected:
         lines.append(f"injected ({len(rec.injected)}):  loo Δlogp")
         for i in rec.injected:
             d = "    -  " if i.loo_delta is None else f"{i.loo_delta:+7.3f}"
-            lines.append(f"  {d}  {i.mention!r} -> {i.entity} (#{i.entity_id}, {i.plugin})")
+            what = repr(i.mention) if i.kind == "mention" else "(answer slot)"
+            lines.append(f"  {d}  {what} -> {i.entity} (#{i.entity_id}, {i.plugin})")
     else:
         lines.append("injected: no entity of the plugins is mentioned in the prompt")
     return lines

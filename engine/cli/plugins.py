@@ -8,6 +8,7 @@
     plugmem map-tune PACK [--holdout-probes FILE] [--fact-weight W] [--max-steps N] ... [--out DIR]
     plugmem task-tune PACK --probes FILE [--holdout-probes FILE] [--start DIR|none] [--answer-slot] ... [--out DIR]
     plugmem eval-plugin PACK --probes FILE [--plugin DIR] [--memory] [--sample N] [--report OUT]
+    plugmem plugin-gate PLUGIN --probes FILE [--off]    (re)calibrate or remove a task plugin's relation gate
 
 The mechanism's errors (PluginError) become the one-line bad input (exit 2); Ctrl+C
 stops a training job at its next step with a checkpoint (exit 130), and the same
@@ -229,6 +230,46 @@ def cmd_eval_plugin(a, out: Output) -> int:
     return 0
 
 
+def cmd_plugin_gate(a, out: Output) -> int:
+    """Calibrate a task plugin's relation gate on training probe files (or remove it with --off)."""
+    from engine.mechanisms.plugins.gate import calibrate, write_gate
+    from engine.mechanisms.plugins.io import read_plugin_config
+    from engine.mechanisms.plugins.task_tune import relation_templates
+
+    folder = Path(a.plugin)
+    if not folder.is_dir():
+        raise CliError(f"{folder}: no such plugin folder (train one with `plugmem task-tune PACK`)")
+    meta = read_plugin_config(folder)
+    training = meta.get("training") or {}
+    if a.off:
+        write_gate(folder, None)
+        out.emit({"plugin": str(folder), "gate": None}, lambda: f"{folder}: relation gate removed; the plugin is "
+                 "applied to every question")
+        return 0
+    if not a.probes:
+        raise CliError("plugin-gate: --probes FILE is needed (the training probes, e.g. probes_train.jsonl)")
+    if training.get("objective") != "task" or not training.get("relations"):
+        raise CliError(f"{folder}: not a task-tuned plugin (no trained relations in its config.json); only a plugin "
+                       "trained with `plugmem task-tune` has relations to gate on")
+    templates = training.get("templates")
+    if templates is None:  # trained before plugins recorded their templates: the same probes give them again
+        found = relation_templates(a.probes, wordings=(training.get("config") or {}).get("wordings", "prompt"))
+        missing = [r for r in training["relations"] if not found.get(r)]
+        if missing:
+            raise CliError(f"plugin-gate: the probe files have no question of the trained relation(s) "
+                           f"{', '.join(missing)}")
+        templates = {r: found[r] for r in training["relations"]}
+    if not 0.0 < a.refuse <= 1.0:
+        raise CliError(f"plugin-gate: --refuse must be in (0, 1], got {a.refuse}")
+    gate = calibrate(templates, a.probes, refuse=a.refuse)
+    write_gate(folder, gate, templates)
+    out.emit({"plugin": str(folder), "gate": gate}, lambda: (
+        f"{folder}: relation gate at similarity {gate['threshold']:.3f}: passes {100 * gate['passed']:.0f} % of "
+        f"{gate['n_same']} other wordings of the {len(templates)} trained relations, refuses "
+        f"{100 * gate['refused']:.0f} % of {gate['n_other']} questions scored as a relation never trained"))
+    return 0
+
+
 def _guard(fn):
     """Turn this mechanism's errors into the CLI's one-line bad-input failure."""
 
@@ -352,6 +393,17 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--eval-every", type=positive, default=25)
     sp.add_argument("--patience", type=positive, default=4)
     _add_run_args(sp)
+
+    sp = add(subparsers, "plugin-gate", cmd_plugin_gate,
+             "calibrate a task plugin's relation gate (it then injects only into questions of the relations it "
+             "was trained for), or remove it")
+    sp.add_argument("plugin", help="a task-tuned plugin folder")
+    sp.add_argument("--probes", nargs="+", metavar="FILE",
+                    help="training probe files: their other wordings calibrate it (never the held-out probes)")
+    sp.add_argument("--off", action="store_true", help="remove the gate: apply the plugin to every question")
+    sp.add_argument("--refuse", type=float, default=0.95,
+                    help="share of questions of other relations the gate must refuse on the training probes "
+                         "(1.0: the strictest threshold those probes allow)")
 
     # was `python -m engine.plugins.evaluate`; the full report goes to --report OUT (it was --json OUT)
     sp = add(subparsers, "eval-plugin", cmd_eval_plugin,

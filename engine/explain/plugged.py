@@ -84,7 +84,7 @@ class PluginFusion:
     @staticmethod
     def _entity(x, row: Row, loo: float | None = None) -> InjectedEntity:
         return InjectedEntity(x.plugin, x.mention, x.entity, int(x.entity_id), loo, x.start - row.offset,
-                              x.end - row.offset)
+                              x.end - row.offset, x.kind)
 
     # ---------------------------------------------------------------- generation
     def generate(

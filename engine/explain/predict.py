@@ -475,7 +475,8 @@ class Predictor:
                 log.info("Empty answer for %r: no leave-one-out effects to compute", prompt)
             injected = pf.injected(prompt, used, texts)
         return Explanation(prompt, answer, plain, mode, packs, retrieved, logp_all, time.perf_counter() - t0, k,
-                           plugins=[p.name for p in plugins], injected=injected, answer_without_plugins=memory_answer)
+                           plugins=[p.name for p in plugins], injected=injected, answer_without_plugins=memory_answer,
+                           plugin_gates=[d.to_dict() for d in injector.gate_decisions(prompt)])
 
 
 def predict(

@@ -44,6 +44,7 @@ class InjectedEntity:
     loo_delta: float | None = None
     start: int | None = None
     end: int | None = None
+    kind: str = "mention"  # "slot": the answer-slot vector, placed right after the prompt (mention "")
 
 
 @dataclass
@@ -91,6 +92,9 @@ class Explanation:
     pkm_layer: dict[str, Any] | None = None
     pkm_slots: list[SlotRead] = field(default_factory=list)
     answers_without_pkm: dict[str, str] = field(default_factory=dict)
+    # Per plugin with a relation gate (engine.mechanisms.plugins.gate): applied or not, the nearest
+    # trained relation, its similarity, the threshold and a sentence saying so.
+    plugin_gates: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mechanisms is None:
@@ -162,13 +166,15 @@ class Explanation:
         plugged = ""
         if self.plugins:
             inj = "".join(
-                f"<tr><td>{e(i.plugin)}</td><td>{e(i.mention)}</td><td>{e(i.entity)}</td><td>{i.entity_id}</td>"
+                f"<tr><td>{e(i.plugin)}</td><td>{e(i.mention) if i.kind == 'mention' else '<i>answer slot</i>'}</td>"
+                f"<td>{e(i.entity)}</td><td>{i.entity_id}</td>"
                 f"<td>{num(i.loo_delta, '+.3f')}</td></tr>"
                 for i in self.injected
             )
             plugged = (
                 f"<p><b>Knowledge plugins:</b> {', '.join(e(p) for p in self.plugins)}</p>"
                 f"<p><b>Answer without plugins:</b> {e(self.answer_without_plugins or '')}</p>"
+                + "".join(f"<p>{e(str(g.get('message', '')))}</p>" for g in self.plugin_gates)
                 + (f"<table><tr><th>plugin</th><th>mention</th><th>entity</th><th>id</th>"
                    f"<th>leave-one-out Δ log p</th></tr>{inj}</table>" if self.injected
                    else "<p><i>No entity of the plugins is mentioned in the prompt.</i></p>")

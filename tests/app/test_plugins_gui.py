@@ -289,3 +289,77 @@ def test_an_alias_imported_after_the_plugin_loaded_is_linked_at_the_next_questio
         assert pk.entities_version == before + 1
     e = ask(qtbot, p, "The currency of Yamato is")
     assert [(i.mention, i.entity) for i in e.injected] == [("Yamato", "Japan")]
+
+
+def test_a_task_plugin_with_an_answer_slot_is_plugged_shown_and_gated(qtbot, make_ctx, small_pack, tmp_path,
+                                                                     tiny_loader, tiny_reader):
+    """<pack>.task-plugin wins over <pack>.plugin (one plugin per domain); its slot is listed as an injected
+    item, and a question of no relation it was trained for gets no vector, the panel saying why."""
+    import torch
+
+    from engine.mechanisms.plugins.answer_slot import SlotPlugin
+    from engine.mechanisms.plugins.gate import write_gate
+    from engine.mechanisms.plugins.io import default_plugin_dir, default_task_plugin_dir, load_plugin
+
+    add_triples(small_pack, tmp_path)
+    make_plugin(small_pack, tiny_reader, name="facts")
+    sp = SlotPlugin.from_plugin(load_plugin(default_plugin_dir(small_pack), tiny_reader))
+    with torch.no_grad():
+        for prm in sp.slot_mapping.parameters():
+            prm.add_(torch.randn_like(prm))
+    sp.name = "facts-task"
+    sp.training = {"objective": "task", "relations": ["currency", "capital"]}
+    folder = sp.save(default_task_plugin_dir(small_pack))
+    write_gate(folder, {"threshold": 0.8}, {"currency": ["The currency of {subject} is"],
+                                            "capital": ["The capital of {subject} is"]})
+    path = str(small_pack.resolve())
+    ctx = make_ctx([path])
+    ctx.model_loader = tiny_loader
+    win = open_on_explain(qtbot, ctx, path)
+    try:
+        p = win.explain
+        p.mode.setCurrentIndex(p.mode.findData("context"))
+        with qtbot.waitSignal(win.ctx.model.plugins_loaded, timeout=30_000) as sig:
+            win.workspace_panel.plugin_box(path).click()
+        assert sig.args == [{path: "facts-task"}, []]
+        e = ask(qtbot, p, "The currency of Japan is")
+        assert [(i.kind, i.entity) for i in e.injected] == [("mention", "Japan"), ("slot", "Japan")]
+        assert p.injected.rowCount() == 2 and p.injected.item(1, 1).text() == "answer slot → Japan"
+        assert p.injected.item(1, 2).text() == f"{e.injected[1].loo_delta:+.3f}"
+        assert "plugin facts-task applied" in p.without_plugins_text.text()
+        e = ask(qtbot, p, "How many people speak Japanese in Japan?")
+        assert e.injected == [] and p.injected.rowCount() == 0
+        assert "plugin facts-task not applied: the question matches no relation it was trained for (best: " \
+            in p.without_plugins_text.text()
+    finally:
+        win.close()
+
+
+def test_the_evaluation_tab_runs_with_the_plugged_plugin_and_shows_each_relation_without_it(
+        qtbot, plugin_window, tmp_path):
+    from tests.app.test_evaluation import PROBES
+    from tests.app.test_evaluation import write_jsonl as write_probes
+
+    win, path = plugin_window
+    v = win.evaluation
+    f = write_probes(tmp_path / "probes.jsonl", PROBES)
+    v.mode.setCurrentIndex(v.mode.findData("context"))
+    with qtbot.waitSignal(v.run_finished, timeout=120_000) as sig:
+        assert v.run(str(f))
+    r = sig.args[0].result
+    assert r["plugins"] == [] and r["accuracy_without_plugins"] is None  # no plugin ticked: as before
+    assert v.detail.columnCount() == 5
+
+    with qtbot.waitSignal(win.ctx.model.plugins_loaded, timeout=30_000):
+        win.workspace_panel.plugin_box(path).click()
+    with qtbot.waitSignal(v.run_finished, timeout=120_000) as sig:
+        assert v.run(str(f))
+    r = sig.args[0].result
+    assert r["plugins"] == ["facts"] and r["accuracy_without_plugins"] is not None
+    heads = [v.detail.horizontalHeaderItem(j).text() for j in range(v.detail.columnCount())]
+    assert heads == ["relation", "n", "with memory + plugins", "without plugins", "without", "hit@k"]
+    rows = {v.detail.item(i, 0).text(): [v.detail.item(i, j).text() for j in range(6)]
+            for i in range(v.detail.rowCount())}
+    for name, fig in r["by_relation"].items():  # per relation, with and without the plugin
+        assert rows[name][3] == f"{100 * fig['accuracy_without_plugins']:.1f}%"
+        assert rows[name][2] == f"{100 * fig['accuracy']:.1f}%"

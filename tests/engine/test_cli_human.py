@@ -32,6 +32,7 @@ COVERED_ELSEWHERE = {
     "map-tune": "test_plugins_cli.py",
     "task-tune": "test_plugins_task_tune.py::test_the_task_tune_command_prints_what_it_did_and_refuses_bad_input",
     "eval-plugin": "test_plugins_cli.py::test_train_transe_then_map_tune_then_eval_plugin",
+    "plugin-gate": "test_plugins_task_tune.py::test_the_task_tune_command_prints_what_it_did_and_refuses_bad_input",
     "patch": "test_weight_patches_cli.py::test_create_show_list_apply_predict_remove",
     "compare": "test_weight_patches_cli.py::test_compare_prints_a_table_per_mechanism",
 }

@@ -277,3 +277,116 @@ def test_cli_plugin_errors_are_one_line_and_status_2(cli_models, cli_zoo, tmp_pa
     code, out, err = run_cli(capsys, *argv, *model)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and match in err
+
+
+# ----------------------------------------------------------------------------- answer-slot plugins (issue 21)
+def make_slot_plugin(reader, pack, name: str = "zoo", seed: int = 0):
+    """``make_plugin`` with a slot mapping unlike its mention mapping (as task-tune --answer-slot writes)."""
+    import torch
+
+    from engine.mechanisms.plugins.answer_slot import SlotPlugin
+
+    sp = SlotPlugin.from_plugin(make_plugin(reader, pack, name, seed))
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 7)
+        for p in sp.slot_mapping.parameters():
+            p.add_(torch.randn_like(p) * 2.0)
+    return sp
+
+
+@pytest.fixture
+def cli_slot_zoo(cli_models, cli_zoo, tmp_path):
+    from engine.reader import load_reader
+    from engine.store import Pack
+
+    reader = load_reader(cli_models[0])
+    with Pack.open(cli_zoo["pack"], readonly=True) as pack:
+        make_slot_plugin(reader, pack).save(tmp_path / "slot.plugin")
+        make_slot_plugin(make_tiny_reader(seed=1), pack).save(tmp_path / "other-slot.plugin")
+    return {**cli_zoo, "slot": str(tmp_path / "slot.plugin"), "other_slot": str(tmp_path / "other-slot.plugin")}
+
+
+def test_cli_predict_with_a_slot_plugin_folder_injects_and_explains_the_slot(cli_models, cli_slot_zoo, capsys):
+    reader, branch = cli_models
+    base = ["predict", PROMPT, "--max-new-tokens", "4", "--reader", reader, "--branch", branch]
+    code, out, err = run_cli(capsys, *base, "--plugin", cli_slot_zoo["slot"], "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    kinds = [(i["kind"], i["entity"]) for i in d["injected"]]
+    assert kinds == [("mention", "Zebra"), ("slot", "Zebra")]  # the slot: the subject, where the answer begins
+    slot = d["injected"][1]
+    assert slot["mention"] == "" and slot["start"] == slot["end"] == len(PROMPT)
+    assert math.isfinite(slot["loo_delta"]) and abs(slot["loo_delta"]) > 1e-4  # its own leave-one-out
+    assert d["answer"] != d["answer_without_plugins"]  # the slot plugin changes the answer
+    code, out, err = run_cli(capsys, *base, "--plugin", cli_slot_zoo["plugin"], "--json")  # the plain plugin
+    assert code == 0, err
+    plain = json.loads(out)
+    assert [i["kind"] for i in plain["injected"]] == ["mention"] and plain["answer"] != d["answer"]
+    code, out, err = run_cli(capsys, *base, "--plugin", cli_slot_zoo["slot"])
+    assert code == 0, err
+    assert "injected (2)" in out and "(answer slot) -> Zebra" in out
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("other", "trained for the reader"),
+    ("tensor", "slot_mapping"),
+    ("config", "config.json"),
+])
+def test_cli_refuses_a_bad_slot_plugin_folder_naming_it(cli_models, cli_slot_zoo, capsys, damage, match):
+    from safetensors.torch import load_file, save_file
+
+    reader, branch = cli_models
+    folder = cli_slot_zoo["other_slot" if damage == "other" else "slot"]
+    weights = f"{folder}/model.safetensors"
+    if damage == "tensor":  # a slot mapping of another shape
+        state = load_file(weights)
+        key = next(k for k in state if k.startswith("slot_mapping.") and state[k].ndim == 2)
+        state[key] = state[key][:, :-1].contiguous()
+        save_file(state, weights)
+    elif damage == "config":
+        with open(f"{folder}/config.json", "w", encoding="utf-8") as f:
+            f.write('{"format": "plugmem-knowledge-plugin", "format_version": 2, "answer_slot": "yes"')
+    code, out, err = run_cli(capsys, "predict", PROMPT, "--reader", reader, "--branch", branch, "--plugin", folder)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and match in err and folder in err
+
+
+def test_a_gated_slot_plugin_is_applied_only_to_the_relations_it_was_trained_for(tiny, zoo, encoder, tmp_path):
+    from engine.mechanisms.plugins.gate import calibrate, write_gate
+    from engine.mechanisms.plugins.io import load_plugin
+
+    sp = make_slot_plugin(tiny, zoo.pack)
+    sp.training = {"objective": "task", "relations": ["word", "home"]}
+    sp.save(tmp_path / "slot.plugin")
+    templates = {"word": ["{subject} facts:"], "home": ["The home city of {subject} is"]}
+    probes = write_jsonl(tmp_path / "train.jsonl", [
+        {"prompt": f"{a} facts:", "answer": w, "relation": "word", "subject": a,
+         "paraphrases": [f"Facts about {a}:"]} for a, w in ANIMALS.items()] + [
+        {"prompt": f"The home city of {a} is", "answer": w, "relation": "home", "subject": a,
+         "paraphrases": [f"{a} lives in the city of"]} for a, w in ANIMALS.items()])
+    gate = calibrate(templates, [probes], encoder)
+    assert 0 < gate["threshold"] <= 1 and gate["n_same"] == 2 and gate["n_other"] == 4  # distinct wordings, subject masked
+    write_gate(tmp_path / "slot.plugin", gate, templates)
+    plugin = load_plugin(tmp_path / "slot.plugin", tiny, zoo.pack)
+    assert plugin.gate is not None and plugin.gate.threshold == gate["threshold"]
+    p = Predictor(tiny)
+    asked = p.predict("Zebra facts:", [zoo], mode="context", k=1, max_new_tokens=3, plugins=[plugin])
+    assert [i.kind for i in asked.injected] == ["mention", "slot"]
+    assert asked.plugin_gates[0]["applied"] and asked.plugin_gates[0]["relation"] == "word"
+    other = p.predict("The weight of a grown Zebra in kilograms is", [zoo], mode="context", k=1,
+                      max_new_tokens=3, plugins=[plugin])
+    g = other.plugin_gates[0]
+    assert other.injected == [] and not g["applied"] and g["score"] < g["threshold"]
+    assert g["message"].startswith("plugin zoo not applied: the question matches no relation it was trained for "
+                                   f"(best: {g['relation']}, ")
+    assert other.answer == other.answer_without_plugins  # nothing injected: the memory's own answer
+    assert Explanation.from_dict(other.to_dict()).plugin_gates == other.plugin_gates
+    with pytest.raises(Exception, match="one relation"):
+        calibrate({"word": templates["word"]}, [probes], encoder)
+
+
+def test_a_general_and_a_slot_plugin_of_one_domain_are_one_plugin_too_many(cli_models, cli_slot_zoo, capsys):
+    reader, branch = cli_models
+    code, out, err = run_cli(capsys, "predict", PROMPT, "--reader", reader, "--branch", branch,
+                             "--plugin", cli_slot_zoo["plugin"], "--plugin", cli_slot_zoo["slot"])
+    assert code == 2 and out == "" and "plug one plugin per domain" in err

@@ -240,7 +240,7 @@ def test_the_answer_slot_vector_goes_right_after_the_prompt(reader, setup):
     ids, ends = tokens_with_offsets(reader.tokenizer, prompts)
     ir, it, vecs = [], [], []
     for i, p in enumerate(prompts):
-        links = inj.link(p)
+        links = [x for x in inj.link(p) if x.kind == "mention"]
         for x in links:
             ir.append(i)
             it.append(int(mention_tokens(ends[i], [x.start])[0]))
@@ -267,9 +267,14 @@ def test_the_answer_slot_vector_goes_right_after_the_prompt(reader, setup):
     for i, (row, a) in enumerate(zip(ids, ans)):
         ref_lp.append(sum(float(h[i, int(ref.token_col[i, len(row) + j]) - 1, t]) for j, t in enumerate(a)))
     assert lp.tolist() == pytest.approx(ref_lp, abs=1e-4)
-    plain = PluginInjector(reader, sp).build(prompts, ans)
+    plain = PluginInjector(reader, sp, slots=False).build(prompts, ans)
     assert not torch.allclose(inj.logprob_rows(plain, ans)[[0, 2]], lp[[0, 2]])  # the slot changes linked rows
     assert float(inj.logprob_rows(plain, ans)[1]) == pytest.approx(float(lp[1]), abs=1e-4)  # and no other
+
+
+def _save_plain(sp, folder):
+    KnowledgePlugin.save(sp, folder)  # a plain (version-1) plugin
+    return folder
 
 
 def test_slot_plugins_round_trip_as_version_2_and_old_plugins_still_load(reader, setup, tmp_path):
@@ -278,13 +283,17 @@ def test_slot_plugins_round_trip_as_version_2_and_old_plugins_still_load(reader,
     pack_path, _ = setup
     sp = _slot_plugin(reader, pack_path)
     sp.save(tmp_path / "slot.plugin")
+    from engine.mechanisms.plugins.answer_slot import SlotPlugin, SlotPluginFiles
+    from engine.mechanisms.plugins.io import PluginFiles
+
     with pytest.raises(PluginError, match="newer than this program reads"):
-        load_plugin(tmp_path / "slot.plugin", reader)  # a version-1 loader never drops the slot silently
-    back = load_slot_plugin(tmp_path / "slot.plugin", reader)
+        PluginFiles.read_config(tmp_path / "slot.plugin")  # a version-1 reader never drops the slot silently
+    back = load_plugin(tmp_path / "slot.plugin", reader)  # the one loader: a slot folder gives a SlotPlugin
+    assert isinstance(back, SlotPlugin) and SlotPluginFiles.read_config(tmp_path / "slot.plugin")["answer_slot"]
+    assert not isinstance(load_plugin(_save_plain(sp, tmp_path / "v1.plugin"), reader), SlotPlugin)
     e = [int(sp.embeddings.entity_ids[0])]
     assert torch.allclose(back.slot_vectors(e, reader.device), sp.slot_vectors(e, reader.device))
     assert torch.allclose(back.vectors(e, reader.device), sp.vectors(e, reader.device))
-    KnowledgePlugin.save(sp, tmp_path / "v1.plugin")  # a plain (version-1) plugin
     old = load_slot_plugin(tmp_path / "v1.plugin", reader)
     assert torch.allclose(old.slot_vectors(e, reader.device), old.vectors(e, reader.device))
     (tmp_path / "slot.plugin" / "config.json").write_text(
@@ -301,7 +310,16 @@ def test_task_tuning_with_the_answer_slot_learns_and_saves(reader, setup):
     assert res["train_losses"][-1][1] < res["train_losses"][0][1]
     out = pack_path.with_name(pack_path.name + ".task-plugin")
     assert json.loads((out / "config.json").read_text())["format_version"] == 2
-    assert load_slot_plugin(out, reader).training["objective"] == "task"
+    back = load_slot_plugin(out, reader)
+    assert back.training["objective"] == "task" and set(back.training["templates"]) == {"capital", "region"}
+    gate = res["gate"]  # calibrated on the training probes' other wording, relation against relation
+    assert gate == back.training["gate"] and gate["n_same"] == 1 and back.gate.threshold == gate["threshold"]
+    # the same question passes; one of no trained relation is not injected into, and the record says why
+    inj = PluginInjector(reader, back)
+    assert [x.kind for x in inj.link("The capital of Japan is")] == ["mention", "slot"]
+    assert inj.link("Japan's population in millions is") == []
+    d = inj.gate_decisions("Japan's population in millions is")[0]
+    assert not d.applied and "not applied: the question matches no relation it was trained for (best: " in d.message
 
 
 # --------------------------------------------------------------------------- the command
@@ -319,6 +337,21 @@ def test_the_task_tune_command_prints_what_it_did_and_refuses_bad_input(setup, t
     assert "skipped (no probe asks them): borders" in out and "geo.plugmem.task-plugin" in out, out
     assert main(args + ["--out", str(tmp_path / "j.plugin"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["steps_done"] == 2
+    # plugin-gate: off, then calibrated again; a map-tuned plugin has no relations to gate on
+    folder = str(tmp_path / "j.plugin")
+    assert main(["plugin-gate", folder, "--off"]) == 0 and "relation gate removed" in capsys.readouterr().out
+    assert "gate" not in json.loads((tmp_path / "j.plugin" / "config.json").read_text())["training"]
+    assert main(["plugin-gate", folder, "--probes", str(probes)]) == 0
+    assert "relation gate at similarity" in capsys.readouterr().out
+    assert main(["plugin-gate", folder, "--probes", str(probes), "--refuse", "1.5"]) == 2
+    assert "--refuse must be in (0, 1]" in capsys.readouterr().err
+    cfg = json.loads((tmp_path / "j.plugin" / "config.json").read_text())
+    cfg["training"]["objective"] = "mention"
+    (tmp_path / "j.plugin" / "config.json").write_text(json.dumps(cfg))
+    assert main(["plugin-gate", folder, "--probes", str(probes)]) == 2
+    assert "not a task-tuned plugin" in capsys.readouterr().err
+    assert main(["plugin-gate", str(tmp_path / "nowhere")]) == 2
+    assert "no such plugin folder" in capsys.readouterr().err
     assert main(args + ["--relations", "borders", "--out", str(tmp_path / "x.plugin")]) == 2
     err = capsys.readouterr().err
     assert "relation 'borders' has no probe" in err and len(err.strip().splitlines()) == 1, err

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from engine.artefacts import check_fields, check_shapes, module_shapes
-from engine.mechanisms.plugins.attach import BuiltInputs, InjectedBatch, PluginInjector
+from engine.mechanisms.plugins.attach import PluginInjector
 from engine.mechanisms.plugins.errors import PluginError
 from engine.mechanisms.plugins.io import PluginFiles, load_plugin_parts, plugin_parts
 from engine.mechanisms.plugins.module import KnowledgePlugin, MappingNetwork
@@ -57,6 +57,7 @@ class SlotPlugin(KnowledgePlugin):
         sp = cls(plugin.mapping, plugin.embeddings, reader_fingerprint=plugin.reader_fingerprint,
                  aliases=plugin.aliases, name=plugin.name, training=plugin.training)
         sp.slot_mapping = slot_mapping if slot_mapping is not None else copy.deepcopy(plugin.mapping)
+        sp.gate = plugin.gate
         return sp
 
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -89,43 +90,9 @@ def load_slot_plugin(folder: str | Path, reader, pack=None) -> SlotPlugin:
 
 
 class AnswerSlotInjector(PluginInjector):
-    """:class:`PluginInjector` + one slot vector per row right after the prompt (the row's last injected entity)."""
+    """A :class:`PluginInjector` of one slot plugin (the injector puts every slot plugin's slot vector
+    right after the prompt, as an injection of kind "slot"; this name is kept for training and benches)."""
 
     def __init__(self, reader, plugin: SlotPlugin) -> None:
         super().__init__(reader, plugin)
         self.slot_plugin = plugin
-
-    def build(self, prompts: Sequence[str], answers: Sequence[Sequence[int]] | None = None, *,
-              drop: Sequence[Collection[int]] | None = None, enabled: bool = True,
-              links=None) -> InjectedBatch:
-        batch = super().build(prompts, answers, drop=drop, enabled=enabled, links=links)
-        if not enabled:
-            return batch
-        b = batch.inputs
-        n, W, d = b.inputs_embeds.shape
-        dev = b.inputs_embeds.device
-        subj = [row[-1].entity_id if row else None for row in batch.injected]
-        has = [i for i, e in enumerate(subj) if e is not None]
-        if not has:
-            return batch
-        # Every row grows by one column: the slot after its prompt, or (no entity) one more left pad.
-        cut = torch.tensor([int(b.token_col[i, plen - 1]) + 1 for i, plen in enumerate(batch.prompt_lens)])  # [n]
-        src = torch.arange(W + 1)[None, :].expand(n, -1)  # [n, W+1] new column -> old column
-        has_t = torch.tensor([e is not None for e in subj])
-        old = torch.where(src < cut[:, None], src, src - 1)
-        old = torch.where(has_t[:, None], old, (src - 1).clamp(min=0))
-        slot_col = torch.where(has_t, cut, torch.full_like(cut, -1))  # [n]
-        emb = b.inputs_embeds.gather(1, old.to(dev)[..., None].expand(-1, -1, d))  # [n, W+1, d]
-        att = b.attention_mask.gather(1, old.to(dev))
-        att[~has_t.to(dev), 0] = 0  # the extra left pad of rows without a slot
-        vec = self.slot_plugin.slot_vectors([subj[i] for i in has], dev).to(emb.dtype)  # [m, d]
-        rows = torch.tensor(has, device=dev)
-        emb = emb.index_put((rows, slot_col[has].to(dev)), vec)
-        att = att.index_put((rows, slot_col[has].to(dev)), torch.ones(len(has), dtype=att.dtype, device=dev))
-        pos = (att.cumsum(-1) - 1).clamp(min=0)
-        tc = b.token_col.clone()
-        valid = tc >= 0
-        shift = torch.where(has_t[:, None], (tc >= cut[:, None]).long(), torch.ones_like(tc))
-        tc = torch.where(valid, tc + shift, tc)
-        # Mention vectors sit before the cut and rows without a slot have none: insert_col stays.
-        return InjectedBatch(BuiltInputs(emb, att, pos, tc, b.insert_col), batch.injected, batch.prompt_lens)

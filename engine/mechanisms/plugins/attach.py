@@ -180,6 +180,7 @@ class Injection:
     plugin: str
     token: int  # index of the prompt token the vector is inserted before
     loo_delta: float | None = None  # log p(answer | all vectors) - log p(answer | all but this one)
+    kind: str = "mention"  # "mention": before the mention; "slot": the answer slot, right after the prompt
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,24 +204,62 @@ class PluginInjector:
     """Turns prompts into reader inputs with the plugins' vectors before linked mentions.
 
     Several plugins (one per domain) may be plugged; overlapping mentions from two
-    plugins resolve to the longer one (then the leftmost).
+    plugins resolve to the longer one (then the leftmost). A plugin with an answer slot
+    (``answer_slot.SlotPlugin``) also puts a vector of the prompt's last linked entity,
+    when that mention is its own, right after the prompt (an injection of kind "slot",
+    left out on its own by leave-one-out); ``slots=False`` leaves every slot out. A
+    plugin with a relation gate (``gate.RelationGate``) injects nothing into a question
+    that matches no relation it was trained for (:meth:`gate_decisions` says why).
     """
 
-    def __init__(self, reader, plugins: KnowledgePlugin | Sequence[KnowledgePlugin]) -> None:
+    def __init__(self, reader, plugins: KnowledgePlugin | Sequence[KnowledgePlugin], *, slots: bool = True,
+                 gates: bool = True) -> None:
         self.reader = reader
         self.plugins = [plugins] if isinstance(plugins, KnowledgePlugin) else list(plugins)
         for p in self.plugins:
             p.check_reader(reader)
         self._linkers = [p.linker() for p in self.plugins]
+        self.slots, self.gates = slots, gates
+        self._gate_cache: dict[tuple[int, str], Any] = {}
 
     # ---------------------------------------------------------------- linking
-    def link(self, text: str) -> list[Injection]:
-        """The injections a prompt gets (token index filled by :meth:`build`; -1 here)."""
+    def _mentions(self, text: str) -> list[tuple[int, int, int, Any]]:
         found = []
         for pi, (p, lk) in enumerate(zip(self.plugins, self._linkers)):
             for m in lk.link(text):
                 if p.has(m.entity_id):
                     found.append((m.start, -(m.end - m.start), pi, m))
+        return found
+
+    def _gate(self, pi: int, text: str, mentions: Sequence[Any]):
+        """Plugin ``pi``'s gate decision on ``text`` (None: it has no gate), cached per question."""
+        gate = getattr(self.plugins[pi], "gate", None)
+        if gate is None or not self.gates or not mentions:
+            return None
+        key = (pi, text)
+        if key not in self._gate_cache:
+            if len(self._gate_cache) > 512:
+                self._gate_cache.clear()
+            last = max(mentions, key=lambda m: m.start)  # the question's subject: its last linked mention
+            self._gate_cache[key] = gate.decide(text, last.start, last.end, plugin=self.plugins[pi].name)
+        return self._gate_cache[key]
+
+    def gate_decisions(self, text: str) -> list[Any]:
+        """For each gated plugin that links something in ``text``: whether it is applied, and why."""
+        found = self._mentions(text)
+        out = []
+        for pi in range(len(self.plugins)):
+            d = self._gate(pi, text, [m for _, _, i, m in found if i == pi])
+            if d is not None:
+                out.append(d)
+        return out
+
+    def link(self, text: str) -> list[Injection]:
+        """The injections a prompt gets (token index filled by :meth:`build`; -1 here)."""
+        found = self._mentions(text)
+        closed = {pi for pi in range(len(self.plugins))
+                  if (d := self._gate(pi, text, [m for _, _, i, m in found if i == pi])) is not None and not d.applied}
+        found = [f for f in found if f[2] not in closed]
         found.sort(key=lambda x: (x[0], x[1]))
         out: list[Injection] = []
         taken_end = -1
@@ -230,6 +269,10 @@ class PluginInjector:
             taken_end = m.end
             p = self.plugins[pi]
             out.append(Injection(m.text, m.start, m.end, m.entity_id, p.linker().names.get(m.entity_id, "?"), p.name, -1))
+        if out and self.slots and hasattr(self.plugins[self._plugin_index(out[-1].plugin)], "slot_mapping"):
+            last = out[-1]  # the subject: the slot goes where the answer begins (answer_slot.py)
+            n = len(text)
+            out.append(Injection("", n, n, last.entity_id, last.entity, last.plugin, -1, kind="slot"))
         return out
 
     def _plugin_index(self, name: str) -> int:
@@ -267,13 +310,15 @@ class PluginInjector:
             toks = mention_tokens(ends[i], [x.start for x in links_i]) if links_i else []
             used_tokens: set[int] = set()
             for k, (inj, t) in enumerate(zip(links_i, toks)):
-                t = int(t)
-                if not enabled or (drop is not None and k in drop[i]) or t >= len(ids[i]) or t in used_tokens:
+                slot = inj.kind == "slot"
+                t = len(ids[i]) if slot else int(t)  # a slot goes before the first answer token
+                if not enabled or (drop is not None and k in drop[i]) or (not slot and t >= len(ids[i])) \
+                        or (not slot and t in used_tokens):
                     continue
                 used_tokens.add(t)
                 inj = Injection(**{**asdict(inj), "token": t})
                 kept.append(inj)
-                per_plugin.setdefault(self._plugin_index(inj.plugin), []).append(len(ins_row))
+                per_plugin.setdefault((self._plugin_index(inj.plugin), slot), []).append(len(ins_row))
                 ins_row.append(i)
                 ins_tok.append(t)
             injected.append(kept)
@@ -282,8 +327,9 @@ class PluginInjector:
         vec = torch.zeros((len(ins_row), d), device=dev, dtype=r.dtype)
         if ins_row:
             flat = [inj for row in injected for inj in row]
-            for pi, where in per_plugin.items():
-                v = self.plugins[pi].vectors([flat[k].entity_id for k in where], dev)  # [m_p, d]
+            for (pi, slot), where in per_plugin.items():
+                p = self.plugins[pi]
+                v = (p.slot_vectors if slot else p.vectors)([flat[k].entity_id for k in where], dev)  # [m_p, d]
                 vec = vec.index_put((torch.tensor(where, device=dev),), v.to(vec.dtype))
         built = build_inputs_embeds(r.model.get_input_embeddings(), rows, torch.tensor(ins_row, dtype=torch.long),
                                     torch.tensor(ins_tok, dtype=torch.long), vec, int(r.tokenizer.pad_token_id))

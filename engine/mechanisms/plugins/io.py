@@ -18,6 +18,7 @@ from engine.artefacts import Artefact, check_fields, check_shapes, module_shapes
 from engine.mechanisms.plugins.config import FORMAT, FORMAT_VERSION, MappingConfig
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings
 from engine.mechanisms.plugins.errors import PluginError
+from engine.mechanisms.plugins.gate import RelationGate
 from engine.mechanisms.plugins.module import KnowledgePlugin, MappingNetwork
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,18 @@ log = logging.getLogger(__name__)
 def default_plugin_dir(pack_path: str | Path) -> Path:
     p = Path(pack_path)
     return p.with_name(p.name + ".plugin")
+
+
+def default_task_plugin_dir(pack_path: str | Path) -> Path:
+    p = Path(pack_path)
+    return p.with_name(p.name + ".task-plugin")
+
+
+def plugged_plugin_dir(pack_path: str | Path) -> Path:
+    """The plugin a pack plugs (one per domain): its task-tuned plugin (``<pack>.task-plugin``,
+    trained to answer, often from the general one) where one exists, else ``<pack>.plugin``."""
+    task = default_task_plugin_dir(pack_path)
+    return task if (task / "config.json").is_file() else default_plugin_dir(pack_path)
 
 
 class PluginFiles(Artefact):
@@ -48,8 +61,12 @@ class PluginFiles(Artefact):
 
 
 def read_plugin_config(folder: str | Path) -> dict[str, Any]:
-    """The checked ``config.json`` of a plugin folder (raises ``PluginError`` naming the file)."""
-    return PluginFiles.read_config(folder)
+    """The checked ``config.json`` of a plugin folder, of any kind (raises ``PluginError`` naming the file)."""
+    from engine.mechanisms.plugins.answer_slot import SlotPluginFiles
+
+    if not (Path(folder) / "config.json").is_file():  # no plugin at all: say how to make the general one
+        return PluginFiles.read_config(folder)
+    return SlotPluginFiles.read_config(folder)
 
 
 def _check_weights(cfg: MappingConfig, shapes: dict[str, tuple[int, ...]], reader, folder: Path) -> None:
@@ -90,7 +107,15 @@ def save_plugin(plugin: KnowledgePlugin, folder: str | Path) -> Path:
 
 
 def load_plugin(folder: str | Path, reader, pack=None) -> KnowledgePlugin:
-    """Load a plugin for ``reader`` (refused if made for another); with ``pack``, check its entity set."""
+    """Load a plugin for ``reader`` (refused if made for another); with ``pack``, check its entity set.
+
+    The one loader of every plugin folder: one written with an answer slot (``task-tune
+    --answer-slot``) loads as an ``answer_slot.SlotPlugin``, whose injector then adds the slot.
+    """
+    from engine.mechanisms.plugins.answer_slot import load_slot_plugin
+
+    if read_plugin_config(folder).get("answer_slot"):
+        return load_slot_plugin(folder, reader, pack)
     return load_plugin_parts(folder, reader, pack)[0]
 
 
@@ -124,6 +149,7 @@ def load_plugin_parts(folder: str | Path, reader, pack=None, kind: type[PluginFi
                  aliases={int(e): list(a) for e, a in zip(emb.entity_ids.tolist(), aliases)},
                  name=str(meta.get("name") or folder.name), training=meta.get("training") or {})
     mapping.to(reader.device).eval()
+    plugin.gate = RelationGate.from_training(plugin.training, str(folder / "config.json"))
     if pack is not None:
         missing = plugin.use_pack_aliases(pack)
         if missing:

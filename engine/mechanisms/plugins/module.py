@@ -65,6 +65,8 @@ class KnowledgePlugin:
         self._row = {int(eid): i for i, eid in enumerate(embeddings.entity_ids.tolist())}
         self._table: torch.Tensor | None = None
         self._linker: EntityLinker | None = None
+        # A relation gate (gate.RelationGate): set by the loader from ``training``; None = always applied.
+        self.gate = None
 
     @classmethod
     def create(cls, reader, embeddings: EntityEmbeddings, *, hidden: int = 0, fix_norm: bool = True,

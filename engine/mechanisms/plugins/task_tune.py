@@ -45,9 +45,10 @@ from engine.artefacts import config_from_dict
 from engine.mechanisms.plugins.answer_slot import AnswerSlotInjector, SlotPlugin, load_slot_plugin
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings, default_embeddings_dir
 from engine.mechanisms.plugins.errors import PluginError
+from engine.mechanisms.plugins.gate import calibrate
 from engine.mechanisms.plugins.attach import PluginInjector
 from engine.mechanisms.plugins.map_tune import read_holdout
-from engine.mechanisms.plugins.io import default_plugin_dir, read_plugin_config
+from engine.mechanisms.plugins.io import default_plugin_dir, default_task_plugin_dir, read_plugin_config
 from engine.mechanisms.plugins.module import KnowledgePlugin
 from engine.mechanisms.plugins.training import (CHECKPOINT, LoopSchedule, MappingTraining, data_fingerprint,
                                                 epoch_permutation, seeded_sample)
@@ -60,11 +61,6 @@ OBJECTIVE = "task"
 WORDINGS = ("prompt", "all")
 _MODEL_FIELDS = ("start", "hidden", "answer_slot", "lr", "batch", "seed", "val_fraction", "fact_fraction", "wordings", "relations",
                  "weight_decay")
-
-
-def default_task_plugin_dir(pack_path: str | Path) -> Path:
-    p = Path(pack_path)
-    return p.with_name(p.name + ".task-plugin")
 
 
 @dataclass
@@ -81,6 +77,7 @@ class TaskTuneConfig:
     wordings: str = "prompt"  # "prompt": each probe's prompt; "all": its paraphrases too
     hidden: int = 0  # a fresh mapping's MLP width (0: linear)
     answer_slot: bool = False  # also a vector of the subject where the answer begins (answer_slot.py)
+    gate: bool = True  # calibrate a relation gate (gate.py): inject only into questions of the trained relations
     lr: float = 2e-3
     weight_decay: float = 0.0
     batch: int = 32
@@ -163,6 +160,7 @@ class TaskTuneResult:
     train_losses: list[tuple[int, float]] = field(default_factory=list)
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
+    gate: dict[str, Any] | None = None  # the relation gate calibrated at the end (gate.calibrate), or None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -414,9 +412,17 @@ def task_tune(
         for p in params:
             p.requires_grad_(False)
     step = run.step
+    if cfg.gate:
+        say(1.0, "calibrating the relation gate on the training probes' wordings")
+        try:
+            result.gate = calibrate({r: templates[r] for r in used}, cfg.probes)
+        except PluginError as exc:  # e.g. one relation only, or no paraphrase to calibrate on
+            log.warning("task-tune: no relation gate (%s); the plugin is applied to every question", exc)
     result.seconds = round(time.perf_counter() - t0, 1)
     plugin.training = {"objective": OBJECTIVE, "config": {k: v for k, v in asdict(cfg).items() if k != "force"},
                        "general": plugin.training if start is not None else None,
+                       # What it was trained to answer: the relation gate (gate.py) compares questions with these.
+                       "templates": {r: templates[r] for r in used},
                        **{k: v for k, v in result.to_dict().items() if k != "out"}}
     plugin.save(out)
     say(1.0, f"task-tuned {step} steps; validation answer loss {result.best_val_loss:.4f} at step {result.best_step} "
