@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PATH_ROLE = Qt.ItemDataRole.UserRole
 IMPORT_FILTER = "Corpus files (*.jsonl *.csv *.txt *.md);;All files (*)"
+EXAMPLES_FILTER = "Probe files (*.jsonl);;All files (*)"
 PLUGIN_COL = 3  # logical column of the plugin checkbox (shown second, beside the pack's name)
 
 
@@ -88,6 +89,10 @@ class WorkspacePanel(QWidget):
         imp = QMenu(self)
         imp.addAction("Files…", lambda: self.import_into())
         imp.addAction("A folder…", self.import_folder)
+        imp.addSeparator()
+        self.act_import_examples = imp.addAction("Worked examples (probe file)…", lambda: self.import_examples())
+        self.act_import_examples.setToolTip("Each prompt and paraphrase of a probe file (prompt, answer) becomes "
+                                            "an entry marked 'example': the question followed by its answer")
         self.buttons["import"].setMenu(imp)
         self.buttons["import"].setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
         self._drops = _DropFilter(self)
@@ -352,16 +357,23 @@ class WorkspacePanel(QWidget):
         self.ctx.set_current(p)
         return p
 
-    def import_into(self, files: list[str] | None = None, path: str | None = None) -> None:
+    def import_examples(self, files: list[str] | None = None, path: str | None = None) -> None:
+        """Import probe files as worked examples (question → answer entries) into the pack."""
+        self.import_into(files, path, as_examples=True)
+
+    def import_into(self, files: list[str] | None = None, path: str | None = None, *, as_examples: bool = False) -> None:
         path = path or self.selected_path()
         if not path:
             return
         if not files:
-            files, _ = QFileDialog.getOpenFileNames(self, f"Import into {Path(path).stem}", "", IMPORT_FILTER)
+            title = f"Import worked examples into {Path(path).stem}" if as_examples else f"Import into {Path(path).stem}"
+            files, _ = QFileDialog.getOpenFileNames(self, title, "", EXAMPLES_FILTER if as_examples else IMPORT_FILTER)
             if not files:
                 return
         ctx = self.ctx
         config = {"pack": path, "inputs": list(files), "author": ctx.author}
+        if as_examples:
+            config["as_examples"] = True
 
         def start(_=None):
             ctx.set_busy(path, True)
@@ -374,7 +386,8 @@ class WorkspacePanel(QWidget):
 
             try:
                 job_id = ctx.jobs.start("build_memory", "engine.jobs.build_memory:import_job", config,
-                                        title=f"Import {len(files)} file(s) into {Path(path).stem}", on_end=ended)
+                                        title=f"Import {len(files)} {'probe file(s) as examples' if as_examples else 'file(s)'} "
+                                              f"into {Path(path).stem}", on_end=ended)
             except Exception as exc:
                 ended()
                 ctx.notifier.error(f"Starting the import into {Path(path).stem}", exc)
