@@ -48,3 +48,12 @@ def test_examples_imported_in_the_gui_are_marked_filtered_and_undone(qtbot, make
     qtbot.waitUntil(lambda: b.model.rowCount() == len(FACTS), timeout=20_000)
     assert not any(row(r)["title"].startswith("[example]") for r in range(b.model.rowCount()))
     win.close()
+
+
+def test_the_job_details_say_a_probe_file_is_imported_as_examples():
+    from app.views.job_details import what_it_does
+
+    said = what_it_does("build_memory", "", {"inputs": ["/x/probes_train.jsonl"], "pack": "/x/geo.plugmem",
+                                             "as_examples": True})
+    assert said.startswith("Imports the probe file(s) probes_train.jsonl into the pack geo as worked examples")
+    assert "each passage" in what_it_does("build_memory", "", {"inputs": ["/x/f.jsonl"], "pack": "/x/geo.plugmem"})
