@@ -185,6 +185,7 @@ class MainWindow(QMainWindow):
         self.act_open_pack = f.addAction("Open pack…", lambda: wp.open_pack())
         self.act_open_pack.setShortcut(QKeySequence.StandardKey.Open)
         f.addAction("Import into pack…", lambda: wp.import_into())
+        f.addAction("Import worked examples into pack…", lambda: wp.import_examples())
         f.addAction("Export pack…", lambda: wp.export_pack())
         f.addAction("Check pack…", wp.check_selected)
         f.addSeparator()

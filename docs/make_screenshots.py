@@ -37,6 +37,7 @@ FLOWS: dict[str, tuple[str, ...]] = {
     "pack_menu": ("pack_menu", "status_note"),
     "empty_pack": ("empty_pack_import_menu",),
     "search": ("search",),
+    "examples": ("browser_examples",),
     "import_drop": ("jobs_new_job_selected", "jobs_details"),
     "validation": ("edit_validation_disabled_rows",),
     "revert": ("edit_revert_preview", "edit_revert_keeps_version"),
@@ -306,6 +307,27 @@ def flow_search(d: Driver) -> None:
     d.wait(300)
     d.select(b.model.entry_at(0).id)
     d.shot("search", 600)
+
+
+def flow_examples(d: Driver) -> None:
+    """Worked examples: a probe file imported as examples into geography (Import → Worked
+    examples), marked [example] in the table and chosen by the tag filter."""
+    b, wp = d.win.browser, d.win.workspace_panel
+    d.show_pack(d.geo)
+    probes = d.folder.parent / "capitals_probes.jsonl"
+    rows = [("Peru", "Lima"), ("Chile", "Santiago"), ("Kenya", "Nairobi"), ("Nepal", "Kathmandu")]
+    probes.write_text("".join(json.dumps({"prompt": f"Question: What is the capital of {c}? Answer:", "answer": a,
+                                          "paraphrases": [f"The seat of government of {c} is in"],
+                                          "relation": "capital", "subject": c}) + "\n" for c, a in rows),
+                      encoding="utf-8")
+    wp.import_examples([str(probes)], d.geo)
+    d.until(lambda: not d.ctx.jobs.live, "the examples import done", 300)
+    d.until(lambda: not d.ctx.is_busy(d.geo), "pack free again")
+    d.until(lambda: b.tag.findData("example") >= 0, "the worked-examples filter")
+    b.tag.setCurrentIndex(b.tag.findData("example"))
+    d.until(lambda: b.model.rowCount() == 2 * len(rows), "the examples listed")
+    d.select(b.model.entry_at(0).id)
+    d.shot("browser_examples", 600)
 
 
 def _drug_table(folder: Path) -> Path:

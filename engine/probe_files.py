@@ -68,28 +68,31 @@ def _text(rec: dict[str, Any], key: str, where: str, *, required: bool) -> str:
     return v
 
 
+def probe_from_record(rec: dict[str, Any], where: str, *, require: Sequence[str] = ()) -> Probe:
+    """One probe from its JSON object (the rule of :func:`read_probes`); EvalDataError names ``where``."""
+    for key in require:
+        _text(rec, key, where, required=True)
+    paras = rec.get("paraphrases") or []
+    if not isinstance(paras, list) or not all(isinstance(x, str) and x.strip() for x in paras):
+        raise EvalDataError(f"{where}: 'paraphrases' must be a list of non-empty strings")
+    return Probe(
+        prompt=_text(rec, "prompt", where, required=True),
+        answer=_text(rec, "answer", where, required=True),
+        paraphrases=list(paras),
+        relation=_text(rec, "relation", where, required=False),
+        subject=_text(rec, "subject", where, required=False),
+        split=_text(rec, "split", where, required=False),
+        where=where,
+    )
+
+
 def read_probes(path: str | Path, *, require: Sequence[str] = ()) -> list[Probe]:
     """Probes from JSONL: ``prompt``, ``answer``, optional ``paraphrases`` (list), ``relation``, ``subject``, ``split``.
 
     ``require`` names optional fields a caller cannot do without (entity probes need
     ``subject``): they must then be non-empty strings too.
     """
-    out: list[Probe] = []
-    for where, rec in _records(path):
-        for key in require:
-            _text(rec, key, where, required=True)
-        paras = rec.get("paraphrases") or []
-        if not isinstance(paras, list) or not all(isinstance(x, str) and x.strip() for x in paras):
-            raise EvalDataError(f"{where}: 'paraphrases' must be a list of non-empty strings")
-        out.append(Probe(
-            prompt=_text(rec, "prompt", where, required=True),
-            answer=_text(rec, "answer", where, required=True),
-            paraphrases=list(paras),
-            relation=_text(rec, "relation", where, required=False),
-            subject=_text(rec, "subject", where, required=False),
-            split=_text(rec, "split", where, required=False),
-            where=where,
-        ))
+    out = [probe_from_record(rec, where, require=require) for where, rec in _records(path)]
     if not out:
         raise EvalDataError(f"{path}: no probes in the file")
     return out

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
 
+from engine.store.examples import is_example
+
 log = logging.getLogger(__name__)
 
 BLOCK = 128
@@ -58,6 +60,9 @@ _FONT = int(Qt.ItemDataRole.FontRole)
 _ROLES = frozenset((_DISPLAY, _TOOLTIP, _FOREGROUND, _USER, _ALIGN, _FONT))
 _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 _ID, _SCORE, _TEXT = COLUMNS.index("id"), COLUMNS.index("score"), COLUMNS.index("text")
+_TITLE = COLUMNS.index("title")
+EXAMPLE_BADGE = "[example]"
+EXAMPLE_TIP = "A worked example (question → answer), retrieved and read like the facts"
 
 
 def _cells(e) -> tuple:
@@ -66,7 +71,9 @@ def _cells(e) -> tuple:
     if len(t) > TEXT_PREVIEW:
         t = t[: TEXT_PREVIEW - 1] + "…"
     updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.updated)) if e.updated else ""
-    by_name = {"id": str(e.id), "score": None, "title": e.title, "text": t, "source": e.source,
+    # a worked example (question → answer) is marked where the eye starts reading a row
+    title = f"{EXAMPLE_BADGE} {e.title}".rstrip() if is_example(e) else e.title
+    by_name = {"id": str(e.id), "score": None, "title": title, "text": t, "source": e.source,
                "status": e.status, "updated": updated}
     return tuple(by_name[c] for c in COLUMNS)
 
@@ -439,6 +446,8 @@ class EntryTableModel(QAbstractTableModel):
         if role == _USER:
             return e
         if role == _TOOLTIP:
+            if col == _TITLE and is_example(e):
+                return EXAMPLE_TIP
             return e.text if col == _TEXT else None
         return None
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 from app.context import AppContext
 from app.models.entry_table import EntryTableModel
 from app.views.fit import MenuToolButton, fit_placeholder
+from engine.store.examples import EXAMPLE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -246,9 +247,13 @@ class MemoryBrowser(QWidget):
         self.tag.blockSignals(True)
         self.tag.clear()
         self.tag.addItem("All tags", None)
-        for t in tags:
-            name = t[0] if isinstance(t, (tuple, list)) else str(t)
-            self.tag.addItem(name, name)
+        names = [t[0] if isinstance(t, (tuple, list)) else str(t) for t in tags]
+        if EXAMPLE_TAG in names:  # the reserved tag of worked examples heads the list, by name
+            n = next((t[1] for t in tags if isinstance(t, (tuple, list)) and t[0] == EXAMPLE_TAG), None)
+            self.tag.addItem(f"Worked examples ({n:,})" if isinstance(n, int) else "Worked examples", EXAMPLE_TAG)
+        for name in names:
+            if name != EXAMPLE_TAG:
+                self.tag.addItem(name, name)
         i = self.tag.findData(cur)
         self.tag.setCurrentIndex(i if i >= 0 else 0)
         self.tag.blockSignals(False)

@@ -48,6 +48,9 @@ def _packs(v: Any) -> str:
 def what_it_does(kind: str, title: str, config: dict[str, Any]) -> str:
     """One sentence; the job's title when its kind is not known here."""
     template = _WHAT.get(kind)
+    if kind == "build_memory" and config.get("as_examples"):
+        template = ("Imports the probe file(s) {inputs} into the pack {pack} as worked examples: each prompt "
+                    "and paraphrase becomes an entry tagged example, the question followed by its answer.")
     if template is None:
         return title or kind
     words = {"inputs": _names(config.get("inputs")), "pack": _packs(config.get("pack")),

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PATH_ROLE = Qt.ItemDataRole.UserRole
 IMPORT_FILTER = "Corpus files (*.jsonl *.csv *.txt *.md);;All files (*)"
+EXAMPLES_FILTER = "Probe files (*.jsonl);;All files (*)"
 PLUGIN_COL = 3  # logical column of the plugin checkbox (shown second, beside the pack's name)
 
 
@@ -90,6 +91,10 @@ class WorkspacePanel(QWidget):
         imp.addAction("A folder…", self.import_folder)
         # Ray is an optional extra: the entry is always there, and says how to get Ray when missing
         imp.addAction("Files, encoded on Ray…", lambda: self.import_on_ray())
+        imp.addSeparator()
+        self.act_import_examples = imp.addAction("Worked examples (probe file)…", lambda: self.import_examples())
+        self.act_import_examples.setToolTip("Each prompt and paraphrase of a probe file (prompt, answer) becomes "
+                                            "an entry marked 'example': the question followed by its answer")
         self.buttons["import"].setMenu(imp)
         self.buttons["import"].setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
         self._drops = _DropFilter(self)
@@ -371,19 +376,27 @@ class WorkspacePanel(QWidget):
             return
         self.import_into(files, path, ray=True)
 
-    def import_into(self, files: list[str] | None = None, path: str | None = None, *, ray: bool = False) -> None:
+    def import_examples(self, files: list[str] | None = None, path: str | None = None) -> None:
+        """Import probe files as worked examples (question → answer entries) into the pack."""
+        self.import_into(files, path, as_examples=True)
+
+    def import_into(self, files: list[str] | None = None, path: str | None = None, *, ray: bool = False,
+                    as_examples: bool = False) -> None:
         path = path or self.selected_path()
         if not path:
             return
         if not files:
             where = " (encoded on Ray)" if ray else ""
-            files, _ = QFileDialog.getOpenFileNames(self, f"Import into {Path(path).stem}{where}", "", IMPORT_FILTER)
+            title = f"Import worked examples into {Path(path).stem}" if as_examples else f"Import into {Path(path).stem}{where}"
+            files, _ = QFileDialog.getOpenFileNames(self, title, "", EXAMPLES_FILTER if as_examples else IMPORT_FILTER)
             if not files:
                 return
         ctx = self.ctx
         config = {"pack": path, "inputs": list(files), "author": ctx.author}
         kind, target = ("ray_build", "engine.jobs.ray_build:ray_import_job") if ray else \
             ("build_memory", "engine.jobs.build_memory:import_job")
+        if as_examples:
+            config["as_examples"] = True
 
         def start(_=None):
             ctx.set_busy(path, True)
@@ -395,8 +408,9 @@ class WorkspacePanel(QWidget):
                     ctx.notifier.error(f"Importing into {Path(path).name}", ctx.jobs.end_message(job_id) or status)
 
             try:
+                what = "probe file(s) as examples" if as_examples else "file(s)"
                 job_id = ctx.jobs.start(kind, target, config, on_end=ended,
-                                        title=f"Import {len(files)} file(s) into {Path(path).stem}"
+                                        title=f"Import {len(files)} {what} into {Path(path).stem}"
                                               + (" on Ray" if ray else ""))
             except Exception as exc:
                 ended()

@@ -17,9 +17,12 @@ from engine.terminal import terminal_safe
 
 
 def _entry_line(e) -> str:
+    from engine.store.examples import EXAMPLE_TAG
+
     title = f"[{e.title}] " if e.title else ""
     status = "" if e.status == "active" else f" ({e.status})"
-    return f"{e.id:>8}  {title}{one_line(e.text)}{status}"
+    kind = "example  " if EXAMPLE_TAG in e.tags else ""
+    return f"{e.id:>8}  {kind}{title}{one_line(e.text)}{status}"
 
 
 def _change_dict(ch) -> dict[str, Any]:
@@ -68,6 +71,10 @@ def cmd_import(a, out: Output) -> int:
 
     cfg: dict[str, Any] = {"pack": a.pack, "inputs": a.paths, "name": a.name, "author": a.author}
     job = build_memory
+    if a.as_examples:
+        if a.ray is not None:
+            raise CliError("--as-examples does not go with --ray (a probe file is small: import it without Ray)")
+        cfg["as_examples"] = True
     if a.ray is not None:
         job, cfg = _ray_import_job(a, cfg)
     elif a.workers or a.shard_size:
@@ -380,6 +387,9 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     sp.add_argument("pack")
     sp.add_argument("paths", nargs="+", metavar="PATH")
     sp.add_argument("--name", help="pack name when it is created")
+    sp.add_argument("--as-examples", action="store_true",
+                    help="the files are probe files (JSONL: prompt, answer[, paraphrases]): add each wording "
+                         "as a worked example (entry tagged 'example': the question followed by its answer)")
     sp.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                     help="build on Ray Data (pip install plugmem-studio[scale]): parse and encode on a cluster "
                          "('auto', 'ray://host:10001'), or on a local Ray sized to this machine without ADDRESS")

@@ -36,6 +36,7 @@ class BuildMemoryConfig:
     name: str | None = None
     chunk_size: int = 512  # records per committed chunk (per shard on Ray)
     author: str | None = None
+    as_examples: bool = False  # the inputs are probe files, imported as worked examples
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
@@ -126,7 +127,8 @@ def _validated_inputs(cfg: BuildMemoryConfig, result: BuildMemoryResult, progres
         if should_stop():
             raise JobCancelled(f"cancelled while checking {path.name}; nothing was imported")
         try:
-            parsed = load_file(path, progress=wrap_progress(progress, n / len(files), (n + 1) / len(files)))
+            parsed = load_file(path, progress=wrap_progress(progress, n / len(files), (n + 1) / len(files)),
+                               as_examples=cfg.as_examples)
         except CorpusError as exc:
             result.errors.append(str(exc))
             log.info("refused %s: %s", path, exc)  # the caller reports result.errors
@@ -150,7 +152,8 @@ def _import_files(cfg: BuildMemoryConfig, files: list[tuple[Path, str]], result:
                 result.files_skipped.append(str(path))
                 sub(1.0, f"{path.name}: already imported")
                 continue
-            parsed = load_file(path, progress=wrap_progress(sub, 0.0, 0.0))  # its message, not its fraction
+            parsed = load_file(path, progress=wrap_progress(sub, 0.0, 0.0),  # its message, not its fraction
+                               as_examples=cfg.as_examples)
             if parsed.key != key:  # the records checked are not the ones that would be imported
                 raise CorpusError(path, None, "changed while being imported; run the import again")
             added = _import_file(mem, path, key, parsed.records, cfg, sub, should_stop)

@@ -85,8 +85,8 @@ def file_key(path: str | Path) -> str:
     return _key(p, h.hexdigest())
 
 
-def _key(path: Path, digest: str) -> str:
-    return f"{path.resolve().name}#sha256:{digest}"
+def _key(path: Path, digest: str, examples: bool = False) -> str:
+    return f"{path.resolve().name}{' (examples)' if examples else ''}#sha256:{digest}"
 
 
 def _kind(path: Path) -> str:
@@ -107,23 +107,33 @@ class ParsedFile:
 
 
 def load_file(path: str | Path, name: str | None = None,
-              progress: Callable[..., None] | None = None) -> ParsedFile:
+              progress: Callable[..., None] | None = None, *, as_examples: bool = False) -> ParsedFile:
     """All records of one file, validated whole (CorpusError on the first problem), and
     the file's key computed from the same bytes (a file changed since cannot pass as parsed).
 
     ``name`` is how sources refer to the file (default: its file name); a folder import
     may pass the path relative to the folder ('notes/chem.md'). ``progress(fraction,
-    message)`` is told how far parsing has got.
+    message)`` is told how far parsing has got. ``as_examples``: the file is a probe file
+    (JSONL, ``eval``'s format) read as worked examples (:mod:`engine.store.examples`); its
+    import key differs from the same file's import as facts.
     """
     p = Path(path)
     kind = _kind(p)
+    if as_examples and kind != "jsonl":
+        raise CorpusError(p, None, "worked examples are read from a probe file (.jsonl: one "
+                                   "{\"prompt\", \"answer\"} object a line)")
     data = read_bytes(p, CorpusError)
-    key = _key(p, hashlib.sha256(data).hexdigest())
+    key = _key(p, hashlib.sha256(data).hexdigest(), examples=as_examples)
     text = decode(p, data, CorpusError)
     del data
     name = name or p.name
     tick = _ticker(progress, len(text), f"reading {p.name}")
-    if kind == "jsonl":
+    if as_examples:
+        from engine.store.examples import example_records
+
+        objects = json_lines(p, text, expect="a JSON object with 'prompt' and 'answer'", error=CorpusError, tick=tick)
+        records = [_checked(r, p, line) for line, r in example_records(objects, p, name, CorpusError)]
+    elif kind == "jsonl":
         records = list(_parse_jsonl(p, name, text, tick))
     elif kind == "csv":
         records = list(_parse_csv(p, name, text, tick))
@@ -135,9 +145,9 @@ def load_file(path: str | Path, name: str | None = None,
 
 
 def parse_file(path: str | Path, name: str | None = None,
-               progress: Callable[..., None] | None = None) -> list[Record]:
+               progress: Callable[..., None] | None = None, *, as_examples: bool = False) -> list[Record]:
     """All records of one file, validated whole (see :func:`load_file`)."""
-    return load_file(path, name, progress).records
+    return load_file(path, name, progress, as_examples=as_examples).records
 
 
 def _ticker(progress: Callable[..., None] | None, total: int, message: str) -> Tick:
