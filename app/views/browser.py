@@ -90,7 +90,7 @@ class MemoryBrowser(QWidget):
             self.status.addItem(label, key)
         self.tag = QComboBox()
         self.tag.addItem("All tags", None)
-        self.tag.setMinimumContentsLength(10)
+        self.tag.setMinimumContentsLength(14)  # "Examples (1,234)" reads whole
         self.count_label = QLabel()
         self.count_label.setObjectName("CountLabel")
         self.count_label.setWordWrap(True)  # the empty pack's hint must not widen the window
@@ -250,7 +250,7 @@ class MemoryBrowser(QWidget):
         names = [t[0] if isinstance(t, (tuple, list)) else str(t) for t in tags]
         if EXAMPLE_TAG in names:  # the reserved tag of worked examples heads the list, by name
             n = next((t[1] for t in tags if isinstance(t, (tuple, list)) and t[0] == EXAMPLE_TAG), None)
-            self.tag.addItem(f"Worked examples ({n:,})" if isinstance(n, int) else "Worked examples", EXAMPLE_TAG)
+            self.tag.addItem(f"Examples ({n:,})" if isinstance(n, int) else "Examples", EXAMPLE_TAG)
         for name in names:
             if name != EXAMPLE_TAG:
                 self.tag.addItem(name, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from .conftest import FACTS, open_window
+from .cut_text import cut_text_of
 
 
 def test_examples_imported_in_the_gui_are_marked_filtered_and_undone(qtbot, make_ctx, small_pack, tmp_path):
@@ -31,11 +32,12 @@ def test_examples_imported_in_the_gui_are_marked_filtered_and_undone(qtbot, make
     titles = [win.jobs_panel.table.item(r, 0).text() for r in range(win.jobs_panel.table.rowCount())]
     assert any("Import 1 probe file(s) as examples into facts" in t for t in titles), titles
 
-    # the filter: "Worked examples (2)" heads the tag list and shows only them
+    # the filter: "Examples (2)" heads the tag list and shows only them
     qtbot.waitUntil(lambda: b.tag.findData("example") >= 0, timeout=10_000)
     i = b.tag.findData("example")
-    assert i == 1 and b.tag.itemText(i) == "Worked examples (2)"
+    assert i == 1 and b.tag.itemText(i) == "Examples (2)"
     b.tag.setCurrentIndex(i)
+    assert cut_text_of(b.tag, win) is None  # it read 'Worked exam…'
     qtbot.waitUntil(lambda: b.model.rowCount() == 2, timeout=10_000)
     assert {row(r)["text"] for r in range(2)} == {"The capital of Peru is Lima.", "Peru's capital city is Lima."}
 
