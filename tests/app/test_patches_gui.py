@@ -121,6 +121,11 @@ def test_a_bad_bound_is_said_in_the_dialog_naming_the_field_and_starts_nothing(q
     assert "field 'neurons' must be a whole number from 0 (every neuron) to 65,536" in dlg.error.text()
     dlg.neurons.setValue(16)
     assert dlg.config()["patch"]["neurons"] == 16
+    dlg.preserve.setValue(1.0)
+    dlg.start()
+    assert "field 'preserve' must be a number in [0, 0.9999]" in dlg.error.text()
+    dlg.preserve.setValue(0.99)
+    assert dlg.config()["patch"]["preserve"] == 0.99
     dlg.answer.setText(" ")
     dlg.start()
     assert "field 'answer' must be a non-empty string" in dlg.error.text()

@@ -143,6 +143,10 @@ def test_empty_prompts_and_answers_are_refused(tiny, fact, message):
     ({"neurons": 2.5}, "'neurons' must be a whole number"),
     ({"neurons": True}, "'neurons' must be a whole number"),
     ({"neurons": 10**6}, "'neurons' must be a whole number"),
+    ({"preserve": -0.1}, "'preserve' must be a number in \\[0, 0.9999\\], got -0.1"),
+    ({"preserve": 1.0}, "'preserve' must be a number in \\[0, 0.9999\\]"),
+    ({"preserve": "most"}, "'preserve' must be a number"),
+    ({"preserve": 0.9, "targets": ["mlp.up_proj"]}, "'preserve' \\(0.9\\) acts on mlp.down_proj only"),
     ({"neurons": 8, "targets": ["mlp.down_proj", "self_attn.o_proj"]}, "'neurons' \\(8\\) selects MLP neurons.*o_proj"),
 ])
 def test_bad_configs_are_refused_naming_the_field(change, message):
@@ -532,3 +536,43 @@ def test_a_patch_from_before_neuron_masks_reads_as_made_without_one(tiny, tmp_pa
     (tmp_path / "masked" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PatchError, match=r"masked.config.json: field 'config'.*'neurons'"):
         load(tmp_path / "masked", tiny)
+
+
+def test_preserve_keeps_the_change_off_what_generic_text_activates(tiny):
+    """With 'preserve' the change D of down_proj gives D @ a ~ 0 for the activations a of
+    generic text (the reader's own texts): those prompts are, to first order, not moved."""
+    from engine.mechanisms.weight_patches.train import generic_texts
+
+    texts = generic_texts(tiny)
+    assert len(texts) == 10 and texts == generic_texts(tiny)  # greedy, kept on the reader
+    acts = []
+    hook = tiny.model.model.layers[1].mlp.down_proj.register_forward_pre_hook(
+        lambda _m, inp: acts.append(inp[0].detach()))
+    try:
+        with torch.no_grad():
+            enc = tiny.encode_batch(texts)
+            tiny.model(**enc, use_cache=False)
+    finally:
+        hook.remove()
+    a = acts[0][enc["attention_mask"].bool()]  # [tokens, intermediate]
+    cfg = PatchConfig(**{**CFG.__dict__, "layers": [1], "stop_loss": 0.0})
+
+    def moved(p):  # how far the change moves down_proj's output on generic text, relative
+        d = p.deltas["model.layers.1.mlp.down_proj.weight"]
+        return float((a @ d.T).norm() / a.norm())
+
+    dense = make_patch(tiny, [FACT], cfg, measure=False)
+    kept = make_patch(tiny, [FACT], PatchConfig(**{**cfg.__dict__, "preserve": 0.99}), measure=False)
+    assert kept.max_abs() <= cfg.delta * (1 + 1e-6) and kept.max_abs() > 0
+    assert moved(kept) < 0.2 * moved(dense)
+    assert kept.metrics["loss_last"] < kept.metrics["loss_first"]
+
+
+def test_a_patch_from_before_preserve_reads_as_made_without_it(tiny, tmp_path):
+    save(make_patch(tiny, [FACT], CFG, measure=False), tmp_path / "plain")
+    assert "preserve" not in json.loads((tmp_path / "plain" / "config.json").read_text())["config"]
+    assert load(tmp_path / "plain", tiny).config.preserve == 0.0
+    kept = make_patch(tiny, [FACT], PatchConfig(**{**CFG.__dict__, "layers": [1], "preserve": 0.9}), measure=False)
+    save(kept, tmp_path / "kept")
+    back = load(tmp_path / "kept", tiny)
+    assert back.config.preserve == 0.9 and all(torch.equal(back.deltas[n], d) for n, d in kept.deltas.items())

@@ -59,6 +59,7 @@ def test_create_show_list_apply_predict_remove(cli_models, tmp_path, capsys):  #
     (["--prompt", "Q is", "--answer", "X", "--neurons", "-2"], "field 'neurons' must be a whole number from 0"),
     (["--prompt", "Q is", "--answer", "X", "--neurons", "4", "--targets", "self_attn.v_proj"],
      "field 'neurons' (4) selects MLP neurons"),
+    (["--prompt", "Q is", "--answer", "X", "--preserve", "1"], "field 'preserve' must be a number in [0, 0.9999]"),
     ([], "patch create needs a fact"),
     (["--facts", "{tmp}/bad.jsonl"], "bad.jsonl:1: field 'new' must be a non-empty string"),
 ])
@@ -83,7 +84,11 @@ def test_create_with_a_neuron_mask_writes_and_shows_it(cli_models, tmp_path, cap
     for name, d in load_file(out_dir / "delta.safetensors").items():
         assert 0 < int((d != 0).any(0).sum()) <= 4, name  # down_proj columns: the 4 neurons only
     code, out, err = run_cli(capsys, "patch", "show", str(out_dir))
-    assert code == 0 and "neurons per fact 4" in out
+    assert code == 0 and "neurons per fact 4, preserve 0" in out
+    code, out, err = run_cli(capsys, "patch", "create", "--prompt", PROMPT, "--answer", "Porto-Novo", "--preserve",
+                             "0.9", "--out", str(tmp_path / "kept"), "--reader", reader, *FAST)
+    assert code == 0, err
+    assert json.loads((tmp_path / "kept" / "config.json").read_text())["config"]["preserve"] == 0.9
 
 
 def test_predict_refuses_a_bad_patch_folder(cli_models, tmp_path, capsys):  # noqa: F811

@@ -24,6 +24,8 @@ OPTIMIZERS = ("adam", "gd")
 
 #: More neurons per fact than any reader's MLP has is a typo, not a choice.
 MAX_NEURONS = 65_536
+#: Protecting all of generic text's activation energy leaves no direction to write in.
+MAX_PRESERVE = 0.9999
 
 #: First words of the contexts the reader continues for ``context_prefixes`` (ROME's list).
 PREFIX_STARTS = ("The", "Therefore", "However", "Because", "I", "You", "It", "When", "In", "This")
@@ -66,6 +68,10 @@ class PatchConfig:
     #: The change outside them stays exactly 0, so unrelated prompts that leave those
     #: neurons quiet keep their answers.
     neurons: int = 0
+    #: Keep each down_proj change off the input directions that hold this share of the MLP
+    #: activations' energy on generic text (AlphaEdit's null space; 0: off): prompts whose
+    #: activations lie there are, to first order, not moved at all.
+    preserve: float = 0.0
 
     def validate(self, where: str = "patch config") -> None:
         if not isinstance(self.layers, list) or not self.layers:
@@ -98,6 +104,10 @@ class PatchConfig:
             raise PatchError(f"{where}: field 'neurons' ({self.neurons}) selects MLP neurons, but field 'targets' "
                              f"holds {[t for t in self.targets if not t.startswith('mlp.')]}: use 0 or only mlp.* "
                              "tensors")
+        _number(self.preserve, "preserve", where, 0.0, MAX_PRESERVE)
+        if self.preserve and self.targets != ["mlp.down_proj"]:
+            raise PatchError(f"{where}: field 'preserve' ({self.preserve:g}) acts on mlp.down_proj only, but field "
+                             f"'targets' is {self.targets}")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not 1 <= self.steps <= 10_000:
             raise PatchError(f"{where}: field 'steps' must be a whole number from 1 to 10,000, got {self.steps!r}")
 

@@ -135,6 +135,55 @@ def neuron_masks(reader, config: PatchConfig, batch: dict[str, torch.Tensor], n_
     return masks
 
 
+#: How much generic text the null space is measured on (tokens written per start word).
+GENERIC_TOKENS = 40
+
+
+def generic_texts(reader) -> list[str]:
+    """Ten texts the reader writes itself from ROME's start words (greedy: the same for the
+    same reader; kept on the reader): what "generic text" means for ``preserve``."""
+    key = ("_weight_patch_generic", reader.fingerprint.get("weights_sha256"))
+    cached = getattr(reader, "_weight_patch_generic", None)
+    if cached is None or cached[0] != key:
+        starts = list(PREFIX_STARTS)
+        outs = reader.generate(starts, max_new_tokens=GENERIC_TOKENS, stop_at_answer_end=False)
+        cached = (key, [" ".join((s + o).split()) for s, o in zip(starts, outs)])
+        reader._weight_patch_generic = cached
+    return list(cached[1])
+
+
+def null_space_projectors(reader, config: PatchConfig, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """For ``config.preserve > 0``: per trained down_proj, the projector [inter, inter] onto
+    the input directions outside those that hold ``preserve`` of the energy of its inputs
+    on ``texts`` (every token position); a change ``D @ P`` leaves ``D @ a`` = 0 for them."""
+    if config.preserve <= 0:
+        return {}
+    layers = sorted(config.layers)
+    acts: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    hooks = [reader.model.model.layers[i].mlp.down_proj.register_forward_pre_hook(
+        lambda _m, inp, i=i: acts[i].append(inp[0].detach().float())) for i in layers]
+    try:
+        with torch.no_grad():
+            for j in range(0, len(texts), 16):
+                enc = reader.encode_batch(list(texts[j:j + 16]))
+                keep = enc["attention_mask"].bool()
+                reader.model(**enc, use_cache=False, logits_to_keep=1)
+                for i in layers:
+                    acts[i][-1] = acts[i][-1][keep]  # [n_tokens, inter]
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for i in layers:
+        k = torch.cat(acts[i])  # [N, inter]
+        evals, evecs = torch.linalg.eigh(k.T @ k / k.shape[0])  # ascending
+        share = evals.flip(0).clamp_min(0).cumsum(0) / evals.clamp_min(0).sum().clamp_min(1e-30)
+        n_keep = int((share < config.preserve).sum()) + 1  # top directions holding `preserve`
+        free = evecs[:, : evecs.shape[1] - n_keep]  # the rest: [inter, free]
+        out[tensor_name(i, "mlp.down_proj")] = (free @ free.T).to(reader.model.dtype)
+    return out
+
+
 def _frozen_prefix(reader, batch: dict[str, torch.Tensor], first: int) -> None:
     """Keep in ``batch`` the hidden states entering block ``first`` (the blocks below it are
     not trained, so their output never changes): each step then runs only blocks ``first..``
@@ -201,6 +250,7 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
     batch = _batch(reader, trained)
     masks = neuron_masks(reader, config, batch, len(todo),
                          context_prefixes(reader, len(PREFIX_STARTS)) + list(locality)) if config.neurons else {}
+    proj = null_space_projectors(reader, config, generic_texts(reader) + list(locality)) if config.preserve else {}
     first = min(config.layers)
     _frozen_prefix(reader, batch, first)
     loc_batch = loc_ref = None
@@ -244,6 +294,10 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
                     torch.maximum(torch.minimum(p, hi[n]), lo[n], out=p)
                     if n in masks:  # outside the mask the change is exactly 0 (Adam's eps aside)
                         p.copy_(torch.where(masks[n], p, theta0[n]))
+                    if n in proj:  # into the null space, then scaled (not clipped) into the bound
+                        d = (p - theta0[n]) @ proj[n]
+                        d *= (config.delta / d.abs().max().clamp_min(1e-30)).clamp(max=1.0)
+                        p.copy_(theta0[n] + d)
         deltas = {n: (p.detach() - theta0[n]).float().cpu().contiguous() for n, p in params.items()}
     finally:
         with torch.no_grad():
