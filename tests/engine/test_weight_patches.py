@@ -538,7 +538,8 @@ def test_a_patch_from_before_neuron_masks_reads_as_made_without_one(tiny, tmp_pa
         load(tmp_path / "masked", tiny)
 
 
-def test_preserve_keeps_the_change_off_what_generic_text_activates(tiny):
+@pytest.mark.parametrize("optimizer", ["adam", "gd"])
+def test_preserve_keeps_the_change_off_what_generic_text_activates(tiny, optimizer):
     """With 'preserve' the change D of down_proj gives D @ a ~ 0 for the activations a of
     generic text (the reader's own texts): those prompts are, to first order, not moved."""
     from engine.mechanisms.weight_patches.train import generic_texts
@@ -555,7 +556,7 @@ def test_preserve_keeps_the_change_off_what_generic_text_activates(tiny):
     finally:
         hook.remove()
     a = acts[0][enc["attention_mask"].bool()]  # [tokens, intermediate]
-    cfg = PatchConfig(**{**CFG.__dict__, "layers": [1], "stop_loss": 0.0})
+    cfg = PatchConfig(**{**CFG.__dict__, "layers": [1], "stop_loss": 0.0, "optimizer": optimizer})
 
     def moved(p):  # how far the change moves down_proj's output on generic text, relative
         d = p.deltas["model.layers.1.mlp.down_proj.weight"]

@@ -285,6 +285,9 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
             total.backward()
             for n, m in masks.items():
                 params[n].grad.mul_(m)
+            if opt is None:  # a gd step along the projected gradient stays in the null space
+                for n, q in proj.items():
+                    params[n].grad = params[n].grad @ q
             if opt is not None:
                 opt.step()
             else:
