@@ -79,14 +79,15 @@ def pick(edits, n):
     return out
 
 
-def locality_probes(fname, edits, n):
+def locality_probes(fname, edits, n, relations=None):
     from engine.probe_files import read_probes
 
     subjects = {e.subject.lower() for e in edits}
     out = []
     for d in DOMAINS:
         probes = [p for p in read_probes(DEMO / d / fname)
-                  if p.subject.lower() not in subjects and not any(s in p.prompt.lower() for s in subjects)]
+                  if p.subject.lower() not in subjects and not any(s in p.prompt.lower() for s in subjects)
+                  and (not relations or p.relation in relations)]
         probes.sort(key=lambda p: zlib.crc32(p.prompt.encode()))
         out += probes[: n // len(DOMAINS)]
     return out
@@ -163,12 +164,13 @@ class Eval:
         return out
 
 
-def known_probes(reader, fname, edits, n):
-    """``n`` locality probes (as :func:`locality_probes` picks them, from a wider pool) that the
-    bare reader answers right: the unmodified facts whose accuracy a patch may lower."""
+def known_probes(reader, fname, edits, n, relations=None):
+    """``n`` locality probes (as :func:`locality_probes` picks them, from a wider pool; only
+    of ``relations`` if given) that the bare reader answers right: the unmodified facts
+    whose accuracy a patch may lower."""
     from engine.probe_files import is_correct
 
-    pool = locality_probes(fname, edits, 8 * n)
+    pool = locality_probes(fname, edits, 8 * n, relations)
     got = answers(reader, [p.prompt for p in pool], [p.answer for p in pool])
     right = [p for p, g in zip(pool, got) if is_correct(g, p.answer)]
     return right[:n]
@@ -323,7 +325,8 @@ def report(args):
     cfg_kl = PatchConfig(**{**cfg.__dict__, "locality_weight": args.kl_weight})
     pool = unanswered(reader, pick(held, max([args.batch] + args.seq) + 20))
     probes = locality_probes("probes_heldout.jsonl", held, args.locality)
-    known = [p for p in known_probes(reader, "probes_heldout.jsonl", held, args.known) if p not in probes]
+    known = [p for p in known_probes(reader, "probes_heldout.jsonl", held, args.known, args.known_relations)
+             if p not in probes]
     # The KL term's prompts: other entities' training probes, never the measured ones.
     kl_prompts = [p.prompt for p in locality_probes("probes_train.jsonl", held, args.locality)]
     result = {"phase": "report", **header(), "config": cfg.__dict__, "pool": len(pool), "n_known": len(known),
@@ -468,6 +471,8 @@ def main(argv=None):
     r.add_argument("--kl-weight", type=float, default=1.0, help="the batch again with this KL weight (0: skip)")
     r.add_argument("--batch", type=int, default=10)
     r.add_argument("--known", type=int, default=30, help="probes the bare reader answers right (accuracy)")
+    r.add_argument("--known-relations", nargs="*", help="draw the known probes from these relations only (the "
+                   "bare reader is right on few demo probes; e.g. capital symbol)")
     r.add_argument("--seq", type=int, nargs="*", default=[1, 10, 25, 50], help="measure the stack after this many")
     r.add_argument("--locality", type=int, default=40)
     r.add_argument("--tag", default="")
