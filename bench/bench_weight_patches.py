@@ -322,7 +322,8 @@ def report(args):
     _, held = split_edits()
     over = {k: v for k, v in (("layers", args.layers), ("delta", args.delta), ("steps", args.steps), ("lr", args.lr),
                               ("context_prefixes", args.context_prefixes),
-                              ("neurons", args.neurons), ("preserve", args.preserve)) if v is not None}
+                              ("neurons", args.neurons), ("preserve", args.preserve),
+                              ("optimizer", args.optimizer)) if v is not None}
     cfg = PatchConfig(**{**PatchConfig().__dict__, **over})
     cfg_kl = PatchConfig(**{**cfg.__dict__, "locality_weight": args.kl_weight})
     pool = unanswered(reader, pick(held, max([args.batch] + args.seq) + 20))
@@ -469,6 +470,7 @@ def main(argv=None):
     r.add_argument("--lr", type=float)
     r.add_argument("--context-prefixes", type=int)
     r.add_argument("--neurons", type=int, help="MLP neurons trained per fact (0: all)")
+    r.add_argument("--optimizer", choices=["adam", "gd"])
     r.add_argument("--preserve", type=float, help="share of generic activation energy kept unchanged (0: off)")
     r.add_argument("--kl-weight", type=float, default=1.0, help="the batch again with this KL weight (0: skip)")
     r.add_argument("--batch", type=int, default=10)
