@@ -164,13 +164,13 @@ class Eval:
         return out
 
 
-def known_probes(reader, fname, edits, n, relations=None):
+def known_probes(reader, fname, edits, n, relations=None, pool_size=None):
     """``n`` locality probes (as :func:`locality_probes` picks them, from a wider pool; only
     of ``relations`` if given) that the bare reader answers right: the unmodified facts
     whose accuracy a patch may lower."""
     from engine.probe_files import is_correct
 
-    pool = locality_probes(fname, edits, 8 * n, relations)
+    pool = locality_probes(fname, edits, pool_size or 8 * n, relations)
     got = answers(reader, [p.prompt for p in pool], [p.answer for p in pool])
     right = [p for p, g in zip(pool, got) if is_correct(g, p.answer)]
     return right[:n]
@@ -328,8 +328,8 @@ def report(args):
     cfg_kl = PatchConfig(**{**cfg.__dict__, "locality_weight": args.kl_weight})
     pool = unanswered(reader, pick(held, max([args.batch] + args.seq) + 20))
     probes = locality_probes("probes_heldout.jsonl", held, args.locality)
-    known = [p for p in known_probes(reader, "probes_heldout.jsonl", held, args.known, args.known_relations)
-             if p not in probes]
+    known = [p for p in known_probes(reader, "probes_heldout.jsonl", held, args.known, args.known_relations,
+                                     args.known_pool) if p not in probes]
     # The KL term's prompts: other entities' training probes, never the measured ones.
     kl_prompts = [p.prompt for p in locality_probes("probes_train.jsonl", held, args.locality)]
     result = {"phase": "report", **header(), "config": cfg.__dict__, "pool": len(pool), "n_known": len(known),
@@ -477,6 +477,7 @@ def main(argv=None):
     r.add_argument("--known", type=int, default=30, help="probes the bare reader answers right (accuracy)")
     r.add_argument("--known-relations", nargs="*", help="draw the known probes from these relations only (the "
                    "bare reader is right on few demo probes; e.g. capital symbol)")
+    r.add_argument("--known-pool", type=int, help="how many probes to answer to find them (default 8 x --known)")
     r.add_argument("--seq", type=int, nargs="*", default=[1, 10, 25, 50], help="measure the stack after this many")
     r.add_argument("--locality", type=int, default=40)
     r.add_argument("--tag", default="")
