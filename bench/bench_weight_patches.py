@@ -367,7 +367,9 @@ def report(args):
 
     batch = facts_of(pool[: args.batch])
     ev = Eval(reader, batch, probes, known)
-    for key, c, loc in (("batch", cfg, ()), ("batch_kl", cfg_kl, kl_prompts)):
+    # The batch gets the KL half's prompts too (unused by the KL term at weight 0), as in
+    # calibrate: 'neurons' and 'preserve' measure generic text on them.
+    for key, c, loc in (("batch", cfg, kl_prompts), ("batch_kl", cfg_kl, kl_prompts)):
         if key == "batch_kl" and args.kl_weight <= 0:
             continue
         t = time.perf_counter()
