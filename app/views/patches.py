@@ -121,6 +121,22 @@ class WritePatchDialog(QDialog):
         self.lr.setRange(0.0, 1.0)
         self.lr.setSingleStep(0.001)
         self.lr.setValue(d.lr)
+        self.neurons = QSpinBox()
+        self.neurons.setObjectName("PatchNeurons")
+        self.neurons.setRange(0, 100_000)  # the engine refuses more than its bound, naming 'neurons'
+        self.neurons.setValue(d.neurons)
+        self.neurons.setSpecialValueText("all")
+        self.neurons.setToolTip("MLP neurons trained per fact: those the prompt drives most above their\n"
+                                "mean on generic text; the other weights stay exactly as they are")
+        self.preserve = QDoubleSpinBox()
+        self.preserve.setObjectName("PatchPreserve")
+        self.preserve.setDecimals(4)
+        self.preserve.setRange(0.0, 1.0)  # the engine refuses 1 (nothing left to write in), naming 'preserve'
+        self.preserve.setSingleStep(0.01)
+        self.preserve.setValue(d.preserve)
+        self.preserve.setSpecialValueText("off")
+        self.preserve.setToolTip("Share of the MLP activations' energy on generic text the change stays off\n"
+                                 "(0: off); prompts like that keep their answers")
         self.loc_weight = QDoubleSpinBox()
         self.loc_weight.setRange(0.0, 100.0)
         self.loc_weight.setValue(1.0)
@@ -130,6 +146,8 @@ class WritePatchDialog(QDialog):
         af.addRow("Steps (at most)", self.steps)
         af.addRow("Blocks", self.layers)
         af.addRow("Learning rate", self.lr)
+        af.addRow("Neurons per fact", self.neurons)
+        af.addRow("Preserve (generic text)", self.preserve)
         af.addRow("Locality weight", self.loc_weight)
         self._show_advanced(False)
         self.advanced.toggled.connect(self._show_advanced)
@@ -152,7 +170,7 @@ class WritePatchDialog(QDialog):
         self.resize(620, self.sizeHint().height())
 
     def _show_advanced(self, on: bool) -> None:
-        for w in (self.delta, self.steps, self.layers, self.lr, self.loc_weight):
+        for w in (self.delta, self.steps, self.layers, self.lr, self.neurons, self.preserve, self.loc_weight):
             w.setVisible(on)
             lbl = self.advanced.layout().labelForField(w)
             if lbl is not None:
@@ -177,7 +195,8 @@ class WritePatchDialog(QDialog):
                 raise PatchError(f"Advanced: field 'layers' must be block numbers such as 3 or 0, 29; "
                                  f"got {self.layers.text()!r}") from None
             patch = {"delta": self.delta.value(), "steps": self.steps.value(), "layers": layers,
-                     "lr": self.lr.value()}
+                     "lr": self.lr.value(), "neurons": self.neurons.value(),
+                     "preserve": self.preserve.value()}
         if locality:
             patch["locality_weight"] = self.loc_weight.value()
         name = self.name.text().strip() or fact["answer"] or "patch"

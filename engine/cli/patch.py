@@ -171,7 +171,8 @@ def cmd_patch_create(a, out) -> int:
     facts = _facts(a)
     base = PatchConfig()
     given = {"layers": a.layers, "targets": a.targets, "delta": a.delta, "lr": a.lr, "steps": a.steps,
-             "locality_weight": a.locality_weight, "context_prefixes": a.context_prefixes, "optimizer": a.optimizer}
+             "locality_weight": a.locality_weight, "context_prefixes": a.context_prefixes, "optimizer": a.optimizer,
+             "neurons": a.neurons, "preserve": a.preserve}
     cfg = PatchConfig(**{**base.__dict__, **{k: v for k, v in given.items() if v is not None}})
     cfg.validate("patch create")
     locality = [p.prompt for p in read_probes(a.locality)][:200] if a.locality else []
@@ -272,7 +273,8 @@ def cmd_patch_show(a, out) -> int:
                  + (f", on top of {', '.join(meta['on_top_of'])}" if meta.get("on_top_of") else ""),
                  f"layers {c['layers']} {', '.join(c['targets'])}; delta {c['delta']:g}, lr {c['lr']:g}, "
                  f"steps {c['steps']}, locality weight {c['locality_weight']:g}, "
-                 f"context prefixes {c.get('context_prefixes', 0)}, optimizer {c.get('optimizer', 'adam')}",
+                 f"context prefixes {c.get('context_prefixes', 0)}, optimizer {c.get('optimizer', 'adam')}, "
+                 f"neurons per fact {c.get('neurons', 0) or 'all'}, preserve {c.get('preserve', 0.0):g}",
                  "metrics: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()),
                  f"facts ({len(meta['facts'])}):"]
         for f in meta["facts"]:
@@ -447,6 +449,11 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
                                                                 "largest change is --lr (a sparser edit)")
     sp.add_argument("--context-prefixes", type=int, metavar="N",
                     help="also train each answer after N short contexts the reader writes itself (0 to 10)")
+    sp.add_argument("--neurons", type=int, metavar="K",
+                    help="train only the K MLP neurons per fact its prompt drives most (0: every weight)")
+    sp.add_argument("--preserve", type=float, metavar="SHARE",
+                    help="keep the down_proj change off the activation directions holding this share of "
+                         "generic text's energy (0: off; below 1)")
     sp.add_argument("--sequential", action="store_true", help="one patch per fact, each on top of the earlier ones "
                                                               "(OUT/01, OUT/02, ...)")
     sp.add_argument("--skip-known", action="store_true", help="leave out facts the reader already gives (default: refuse)")

@@ -115,8 +115,18 @@ def test_a_bad_bound_is_said_in_the_dialog_naming_the_field_and_starts_nothing(q
     dlg.layers.setText("three")
     dlg.start()
     assert "field 'layers'" in dlg.error.text()
-    dlg.answer.setText(" ")
     dlg.layers.setText("0")
+    dlg.neurons.setValue(70_000)
+    dlg.start()
+    assert "field 'neurons' must be a whole number from 0 (every neuron) to 65,536" in dlg.error.text()
+    dlg.neurons.setValue(16)
+    assert dlg.config()["patch"]["neurons"] == 16
+    dlg.preserve.setValue(1.0)
+    dlg.start()
+    assert "field 'preserve' must be a number in [0, 0.9999]" in dlg.error.text()
+    dlg.preserve.setValue(0.99)
+    assert dlg.config()["patch"]["preserve"] == 0.99
+    dlg.answer.setText(" ")
     dlg.start()
     assert "field 'answer' must be a non-empty string" in dlg.error.text()
     assert dlg.jid is None and dlg.result() == 0 and not ctx.jobs.live

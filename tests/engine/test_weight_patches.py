@@ -139,6 +139,15 @@ def test_empty_prompts_and_answers_are_refused(tiny, fact, message):
     ({"context_prefixes": 11}, "'context_prefixes' must be a whole number from 0 to 10"),
     ({"context_prefixes": 2.5}, "'context_prefixes' must be a whole number"),
     ({"optimizer": "rmsprop"}, "'optimizer' must be one of adam, gd, got 'rmsprop'"),
+    ({"neurons": -1}, "'neurons' must be a whole number from 0 \\(every neuron\\) to 65,536, got -1"),
+    ({"neurons": 2.5}, "'neurons' must be a whole number"),
+    ({"neurons": True}, "'neurons' must be a whole number"),
+    ({"neurons": 10**6}, "'neurons' must be a whole number"),
+    ({"preserve": -0.1}, "'preserve' must be a number in \\[0, 0.9999\\], got -0.1"),
+    ({"preserve": 1.0}, "'preserve' must be a number in \\[0, 0.9999\\]"),
+    ({"preserve": "most"}, "'preserve' must be a number"),
+    ({"preserve": 0.9, "targets": ["mlp.up_proj"]}, "'preserve' \\(0.9\\) acts on mlp.down_proj only"),
+    ({"neurons": 8, "targets": ["mlp.down_proj", "self_attn.o_proj"]}, "'neurons' \\(8\\) selects MLP neurons.*o_proj"),
 ])
 def test_bad_configs_are_refused_naming_the_field(change, message):
     cfg = PatchConfig(**{**CFG.__dict__, **change})
@@ -464,3 +473,107 @@ def test_a_patch_from_before_context_prefixes_reads_as_made_without_them(tiny, t
     old = load(tmp_path / "new", tiny)
     assert old.config.context_prefixes == 0 and old.config.optimizer == "adam"
     assert PatchConfig().context_prefixes != 0  # the default moved on; the old patch did not
+
+
+def _unrelated_shift(tiny, patch, prompts=("Lion facts: the colour of lions is", "The weather today is")):
+    """How far a patch moves the last-position logits of prompts it was not made for."""
+    with torch.no_grad():
+        before = [tiny.model(**tiny.encode_batch([p]), use_cache=False).logits[0, -1] for p in prompts]
+        with applied(tiny, [patch]):
+            after = [tiny.model(**tiny.encode_batch([p]), use_cache=False).logits[0, -1] for p in prompts]
+    return sum(float((a - b).abs().max()) for a, b in zip(after, before))
+
+
+def test_a_neuron_mask_changes_only_the_chosen_columns_and_moves_unrelated_prompts_less(tiny):
+    cfg = PatchConfig(**{**CFG.__dict__, "stop_loss": 0.0})
+    dense = make_patch(tiny, [FACT], cfg, measure=False)
+    masked = make_patch(tiny, [FACT], PatchConfig(**{**cfg.__dict__, "neurons": 4}), measure=False)
+    for n, d in masked.deltas.items():
+        cols = (d != 0).any(0)  # down_proj [hidden, intermediate]: one column per neuron
+        assert 0 < int(cols.sum()) <= 4 and bool((d[:, ~cols] == 0).all()), n
+        assert masked.metrics["neurons_trained"][n] == 4
+        assert int((dense.deltas[n] != 0).any(0).sum()) > 4 * 10
+    assert masked.max_abs() <= cfg.delta * (1 + 1e-6)
+    assert masked.metrics["loss_last"] < masked.metrics["loss_first"]  # it still learns the answer
+    assert _unrelated_shift(tiny, masked) < _unrelated_shift(tiny, dense)
+
+
+def test_each_fact_of_a_batch_gets_its_own_neurons(tiny):
+    from engine.mechanisms.weight_patches.train import _batch, neuron_masks
+
+    cfg = PatchConfig(**{**CFG.__dict__, "neurons": 3}).for_reader(tiny.num_layers)
+    generic = ["The weather is fine today.", "I went to the market."]
+    one = {f.prompt: neuron_masks(tiny, cfg, _batch(tiny, [f]), 1, generic) for f in (FACT, OTHER)}
+    both = neuron_masks(tiny, cfg, _batch(tiny, [FACT, OTHER]), 2, generic)
+    for n, m in both.items():
+        a, b = one[FACT.prompt][n], one[OTHER.prompt][n]
+        assert not torch.equal(a, b)  # another prompt drives other neurons
+        assert torch.equal(m, a | b) and 3 < int(m.sum()) <= 6
+
+
+@pytest.mark.parametrize("targets", [["mlp.up_proj"], ["mlp.gate_proj", "mlp.down_proj"]])
+def test_a_neuron_mask_on_up_and_gate_projections_selects_rows(tiny, targets):
+    cfg = PatchConfig(**{**CFG.__dict__, "layers": [1], "targets": targets, "neurons": 2, "steps": 3})
+    patch = make_patch(tiny, [FACT], cfg, measure=False)
+    for n, d in patch.deltas.items():
+        changed = (d != 0).any(0) if n.endswith("down_proj.weight") else (d != 0).any(1)
+        assert 0 < int(changed.sum()) <= 2, n
+
+
+def test_a_patch_from_before_neuron_masks_reads_as_made_without_one(tiny, tmp_path):
+    """'neurons' is written only when a patch uses a mask; a file without it (every patch
+    made before) reads as 0, every weight trained, and a masked one round-trips."""
+    save(make_patch(tiny, [FACT], CFG, measure=False), tmp_path / "plain")
+    assert "neurons" not in json.loads((tmp_path / "plain" / "config.json").read_text())["config"]
+    assert load(tmp_path / "plain", tiny).config.neurons == 0
+    masked = make_patch(tiny, [FACT], PatchConfig(**{**CFG.__dict__, "neurons": 4}), measure=False)
+    save(masked, tmp_path / "masked")
+    assert json.loads((tmp_path / "masked" / "config.json").read_text())["config"]["neurons"] == 4
+    back = load(tmp_path / "masked", tiny)
+    assert back.config.neurons == 4 and all(torch.equal(back.deltas[n], d) for n, d in masked.deltas.items())
+    cfg = json.loads((tmp_path / "masked" / "config.json").read_text())
+    cfg["config"]["neurons"] = "many"
+    (tmp_path / "masked" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PatchError, match=r"masked.config.json: field 'config'.*'neurons'"):
+        load(tmp_path / "masked", tiny)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "gd"])
+def test_preserve_keeps_the_change_off_what_generic_text_activates(tiny, optimizer):
+    """With 'preserve' the change D of down_proj gives D @ a ~ 0 for the activations a of
+    generic text (the reader's own texts): those prompts are, to first order, not moved."""
+    from engine.mechanisms.weight_patches.train import generic_texts
+
+    texts = generic_texts(tiny)
+    assert len(texts) == 10 and texts == generic_texts(tiny)  # greedy, kept on the reader
+    acts = []
+    hook = tiny.model.model.layers[1].mlp.down_proj.register_forward_pre_hook(
+        lambda _m, inp: acts.append(inp[0].detach()))
+    try:
+        with torch.no_grad():
+            enc = tiny.encode_batch(texts)
+            tiny.model(**enc, use_cache=False)
+    finally:
+        hook.remove()
+    a = acts[0][enc["attention_mask"].bool()]  # [tokens, intermediate]
+    cfg = PatchConfig(**{**CFG.__dict__, "layers": [1], "stop_loss": 0.0, "optimizer": optimizer})
+
+    def moved(p):  # how far the change moves down_proj's output on generic text, relative
+        d = p.deltas["model.layers.1.mlp.down_proj.weight"]
+        return float((a @ d.T).norm() / a.norm())
+
+    dense = make_patch(tiny, [FACT], cfg, measure=False)
+    kept = make_patch(tiny, [FACT], PatchConfig(**{**cfg.__dict__, "preserve": 0.99}), measure=False)
+    assert kept.max_abs() <= cfg.delta * (1 + 1e-6) and kept.max_abs() > 0
+    assert moved(kept) < 0.2 * moved(dense)
+    assert kept.metrics["loss_last"] < kept.metrics["loss_first"]
+
+
+def test_a_patch_from_before_preserve_reads_as_made_without_it(tiny, tmp_path):
+    save(make_patch(tiny, [FACT], CFG, measure=False), tmp_path / "plain")
+    assert "preserve" not in json.loads((tmp_path / "plain" / "config.json").read_text())["config"]
+    assert load(tmp_path / "plain", tiny).config.preserve == 0.0
+    kept = make_patch(tiny, [FACT], PatchConfig(**{**CFG.__dict__, "layers": [1], "preserve": 0.9}), measure=False)
+    save(kept, tmp_path / "kept")
+    back = load(tmp_path / "kept", tiny)
+    assert back.config.preserve == 0.9 and all(torch.equal(back.deltas[n], d) for n, d in kept.deltas.items())

@@ -56,6 +56,10 @@ def test_create_show_list_apply_predict_remove(cli_models, tmp_path, capsys):  #
     (["--prompt", "Q is", "--answer", "X", "--delta", "7"], "'delta' must be a number in (0, 0.1]"),
     (["--prompt", "Q is", "--answer", "X", "--layers", "5"], "field 'layers' names block 5, but the reader has blocks 0 to 1"),
     (["--prompt", "Q is", "--answer", "X", "--targets", "mlp.w9"], "unknown tensor 'mlp.w9'"),
+    (["--prompt", "Q is", "--answer", "X", "--neurons", "-2"], "field 'neurons' must be a whole number from 0"),
+    (["--prompt", "Q is", "--answer", "X", "--neurons", "4", "--targets", "self_attn.v_proj"],
+     "field 'neurons' (4) selects MLP neurons"),
+    (["--prompt", "Q is", "--answer", "X", "--preserve", "1"], "field 'preserve' must be a number in [0, 0.9999]"),
     ([], "patch create needs a fact"),
     (["--facts", "{tmp}/bad.jsonl"], "bad.jsonl:1: field 'new' must be a non-empty string"),
 ])
@@ -66,6 +70,25 @@ def test_create_refuses_bad_input_in_one_line(cli_models, tmp_path, capsys, args
     code, out, err = run_cli(capsys, "patch", "create", *args, "--out", str(tmp_path / "p"), "--reader", reader)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "p").exists()
+
+
+def test_create_with_a_neuron_mask_writes_and_shows_it(cli_models, tmp_path, capsys):  # noqa: F811
+    from safetensors.torch import load_file
+
+    reader, _ = cli_models
+    out_dir = tmp_path / "masked"
+    code, out, err = run_cli(capsys, "patch", "create", "--prompt", PROMPT, "--answer", "Porto-Novo", "--neurons", "4",
+                             "--out", str(out_dir), "--reader", reader, *FAST)
+    assert code == 0, err
+    assert json.loads((out_dir / "config.json").read_text())["config"]["neurons"] == 4
+    for name, d in load_file(out_dir / "delta.safetensors").items():
+        assert 0 < int((d != 0).any(0).sum()) <= 4, name  # down_proj columns: the 4 neurons only
+    code, out, err = run_cli(capsys, "patch", "show", str(out_dir))
+    assert code == 0 and "neurons per fact 4, preserve 0" in out
+    code, out, err = run_cli(capsys, "patch", "create", "--prompt", PROMPT, "--answer", "Porto-Novo", "--preserve",
+                             "0.9", "--out", str(tmp_path / "kept"), "--reader", reader, *FAST)
+    assert code == 0, err
+    assert json.loads((tmp_path / "kept" / "config.json").read_text())["config"]["preserve"] == 0.9
 
 
 def test_predict_refuses_a_bad_patch_folder(cli_models, tmp_path, capsys):  # noqa: F811
@@ -112,3 +135,9 @@ def test_the_job_writes_a_patch_and_a_cancelled_job_writes_nothing(cli_models, t
     assert not (tmp_path / "stopped").exists()
     with pytest.raises(ValueError, match="patch job: field 'patch': field 'delta' must be a number"):
         run({**cfg, "patch": {"delta": "big"}})
+    with pytest.raises(ValueError, match="patch job: field 'patch': field 'neurons' must be a whole number"):
+        run({**cfg, "out": str(tmp_path / "bad"), "patch": {**cfg["patch"], "neurons": -3}})
+    assert not (tmp_path / "bad").exists()
+    res = run({**cfg, "out": str(tmp_path / "masked"), "patch": {**cfg["patch"], "neurons": 4}})
+    assert load(tmp_path / "masked", load_reader(reader)).config.neurons == 4
+    assert all(v == 4 for v in res["metrics"]["neurons_trained"].values())

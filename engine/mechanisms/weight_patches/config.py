@@ -22,6 +22,11 @@ MAX_DELTA = 0.1
 
 OPTIMIZERS = ("adam", "gd")
 
+#: More neurons per fact than any reader's MLP has is a typo, not a choice.
+MAX_NEURONS = 65_536
+#: Protecting all of generic text's activation energy leaves no direction to write in.
+MAX_PRESERVE = 0.9999
+
 #: First words of the contexts the reader continues for ``context_prefixes`` (ROME's list).
 PREFIX_STARTS = ("The", "Therefore", "However", "Because", "I", "You", "It", "When", "In", "This")
 
@@ -58,6 +63,15 @@ class PatchConfig:
     #: Also train each answer after this many short contexts the reader writes itself
     #: (ROME's random prefixes), so the edit is less tied to the prompt's first tokens.
     context_prefixes: int = 3
+    #: Train only the MLP neurons each fact's prompt drives most above their mean on generic
+    #: text: this many per fact (down_proj columns, gate/up_proj rows); 0 trains every weight.
+    #: The change outside them stays exactly 0, so unrelated prompts that leave those
+    #: neurons quiet keep their answers.
+    neurons: int = 0
+    #: Keep each down_proj change off the input directions that hold this share of the MLP
+    #: activations' energy on generic text (AlphaEdit's null space; 0: off): prompts whose
+    #: activations lie there are, to first order, not moved at all.
+    preserve: float = 0.0
 
     def validate(self, where: str = "patch config") -> None:
         if not isinstance(self.layers, list) or not self.layers:
@@ -83,6 +97,17 @@ class PatchConfig:
                 or not 0 <= self.context_prefixes <= len(PREFIX_STARTS):
             raise PatchError(f"{where}: field 'context_prefixes' must be a whole number from 0 to "
                              f"{len(PREFIX_STARTS)}, got {self.context_prefixes!r}")
+        if not isinstance(self.neurons, int) or isinstance(self.neurons, bool) or not 0 <= self.neurons <= MAX_NEURONS:
+            raise PatchError(f"{where}: field 'neurons' must be a whole number from 0 (every neuron) to "
+                             f"{MAX_NEURONS:,}, got {self.neurons!r}")
+        if self.neurons and any(not t.startswith("mlp.") for t in self.targets):
+            raise PatchError(f"{where}: field 'neurons' ({self.neurons}) selects MLP neurons, but field 'targets' "
+                             f"holds {[t for t in self.targets if not t.startswith('mlp.')]}: use 0 or only mlp.* "
+                             "tensors")
+        _number(self.preserve, "preserve", where, 0.0, MAX_PRESERVE)
+        if self.preserve and self.targets != ["mlp.down_proj"]:
+            raise PatchError(f"{where}: field 'preserve' ({self.preserve:g}) acts on mlp.down_proj only, but field "
+                             f"'targets' is {self.targets}")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not 1 <= self.steps <= 10_000:
             raise PatchError(f"{where}: field 'steps' must be a whole number from 1 to 10,000, got {self.steps!r}")
 

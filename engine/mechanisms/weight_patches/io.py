@@ -25,7 +25,7 @@ from engine.mechanisms.weight_patches.module import Fact, WeightPatch
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 #: Config fields added after the first patches were written, with the value those patches were
 #: made with: absent means that value (not today's default), and it is written only when it differs.
-LEGACY = {"optimizer": "adam", "context_prefixes": 0}
+LEGACY = {"optimizer": "adam", "context_prefixes": 0, "neurons": 0, "preserve": 0.0}
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
 #: float32 rounding of (theta0 + delta) - theta0 may exceed delta by an ulp of the weight.
 _BOUND_SLACK = 1e-6

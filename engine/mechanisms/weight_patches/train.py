@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.mechanisms.weight_patches.attach import PatchStack, applied, parameters
-from engine.mechanisms.weight_patches.config import PREFIX_STARTS, PatchConfig, PatchError
+from engine.mechanisms.weight_patches.config import PREFIX_STARTS, PatchConfig, PatchError, tensor_name
 from engine.mechanisms.weight_patches.module import Fact, WeightPatch, tensor_sha256
 from engine.probe_files import is_correct
 from engine.progress import JobCancelled
@@ -91,6 +91,97 @@ def _batch(reader, facts: Sequence[Fact]) -> dict[str, torch.Tensor]:
     enc["labels"] = labels
     enc["answer_len"] = max(len(a) for a in a_ids)
     return enc
+
+
+def neuron_masks(reader, config: PatchConfig, batch: dict[str, torch.Tensor], n_facts: int,
+                 generic: Sequence[str]) -> dict[str, torch.Tensor]:
+    """For ``config.neurons > 0``: a bool mask per trained tensor, True on the weights of the
+    MLP neurons (down_proj columns, gate/up_proj rows) that each fact drives most, at the
+    positions that predict its answer tokens, above their mean on ``generic`` text: the
+    ``neurons`` highest per fact, joined over the facts. Row ``i`` of ``batch`` is fact
+    ``i % n_facts`` (the prompts, then each context-prefixed copy)."""
+    if config.neurons <= 0:
+        return {}
+    layers = sorted(config.layers)
+    acts: dict[int, torch.Tensor] = {}
+    hooks = [reader.model.model.layers[i].mlp.down_proj.register_forward_pre_hook(
+        lambda _m, inp, i=i: acts.__setitem__(i, inp[0].detach().abs().float())) for i in layers]
+    try:
+        with torch.no_grad():
+            gen = reader.encode_batch(list(generic))
+            reader.model(**gen, use_cache=False, logits_to_keep=1)
+            keep = gen["attention_mask"].bool()  # [g, T]
+            gen_mean = {i: acts[i][keep].mean(0) for i in layers}  # [inter]
+            reader.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         position_ids=batch["position_ids"], use_cache=False, logits_to_keep=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    # position t predicts token t + 1: the positions whose output the answer loss reads
+    at = torch.zeros_like(batch["labels"], dtype=torch.bool)  # [b, T]
+    at[:, :-1] = batch["labels"][:, 1:] != -100
+    fact_of = torch.arange(at.shape[0], device=at.device) % n_facts  # [b]
+    masks = {}
+    for i in layers:
+        a = acts[i]  # [b, T, inter]
+        chosen = torch.zeros(a.shape[-1], dtype=torch.bool, device=a.device)
+        for f in range(n_facts):
+            sel = at & (fact_of == f)[:, None]
+            score = a[sel].mean(0) - gen_mean[i]  # [inter]
+            chosen[score.topk(min(config.neurons, score.numel())).indices] = True
+        for t in config.targets:
+            name = tensor_name(i, t)
+            masks[name] = chosen[None, :] if t == "mlp.down_proj" else chosen[:, None]  # [out, in] broadcast
+    return masks
+
+
+#: How much generic text the null space is measured on (tokens written per start word).
+GENERIC_TOKENS = 40
+
+
+def generic_texts(reader) -> list[str]:
+    """Ten texts the reader writes itself from ROME's start words (greedy: the same for the
+    same reader; kept on the reader): what "generic text" means for ``preserve``."""
+    key = ("_weight_patch_generic", reader.fingerprint.get("weights_sha256"))
+    cached = getattr(reader, "_weight_patch_generic", None)
+    if cached is None or cached[0] != key:
+        starts = list(PREFIX_STARTS)
+        outs = reader.generate(starts, max_new_tokens=GENERIC_TOKENS, stop_at_answer_end=False)
+        cached = (key, [" ".join((s + o).split()) for s, o in zip(starts, outs)])
+        reader._weight_patch_generic = cached
+    return list(cached[1])
+
+
+def null_space_projectors(reader, config: PatchConfig, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """For ``config.preserve > 0``: per trained down_proj, the projector [inter, inter] onto
+    the input directions outside those that hold ``preserve`` of the energy of its inputs
+    on ``texts`` (every token position); a change ``D @ P`` leaves ``D @ a`` = 0 for them."""
+    if config.preserve <= 0:
+        return {}
+    layers = sorted(config.layers)
+    acts: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    hooks = [reader.model.model.layers[i].mlp.down_proj.register_forward_pre_hook(
+        lambda _m, inp, i=i: acts[i].append(inp[0].detach().float())) for i in layers]
+    try:
+        with torch.no_grad():
+            for j in range(0, len(texts), 16):
+                enc = reader.encode_batch(list(texts[j:j + 16]))
+                keep = enc["attention_mask"].bool()
+                reader.model(**enc, use_cache=False, logits_to_keep=1)
+                for i in layers:
+                    acts[i][-1] = acts[i][-1][keep]  # [n_tokens, inter]
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for i in layers:
+        k = torch.cat(acts[i])  # [N, inter]
+        evals, evecs = torch.linalg.eigh(k.T @ k / k.shape[0])  # ascending
+        share = evals.flip(0).clamp_min(0).cumsum(0) / evals.clamp_min(0).sum().clamp_min(1e-30)
+        n_keep = int((share < config.preserve).sum()) + 1  # top directions holding `preserve`
+        free = evecs[:, : evecs.shape[1] - n_keep]  # the rest: [inter, free]
+        out[tensor_name(i, "mlp.down_proj")] = (free @ free.T).to(reader.model.dtype)
+    return out
 
 
 def _frozen_prefix(reader, batch: dict[str, torch.Tensor], first: int) -> None:
@@ -157,6 +248,9 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
     trained = list(todo) + [Fact(c + f.prompt, f.answer) for c in context_prefixes(reader, config.context_prefixes)
                             for f in todo]
     batch = _batch(reader, trained)
+    masks = neuron_masks(reader, config, batch, len(todo),
+                         context_prefixes(reader, len(PREFIX_STARTS)) + list(locality)) if config.neurons else {}
+    proj = null_space_projectors(reader, config, generic_texts(reader) + list(locality)) if config.preserve else {}
     first = min(config.layers)
     _frozen_prefix(reader, batch, first)
     loc_batch = loc_ref = None
@@ -189,6 +283,11 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
             if ce < config.stop_loss:
                 break
             total.backward()
+            for n, m in masks.items():
+                params[n].grad.mul_(m)
+            if opt is None:  # a gd step along the projected gradient stays in the null space
+                for n, q in proj.items():
+                    params[n].grad = params[n].grad @ q
             if opt is not None:
                 opt.step()
             else:
@@ -196,6 +295,12 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
             with torch.no_grad():  # the projection: back into the L-infinity ball around theta0
                 for n, p in params.items():
                     torch.maximum(torch.minimum(p, hi[n]), lo[n], out=p)
+                    if n in masks:  # outside the mask the change is exactly 0 (Adam's eps aside)
+                        p.copy_(torch.where(masks[n], p, theta0[n]))
+                    if n in proj:  # into the null space, then scaled (not clipped) into the bound
+                        d = (p - theta0[n]) @ proj[n]
+                        d *= (config.delta / d.abs().max().clamp_min(1e-30)).clamp(max=1.0)
+                        p.copy_(theta0[n] + d)
         deltas = {n: (p.detach() - theta0[n]).float().cpu().contiguous() for n, p in params.items()}
     finally:
         with torch.no_grad():
@@ -207,7 +312,9 @@ def make_patch(reader, facts: Sequence[Fact], config: PatchConfig | None = None,
                         name=name, on_top_of=stack.names(), who=who if who is not None else _user(),
                         when=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     patch.metrics = {"steps": steps, "loss_first": curve[0] if curve else None,
-                     "loss_last": curve[-1] if curve else None, "train_seconds": round(time.perf_counter() - t0, 3)}
+                     "loss_last": curve[-1] if curve else None,
+                     **({"neurons_trained": {n: int(m.sum()) for n, m in masks.items()}} if masks else {}),
+                     "train_seconds": round(time.perf_counter() - t0, 3)}
     if measure:
         patch.metrics.update(measure_facts(reader, patch))
     if progress is not None:
