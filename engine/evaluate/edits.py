@@ -176,6 +176,9 @@ def evaluate_edits(
         predictor.plugin_injector(plugins)  # a plugin unusable with this reader fails before any edit
     # One evaluation per pack at a time: its edits and undos must not interleave with another's.
     with _evaluating(memories):
+        # A killed run's edits first: rerunning its edits file must find their old texts again.
+        for m in {id(m): m for m in memories}.values():
+            undo_interrupted_evaluation(m)
         # Find each edit's entry (exact text) before touching anything.
         indexes = [_text_index(m) for m in memories]
         targets: list[tuple[Any, int]] = []
@@ -211,8 +214,6 @@ def evaluate_edits(
             return answer_batch(predictor, all_prompts, memories, mode, k=k, max_new_tokens=mnt, batch_size=batch_size,
                                 progress=wrap_progress(progress, lo, hi), should_stop=should_stop, plugins=plugins)
 
-        for m in {id(m): m for m in memories}.values():
-            undo_interrupted_evaluation(m)
         before, _ = answers(0.0, 0.45)
         applied: list[Any] = []
         original = {(id(m), i): m.pack.get(i).text for m, i in targets}

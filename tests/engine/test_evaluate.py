@@ -317,6 +317,9 @@ def test_edits_left_by_a_killed_edit_evaluation_are_undone_next_time(predictor, 
     edits = read_edits_rows([
         {"old_text": "Lion facts: Paris Paris Paris Paris Paris", "new_text": "Lion facts: Oslo Oslo Oslo Oslo Oslo",
          "prompt": "Lion facts:", "new": "Oslo", "subject": "Lion"},
+        # the killed run's own edit, run again: its old_text is back only after the clean-up
+        {"old_text": "Zebra facts: Rome Rome Rome Rome Rome", "new_text": "Zebra facts: Oslo Oslo Oslo Oslo Oslo",
+         "prompt": "Zebra facts:", "new": "Oslo", "subject": "Zebra"},
     ])
     res = evaluate_edits(predictor, [zoo], edits, (), mode="dpm", k=1)  # the next evaluation cleans up first
     assert res["restored"] is True
