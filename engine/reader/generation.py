@@ -120,12 +120,15 @@ def _common(a: str, b: str, start: int) -> int:
     return n
 
 
+_TOKEN = re.compile(r"(?<!\S)\S")
+
+
 def span_end(text: str, entries: Sequence[str]) -> int | None:
     """Where an answer that copies an entry has reached that entry's sentence end (an index
     into ``text``), or None.
 
-    The entry copied is the one sharing the longest prefix with the answer (starting at a
-    word of the entry; every such place is tried, best-ranked entry first). The answer stops
+    The entry copied is the one sharing the longest prefix with the answer (starting after a
+    space of the entry or at its start, and holding a word; every such place is tried, best-ranked entry first). The answer stops
 
     * with the entry's final punctuation when it has copied the span up to it
       (" Al Ain." of "… is Al Ain."; " Washington, D.C." keeps its dot), or
@@ -138,13 +141,13 @@ def span_end(text: str, entries: Sequence[str]) -> int | None:
     """
     s = text.lstrip()
     lead = len(text) - len(s)
-    if not s or not _WORD.match(s):
+    if not s:
         return None
     copies = []  # (copied length, entry, start in the entry), best-ranked entry first
     for entry in entries:
-        for m in _WORD.finditer(entry):
+        for m in _TOKEN.finditer(entry):  # an answer starts where a word of the entry does (".ke", "+385")
             c = _common(s, entry, m.start())
-            if c:
+            if c and _WORD.search(s, 0, c):
                 copies.append((c, entry, m.start()))
     if not copies:
         return None

@@ -105,6 +105,9 @@ DC = ["The capital of the United States is Washington, D.C.", "Y lies in Washing
     (" Washington state", DC[:1], " Washington state"),  # left the entry mid-sentence: no span stop
     (" Washington state", DC, " Washington"),  # ... but "Y lies in Washington." ends right there
     (" Paris is nice", AL_AIN, " Paris is nice"),  # copies no entry: the other stops only
+    (" .ke. Kenya", ["The top-level domain of Kenya is .ke."], " .ke."),  # objects that start with punctuation
+    (" .kere", ["The top-level domain of Kenya is .ke."], " .kere"),  # (a word going on is not cut)
+    (" +254 (Kenya)", ["The calling code of Kenya is +254."], " +254"),
 ])
 def test_an_answer_copied_from_an_entry_stops_at_the_entrys_sentence_end(text, entries, answer):
     assert cut_answer(text, entries) == answer
