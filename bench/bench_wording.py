@@ -14,9 +14,11 @@ brackets; edits (applied through the normal edit path and undone): efficacy on t
 wording, the same edit asked in a held-out wording ("paraphrase", kinds in turn) and
 locality on probes of other subjects; "ends": of ``--ends`` prompts per wording kind
 answered with up to 24 new tokens, the share of right answers that are the expected object
-plus punctuation at most, and the share of all answers that repeat a word pair, with the
-stop rule before issue 20 (first sentence only) and the shipped one (also where the answer
-starts repeating), in the same run.
+plus punctuation at most, the share of all answers that repeat a word pair and of all
+answers longer than their object plus punctuation, with each stop rule of ``RULES`` in the
+same run (first sentence only; also where the answer repeats; also at the end of the copied
+entry's sentence, shipped). The table shows the first and the shipped rule; ``--json-out``
+has all three.
 Everything goes through engine.evaluate (the code behind ``plugmem eval`` / ``eval-edits``).
 """
 from __future__ import annotations
@@ -93,19 +95,36 @@ def repeats(answer: str) -> bool:
     return len(set(pairs)) < len(pairs)
 
 
+def longer(answer: str, expected: str) -> bool:
+    """The answer says more than its object plus punctuation: words after the object when it
+    starts with it, else more words than the object has."""
+    a = answer.strip()
+    if is_correct(a, expected):
+        return not ends_clean(a, expected)
+    return len(_WORD.findall(a)) > len(_WORD.findall(expected))
+
+
+#: The stop rules compared in one run: the first sentence only (before issue 20), also where
+#: the answer repeats itself (issue 20's first installment), also at the end of the copied
+#: entry's sentence (``generation.span_end``, shipped).
+RULES = ("sentence", "sentence_or_repeat", "span")
+
+
 @contextmanager
 def stop_rule(rule: str) -> Iterator[None]:
-    """Decode with the shipped stop rule ("sentence_or_repeat") or, for the comparison in the
-    same run, the rule before issue 20 ("sentence": the first sentence's end only)."""
-    if rule == "sentence_or_repeat":
-        yield
-        return
-    saved = generation.answer_stop, generation.repeat_end
-    generation.answer_stop, generation.repeat_end = generation.answer_end, lambda text: None
+    """Decode with one of ``RULES`` (the shipped one is "span")."""
+    if rule not in RULES:
+        raise ValueError(f"unknown stop rule {rule!r}; known: {', '.join(RULES)}")
+    saved = generation.answer_stop, generation.repeat_end, generation.span_end
+    if rule != "span":
+        generation.span_end = lambda text, entries: None
+    if rule == "sentence":
+        generation.answer_stop = lambda text, entries=(): generation.answer_end(text)
+        generation.repeat_end = lambda text: None
     try:
         yield
     finally:
-        generation.answer_stop, generation.repeat_end = saved
+        generation.answer_stop, generation.repeat_end, generation.span_end = saved
 
 
 def main() -> None:
@@ -164,7 +183,8 @@ def main() -> None:
                       flush=True)
                 if a.ends:
                     ps = [p for name in sets for p in sets[name][: a.ends]]
-                    for rule, key in (("sentence", "ends_before"), ("sentence_or_repeat", "ends")):
+                    for rule, key in (("sentence", "ends_before"), ("sentence_or_repeat", "ends_repeat"),
+                                      ("span", "ends")):
                         t = time.perf_counter()
                         with stop_rule(rule):
                             got, _ = answer_batch(predictor, [p.prompt for p in ps], [mem], mode, k=a.k,
@@ -174,6 +194,8 @@ def main() -> None:
                                   "clean_of_correct": round(sum(ends_clean(g, p.answer) for g, p in right)
                                                             / max(1, len(right)), 4),
                                   "repeating": round(sum(repeats(g) for g in got) / max(1, len(got)), 4),
+                                  "longer": round(sum(longer(g, p.answer) for g, p in zip(got, ps))
+                                                  / max(1, len(got)), 4),
                                   "examples": [g for g, p in right if not ends_clean(g, p.answer)][:8]}
                         print(f"{domain} {mode} {key}: {r[key]} [{time.perf_counter() - t:.0f} s]", flush=True)
     report["seconds"] = round(time.perf_counter() - t0, 1)

@@ -113,7 +113,8 @@ class PluginFusion:
             # The prompt goes in as vectors, so drafts come from the entries' texts (every mode).
             lookup = [lookup_sources(self.reader.tokenizer, t) for t in texts] if has_memory else None
             return greedy_generate(self.reader, inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
-                                   max_new_tokens=max_new_tokens, lookup=lookup)
+                                   max_new_tokens=max_new_tokens, lookup=lookup,
+                                   spans=texts if has_memory else None)
 
     # ---------------------------------------------------------------- leave-one-out
     def leave_one_out(

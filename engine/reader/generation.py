@@ -93,15 +93,93 @@ def repeat_end(text: str) -> int | None:
     return None
 
 
-def answer_stop(text: str) -> int | None:
-    """Where an answer ends: its first sentence's end or where it starts repeating, whichever is first."""
-    ends = [e for e in (answer_end(text), repeat_end(text)) if e is not None]
+def sentence_ends(entry: str) -> list[tuple[int, int]]:
+    """``(bare, full)`` ends of each sentence of an entry: ``full`` is just past its final
+    punctuation (as :func:`answer_end` finds it; the entry's end for its last sentence),
+    ``bare`` is before that punctuation ("Al Ain." -> the index after "Ain")."""
+    ends, start = [], 0
+    stop = len(entry.rstrip())
+    while start < stop:
+        e = answer_end(entry[start:stop])
+        full = stop if e is None else start + e
+        bare = full
+        while bare > start and entry[bare - 1] in ".!?":
+            bare -= 1
+        ends.append((bare, full))
+        start = full
+    return ends
+
+
+def _common(a: str, b: str, start: int) -> int:
+    """Length of the common prefix of ``a`` and ``b[start:]``."""
+    n = 0
+    for x, y in zip(a, b[start:] if start else b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+_TOKEN = re.compile(r"(?<!\S)\S")
+
+
+def span_end(text: str, entries: Sequence[str]) -> int | None:
+    """Where an answer that copies an entry has reached that entry's sentence end (an index
+    into ``text``), or None.
+
+    The entry copied is the one sharing the longest prefix with the answer (starting after a
+    space of the entry or at its start, and holding a word; every such place is tried, best-ranked entry first). The answer stops
+
+    * with the entry's final punctuation when it has copied the span up to it
+      (" Al Ain." of "… is Al Ain."; " Washington, D.C." keeps its dot), or
+    * before what it wrote instead of that punctuation once it leaves the entry there
+      (" Al Ain, the city" -> " Al Ain").
+
+    It only stops at an entry's sentence end, never inside the copied span, so an object
+    copied whole ("Washington, D.C.", "Al Ain") is never cut short; an answer that does not
+    copy an entry gets None (the sentence and repeat stops still apply).
+    """
+    s = text.lstrip()
+    lead = len(text) - len(s)
+    if not s:
+        return None
+    copies = []  # (copied length, entry, start in the entry), best-ranked entry first
+    for entry in entries:
+        for m in _TOKEN.finditer(entry):  # an answer starts where a word of the entry does (".ke", "+385")
+            c = _common(s, entry, m.start())
+            if c and _WORD.search(s, 0, c):
+                copies.append((c, entry, m.start()))
+    if not copies:
+        return None
+    longest = max(c for c, _, _ in copies)
+    for c, entry, p in copies:  # every place the answer copies that much (" Al Ain" is a subject too)
+        if c != longest:
+            continue
+        for bare, full in sentence_ends(entry):
+            if full <= p:
+                continue
+            if full <= p + c:
+                return lead + full - p  # copied up to the sentence's final punctuation (or the entry's end)
+            if c < len(s) and p < bare == p + c and not _WORD.match(s[c]):
+                # Left the entry where its punctuation comes: keep the reader's own full stop,
+                # drop anything else (", the city").
+                return lead + c + (s[c] in ".!?")
+            break
+    return None
+
+
+def answer_stop(text: str, entries: Sequence[str] = ()) -> int | None:
+    """Where an answer ends: its first sentence's end, where it starts repeating, or (with
+    the retrieved ``entries``) where it has copied an entry up to its sentence end
+    (:func:`span_end`), whichever is first."""
+    ends = [e for e in (answer_end(text), repeat_end(text), span_end(text, entries) if entries else None)
+            if e is not None]
     return min(ends) if ends else None
 
 
-def cut_answer(text: str) -> str:
+def cut_answer(text: str, entries: Sequence[str] = ()) -> str:
     """``text`` up to the end of its answer (:func:`answer_stop`; all of it while it is open)."""
-    end = answer_stop(text)
+    end = answer_stop(text, entries)
     if end is None and text and _WORD.search(text[-1]):  # a decoded answer's last word is complete
         end = repeat_end(text + " ")
     return text if end is None else text[:end]
@@ -230,6 +308,7 @@ def greedy_generate(
     stop_at_answer_end: bool = True,
     lookup: Sequence[Sequence[Sequence[int]]] | None = None,
     prompt_states: PromptStates | None = None,
+    spans: Sequence[Sequence[str]] | None = None,
 ) -> list[str]:
     """Greedy continuations of a left-padded batch given as ``input_ids`` or
     ``inputs_embeds`` (only the new text, special tokens dropped, each cut at the end
@@ -247,6 +326,8 @@ def greedy_generate(
     ``prompt_states`` (with ``input_ids``): prompts asked before skip the layers below
     ``prompt_states.first`` in their prefill (see :class:`PromptStates`); only valid
     while nothing acts on those layers.
+    ``spans``: each row's retrieved entry texts (best-ranked first): an answer that copies
+    one of them stops at that entry's sentence end (:func:`span_end`).
     """
     from transformers import DynamicCache
 
@@ -264,7 +345,10 @@ def greedy_generate(
     mask = attention_mask.long()
     history = ([[int(t) for t, m in zip(row, mrow) if m] for row, mrow in zip(input_ids.tolist(), mask.tolist())]
                if input_ids is not None else [[] for _ in range(b)])
+    if spans is not None and len(spans) != b:
+        raise ValueError(f"greedy_generate: spans has {len(spans)} rows for a batch of {b}")
     sources = [list(lookup[r]) if lookup is not None else [] for r in range(b)]
+    entries = [[t for t in spans[r] if t] if spans is not None else [] for r in range(b)]
     new: list[list[int]] = [[] for _ in range(b)]
     done = [False] * b
 
@@ -276,7 +360,7 @@ def greedy_generate(
         history[r].append(token)
         if len(new[r]) >= max_new_tokens:
             return True
-        return stop_at_answer_end and answer_stop(tok.decode(new[r], skip_special_tokens=True)) is not None
+        return stop_at_answer_end and answer_stop(tok.decode(new[r], skip_special_tokens=True), entries[r]) is not None
 
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
@@ -312,4 +396,4 @@ def greedy_generate(
                 # The cache holds every fed position; those after the kept drafts are invalid.
                 mask[r, mask.shape[1] - w + j + 1:] = 0
     texts = [tok.decode(row, skip_special_tokens=True) for row in new]
-    return [cut_answer(t) for t in texts] if stop_at_answer_end else texts
+    return [cut_answer(t, e) for t, e in zip(texts, entries)] if stop_at_answer_end else texts

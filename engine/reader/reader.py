@@ -210,11 +210,12 @@ class Reader:
 
     def generate(
         self, prompt: str | Sequence[str], max_new_tokens: int = 8, batch_size: int = 16,
-        *, stop_at_answer_end: bool = True,
+        *, stop_at_answer_end: bool = True, spans: Sequence[Sequence[str]] | None = None,
     ) -> str | list[str]:
         """Greedy continuation(s) of ``prompt`` (only the new text, special tokens dropped),
         each ending with its first sentence or line (``engine.reader.generation``) unless
-        ``stop_at_answer_end`` is False.
+        ``stop_at_answer_end`` is False. ``spans``: each prompt's entry texts (e.g. those
+        in its context), whose sentence ends end an answer copied from them.
 
         A list is answered in left-padded batches, in input order; the result for each
         prompt equals what it would get alone.
@@ -225,6 +226,8 @@ class Reader:
         prompts = [prompt] if single else list(prompt)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if spans is not None and len(spans) != len(prompts):
+            raise ValueError(f"generate: spans has {len(spans)} rows for {len(prompts)} prompts")
         ids = self._prompt_ids(prompts)
         out: list[str] = [""] * len(prompts)
         if max_new_tokens == 0 or not prompts:
@@ -234,7 +237,8 @@ class Reader:
             idx = order[start : start + batch_size]
             batch = self._pad_left([ids[i] for i in idx])
             texts = greedy_generate(self, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    max_new_tokens=max_new_tokens, stop_at_answer_end=stop_at_answer_end)
+                                    max_new_tokens=max_new_tokens, stop_at_answer_end=stop_at_answer_end,
+                                    spans=None if spans is None else [list(spans[i]) for i in idx])
             for i, text in zip(idx, texts):
                 out[i] = text
         return out[0] if single else out

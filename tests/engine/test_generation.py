@@ -6,7 +6,8 @@ import re
 import pytest
 import torch
 
-from engine.reader.generation import PromptStates, answer_end, cut_answer, greedy_generate, propose, repeat_end
+from engine.reader.generation import (PromptStates, answer_end, cut_answer, greedy_generate, propose, repeat_end,
+                                      span_end)
 from engine.reader.narrow import NarrowLinear, narrow_linears
 from engine.reader.tiny import make_tiny_reader
 
@@ -84,6 +85,66 @@ def test_stopping_keeps_each_rows_text_as_without_stopping_up_to_the_answers_end
                            max_new_tokens=24) == cut
     with pytest.raises(ValueError, match="exactly one"):
         greedy_generate(reader, attention_mask=batch["attention_mask"], max_new_tokens=2)
+
+
+# ----------------------------------------------------------------- the span stop (issue 20)
+
+AL_AIN = ["Al Ain International Airport is in the city of Al Ain.",
+          "Al Ain International Airport is in the United Arab Emirates."]
+DC = ["The capital of the United States is Washington, D.C.", "Y lies in Washington."]
+
+
+@pytest.mark.parametrize("text, entries, answer", [
+    (" Al Ain, the city of Al Ain", AL_AIN, " Al Ain"),  # issue 20's run-on: cut where the entry ends
+    (" Al Ain. It is", AL_AIN, " Al Ain."),  # the entry's own full stop is kept
+    (" Al Ain", AL_AIN, " Al Ain"),  # still open
+    (" the United Arab Emirates, a", AL_AIN, " the United Arab Emirates"),
+    (" Washington, D.C. It is the", DC, " Washington, D.C."),  # the abbreviation's dot is the entry's end
+    (" Washington, D.C, the", DC, " Washington, D.C"),
+    (" Washington, D", DC, " Washington, D"),  # a shorter entry ("… in Washington.") does not cut it
+    (" Washington state", DC[:1], " Washington state"),  # left the entry mid-sentence: no span stop
+    (" Washington state", DC, " Washington"),  # ... but "Y lies in Washington." ends right there
+    (" Paris is nice", AL_AIN, " Paris is nice"),  # copies no entry: the other stops only
+    (" .ke. Kenya", ["The top-level domain of Kenya is .ke."], " .ke."),  # objects that start with punctuation
+    (" .kere", ["The top-level domain of Kenya is .ke."], " .kere"),  # (a word going on is not cut)
+    (" +254 (Kenya)", ["The calling code of Kenya is +254."], " +254"),
+])
+def test_an_answer_copied_from_an_entry_stops_at_the_entrys_sentence_end(text, entries, answer):
+    assert cut_answer(text, entries) == answer
+    assert cut_answer(text, []) == cut_answer(text)  # without entries the rule is as before
+
+
+def test_the_span_stop_never_cuts_inside_the_copied_object():
+    """Every prefix of a multi-word object copied from its entry is left open (no stop), so
+    decoding goes on to the whole object, whatever shorter entries are retrieved beside it."""
+    entries = ["Y lies in Al.", "Z is in Washington.", *AL_AIN, *DC]
+    for obj in ("Al Ain", "Washington, D.C"):
+        for n in range(1, len(obj) + 1):
+            assert span_end(" " + obj[:n], entries) is None, obj[:n]
+
+
+def test_decoding_stops_where_the_copied_entry_ends():
+    """The tiny reader continues "Gold" with " penc Alaska masterpiece Explore receipt …": with
+    an entry that holds its first three words as a sentence's end, decoding stops after them
+    (and not after " penc", the end of a shorter entry); a row without entries runs on."""
+    reader = make_tiny_reader(seed=0)
+    full = reader.generate("Gold", max_new_tokens=12, stop_at_answer_end=False)
+    assert full.startswith(" penc Alaska masterpiece Explore")
+    entries = ["Y lies in penc.", "Gold is found in penc Alaska masterpiece."]
+    batch = reader.encode_batch(["Gold", "Gold"])
+    fw = Forwards(reader.model)
+    try:
+        got = greedy_generate(reader, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              max_new_tokens=12, spans=[entries, []])
+    finally:
+        fw.close()
+    assert got == [" penc Alaska masterpiece", cut_answer(full)]
+    # The entry's end (no punctuation) is a sentence end too; the answer stops as soon as it reaches it.
+    alone = reader.generate("Gold", max_new_tokens=12, spans=[["Gold: penc Alaska masterpiece Explore"]])
+    assert alone == " penc Alaska masterpiece Explore"
+    with pytest.raises(ValueError, match="spans has 1 rows"):
+        greedy_generate(reader, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        max_new_tokens=2, spans=[entries])
 
 
 # ----------------------------------------------------------------- draft verification

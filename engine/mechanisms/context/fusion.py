@@ -63,8 +63,10 @@ class ContextFusion:
             plain = self.reader.generate(prompt, max_new_tokens=max_new_tokens) if plain is None else plain
             return plain, plain
         if plain is not None:
-            return self.reader.generate(context_prompt(prompt, texts, self.style), max_new_tokens=max_new_tokens), plain
-        with_ctx, plain = self.reader.generate([context_prompt(prompt, texts, self.style), prompt], max_new_tokens=max_new_tokens)
+            return self.reader.generate(context_prompt(prompt, texts, self.style), max_new_tokens=max_new_tokens,
+                                        spans=[list(texts)]), plain
+        with_ctx, plain = self.reader.generate([context_prompt(prompt, texts, self.style), prompt],
+                                               max_new_tokens=max_new_tokens, spans=[list(texts), []])
         return with_ctx, plain
 
     def leave_one_out(self, prompt: str, texts: Sequence[str], scores: Sequence[float], answer_ids: Sequence[int]) -> LeaveOneOut:
@@ -106,7 +108,8 @@ class ContextFusion:
                       max_new_tokens: int) -> list[str]:
         """Greedy answers of several prompts, each with its own entries before it (one batch)."""
         ctx = [context_prompt(p, t, self.style) for p, t in zip(prompts, texts)]
-        return self.reader.generate(ctx, max_new_tokens=max_new_tokens, batch_size=max(1, len(ctx)))
+        return self.reader.generate(ctx, max_new_tokens=max_new_tokens, batch_size=max(1, len(ctx)),
+                                    spans=[list(t) for t in texts])
 
     def reader_input(self, prompt: str, texts: Sequence[str]) -> tuple[str, int]:
         """The text the reader reads for ``prompt`` with ``texts``, and where the prompt starts in it."""

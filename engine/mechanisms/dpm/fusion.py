@@ -48,13 +48,15 @@ def greedy(reader, batch: dict[str, torch.Tensor], max_new_tokens: int,
            texts: Sequence[Sequence[str]] | None = None, prompt_states=None) -> list[str]:
     """Greedy continuations of a left-padded batch (only the new text, special tokens dropped,
     each cut at the end of its answer: ``engine.reader.generation``). ``texts``: each
-    row's entry texts, whose tokens decoding may copy in fewer steps; ``prompt_states``:
+    row's entry texts (best-ranked first), whose tokens decoding may copy in fewer steps
+    and whose sentence ends end an answer copied from them; ``prompt_states``:
     a ``PromptStates`` below the branch (prompts asked again skip those layers)."""
     from engine.reader.generation import greedy_generate, lookup_sources
 
     lookup = None if texts is None else [lookup_sources(reader.tokenizer, row) for row in texts]
     return greedy_generate(reader, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           max_new_tokens=max_new_tokens, lookup=lookup, prompt_states=prompt_states)
+                           max_new_tokens=max_new_tokens, lookup=lookup, prompt_states=prompt_states,
+                           spans=None if texts is None else [list(row) for row in texts])
 
 
 class EntryCache(LRU):
