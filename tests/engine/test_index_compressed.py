@@ -335,8 +335,12 @@ def test_index_saved_before_the_rule_change_opens_and_searches(rng, data, tmp_pa
     nlist = int(idx._ann.nlist)
     monkeypatch.setattr(ann_mod, "rerank_for", shipped_rule)
     monkeypatch.setattr(ann_mod, "ivf_nlist", lambda n: 2 * nlist)  # a rule that now wants 2x the lists
+    adds = []
+    real_add = ann_mod.add_chunked
+    monkeypatch.setattr(ann_mod, "add_chunked", lambda *a, **kw: adds.append(1) or real_add(*a, **kw))
     back = VectorIndex.load(folder, {"cv": 1})
-    assert not back.building and back.ann_kind == "ivfpq" and int(back._ann.nlist) == nlist
+    assert back.wait_ready(60) and back.ann_kind == "ivfpq" and int(back._ann.nlist) == nlist
+    assert adds == []  # read from the cache, not rebuilt
     np.testing.assert_array_equal(back.search(q, 10, exact=False)[0], old_answers)  # 4000 keys: still 200
     assert ann_mod.trained_fits(back._trained, len(back), DIM)
     model = {int(i): keys[j] for j, i in enumerate(ids)}
