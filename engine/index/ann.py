@@ -101,7 +101,18 @@ TRAIN_PER_LIST = 40  # k-means training points per inverted list (faiss warns be
 TRAIN_MIN = 65_536  # the PQ codebooks (256 centroids each) want ~10k points at least
 ADD_CHUNK = 65_536  # codes are added in chunks so a cancelled build stops within ~a second
 IVF_NPROBE_MIN = 16
-RERANK_MIN = 200  # shortlist rows re-scored exactly (at 1M: 0.942 with 100, 0.958 with 200)
+RERANK_MIN = 200  # shortlist floor (100k keys: recall@10 0.959 held-out with 200)
+# The PQ codes' near-misses grow with the keys (bench_ivf_rule.py, RESULTS.md; tuning recall@10,
+# nprobe 128): 1M keys 0.946 / 0.962 with shortlists 200 / 300; 2M 0.946 / 0.958 with 300 / 400,
+# while more probes moved it < 0.005. 300 sqrt(n / 1M) covers both points (300, 425).
+RERANK_AT_MILLION = 300
+RERANK_MAX = 4_000  # ~6 MB of float32 rows read per query: past it a larger PQ is the better buy
+
+
+def rerank_for(n_rows: int, k: int) -> int:
+    """Shortlist rows re-scored exactly for top-``k`` over ``n_rows`` keys: 300 sqrt(n / 1M), >= 200 and 10 k."""
+    by_n = int(np.ceil(RERANK_AT_MILLION * np.sqrt(max(int(n_rows), 0) / 1e6)))
+    return int(max(k, 10 * k, RERANK_MIN, min(RERANK_MAX, by_n)))
 
 
 def ivf_nlist(n_rows: int) -> int:

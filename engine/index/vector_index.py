@@ -639,7 +639,7 @@ class VectorIndex:
     def _search_compressed(self, q: np.ndarray, k: int, bitmap) -> tuple[np.ndarray, np.ndarray]:
         """IVF-PQ shortlist, re-scored exactly from the float32 keys: (scores [n, r], rows [n, r])."""
         nprobe = self.nprobe if self.nprobe is not None else ann_mod.ivf_nprobe(int(self._ann.nlist))
-        r = max(k, self.rerank if self.rerank is not None else max(ann_mod.RERANK_MIN, 10 * k))
+        r = max(k, self.rerank if self.rerank is not None else ann_mod.rerank_for(int(self._ann.ntotal), k))
         rows = ann_mod.search_ivfpq(self._ann, q, r, nprobe, bitmap).astype(np.int64)  # [n, r]
         scores = np.full(rows.shape, -np.inf, np.float32)
         for i in range(len(q)):

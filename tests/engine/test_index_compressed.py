@@ -280,3 +280,67 @@ def test_exact_backend_is_chosen_by_measurement_and_cached(tmp_path, monkeypatch
         for row in q:
             np.testing.assert_array_equal(idx.search(row, 10)[0][0], brute(model, row[None], 10)[0])
     exact_backend.forget()
+
+
+def test_ivf_rule_values_at_the_measured_sizes():
+    """The list / probe / shortlist rule at the sizes bench_ivf_rule.py measured (RESULTS.md):
+    tuning recall@10 needed a 300-row shortlist at 1M (0.946 with 200) and 400 at 2M (0.946
+    with 300); nlist and nprobe keep their 100k / 1M values."""
+    assert [ann_mod.ivf_nlist(n) for n in (100_000, 1_000_000, 2_000_000, 4_000_000)] == [512, 2048, 2048, 4096]
+    assert [ann_mod.ivf_nprobe(nl) for nl in (512, 2048, 4096, 8192)] == [64, 128, 181, 256]
+    assert [ann_mod.rerank_for(n, 10) for n in (100_000, 1_000_000, 2_000_000, 10_000_000)] == [200, 300, 425, 949]
+    assert ann_mod.rerank_for(1_000_000, 50) == 500  # a large k still gets 10 rows per answer
+    assert ann_mod.rerank_for(10**9, 10) == ann_mod.RERANK_MAX
+
+
+def test_shortlist_follows_the_keys_indexed(rng, data, monkeypatch):
+    """The search re-scores rerank_for(codes indexed) rows: with the rate raised so that 4,000
+    keys want ~1,000 rows, faiss is asked for that many and recall does not drop."""
+    ids, keys = data
+    idx = compressed()
+    idx.build(ids, keys)
+    assert idx.wait_ready(60) and idx.ann_kind == "ivfpq"
+    model = {int(i): keys[j] for j, i in enumerate(ids)}
+    q = low_rank(rng, 40)
+    before = recall(idx, model, q)
+    asked = []
+    real = ann_mod.search_ivfpq
+
+    def spy(index, queries, n_short, nprobe, bitmap):
+        asked.append(n_short)
+        return real(index, queries, n_short, nprobe, bitmap)
+
+    monkeypatch.setattr(ann_mod, "search_ivfpq", spy)
+    monkeypatch.setattr(ann_mod, "RERANK_AT_MILLION", 15_811)
+    after = recall(idx, model, q)
+    assert set(asked) == {ann_mod.rerank_for(N, 10)} and ann_mod.rerank_for(N, 10) >= 990
+    assert after >= before
+
+
+def test_index_saved_before_the_rule_change_opens_and_searches(rng, data, tmp_path, monkeypatch):
+    """A cache written when the shortlist was a flat 200 (or with lists the rule would now pick
+    differently) is read as it is: no rebuild, same answers at the same shortlist, and its
+    training is still accepted for a compaction (trained_fits within 2x of the lists wanted)."""
+    ids, keys = data
+    shipped_rule = ann_mod.rerank_for
+    monkeypatch.setattr(ann_mod, "rerank_for", lambda n, k: max(200, 10 * k))  # the old rule
+    idx = compressed()
+    idx.build(ids, keys)
+    assert idx.wait_ready(60)
+    folder = tmp_path / "ix"
+    idx.save(folder, {"cv": 1})
+    q = low_rank(rng, 20)
+    old_answers = idx.search(q, 10, exact=False)[0]
+    nlist = int(idx._ann.nlist)
+    monkeypatch.setattr(ann_mod, "rerank_for", shipped_rule)
+    monkeypatch.setattr(ann_mod, "ivf_nlist", lambda n: 2 * nlist)  # a rule that now wants 2x the lists
+    adds = []
+    real_add = ann_mod.add_chunked
+    monkeypatch.setattr(ann_mod, "add_chunked", lambda *a, **kw: adds.append(1) or real_add(*a, **kw))
+    back = VectorIndex.load(folder, {"cv": 1})
+    assert back.wait_ready(60) and back.ann_kind == "ivfpq" and int(back._ann.nlist) == nlist
+    assert adds == []  # read from the cache, not rebuilt
+    np.testing.assert_array_equal(back.search(q, 10, exact=False)[0], old_answers)  # 4000 keys: still 200
+    assert ann_mod.trained_fits(back._trained, len(back), DIM)
+    model = {int(i): keys[j] for j, i in enumerate(ids)}
+    assert recall(back, model, q) >= 0.95
