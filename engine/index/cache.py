@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import threading
 import uuid
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 from filelock import FileLock, Timeout
 
+from engine.processes import pid_alive
 from engine.index.errors import IndexCorruptError, IndexMissingError, IndexStaleError
 
 log = logging.getLogger(__name__)
@@ -107,25 +107,7 @@ def _spill_in_use(path: Path) -> bool:
     if not path.name.startswith(".spill-") or len(parts) < 3 or not parts[1].isdigit():
         return False
     pid = int(parts[1])
-    if pid == os.getpid():
-        return True
-    if sys.platform == "win32":  # os.kill(pid, 0) would TERMINATE the process on Windows
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        ok = ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        ctypes.windll.kernel32.CloseHandle(handle)
-        return bool(ok) and code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # alive, someone else's
-        return True
-    return True
+    return pid == os.getpid() or pid_alive(pid)
 
 
 def _write_keys(folder: Path, name: str, arr, dtype) -> np.ndarray | None:

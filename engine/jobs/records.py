@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from engine.processes import pid_alive  # noqa: F401 - re-exported: the job records' liveness check
 
 log = logging.getLogger(__name__)
 
@@ -81,34 +81,6 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id exists and is not a zombie."""
-    if not pid or pid <= 0:
-        return False
-    if sys.platform == "win32":  # os.kill(pid, 0) would TERMINATE the process on Windows
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        ok = ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        ctypes.windll.kernel32.CloseHandle(handle)
-        return bool(ok) and code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
 
 
 def _loads(text: str | None) -> Any:
