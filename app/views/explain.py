@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -506,6 +505,21 @@ class ExplainPanel(QWidget):
         expl = self.explanation
         if expl is None or not expl.weight_patches or self._pending:
             return False
+
+        def done(left: dict) -> None:
+            expl.answers_without_patch = dict(left)
+            self._show_without(expl)
+            self._set_busy(False)
+            self.status.setText(f"Answered without each of {len(left)} weight patch(es).")
+            self.without_done.emit(expl)
+
+        return self._answer_again("answers_without_patches", done, "without each weight patch",
+                                  "without the weight patches")
+
+    def _answer_again(self, method: str, done, busy: str, what: str) -> bool:
+        """Ask the shown question again through ``Predictor.<method>`` (same packs, k, length and
+        plugins) on the model thread; ``done(result)`` runs only if that answer is still shown."""
+        expl = self.explanation
         prompt, _, k, n = self._asked
         mode = expl.mode
         mems, _ = self.ctx.plugged_memories() if mode != "none" else ([], [])
@@ -513,20 +527,15 @@ class ExplainPanel(QWidget):
 
         def task(model):
             plugins, _ = model.plugins_for(plugin_paths)
-            return model.predictor.answers_without_patches(prompt, mems, mode=mode, k=k, max_new_tokens=n,
-                                                           plugins=plugins)
+            return getattr(model.predictor, method)(prompt, mems, mode=mode, k=k, max_new_tokens=n, plugins=plugins)
 
-        def done(left: dict) -> None:
+        def still_shown(result) -> None:
             if self.explanation is expl:
-                expl.answers_without_patch = dict(left)
-                self._show_without(expl)
-                self._set_busy(False)
-                self.status.setText(f"Answered without each of {len(left)} weight patch(es).")
-                self.without_done.emit(expl)
+                done(result)
 
-        self._set_busy(True, "Answering without each weight patch…")
-        self.ctx.model.submit(task, done, on_error=lambda exc: (self._set_busy(False), self._error(str(exc))),
-                              what="Answering without the weight patches")
+        self._set_busy(True, f"Answering {busy}…")
+        self.ctx.model.submit(task, still_shown, on_error=lambda exc: (self._set_busy(False), self._error(str(exc))),
+                              what=f"Answering {what}")
         return True
 
     def patches_changed(self, applied: list[str]) -> None:
@@ -624,18 +633,8 @@ class ExplainPanel(QWidget):
         expl = self.explanation
         if expl is None or not getattr(expl, "pkm_layer", None) or self._pending:
             return False
-        prompt, _, k, n = self._asked
-        mode = expl.mode
-        mems, _ = self.ctx.plugged_memories() if mode != "none" else ([], [])
-        plugin_paths = list(self._asked_plugins)
-
-        def task(model):
-            plugins, _ = model.plugins_for(plugin_paths)
-            return model.predictor.answers_without_pkm(prompt, mems, mode=mode, k=k, max_new_tokens=n, plugins=plugins)
 
         def done(left: dict) -> None:
-            if self.explanation is not expl:
-                return
             self._set_busy(False)
             if not left:
                 self._error("The product-key memory is no longer plugged in: press “Ask again”.")
@@ -645,10 +644,8 @@ class ExplainPanel(QWidget):
             self.status.setText("Answered without the product-key memory.")
             self.without_pkm_done.emit(expl)
 
-        self._set_busy(True, "Answering without the product-key memory…")
-        self.ctx.model.submit(task, done, on_error=lambda exc: (self._set_busy(False), self._error(str(exc))),
-                              what="Answering without the product-key memory")
-        return True
+        return self._answer_again("answers_without_pkm", done, "without the product-key memory",
+                                  "without the product-key memory")
 
     def pkm_changed(self, plugged: str | None) -> None:
         """The plugged product-key memory changed: the answer shown was read by another reader."""
