@@ -470,6 +470,10 @@ def test_the_task_plugin_job_gets_the_presets_config_and_its_plugin_becomes_plug
     q = PRESETS[("task", "quick")]
     assert {k: cfg[k] for k in ("lr", "batch", "epochs", "max_steps")} == q
     assert cfg["probes"] == [str(probes)] and cfg["answer_slot"] is True and cfg["start"] == "none"
+    from app.views.job_details import what_it_does
+
+    assert what_it_does("task_tune", "", cfg) == ("Trains the task plugin of geo to answer the questions of "
+                                                  "probes_train.jsonl, the reader frozen.")
     meta = read_plugin_config(Path(path + ".task-plugin"))
     assert meta["training"]["objective"] == "task"
     assert panel.plugin_box(path).isEnabled()
