@@ -77,14 +77,15 @@ class StepTime:
     source: str
 
 
-#: Measured on the shared 2-core dev box under load (an upper bound), evaluation and checkpoints included.
+#: Measured by the quick presets' own jobs on the geography demo (bench/RESULTS.md, 2026-12-08: the
+#: shared 2-core box at load 2-6, both jobs at once, 1 thread each), evaluations and checkpoints included.
 STEP_TIMES = {
-    "general": StepTime(1620 / (100 * 16), 2508 / 3411, "active entries",
-                        "100 steps of batch 16 in 27 min (issue 5 map-tuning run; 2,508 training sentences "
-                        "from 3,411 geography entries)"),
-    "task": StepTime(1219 / (45 * 32), 2615 / 3411, "triples",
-                     "45 steps of batch 32 in 1,219 s (2026-12-07 answer-slot run; 2,615 training questions "
-                     "from 3,411 geography triples)"),
+    "general": StepTime(252.9 / (75 * 16), 2508 / 3411, "active entries",
+                        "the quick preset's 75 steps of batch 16 in 253 s, 2026-12-08; 2,508 training sentences "
+                        "from 3,411 geography entries"),
+    "task": StepTime(469.8 / (45 * 32), 2615 / 3411, "triples",
+                     "the quick preset's 45 steps of batch 32 in 470 s, 2026-12-08; 2,615 training questions "
+                     "from 3,411 geography triples"),
 }
 
 
@@ -129,8 +130,9 @@ def estimate(kind: str, rows: int, batch: int, epochs: int, max_steps: int, *, g
     text = f"at most {span} (measured on a CPU; this computer's GPU is faster)" if gpu else \
         f"about {span} on this computer"
     tip = (f"{steps:,} steps of {batch} = {steps * batch:,} examples x {t.seconds_per_example:.2f} s each. "
-           f"The {t.seconds_per_example:.2f} s per example was measured on a CPU under load "
-           f"(bench/RESULTS.md, Knowledge plugins: {t.source}), so this is an upper bound; a GPU is far faster. "
+           f"The {t.seconds_per_example:.2f} s per example was measured on a 2-core CPU shared with other jobs "
+           f"(bench/RESULTS.md, Knowledge plugins: {t.source}); under heavier load it took up to 4 times "
+           f"longer, on a GPU far less. "
            f"Training examples: about {t.train_share:.0%} of the pack's {rows:,} {t.rows}.")
     return text, tip
 

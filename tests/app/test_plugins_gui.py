@@ -401,7 +401,7 @@ def test_presets_fill_the_fields_and_the_estimate_follows_the_preset_kind_and_pa
     s = PRESETS[("task", "standard")]
     assert dlg.task_fields.isVisible() and dlg.answer_slot.isChecked() and not dlg.advanced.isVisible()
     assert (dlg.lr.value(), dlg.batch.value(), dlg.max_steps.value()) == (s["lr"], s["batch"], 0)
-    assert "1,219 s" in dlg.estimates["standard"].toolTip()
+    assert "45 steps of batch 32 in 470 s" in dlg.estimates["standard"].toolTip()
 
     small_standard = dlg.estimates["standard"].text()
     assert dlg.estimates["quick"].text() == small_standard  # a tiny pack: 45 steps or one epoch, both one step
