@@ -594,6 +594,10 @@ def flow_entities(d: Driver) -> None:
     d.shot("entities")
     dlg = MapTuneDialog(d.ctx, d.geo, d.win)
     dlg.open()
+    # the recommended choice: the task plugin on the demo's training probes, the quick preset
+    dlg.kind_radios["task"].setChecked(True)
+    dlg.questions.setText(str(ROOT / "resources" / "demo" / "geography" / "probes_train.jsonl"))
+    dlg.preset_radios["quick"].setChecked(True)
     d.shot("map_tune", 600)
     opts = dlg.options()
     dlg.accept()

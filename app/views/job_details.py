@@ -22,6 +22,7 @@ _WHAT = {
                       "edit (mode {mode}, {k} entries per question).",
     "train_transe": "Learns entity embeddings (TransE, {epochs} epochs) from the triples of {pack}.",
     "map_tune": "Trains the knowledge plugin of {pack}: a mapping from its entity embeddings into the reader.",
+    "task_tune": "Trains the task plugin of {pack} to answer the questions of {probes}, the reader frozen.",
 }
 _RESULT_LABELS = {"read": "entries read", "already": "already prepared", "n": "questions"}
 
@@ -57,7 +58,8 @@ def what_it_does(kind: str, title: str, config: dict[str, Any]) -> str:
              "packs": _packs(config.get("packs")), "data": _names(config.get("data")),
              "file": _names(config.get("file")), "steps": f"{config.get('steps', '?'):,}"
              if isinstance(config.get("steps"), int) else "?", "mode": config.get("mode", "?"),
-             "k": config.get("k", "?"), "epochs": config.get("epochs", "?")}
+             "k": config.get("k", "?"), "epochs": config.get("epochs", "?"),
+             "probes": _names(config.get("probes"))}
     return template.format(**words)
 
 

@@ -1,5 +1,6 @@
-"""Map-tune a pack's knowledge plugin: the dialog (main options) and the trainer that runs
-the work as background jobs in the Jobs panel.
+"""Train a pack's knowledge plugin: the dialog (what to train in the expert's words, presets
+with a time estimate, the ML fields under *Custom*) and the trainer that runs the work as
+background jobs in the Jobs panel.
 
 Two jobs, one after the other, through the engine's process runner (the Jobs panel shows
 their progress, log and live loss curve, and can cancel or resume them):
@@ -7,7 +8,9 @@ their progress, log and live loss curve, and can cancel or resume them):
 1. ``train_transe`` (skipped when the user picks embeddings already beside the pack,
    imported or trained before): TransE entity embeddings from the pack's triples into
    ``<pack>.embeddings/``;
-2. ``map_tune``: the mapping network, reader frozen, saved as ``<pack>.plugin/``.
+2. either ``map_tune`` (the general plugin: which entity a mention is), saved as
+   ``<pack>.plugin/``, or ``task_tune`` (the task plugin: the loss of the answers of the
+   pack's probe questions), saved as ``<pack>.task-plugin/``; the reader frozen in both.
 
 When the second ends well the pack's "plugin" checkbox in the Workspace panel becomes
 enabled (:attr:`PluginTrainer.plugin_ready`). Cancelling either stops the chain; both
@@ -16,6 +19,7 @@ jobs resume from their checkpoints when started again with the same options.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -47,12 +52,96 @@ log = logging.getLogger(__name__)
 
 TRANSE_TARGET = "engine.mechanisms.plugins.transe:train_transe"
 MAP_TUNE_TARGET = "engine.mechanisms.plugins.map_tune:map_tune"
+TASK_TUNE_TARGET = "engine.mechanisms.plugins.task_tune:task_tune"
+
+KINDS = ("general", "task")
+#: What each preset sets (bench/RESULTS.md, "Knowledge plugins"): quick is about the
+#: 20-minute runs measured there (general: 100 steps of 16 took 27 min, so 75; task: the
+#: 20-minute answer-slot run did 45 steps of 32), standard one full epoch.
+PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("general", "quick"): {"lr": 0.01, "batch": 16, "epochs": 1, "max_steps": 75},
+    ("general", "standard"): {"lr": 0.01, "batch": 16, "epochs": 1, "max_steps": 0},
+    ("task", "quick"): {"lr": 5e-3, "batch": 32, "epochs": 1, "max_steps": 45},
+    ("task", "standard"): {"lr": 5e-3, "batch": 32, "epochs": 1, "max_steps": 0},
+}
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """A measured wall time per training example and the share of the pack's rows that become
+    training examples (both from one run on the geography demo, named in ``source``)."""
+
+    seconds_per_example: float
+    train_share: float  # training examples / pack rows (entries for general, triples for task)
+    rows: str  # what the pack rows are
+    source: str
+
+
+#: Measured by the quick presets' own jobs on the geography demo (bench/RESULTS.md, 2026-12-08: the
+#: shared 2-core box at load 2-6, both jobs at once, 1 thread each), evaluations and checkpoints included.
+STEP_TIMES = {
+    "general": StepTime(252.9 / (75 * 16), 2508 / 3411, "active entries",
+                        "the quick preset's 75 steps of batch 16 in 253 s, 2026-12-08; 2,508 training sentences "
+                        "from 3,411 geography entries"),
+    "task": StepTime(469.8 / (45 * 32), 2615 / 3411, "triples",
+                     "the quick preset's 45 steps of batch 32 in 470 s, 2026-12-08; 2,615 training questions "
+                     "from 3,411 geography triples"),
+}
+
+
+def pack_rows(pack: str | Path) -> dict[str, int]:
+    """The pack's active entries and triples: what the estimate scales with (0, 0 when unreadable)."""
+    from engine.store import Pack
+
+    try:
+        with Pack.open(str(pack), readonly=True) as p:
+            return {"general": p.count(status="active"), "task": len(p.triples())}
+    except Exception as exc:  # noqa: BLE001 - the estimate then says it has nothing to go on
+        log.warning("cannot count the rows of %s: %s", pack, exc)
+        return {"general": 0, "task": 0}
+
+
+def planned_steps(kind: str, rows: int, batch: int, epochs: int, max_steps: int) -> int:
+    """Training steps the job will run on a pack of ``rows`` (entries or triples), as the job counts them."""
+    examples = max(1, round(rows * STEP_TIMES[kind].train_share))
+    total = epochs * math.ceil(examples / max(1, batch))
+    return min(total, max_steps) if max_steps else total
+
+
+def has_gpu() -> bool:
+    """Whether the jobs will train on a GPU (they pick CUDA at run time when there is one)."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no torch build with CUDA: a CPU
+        return False
+
+
+def estimate(kind: str, rows: int, batch: int, epochs: int, max_steps: int, *, gpu: bool = False) -> tuple[str, str]:
+    """The estimate the dialog shows beside a preset, and its tooltip naming the figure it rests on.
+    ``gpu``: the measured figure is a CPU's, so it is then only an upper bound."""
+    t = STEP_TIMES[kind]
+    if rows <= 0:
+        return "no estimate (the pack has nothing to train on)", f"The pack has no {t.rows}."
+    steps = planned_steps(kind, rows, batch, epochs, max_steps)
+    minutes = max(1, round(steps * batch * t.seconds_per_example / 60))
+    span = f"{minutes} minute{'s' if minutes != 1 else ''}" if minutes < 90 else f"{minutes / 60:.1f} hours"
+    text = f"at most {span} (measured on a CPU; this computer's GPU is faster)" if gpu else \
+        f"about {span} on this computer"
+    tip = (f"{steps:,} steps of {batch} = {steps * batch:,} examples x {t.seconds_per_example:.2f} s each. "
+           f"The {t.seconds_per_example:.2f} s per example was measured on a 2-core CPU shared with other jobs "
+           f"(bench/RESULTS.md, Knowledge plugins: {t.source}); under heavier load it took up to 4 times "
+           f"longer, on a GPU far less. "
+           f"Training examples: about {t.train_share:.0%} of the pack's {rows:,} {t.rows}.")
+    return text, tip
 
 
 @dataclass
 class MapTuneOptions:
     """What the dialog asks; turned into the two jobs' configs by :class:`PluginTrainer`."""
 
+    kind: str = "general"  # "general": map-tuning (<pack>.plugin); "task": task-tuning (<pack>.task-plugin)
     train_transe: bool = True  # False: use the embeddings already in <pack>.embeddings/
     transe_dim: int = 64
     transe_epochs: int = 300
@@ -62,10 +151,21 @@ class MapTuneOptions:
     max_steps: int = 0  # 0: all epochs
     dropout: float = 0.0  # inside the reader while training
     holdout_probes: list[str] = field(default_factory=list)
+    probes: list[str] = field(default_factory=list)  # task plugin: the probe files its questions come from
+    answer_slot: bool = True  # task plugin: a second vector where the answer begins (+7 points, RESULTS.md)
     start_over: bool = False  # ignore checkpoints (and replace a trained plugin)
 
     def check(self) -> None:
         """Raise ValueError naming the option that is wrong."""
+        if self.kind not in KINDS:
+            raise ValueError(f"what to train must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind == "task":
+            if not self.probes:
+                raise ValueError("questions file: a task plugin needs a probe file to learn the pack's questions "
+                                 "from (e.g. the domain's probes_train.jsonl)")
+            for p in self.probes:
+                if not Path(p).is_file():
+                    raise ValueError(f"questions file {p}: no such file")
         for p in self.holdout_probes:
             if not Path(p).is_file():
                 raise ValueError(f"held-out probes file {p}: no such file")
@@ -111,7 +211,7 @@ def interrupted_run(folder: Path) -> bool:
 class PluginTrainer(QObject):
     """Starts TransE then map-tuning as jobs; says when a pack's plugin is ready."""
 
-    job_started = Signal(str, str, str)  # pack path, job id, kind ('train_transe' | 'map_tune')
+    job_started = Signal(str, str, str)  # pack path, job id, kind ('train_transe' | 'map_tune' | 'task_tune')
     plugin_ready = Signal(str)  # pack path: <pack>.plugin/ now holds a trained plugin
     stopped = Signal(str, str)  # pack path, status ('cancelled', 'failed', ...) of the job that ended the chain
 
@@ -141,8 +241,26 @@ class PluginTrainer(QObject):
                       "force": bool(options.start_over or needs_force(default_embeddings_dir(pack)))}
             return self._start(pack, "train_transe", TRANSE_TARGET, config,
                                f"TransE embeddings for {name} ({options.transe_epochs} epochs)",
-                               lambda: self._start_map_tune(pack, options))
-        return self._start_map_tune(pack, options)
+                               lambda: self._start_plugin(pack, options))
+        return self._start_plugin(pack, options)
+
+    def _start_plugin(self, pack: str, options: MapTuneOptions) -> str | None:
+        return self._start_task_tune(pack, options) if options.kind == "task" else self._start_map_tune(pack, options)
+
+    def _start_task_tune(self, pack: str, options: MapTuneOptions) -> str | None:
+        from engine.mechanisms.plugins.io import default_plugin_dir, default_task_plugin_dir
+
+        out = default_task_plugin_dir(pack)
+        general = default_plugin_dir(pack)
+        # From the general plugin when there is one on these embeddings; new TransE vectors mean a fresh mapping.
+        start = None if (not options.train_transe and (general / "config.json").is_file()) else "none"
+        config = {"pack": pack, "reader": self.ctx.workspace.reader, "probes": list(options.probes),
+                  "holdout_probes": list(options.holdout_probes), "answer_slot": options.answer_slot,
+                  "start": start, "lr": options.lr, "batch": options.batch, "epochs": options.epochs,
+                  "max_steps": options.max_steps, "force": bool(options.start_over or needs_force(out))}
+        steps = f"{options.max_steps} steps" if options.max_steps else f"{options.epochs} epochs"
+        return self._start(pack, "task_tune", TASK_TUNE_TARGET, config,
+                           f"Task-tune the plugin of {Path(pack).stem} ({steps})", lambda: self.plugin_ready.emit(pack))
 
     def _start_map_tune(self, pack: str, options: MapTuneOptions) -> str | None:
         from engine.mechanisms.plugins.io import default_plugin_dir
@@ -182,7 +300,15 @@ class PluginTrainer(QObject):
 
 
 class MapTuneDialog(QDialog):
-    """The main options of map-tuning one pack's knowledge plugin."""
+    """What to train (in the expert's words), a preset with its time estimate, and under
+    *Custom* the ML fields, for one pack's knowledge plugin."""
+
+    KIND_TEXT = {
+        "general": "Teach the model which entity a mention is (general plugin, map-tuning)",
+        "task": "Teach the model to answer this pack's questions\n(task plugin, needs a probe file; "
+                "recommended: +7 points on held-out entities, bench/RESULTS.md)",
+    }
+    PRESET_TEXT = {"quick": "Quick", "standard": "Standard (one full pass over the pack)", "custom": "Custom"}
 
     def __init__(self, ctx: AppContext, pack: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -190,16 +316,48 @@ class MapTuneDialog(QDialog):
         self.ctx = ctx
         self.pack = pack
         name = Path(pack).stem
-        self.setWindowTitle(f"Map-tune the knowledge plugin of {name}")
+        self.setWindowTitle(f"Train the knowledge plugin of {name}")
         source, emb_text = embeddings_status(pack)
         from app.workspace import plugin_status
 
         has_plugin, plugin_text = plugin_status(pack)
+        self.rows = pack_rows(pack)
+        self.gpu = has_gpu()
 
-        intro = QLabel(f"Trains a mapping from <b>{name}</b>'s entity embeddings into the reader's input space, "
-                       "the reader frozen. Runs in the background (Jobs panel: progress, loss curve, cancel); "
+        intro = QLabel(f"Teaches the frozen reader <b>{name}</b>'s entities from their embeddings (the reader itself "
+                       "is not changed). Runs in the background (Jobs panel: progress, loss curve, cancel); "
                        "when it is done, tick the pack's <i>plugin</i> box to use it.")
         intro.setWordWrap(True)
+
+        # ---- what to train
+        kind_box = QGroupBox("What to train")
+        self.kind_radios: dict[str, QRadioButton] = {}
+        kl = QVBoxLayout(kind_box)
+        kinds = QButtonGroup(self)
+        for k in KINDS:
+            r = QRadioButton(self.KIND_TEXT[k])
+            r.setObjectName(f"Kind_{k}")
+            kinds.addButton(r)
+            self.kind_radios[k] = r
+            kl.addWidget(r)
+        self.kind_radios["general"].setChecked(True)
+        self.task_fields = QWidget()
+        tf = QFormLayout(self.task_fields)
+        tf.setContentsMargins(24, 0, 0, 0)
+        self.questions = QLineEdit(placeholderText="probe file whose questions the plugin learns to answer (JSONL)")
+        self.questions.setObjectName("QuestionsFile")
+        qbrowse = QPushButton("Browse…")
+        qbrowse.clicked.connect(lambda: self._browse(self.questions, "Questions (probe file)"))
+        qrow = QHBoxLayout()
+        qrow.addWidget(self.questions, 1)
+        qrow.addWidget(qbrowse)
+        tf.addRow("Questions file", qrow)
+        self.answer_slot = QCheckBox("Also place the answer's entity where the answer begins (answer slot)")
+        self.answer_slot.setChecked(True)
+        self.answer_slot.setToolTip("A second vector where the answer begins: 3.6 % -> 10.8 % on held-out entities "
+                                    "(bench/RESULTS.md, bench_task_plugin.py)")
+        tf.addRow(self.answer_slot)
+        kl.addWidget(self.task_fields)
 
         # ---- embeddings
         emb_box = QGroupBox("Entity embeddings")
@@ -231,8 +389,34 @@ class MapTuneDialog(QDialog):
         el.addWidget(self.replace_note)
         el.addWidget(self.use_radio)
 
-        # ---- mapping
-        map_box = QGroupBox("Mapping network")
+        # ---- how long: presets, each with its estimate beside it
+        preset_box = QGroupBox("How long")
+        pg = QGridLayout(preset_box)
+        presets = QButtonGroup(self)
+        self.preset_radios: dict[str, QRadioButton] = {}
+        self.estimates: dict[str, QLabel] = {}
+        for i, key in enumerate(("quick", "standard", "custom")):
+            r = QRadioButton(self.PRESET_TEXT[key])
+            r.setObjectName(f"Preset_{key}")
+            presets.addButton(r)
+            est = QLabel()
+            est.setObjectName("CountLabel")
+            self.preset_radios[key], self.estimates[key] = r, est
+            pg.addWidget(r, i, 0)
+            pg.addWidget(est, i, 1)
+        pg.setColumnStretch(1, 1)
+        self.probes = QLineEdit(placeholderText="optional: probes JSONL whose held-out subjects are kept out of training")
+        self.probes.setObjectName("ProbesFile")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(lambda: self._browse(self.probes, "Held-out probes"))
+        prow = QHBoxLayout()
+        prow.addWidget(QLabel("Keep out to test on"))
+        prow.addWidget(self.probes, 1)
+        prow.addWidget(browse)
+        pg.addLayout(prow, 3, 0, 1, 2)
+
+        # ---- advanced: the ML fields (shown with Custom; filled by the other presets)
+        self.advanced = QGroupBox("Advanced")
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(5)
         self.lr.setRange(0.00001, 1.0)
@@ -253,20 +437,12 @@ class MapTuneDialog(QDialog):
         self.dropout.setRange(0.0, 0.9)
         self.dropout.setSingleStep(0.05)
         self.dropout.setToolTip("Dropout inside the frozen reader while training (SmolLM2 was trained without: 0 is safest)")
-        self.probes = QLineEdit(placeholderText="optional: probes JSONL whose held-out subjects are kept out of training")
-        self.probes.setObjectName("ProbesFile")
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse_probes)
-        prow = QHBoxLayout()
-        prow.addWidget(self.probes, 1)
-        prow.addWidget(browse)
-        mform = QFormLayout(map_box)
+        mform = QFormLayout(self.advanced)
         mform.addRow("Learning rate", self.lr)
         mform.addRow("Batch", self.batch)
         mform.addRow("Epochs", self.epochs)
         mform.addRow("Max steps", self.max_steps)
         mform.addRow("Reader dropout", self.dropout)
-        mform.addRow("Held-out probes", prow)
 
         self.start_over = QCheckBox("Start over (ignore checkpoints of an interrupted run)")
         reader = ctx.workspace.reader or "the default reader (SmolLM2-135M-Instruct)"
@@ -287,35 +463,80 @@ class MapTuneDialog(QDialog):
 
         lay = QVBoxLayout(self)
         lay.addWidget(intro)
+        lay.addWidget(kind_box)
+        lay.addWidget(preset_box)
+        lay.addWidget(self.advanced)
         lay.addWidget(emb_box)
-        lay.addWidget(map_box)
         lay.addWidget(self.start_over)
         lay.addWidget(self.info)
         lay.addWidget(self.error)
         lay.addWidget(self.buttons)
         self.train_radio.toggled.connect(self._update)
-        self.probes.textChanged.connect(lambda _: self.error.setVisible(False))
+        for r in (*self.kind_radios.values(), *self.preset_radios.values()):
+            r.toggled.connect(lambda on: on and self._preset_changed())
+        for w in (self.batch, self.epochs, self.max_steps):
+            w.valueChanged.connect(lambda _: self._update_estimates())
+        for w in (self.probes, self.questions):
+            w.textChanged.connect(lambda _: self.error.setVisible(False))
+        self.preset_radios["quick"].setChecked(True)
         self._update()
-        self.setMinimumWidth(520)
+        self.setMinimumWidth(620)
+
+    # ------------------------------------------------------------------ state
+    def kind(self) -> str:
+        return next(k for k, r in self.kind_radios.items() if r.isChecked())
+
+    def preset(self) -> str:
+        return next(k for k, r in self.preset_radios.items() if r.isChecked())
+
+    def _preset_changed(self) -> None:
+        """Fill the ML fields from the preset (Custom keeps them and shows them)."""
+        kind, preset = self.kind(), self.preset()
+        values = PRESETS.get((kind, preset))
+        if values:
+            self.lr.setValue(values["lr"])
+            self.batch.setValue(values["batch"])
+            self.epochs.setValue(values["epochs"])
+            self.max_steps.setValue(values["max_steps"])
+            self.dropout.setValue(0.0)
+        self.advanced.setVisible(preset == "custom")
+        self.task_fields.setVisible(kind == "task")
+        self.dropout.setEnabled(kind == "general")  # task-tuning has no reader dropout
+        self._update_estimates()
+        if self.layout() is not None:  # grow or shrink with the fields shown, never squeezing them
+            self.layout().activate()
+            self.resize(self.width(), self.sizeHint().height())
+
+    def _update_estimates(self) -> None:
+        kind, rows = self.kind(), self.rows[self.kind()]
+        for key, label in self.estimates.items():
+            v = PRESETS.get((kind, key)) or {"batch": self.batch.value(), "epochs": self.epochs.value(),
+                                              "max_steps": self.max_steps.value()}
+            text, tip = estimate(kind, rows, v["batch"], v["epochs"], v["max_steps"], gpu=self.gpu)
+            label.setText(text)
+            label.setToolTip(tip)
+            self.preset_radios[key].setToolTip(tip)
 
     def _update(self) -> None:
         on = self.train_radio.isChecked()
         self.dim.setEnabled(on)
         self.transe_epochs.setEnabled(on)
 
-    def _browse_probes(self) -> None:
-        f, _ = QFileDialog.getOpenFileName(self, "Held-out probes", str(Path(self.pack).parent),
-                                           "JSON lines (*.jsonl);;All files (*)")
+    def _browse(self, edit: QLineEdit, title: str) -> None:
+        f, _ = QFileDialog.getOpenFileName(self, title, str(Path(self.pack).parent), "JSON lines (*.jsonl);;All files (*)")
         if f:
-            self.probes.setText(f)
+            edit.setText(f)
 
     def options(self) -> MapTuneOptions:
-        probes = [p.strip() for p in self.probes.text().split(";") if p.strip()]
-        return MapTuneOptions(train_transe=self.train_radio.isChecked(), transe_dim=self.dim.value(),
+        split = lambda text: [p.strip() for p in text.split(";") if p.strip()]  # noqa: E731
+        kind = self.kind()
+        return MapTuneOptions(kind=kind, train_transe=self.train_radio.isChecked(), transe_dim=self.dim.value(),
                               transe_epochs=self.transe_epochs.value(), lr=self.lr.value(), batch=self.batch.value(),
                               epochs=self.epochs.value(), max_steps=self.max_steps.value(),
-                              dropout=self.dropout.value(), holdout_probes=probes,
-                              start_over=self.start_over.isChecked())
+                              dropout=self.dropout.value() if kind == "general" else 0.0,
+                              holdout_probes=split(self.probes.text()),
+                              probes=split(self.questions.text()) if kind == "task" else [],
+                              answer_slot=self.answer_slot.isChecked(), start_over=self.start_over.isChecked())
 
     def _accept(self) -> None:
         try:

@@ -6,6 +6,7 @@ reaching the prediction (injected entities and the answer without plugins shown)
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -363,3 +364,116 @@ def test_the_evaluation_tab_runs_with_the_plugged_plugin_and_shows_each_relation
     for name, fig in r["by_relation"].items():  # per relation, with and without the plugin
         assert rows[name][3] == f"{100 * fig['accuracy_without_plugins']:.1f}%"
         assert rows[name][2] == f"{100 * fig['accuracy']:.1f}%"
+
+
+def _task_probes(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "probes_train.jsonl", [
+        {"prompt": "The capital of France is", "answer": "Paris", "relation": "capital", "subject": "France"},
+        {"prompt": "According to the atlas, Spain lies in", "answer": "Europe", "relation": "region",
+         "subject": "Spain"}])
+
+
+def test_presets_fill_the_fields_and_the_estimate_follows_the_preset_kind_and_pack(qtbot, jobs_window, tmp_path):
+    from app.views.map_tune import PRESETS, STEP_TIMES, MapTuneDialog, estimate, planned_steps
+
+    ctx, path, panel, jobs, trainer = jobs_window
+    dlg = MapTuneDialog(ctx, path)
+    qtbot.addWidget(dlg)
+    dlg.show()
+    assert dlg.preset() == "quick" and dlg.kind() == "general"
+    assert not dlg.advanced.isVisible() and not dlg.task_fields.isVisible()
+    q = PRESETS[("general", "quick")]
+    assert (dlg.lr.value(), dlg.batch.value(), dlg.epochs.value(), dlg.max_steps.value()) == \
+        (q["lr"], q["batch"], q["epochs"], q["max_steps"])
+    quick_general = dlg.estimates["quick"].text()
+    assert ("GPU is faster" if dlg.gpu else "on this computer") in quick_general
+    assert "bench/RESULTS.md" in dlg.estimates["quick"].toolTip()
+    assert f"{STEP_TIMES['general'].seconds_per_example:.2f} s per example" in dlg.estimates["quick"].toolTip()
+
+    dlg.preset_radios["custom"].setChecked(True)  # custom shows the ML fields, keeping the values
+    assert dlg.advanced.isVisible() and dlg.batch.value() == q["batch"]
+    dlg.max_steps.setValue(5000)
+    dlg.epochs.setValue(50)
+    assert dlg.estimates["custom"].text() != quick_general  # the custom estimate follows the fields
+
+    dlg.kind_radios["task"].setChecked(True)  # the task plugin: its own figures, the answer slot on
+    dlg.preset_radios["standard"].setChecked(True)
+    s = PRESETS[("task", "standard")]
+    assert dlg.task_fields.isVisible() and dlg.answer_slot.isChecked() and not dlg.advanced.isVisible()
+    assert (dlg.lr.value(), dlg.batch.value(), dlg.max_steps.value()) == (s["lr"], s["batch"], 0)
+    assert "45 steps of batch 32 in 470 s" in dlg.estimates["standard"].toolTip()
+
+    small_standard = dlg.estimates["standard"].text()
+    assert dlg.estimates["quick"].text() == small_standard  # a tiny pack: 45 steps or one epoch, both one step
+
+    # a pack with 3,000 more triples: the same presets take longer, and quick (45 steps) is shorter than an epoch
+    from engine.mechanisms.plugins.entities import import_triples
+    from engine.store import Pack
+
+    with Pack.open(path) as pk:
+        import_triples(pk, [write_jsonl(tmp_path / "more.jsonl", [
+            {"head": f"Place {i}", "relation": "capital", "tail": f"Town {i}"} for i in range(3000)])])
+    big = MapTuneDialog(ctx, path)
+    qtbot.addWidget(big)
+    big.kind_radios["task"].setChecked(True)
+    minutes = {k: int(re.search(r"(\d+) minutes", big.estimates[k].text()).group(1)) for k in ("quick", "standard")}
+    assert minutes["quick"] < minutes["standard"] and big.estimates["standard"].text() != small_standard
+    steps = planned_steps("task", 3030, 32, 1, 0)
+    assert f"{steps} steps of 32" in big.estimates["standard"].toolTip() and "3,030 triples" in big.estimates["standard"].toolTip()
+    assert minutes["standard"] == round(steps * 32 * STEP_TIMES["task"].seconds_per_example / 60)
+    text, _ = estimate("task", 3030, 32, 1, 0, gpu=True)  # on a GPU the CPU figure is only a bound, said so
+    assert text == f"at most {minutes['standard']} minutes (measured on a CPU; this computer's GPU is faster)"
+
+
+def test_a_task_plugin_without_a_probe_file_is_refused_naming_the_field(qtbot, jobs_window, tmp_path):
+    from app.views.map_tune import MapTuneDialog, MapTuneOptions
+
+    ctx, path, panel, jobs, trainer = jobs_window
+    dlg = MapTuneDialog(ctx, path)
+    qtbot.addWidget(dlg)
+    dlg.kind_radios["task"].setChecked(True)
+    dlg._accept()
+    assert dlg.result() == 0 and dlg.error.isVisibleTo(dlg)
+    assert dlg.error.text().startswith("Questions file: a task plugin needs a probe file")
+    dlg.questions.setText(str(tmp_path / "nowhere.jsonl"))
+    dlg._accept()
+    assert dlg.result() == 0 and "Questions file" in dlg.error.text() and "nowhere.jsonl: no such file" in dlg.error.text()
+    # the trainer refuses it too (a caller without the dialog), and starts nothing
+    assert trainer.start(path, MapTuneOptions(kind="task")) is None
+    assert "questions file" in str(ctx.notifier.history[-1]) and ctx.jobs.live == {}
+
+
+def test_the_task_plugin_job_gets_the_presets_config_and_its_plugin_becomes_plugged(qtbot, jobs_window, tmp_path,
+                                                                                   tiny_reader):
+    from app.views.map_tune import PRESETS, MapTuneDialog
+    from engine.mechanisms.plugins.io import read_plugin_config
+
+    ctx, path, panel, jobs, trainer = jobs_window
+    ctx.workspace.reader = str(tiny_reader.save(tmp_path / "tiny-reader"))
+    probes = _task_probes(tmp_path)
+    dlg = MapTuneDialog(ctx, path)
+    qtbot.addWidget(dlg)
+    dlg.kind_radios["task"].setChecked(True)
+    dlg.preset_radios["quick"].setChecked(True)
+    dlg.questions.setText(str(probes))
+    dlg.dim.setValue(8)
+    dlg.transe_epochs.setValue(3)
+    dlg._accept()
+    assert dlg.result() == 1
+    started = []
+    trainer.job_started.connect(lambda p, jid, kind: started.append((jid, kind)))
+    trainer.plugin_ready.connect(lambda p: panel.refresh_plugins())
+    with qtbot.waitSignal(trainer.plugin_ready, timeout=240_000):
+        trainer.start(path, dlg.options())
+    assert [k for _, k in started] == ["train_transe", "task_tune"]
+    cfg = ctx.jobs.record(started[1][0]).config
+    q = PRESETS[("task", "quick")]
+    assert {k: cfg[k] for k in ("lr", "batch", "epochs", "max_steps")} == q
+    assert cfg["probes"] == [str(probes)] and cfg["answer_slot"] is True and cfg["start"] == "none"
+    from app.views.job_details import what_it_does
+
+    assert what_it_does("task_tune", "", cfg) == ("Trains the task plugin of geo to answer the questions of "
+                                                  "probes_train.jsonl, the reader frozen.")
+    meta = read_plugin_config(Path(path + ".task-plugin"))
+    assert meta["training"]["objective"] == "task"
+    assert panel.plugin_box(path).isEnabled()
