@@ -230,7 +230,7 @@ class MainWindow(QMainWindow):
         t = mb.addMenu("&Tools")
         self.act_entities = t.addAction("Entities and triples", lambda: self.show_entities(self.ctx.current))
         self.act_import_triples = t.addAction("Import triples…", self._import_triples)
-        self.act_map_tune = t.addAction("Map-tune plugin…", lambda: self.map_tune(self.ctx.current))
+        self.act_map_tune = t.addAction("Train a knowledge plugin…", lambda: self.map_tune(self.ctx.current))
         self.act_grow_pkm = t.addAction("Grow a product-key memory…", lambda: self.grow_pkm(self.ctx.current))
         self.act_pkm_usage = t.addAction("Product-key memory usage…", lambda: self.pkm_usage(self.ctx.current))
         self.act_write_patch = t.addAction("Write a fact into the weights…", lambda: self.write_patch({}))

@@ -220,7 +220,7 @@ def plugin_status(pack_path: str | Path) -> tuple[bool, str]:
     folder = plugin_folder(pack_path)
     if not (folder / "config.json").is_file():
         return False, (f"No knowledge plugin trained for this pack yet (none in {folder}): "
-                       "right-click the pack → Map-tune plugin…")
+                       "right-click the pack → Train a knowledge plugin…")
     try:
         meta = read_plugin_config(folder)
     except PluginError as exc:

@@ -133,7 +133,7 @@ class EntitiesView(QWidget):
         self.import_btn = QPushButton("Import triples…")
         self.import_btn.setToolTip("Add triples (JSONL or CSV: head, relation, tail, head_aliases, tail_aliases) "
                                    "to the pack; a file with an error imports nothing")
-        self.map_tune_btn = QPushButton("Map-tune plugin…")
+        self.map_tune_btn = QPushButton("Train a knowledge plugin…")
         self.map_tune_btn.setToolTip("Train this pack's knowledge plugin from its entities and triples (background job)")
         self.count = QLabel()
         self.count.setObjectName("CountLabel")

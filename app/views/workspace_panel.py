@@ -295,7 +295,7 @@ class WorkspacePanel(QWidget):
         m = QMenu(self)
         busy = self.ctx.is_busy(path)
         m.addAction("Entities and triples", lambda: self.entities_requested.emit(path))
-        m.addAction("Map-tune plugin…", lambda: self.map_tune_requested.emit(path))
+        m.addAction("Train a knowledge plugin…", lambda: self.map_tune_requested.emit(path))
         m.addAction("Prepare for fast answers", lambda: self.prepare_states(path))
         m.addSeparator()
         for key in ("import", "export", "check", "detach"):
