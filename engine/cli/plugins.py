@@ -145,8 +145,8 @@ def cmd_task_tune(a, out) -> int:
            "relations": [s.strip() for s in (a.relations or "").split(",") if s.strip()], "wordings": a.wordings,
            "hidden": a.hidden, "answer_slot": a.answer_slot, "lr": a.lr, "batch": a.batch, "epochs": a.epochs,
            "max_steps": a.max_steps, "val_fraction": a.val_fraction, "fact_fraction": a.fact_fraction,
-           "eval_every": a.eval_every, "patience": a.patience, "seed": a.seed, "device": a.device,
-           "threads": a.threads, "max_minutes": a.max_minutes, "force": a.force}
+           "eval_every": a.eval_every, "patience": a.patience, "max_val": a.max_val, "seed": a.seed,
+           "device": a.device, "threads": a.threads, "max_minutes": a.max_minutes, "force": a.force}
     res = run_job("task-tune", task_tune, cfg, a, out)
     if res is None:
         return EXIT_INTERRUPTED
@@ -392,6 +392,9 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--fact-fraction", type=float, default=0.1, help="training entities' facts kept out for validation")
     sp.add_argument("--eval-every", type=positive, default=25)
     sp.add_argument("--patience", type=positive, default=4)
+    sp.add_argument("--max-val", type=positive, default=256,
+                    help="validation questions per split, a seeded sample (each evaluation reads them all: "
+                         "about 2 minutes for 256 on two CPU cores)")
     _add_run_args(sp)
 
     sp = add(subparsers, "plugin-gate", cmd_plugin_gate,

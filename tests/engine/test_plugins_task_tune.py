@@ -335,8 +335,10 @@ def test_the_task_tune_command_prints_what_it_did_and_refuses_bad_input(setup, t
     out = capsys.readouterr().out
     assert out.startswith("task-tuned 2 steps on ") and "questions of 2 relations" in out
     assert "skipped (no probe asks them): borders" in out and "geo.plugmem.task-plugin" in out, out
-    assert main(args + ["--out", str(tmp_path / "j.plugin"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["steps_done"] == 2
+    assert main(args + ["--out", str(tmp_path / "j.plugin"), "--json", "--max-val", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["steps_done"] == 2 and res["examples"]["validation_entities"] == 1  # a sample of one per split
+    assert json.loads((tmp_path / "j.plugin" / "config.json").read_text())["training"]["config"]["max_val"] == 1
     # plugin-gate: off, then calibrated again; a map-tuned plugin has no relations to gate on
     folder = str(tmp_path / "j.plugin")
     assert main(["plugin-gate", folder, "--off"]) == 0 and "relation gate removed" in capsys.readouterr().out
