@@ -171,7 +171,8 @@ def _import_files(cfg: BuildMemoryConfig, files: list[tuple[Path, str]], result:
 def _import_file(mem, path: Path, key: str, records: list[dict], cfg: BuildMemoryConfig, progress,
                  should_stop) -> int | None:
     """Import one validated file in checkpointed chunks. None when it was already complete."""
-    state = mem.pack.begin_import(key, str(path), total=len(records))
+    state = mem.pack.begin_import(key, str(path), total=len(records),
+                                  what="import examples from" if cfg.as_examples else "import")
     if state.state == "done" or state.rows_done >= len(records):
         if state.state != "done":
             mem.pack.finish_import(key)

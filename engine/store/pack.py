@@ -780,8 +780,10 @@ class Pack:
                 self._write_vectors(ids, [1] * len(ids), np.asarray(vectors))
             if import_key is not None:
                 con.execute("UPDATE imports SET rows_done = rows_done + ? WHERE key=?", (len(ids), import_key))
+                # "<what> <file>" as begin_import named it, with the count so far
+                what = re.sub(r" \([\d,]+ entries\)$", "", self._label(change_id) or f"import {Path(row[2]).name}")
                 con.execute("UPDATE changes SET label=? WHERE id=?",
-                            (f"import {Path(row[2]).name} ({self._import_rows(change_id) :,} entries)", change_id))
+                            (f"{what} ({self._import_rows(change_id) :,} entries)", change_id))
             self._commit(cv, change_id)
         except BaseException:
             self._rollback()
@@ -986,14 +988,16 @@ class Pack:
                 return old
         return None
 
-    def begin_import(self, key: str, path: str, total: int, author: str | None = None) -> ImportState:
-        """Start (or find, to resume) the import of one file; its chunks form one undo step."""
+    def begin_import(self, key: str, path: str, total: int, author: str | None = None,
+                     what: str = "import") -> ImportState:
+        """Start (or find, to resume) the import of one file; its chunks form one undo step,
+        labelled ``"<what> <file name>"``."""
         st = self.import_state(key)
         if st is not None and st.state in ("running", "done"):
             return st
         cv = self._begin()
         try:
-            change_id = self._new_change("import", f"import {Path(path).name}", author, cv)
+            change_id = self._new_change("import", f"{what} {Path(path).name}", author, cv)
             self.conn.execute(
                 "INSERT OR REPLACE INTO imports(key, path, total, rows_done, change_id, state, started) "
                 "VALUES (?,?,?,0,?,'running',?)", (key, str(path), int(total), change_id, time.time()))

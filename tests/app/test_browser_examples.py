@@ -43,6 +43,7 @@ def test_examples_imported_in_the_gui_are_marked_filtered_and_undone(qtbot, make
 
     # undo of the import removes the examples
     qtbot.waitUntil(lambda: win.act_undo.isEnabled() and "probes_train.jsonl" in win.act_undo.text(), timeout=20_000)
+    assert "import examples from probes_train.jsonl" in win.act_undo.text()  # not a plain import
     with qtbot.waitSignal(ctx.hub.changed, timeout=20_000):
         win.act_undo.trigger()
     qtbot.waitUntil(lambda: b.model.rowCount() == 0, timeout=20_000)

@@ -86,7 +86,7 @@ def test_undo_of_an_examples_import_removes_them(tmp_path, probes_file, facts_js
     _build(pack, [facts_jsonl])
     _build(pack, [probes_file], as_examples=True)
     with Memory.open(pack, encoder) as m:
-        assert m.pack.undo_label() == "import probes_train.jsonl (3 entries)"
+        assert m.pack.undo_label() == "import examples from probes_train.jsonl (3 entries)"
         m.undo()
         assert m.pack.ids(tag=EXAMPLE_TAG) == [] and m.pack.count("active") == 10
         assert not any(is_example(h.entry) for h in m.search("The capital of Peru is", k=10))
