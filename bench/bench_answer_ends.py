@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.bench_dpm_eval import pct, sample  # noqa: E402
+from bench._results import pct, sample  # noqa: E402
 from bench.bench_wording import ends_clean, files_of, longer, pack_of, stop_rule, worded  # noqa: E402
 from bench._wordings import KINDS  # noqa: E402
 from engine.demo import ensure_demo_workspace  # noqa: E402

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -38,20 +37,9 @@ from engine.evaluate import evaluate_edits, evaluate_probes, read_edits, read_pr
 from engine.explain import Predictor  # noqa: E402
 from engine.memory import Memory  # noqa: E402
 from engine.mechanisms import dpm  # noqa: E402
-from bench._results import publish  # noqa: E402
+from bench._results import pct, publish, sample  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
 from engine.session import open_session  # noqa: E402
-
-
-def sample(items: list, n: int, seed: int) -> list:
-    if n >= len(items):
-        return list(items)
-    idx = sorted(random.Random(seed).sample(range(len(items)), n))
-    return [items[i] for i in idx]
-
-
-def pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f} %"
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import shutil
 import sqlite3
 import sys
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench._results import publish  # noqa: E402
+from bench._results import pct, publish, sample  # noqa: E402
 from engine.demo import ensure_demo_workspace  # noqa: E402
 from engine.evaluate import read_probes  # noqa: E402
 from engine.evaluate.probes import answer_batch, is_gold, max_tokens_for  # noqa: E402
@@ -42,17 +41,6 @@ from engine.probe_files import is_correct  # noqa: E402
 from engine.resources import demo_dir  # noqa: E402
 from engine.session import open_session  # noqa: E402
 from engine.store.examples import is_example  # noqa: E402
-
-
-def sample(items: list, n: int, seed: int) -> list:
-    if n >= len(items):
-        return list(items)
-    idx = sorted(random.Random(seed).sample(range(len(items)), n))
-    return [items[i] for i in idx]
-
-
-def pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f} %"
 
 
 def with_examples(pack: Path, domain: str, work: Path) -> Path:

@@ -40,8 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench._results import publish  # noqa: E402
-from bench.bench_dpm_eval import pct, sample  # noqa: E402
+from bench._results import pct, publish, sample  # noqa: E402
 from bench._wordings import KINDS  # noqa: E402
 from engine.demo import ensure_demo_workspace  # noqa: E402
 from engine.evaluate import evaluate_edits, evaluate_probes, read_edits, read_probes  # noqa: E402
