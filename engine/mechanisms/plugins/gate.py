@@ -119,16 +119,11 @@ class RelationGate:
             return []
         q = self.encoder.encode(list(questions))  # [n, dim]
         sim = q @ self._template_keys().T  # [n, n_templates]
-        out = []
-        for i in range(len(questions)):
-            best, rel = -2.0, None
-            for j, r in enumerate(self._rel):
-                if exclude is not None and r == exclude[i]:
-                    continue
-                if sim[i, j] > best:
-                    best, rel = float(sim[i, j]), r
-            out.append((rel, best))
-        return out
+        rel = np.array(self._rel, dtype=object)
+        if exclude is not None:
+            sim = np.where(rel[None, :] == np.array(list(exclude), dtype=object)[:, None], -np.inf, sim)
+        best = sim.argmax(axis=1)
+        return [(None, -2.0) if np.isinf(sim[i, j]) else (str(rel[j]), float(sim[i, j])) for i, j in enumerate(best)]
 
     def decide(self, text: str, start: int, end: int, *, plugin: str = "") -> GateDecision:
         """Whether to inject into ``text`` whose subject is the mention at [start, end)."""
@@ -137,20 +132,29 @@ class RelationGate:
 
 
 # --------------------------------------------------------------------------- calibration
-def _masked_probe_texts(probe_files: Sequence[str | Path], relations: set[str]) -> dict[str, dict[str, set[str]]]:
-    """relation -> {"prompt": masked prompts, "paraphrase": masked paraphrases} of the probe files."""
+def subject_pattern(subject: str) -> re.Pattern:
+    """The subject as a whole word, any case: how a question's mention of it is found."""
+    return re.compile(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", re.IGNORECASE)
+
+
+def relation_probes(probe_files: Sequence[str | Path]):
+    """Every probe of the files, each with a relation and a subject (a bad file: PluginError naming it)."""
     from engine.probe_files import EvalDataError, read_probes
 
-    out: dict[str, dict[str, set[str]]] = {}
     for f in probe_files:
         try:
             probes = read_probes(f, require=("relation", "subject"))
         except EvalDataError as exc:
             raise PluginError(str(exc)) from None
-        for pr in probes:
-            if pr.relation not in relations:
-                continue
-            pat = re.compile(r"(?<!\w)" + re.escape(pr.subject) + r"(?!\w)", re.IGNORECASE)
+        yield from probes
+
+
+def _masked_probe_texts(probe_files: Sequence[str | Path], relations: set[str]) -> dict[str, dict[str, set[str]]]:
+    """relation -> {"prompt": masked prompts, "paraphrase": masked paraphrases} of the probe files."""
+    out: dict[str, dict[str, set[str]]] = {}
+    for pr in relation_probes(probe_files):
+        if pr.relation in relations:
+            pat = subject_pattern(pr.subject)
             d = out.setdefault(pr.relation, {"prompt": set(), "paraphrase": set()})
             for kind, texts in (("prompt", [pr.prompt]), ("paraphrase", list(pr.paraphrases))):
                 for t in texts:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,14 +44,13 @@ from engine.artefacts import config_from_dict
 from engine.mechanisms.plugins.answer_slot import AnswerSlotInjector, SlotPlugin, load_slot_plugin
 from engine.mechanisms.plugins.embeddings import EntityEmbeddings, default_embeddings_dir
 from engine.mechanisms.plugins.errors import PluginError
-from engine.mechanisms.plugins.gate import calibrate
+from engine.mechanisms.plugins.gate import calibrate, relation_probes, subject_pattern
 from engine.mechanisms.plugins.attach import PluginInjector
 from engine.mechanisms.plugins.map_tune import read_holdout
 from engine.mechanisms.plugins.io import default_plugin_dir, default_task_plugin_dir, read_plugin_config
 from engine.mechanisms.plugins.module import KnowledgePlugin
 from engine.mechanisms.plugins.training import (CHECKPOINT, LoopSchedule, MappingTraining, data_fingerprint,
                                                 epoch_permutation, seeded_sample)
-from engine.probe_files import EvalDataError, read_probes
 from engine.progress import wrap_progress
 
 log = logging.getLogger(__name__)
@@ -167,30 +165,21 @@ class TaskTuneResult:
 
 
 # --------------------------------------------------------------------------- data
-def _subject_pattern(subject: str) -> re.Pattern:
-    return re.compile(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", re.IGNORECASE)
-
-
 def relation_templates(probe_files: Sequence[str | Path], *, wordings: str = "prompt") -> dict[str, list[str]]:
     """Question templates per relation: each probe's prompt (and with ``wordings="all"`` its
     paraphrases) with its subject replaced by ``{subject}``; a prompt that does not name
     its subject gives no template. Bad files are refused naming the file and line."""
     out: dict[str, list[str]] = {}
-    for f in probe_files:
-        try:
-            probes = read_probes(f, require=("relation", "subject"))
-        except EvalDataError as exc:
-            raise PluginError(str(exc)) from None
-        for pr in probes:
-            texts = [pr.prompt] + (list(pr.paraphrases) if wordings == "all" else [])
-            pat = _subject_pattern(pr.subject)
-            for q in texts:
-                if len(pat.findall(q)) != 1:
-                    continue
-                t = pat.sub("{subject}", q.replace("{", "{{").replace("}", "}}"))
-                seen = out.setdefault(pr.relation, [])
-                if t not in seen:
-                    seen.append(t)
+    for pr in relation_probes(probe_files):
+        texts = [pr.prompt] + (list(pr.paraphrases) if wordings == "all" else [])
+        pat = subject_pattern(pr.subject)
+        for q in texts:
+            if len(pat.findall(q)) != 1:
+                continue
+            t = pat.sub("{subject}", q.replace("{", "{{").replace("}", "}}"))
+            seen = out.setdefault(pr.relation, [])
+            if t not in seen:
+                seen.append(t)
     return out
 
 
