@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from engine.explain.record import SlotRead
+from engine.mechanisms.pkm.mechanism import value_tokens
 
 #: Slots listed per answer, and top tokens per slot.
 TOP_SLOTS = 8
@@ -67,18 +68,6 @@ def without_layer(reader) -> Iterator[None]:
 
 
 @torch.no_grad()
-def slot_tokens(reader, memory, slot: int, n: int = TOP_TOKENS) -> list[str]:
-    """The ``n`` tokens slot ``slot``'s value row pushes the output towards: value · lm_head,
-    after the reader's final norm (when it has one)."""
-    value = memory.values.weight[slot].to(reader.device, reader.dtype)  # [d]
-    base = getattr(reader.model, "model", None)
-    norm = getattr(base, "norm", None)
-    h = norm(value[None, None]) if norm is not None else value[None, None]  # [1, 1, d]
-    logits = reader.model.lm_head(h)[0, 0].float()  # [V]
-    return [reader.tokenizer.decode([int(i)]) for i in logits.topk(min(n, logits.shape[0])).indices]
-
-
-@torch.no_grad()
 def slots_read(reader, prompt: str, answer: str, n: int = TOP_SLOTS, top_tokens: int = TOP_TOKENS) -> list[SlotRead]:
     """The ``n`` slots the plugged layer gave the most weight while the reader read ``answer``
     after ``prompt`` (best first; [] with no layer plugged or an empty answer)."""
@@ -101,5 +90,5 @@ def slots_read(reader, prompt: str, answer: str, n: int = TOP_SLOTS, top_tokens:
     idx, w = idx[at].reshape(-1), w[at].reshape(-1).float()
     total = torch.zeros(att.memory.config.slots).index_add_(0, idx, w)  # [slots]
     top = total.topk(min(n, int((total > 0).sum())))
-    return [SlotRead(int(i), float(v), slot_tokens(reader, att.memory, int(i), top_tokens))
+    return [SlotRead(int(i), float(v), value_tokens(reader, att.memory, int(i), top_tokens))
             for v, i in zip(top.values, top.indices)]

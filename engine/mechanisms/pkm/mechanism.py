@@ -17,6 +17,18 @@ from engine.mechanisms.registry import mechanism
 LOO_SLOTS = 8
 
 
+@torch.no_grad()
+def value_tokens(reader, memory: ProductKeyMemory, slot: int, n: int = 5) -> list[str]:
+    """The ``n`` tokens slot ``slot``'s value row pushes the output towards, read through the
+    reader's final norm (when it has one) and the unembedding (a logit-lens reading: the value
+    enters the residual stream at the layer, the layers above may change what it does)."""
+    value = memory.values.weight[slot].to(reader.device, reader.dtype)  # [d]
+    norm = getattr(getattr(reader.model, "model", None), "norm", None)
+    h = norm(value[None, None]) if norm is not None else value[None, None]  # [1, 1, d]
+    logits = reader.model.lm_head(h)[0, 0].float()  # [V]
+    return [reader.tokenizer.decode([int(i)]) for i in logits.topk(min(n, logits.shape[0])).indices]
+
+
 class PKMMechanism(MechanismBase):
     """A grown memory at its layer; ``meta`` is its config.json (corpus, training figures)."""
 
@@ -57,16 +69,9 @@ class PKMMechanism(MechanismBase):
         top = total.topk(min(n, int((total > 0).sum())))
         return [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
 
-    @torch.no_grad()
     def slot_tokens(self, reader, slot: int, n: int = 5) -> list[str]:
-        """The ``n`` tokens slot ``slot``'s value pushes the output towards, read through the final
-        norm and the unembedding (a logit-lens reading: the value enters the residual stream at
-        ``layer``, the layers above may change what it does)."""
-        value = self.memory.values.weight[slot].to(reader.device, reader.dtype)  # [d]
-        base = reader.model.model
-        normed = base.norm(value[None, None]) if hasattr(base, "norm") else value[None, None]
-        logits = reader.model.lm_head(normed)[0, 0].float()  # [V]
-        return [reader.tokenizer.decode([int(i)]) for i in logits.topk(n).indices]
+        """The ``n`` tokens slot ``slot``'s value pushes the output towards (:func:`value_tokens`)."""
+        return value_tokens(reader, self.memory, slot, n)
 
     def leave_one_out(self, reader, prompt: str, answer: str, *, texts: Sequence[str] = (),
                       scores: Sequence[float] = ()) -> LeaveOneOut:
